@@ -1,0 +1,6 @@
+"""lossbench: a command-line experiment runner for comparing loss functions in PyTorch.
+
+Importing the package is cheap on purpose: `lossbench --help` must not import torch.
+"""
+
+__version__ = "0.1.0"

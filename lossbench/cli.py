@@ -1,0 +1,74 @@
+"""`lossbench` command line: a thin dispatcher that imports a subcommand only when it runs.
+
+`lossbench --help` must answer in well under a second, so nothing here imports torch, Hydra or
+scikit-learn at module level.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+USAGE = """\
+usage: lossbench <command> [args]
+
+Compare loss functions in PyTorch: train, validate and test from one Hydra command.
+
+commands:
+  train     run the train -> validate -> test workflow (Hydra overrides, -m for sweeps)
+  eval      evaluate a finished run's best weights on its test split (or another dataset)
+  compare   aggregate runs into one table: which loss is best here?
+  losses    table of every loss: tasks, hyperparameters, reference
+  list      list datasets, models, losses or optimizers
+
+examples:
+  lossbench train loss=bce optimizer=adam
+  lossbench train -m loss=ce,gce,sce dataset.noise.rate=0.4 seed=0,1,2
+  lossbench compare outputs/multirun/2026-01-01/12-00-00
+
+`lossbench train --help` shows the config groups and their options.
+"""
+
+
+def _debug() -> bool:
+    return os.environ.get("LOSSBENCH_DEBUG", "") not in ("", "0")
+
+
+def report_user_error(err: BaseException) -> None:
+    """Print a user error on one line (two at most) to stderr."""
+    print(f"lossbench: error: {err}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return
+    if argv[0] in ("-V", "--version"):
+        from lossbench import __version__
+
+        print(f"lossbench {__version__}")
+        return
+    command, rest = argv[0], argv[1:]
+    commands = {
+        "train": "lossbench.app:train_command",
+    }
+    if command not in commands:
+        print(USAGE, end="", file=sys.stderr)
+        print(f"lossbench: error: unknown command '{command}' (choose from {', '.join(commands)})",
+              file=sys.stderr)
+        sys.exit(2)
+    module_name, func_name = commands[command].split(":")
+    import importlib
+
+    from lossbench.errors import UserError
+
+    func = getattr(importlib.import_module(module_name), func_name)
+    try:
+        code = func(rest)
+    except UserError as err:
+        if _debug():
+            raise
+        report_user_error(err)
+        sys.exit(2)
+    sys.exit(code or 0)

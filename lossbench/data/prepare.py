@@ -1,0 +1,66 @@
+"""From a dataset config to `Splits` of tensors: split → noise → imbalance → scale."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from lossbench.data.raw import RawData
+from lossbench.data.split import Split, Splits, split_dataset
+
+
+def _feature_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std from the training split: per feature for vectors, per channel otherwise."""
+    if x.ndim == 2:  # (N, F)
+        axes: tuple[int, ...] = (0,)
+    else:  # (N, C, ...) sequences or images: one statistic per channel
+        axes = (0, *range(2, x.ndim))
+    mean = x.mean(axis=axes, keepdims=True)
+    std = x.std(axis=axes, keepdims=True)
+    std[std < 1e-12] = 1.0  # constant features stay constant instead of dividing by zero
+    return mean[0], std[0]
+
+
+def prepare_data(raw: RawData, split: Any, noise: Any = None, imbalance: Any = None,
+                 scale: bool = True, seed: int = 0) -> Splits:
+    """Split `raw`, corrupt the training labels as configured, scale, and convert to tensors.
+
+    split: mapping with train/val/test fractions. noise / imbalance: mappings with `kind`
+    (`none` leaves the data alone). Label noise touches train and validation, never test.
+    """
+    parts = split_dataset(raw, float(split["train"]), float(split["val"]), float(split["test"]),
+                          seed=seed)
+    info: dict[str, Any] = {}
+    if noise is not None and noise.get("kind", "none") != "none":
+        from lossbench.data.noise import apply_label_noise
+
+        parts, info["noise"] = apply_label_noise(parts, raw, noise, seed)
+    if imbalance is not None and imbalance.get("kind", "none") != "none":
+        from lossbench.data.imbalance import apply_imbalance
+
+        parts, info["imbalance"] = apply_imbalance(parts, raw, imbalance, seed)
+
+    x_train = parts["train"][0].astype(np.float32)
+    mean, std = _feature_stats(x_train) if scale else (0.0, 1.0)
+    target_mean, target_std = 0.0, 1.0
+    if raw.task == "regression":
+        y_train = parts["train"][1].astype(np.float64)
+        target_mean, target_std = float(y_train.mean()), float(y_train.std() or 1.0)
+
+    def to_split(x: np.ndarray, y: np.ndarray) -> Split:
+        xt = torch.from_numpy(((x.astype(np.float32) - mean) / std).astype(np.float32))
+        if raw.task == "regression":
+            yt = torch.from_numpy(((y.astype(np.float64) - target_mean) / target_std)
+                                  .astype(np.float32))
+        else:
+            yt = torch.from_numpy(y.astype(np.int64))
+        return Split(x=xt, y=yt)
+
+    return Splits(
+        train=to_split(*parts["train"]), val=to_split(*parts["val"]),
+        test=to_split(*parts["test"]), task=raw.task, name=raw.name,
+        num_classes=raw.num_classes, class_names=raw.class_names,
+        sample_shape=tuple(raw.x.shape[1:]), target_mean=target_mean, target_std=target_std,
+        info=info)

@@ -1,0 +1,43 @@
+"""`RawData`: what every dataset loader returns, before splitting."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+TASKS = ("multiclass", "binary", "regression")
+
+
+@dataclass
+class RawData:
+    """Samples and targets as loaded, with the task they pose.
+
+    x: (N, *sample_shape) features; vectors (N, F), sequences (N, C, L) or images (N, C, H, W).
+    y: (N,) integer class indices for classification, floats for regression.
+    x_test / y_test: a dataset's own fixed test split, kept as is when present.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    task: str
+    name: str
+    class_names: list[str] | None = None
+    x_test: np.ndarray | None = None
+    y_test: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if len(self.x) != len(self.y):
+            raise ValueError(f"x has {len(self.x)} samples but y has {len(self.y)}")
+
+    @property
+    def num_classes(self) -> int:
+        """K for classification (binary counts as 2), 0 for regression."""
+        if self.task == "regression":
+            return 0
+        if self.class_names is not None:
+            return len(self.class_names)
+        labels = self.y if self.y_test is None else np.concatenate([self.y, self.y_test])
+        return int(labels.max()) + 1

@@ -1,0 +1,236 @@
+"""`run(cfg)`: the whole workflow of one experiment, from a composed config to a run directory.
+
+seed → data (split, noise, imbalance) → model (sized from the data and the loss) → loss →
+optimizer/scheduler → epochs of train/validate → best weights → test → report → files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+
+from lossbench import report as rep
+from lossbench.data import RawData, Splits, prepare_data
+from lossbench.errors import UserError
+from lossbench.evaluate import predict
+from lossbench.progress import EpochProgress
+from lossbench.rundir import save_torch_atomic, write_csv_atomic, write_json_atomic, write_text_atomic
+from lossbench.train import fit, resolve_monitor
+
+log = logging.getLogger("lossbench")
+
+# Keys of a dataset config that lossbench applies to any dataset; the rest go to its `_target_`.
+DATA_PREP_KEYS = ("split", "noise", "imbalance", "scale")
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"trainer.device={name} is not a device (use auto, cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"trainer.device={name} but CUDA is not available here; use trainer.device=auto or cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"trainer.device={name} but MPS is not available here; use trainer.device=auto or cpu")
+    return device
+
+
+def choices(cfg: DictConfig) -> dict[str, str]:
+    """The config-group options this run was composed from (dataset=..., loss=..., ...)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        picked = HydraConfig.get().runtime.choices
+        return {k: v for k, v in picked.items() if not k.startswith("hydra") and v is not None}
+    except ValueError:  # called without Hydra (tests, notebooks)
+        names = {}
+        for group in ("dataset", "model", "loss", "optimizer", "scheduler"):
+            target = (cfg.get(group) or {}).get("_target_") or "none"
+            names[group] = str(target).rsplit(".", 1)[-1]
+        return names
+
+
+def run_directory(cfg: DictConfig) -> Path:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir)
+    except ValueError:
+        return Path(cfg.get("run_dir") or "outputs/run")
+
+
+def load_data(cfg: DictConfig) -> Splits:
+    data_cfg = cfg.dataset
+    source = OmegaConf.masked_copy(data_cfg, [k for k in data_cfg if k not in DATA_PREP_KEYS])
+    raw = instantiate(source)
+    if not isinstance(raw, RawData):
+        raise TypeError(f"dataset {data_cfg._target_} returned {type(raw).__name__}, not RawData")
+    return prepare_data(raw, split=data_cfg.split, noise=data_cfg.get("noise"),
+                        imbalance=data_cfg.get("imbalance"), scale=data_cfg.get("scale", True),
+                        seed=cfg.seed)
+
+
+def check_loss_fits(loss_fn: torch.nn.Module, loss_name: str, splits: Splits) -> None:
+    tasks = getattr(loss_fn, "tasks", None)
+    if tasks is None or splits.task in tasks:
+        return
+    from lossbench.catalogue import losses_for_task
+
+    raise UserError(f"loss={loss_name} does not fit the {splits.task} task of dataset "
+                    f"{splits.name}; losses that do: {', '.join(losses_for_task(splits.task))}")
+
+
+def output_size(head: str, splits: Splits, embedding_dim: int) -> int:
+    """How many outputs the model needs for this loss head on this data."""
+    if head == "embedding":
+        return embedding_dim
+    if splits.task == "regression":
+        return 1
+    if head == "sigmoid" and splits.task == "binary":
+        return 1
+    return splits.num_classes
+
+
+def run(cfg: DictConfig) -> float:
+    """Run one experiment; returns the best value of the monitored validation metric."""
+    started = time.perf_counter()
+    run_dir = run_directory(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    console = Console()
+    handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8", delay=True)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False  # the console shows the progress bar and the report, not log lines
+    try:
+        return _run(cfg, run_dir, console, started)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float) -> float:
+    trainer = cfg.trainer
+    picked = choices(cfg)
+    seed_everything(cfg.seed, trainer.deterministic)
+    device = pick_device(trainer.device)
+
+    # 1. data: split, corrupt on purpose if asked, scale with training statistics only
+    splits = load_data(cfg)
+    monitor, mode = resolve_monitor(splits.task, trainer.monitor, trainer.mode)
+    for part in (splits.train, splits.val, splits.test):
+        if part.x is not None:  # small data lives on the device once, batches are slices
+            part.x, part.y = part.x.to(device), part.y.to(device)
+        else:
+            part.y = part.y.to(device)
+
+    # 2. loss, and the model sized for it
+    loss_fn = instantiate(cfg.loss)
+    check_loss_fits(loss_fn, picked.get("loss", "?"), splits)
+    head = getattr(loss_fn, "head", "logits")
+    num_outputs = output_size(head, splits, cfg.embedding_dim)
+    model = instantiate(cfg.model, input_shape=list(splits.sample_shape), num_outputs=num_outputs)
+    model.to(device)
+    loss_fn.to(device)
+
+    # 3. optimizer over the model's and the loss's own parameters (learnable losses)
+    params = list(model.parameters()) + list(loss_fn.parameters())
+    optimizer = instantiate(cfg.optimizer)(params=params)
+    scheduler = None
+    if cfg.scheduler.get("_target_"):
+        factory = instantiate(cfg.scheduler)
+        if "OneCycleLR" in cfg.scheduler._target_:
+            steps = -(-len(splits.train) // trainer.batch_size)
+            if trainer.get("max_batches"):
+                steps = min(steps, trainer.max_batches)
+            scheduler = factory(optimizer, total_steps=steps * trainer.epochs)
+        else:
+            scheduler = factory(optimizer)
+
+    # Everything the user could have got wrong has been checked: from here on, files are written.
+    log.info("run directory %s, device %s, choices %s", run_dir, device, picked)
+    generator = torch.Generator(device=device if device.type == "cuda" else "cpu")
+    generator.manual_seed(cfg.seed)
+    console.print(f"[bold]lossbench[/] loss={picked.get('loss')} dataset={splits.name} "
+                  f"({splits.task}, {len(splits.train)}/{len(splits.val)}/{len(splits.test)} "
+                  f"train/val/test) model={picked.get('model')} device={device}", highlight=False)
+
+    # 4. train and validate, keeping the best weights
+    with EpochProgress(console, trainer.epochs, monitor) as progress:
+        result = fit(model, loss_fn, optimizer, scheduler, splits, head, trainer, device,
+                     generator, progress,
+                     on_epoch=lambda row: log.info("epoch %s", row))
+    write_csv_atomic(run_dir / "history.csv", result.history)
+    save_torch_atomic(run_dir / "model.pt", model.state_dict())
+
+    # 5. test the best weights once
+    pred = predict(model, splits, "test", head, trainer.eval_batch_size, device, loss_fn,
+                   trainer.get("max_batches"))
+    title = (f"Test split: loss={picked.get('loss')} dataset={splits.name}, best epoch "
+             f"{result.best_epoch} ({monitor}={result.best_value:.4f})")
+    if splits.task == "regression":
+        test = rep.regression_metrics(pred)
+        console.print(rep.regression_table(test, title))
+    else:
+        test = rep.classification_metrics(pred, splits.class_names, splits.num_classes)
+        console.print(rep.classification_report_table(test["classification_report"],
+                                                       title))
+        console.print(rep.confusion_matrix_table(test["confusion_matrix"], test["class_names"],
+                                                 "Confusion matrix (test split)"))
+        if "pair_roc_auc" in test:
+            console.print(f"pair verification ROC-AUC: {test['pair_roc_auc']:.4f}")
+    if pred.loss is not None:
+        test["loss"] = pred.loss
+    write_text_atomic(run_dir / "report.txt", rep.report_text(splits.task, test, "test", title))
+
+    metrics: dict[str, Any] = {
+        "status": "completed",
+        "task": splits.task,
+        "dataset": splits.name,
+        "choices": picked,
+        "seed": cfg.seed,
+        "monitor": monitor,
+        "mode": mode,
+        "best_epoch": result.best_epoch,
+        "best_val": result.best_value,
+        "epochs_run": result.epochs_run,
+        "stopped_early": result.stopped_early,
+        "wall_time_s": time.perf_counter() - started,
+        "num_outputs": num_outputs,
+        "split_sizes": {"train": len(splits.train), "val": len(splits.val),
+                        "test": len(pred.y_true)},
+        "test": {k: v for k, v in test.items() if k != "classification_report_text"},
+        "data": splits.info,
+    }
+    if hasattr(loss_fn, "report"):
+        metrics["loss_params"] = loss_fn.report()
+    write_json_atomic(run_dir / "metrics.json", metrics)
+    console.print(f"run directory: {run_dir}", highlight=False)
+    log.info("completed: %s", {k: v for k, v in test.items() if isinstance(v, float)})
+    return float(result.best_value)
