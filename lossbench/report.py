@@ -30,9 +30,67 @@ def classification_metrics(pred: Predictions, class_names: list[str] | None,
         "confusion_matrix": skm.confusion_matrix(pred.y_true, pred.y_pred, labels=labels).tolist(),
         "class_names": names,
     }
+    if pred.scores is not None:
+        result.update(calibration_metrics(pred.scores, pred.y_true))
     if pred.embeddings is not None:
         result["pair_roc_auc"] = pair_verification_auc(pred.embeddings, pred.y_true)
     return result
+
+
+# Probabilities are clipped here before the logarithm, so that one confidently wrong sample (a
+# k-NN vote of 0, a saturated softmax) gives a large but finite NLL instead of infinity.
+NLL_EPS = 1e-12
+
+
+def calibration_bins(scores: np.ndarray, y_true: np.ndarray, n_bins: int = 15
+                     ) -> dict[str, np.ndarray]:
+    """Reliability-diagram statistics over equal-width confidence bins.
+
+    scores: (N, K) class probabilities; y_true: (N,) class indices. A sample's confidence is
+    max_k p_k and it counts as correct when argmax_k p_k == y. Bin b holds confidences in
+    (b/n_bins, (b+1)/n_bins] (the first bin also holds 0). Returns per-bin arrays `count`,
+    `confidence` (mean confidence) and `accuracy` (fraction correct), and `edges` (n_bins + 1,).
+    Empty bins have count 0 and NaN means.
+    """
+    confidence = scores.max(axis=1)
+    correct = (scores.argmax(axis=1) == y_true).astype(float)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    # searchsorted(side="left") puts c == b/n_bins into bin b-1: right-closed bins, as in ECE
+    index = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, n_bins - 1)
+    count = np.bincount(index, minlength=n_bins).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.bincount(index, weights=confidence, minlength=n_bins) / count
+        accuracy = np.bincount(index, weights=correct, minlength=n_bins) / count
+    return {"count": count, "confidence": mean_conf, "accuracy": accuracy, "edges": edges}
+
+
+def calibration_summary(metrics: dict[str, Any]) -> str:
+    """One line for the console and report.txt: ECE, NLL and Brier score."""
+    return (f"Calibration: ECE (15 bins) {metrics['ece']:.4f}, NLL {metrics['nll']:.4f}, "
+            f"Brier {metrics['brier']:.4f}")
+
+
+def calibration_metrics(scores: np.ndarray, y_true: np.ndarray, n_bins: int = 15
+                        ) -> dict[str, float]:
+    """Expected calibration error, negative log-likelihood and Brier score of (N, K) probabilities.
+
+    ECE = Σ_b |B_b|/N · |acc(B_b) − conf(B_b)| over `n_bins` equal-width confidence bins;
+    NLL = −(1/N) Σ_i log max(p_{i,y_i}, 1e-12);
+    Brier = (1/N) Σ_i Σ_k (p_{i,k} − [k = y_i])²  (summed over classes: 0 is perfect, 2 worst).
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    y_true = np.asarray(y_true).astype(int)
+    n = len(y_true)
+    bins = calibration_bins(scores, y_true, n_bins)
+    filled = bins["count"] > 0
+    ece = float(np.sum(bins["count"][filled] / n
+                       * np.abs(bins["accuracy"][filled] - bins["confidence"][filled])))
+    p_true = scores[np.arange(n), y_true]
+    nll = float(-np.mean(np.log(np.maximum(p_true, NLL_EPS))))
+    onehot = np.zeros_like(scores)
+    onehot[np.arange(n), y_true] = 1.0
+    brier = float(np.mean(np.sum((scores - onehot) ** 2, axis=1)))
+    return {"ece": ece, "nll": nll, "brier": brier}
 
 
 def pair_verification_auc(embeddings: np.ndarray, labels: np.ndarray, max_samples: int = 2000,
@@ -116,6 +174,8 @@ def report_text(task: str, metrics: dict[str, Any], split: str, header: str) -> 
     else:
         lines += [metrics["classification_report_text"].rstrip(), "", "Confusion matrix:",
                   confusion_matrix_text(metrics["confusion_matrix"], metrics["class_names"])]
+        if "ece" in metrics:
+            lines += ["", calibration_summary(metrics)]
         if "pair_roc_auc" in metrics:
             lines += ["", f"Pair verification ROC-AUC: {metrics['pair_roc_auc']:.4f}"]
     return "\n".join(lines) + "\n"

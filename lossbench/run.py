@@ -18,6 +18,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
+from rich.tree import Tree
 
 from lossbench import report as rep
 from lossbench.data import RawData, Splits, prepare_data
@@ -135,9 +136,33 @@ def run(cfg: DictConfig) -> float:
         handler.close()
 
 
+def config_tree(cfg: DictConfig, picked: dict[str, str] | None = None) -> Tree:
+    """The resolved config as a rich tree, one branch per group named with the option picked
+    (`loss (ce)`); values that cannot be resolved yet are shown as written."""
+    try:
+        data = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # an interpolation that only resolves later; show it unresolved
+        data = OmegaConf.to_container(cfg, resolve=False)
+
+    def add(branch: Tree, node: Any, top: bool = False) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                option = (picked or {}).get(key) if top else None
+                label = f"[bold]{key}[/]" + (f" ({option})" if option else "")
+                add(branch.add(label), value)
+            else:
+                branch.add(f"{key}: {value!r}" if isinstance(value, str) else f"{key}: {value}")
+
+    tree = Tree("[bold]config[/]", guide_style="dim")
+    add(tree, data, top=True)
+    return tree
+
+
 def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float) -> float:
     trainer = cfg.trainer
     picked = choices(cfg)
+    if cfg.get("print_config", True):
+        console.print(config_tree(cfg, picked), highlight=False)
     seed_everything(cfg.seed, trainer.deterministic)
     device = pick_device(trainer.device)
 
@@ -203,6 +228,8 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float) -> fl
                                                        title))
         console.print(rep.confusion_matrix_table(test["confusion_matrix"], test["class_names"],
                                                  "Confusion matrix (test split)"))
+        if "ece" in test:
+            console.print(rep.calibration_summary(test), highlight=False)
         if "pair_roc_auc" in test:
             console.print(f"pair verification ROC-AUC: {test['pair_roc_auc']:.4f}")
     if pred.loss is not None:
