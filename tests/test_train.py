@@ -1,0 +1,50 @@
+"""The training loop: early stopping, best weights restored, monitor chosen by task."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+from lossbench.errors import UserError
+from lossbench.evaluate import predict
+from lossbench.models import MLP
+from lossbench.run import load_data, run
+from lossbench.train import resolve_monitor
+
+
+def test_monitor_defaults_fit_the_task():
+    assert resolve_monitor("multiclass") == ("val_accuracy", "max")
+    assert resolve_monitor("regression") == ("val_rmse", "min")
+    assert resolve_monitor("binary", "val_loss") == ("val_loss", "min")
+    with pytest.raises(UserError, match="val_rmse is not produced by a binary"):
+        resolve_monitor("binary", "val_rmse")
+
+
+def test_early_stopping_stops_when_the_metric_stalls(compose_cfg):
+    # lr=0: nothing changes after epoch 1, so the run stops after `patience` more epochs.
+    cfg = compose_cfg("optimizer.lr=0.0", "trainer.epochs=20", "trainer.patience=3")
+    run(cfg)
+    rows = list(csv.DictReader(open(f"{cfg.run_dir}/history.csv")))
+    assert len(rows) == 4
+    import json
+
+    metrics = json.load(open(f"{cfg.run_dir}/metrics.json"))
+    assert metrics["best_epoch"] == 1 and metrics["stopped_early"] is True
+
+
+def test_saved_weights_are_those_of_the_best_epoch(compose_cfg):
+    # A learning rate high enough to wander: the last epoch is rarely the best one.
+    cfg = compose_cfg("dataset=wine", "trainer.epochs=12", "trainer.early_stopping=false",
+                      "optimizer=sgd", "optimizer.lr=0.5", "trainer.monitor=val_loss")
+    run(cfg)
+    rows = list(csv.DictReader(open(f"{cfg.run_dir}/history.csv")))
+    best = min(rows, key=lambda r: float(r["val_loss"]))
+    splits = load_data(cfg)
+    model = MLP(splits.sample_shape, splits.num_classes, hidden=list(cfg.model.hidden))
+    model.load_state_dict(torch.load(f"{cfg.run_dir}/model.pt", weights_only=True))
+    from lossbench.losses import CrossEntropyLoss
+
+    pred = predict(model, splits, "val", "logits", 1024, torch.device("cpu"), CrossEntropyLoss())
+    assert pred.loss == pytest.approx(float(best["val_loss"]), rel=1e-5)
