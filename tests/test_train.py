@@ -48,3 +48,18 @@ def test_saved_weights_are_those_of_the_best_epoch(compose_cfg):
 
     pred = predict(model, splits, "val", "logits", 1024, torch.device("cpu"), CrossEntropyLoss())
     assert pred.loss == pytest.approx(float(best["val_loss"]), rel=1e-5)
+
+
+@pytest.mark.parametrize("scheduler", ["step", "cosine", "onecycle", "plateau"])
+def test_every_scheduler_drives_the_learning_rate(compose_cfg, scheduler):
+    overrides = {"step": ["scheduler.step_size=1", "scheduler.gamma=0.5"],
+                 "cosine": [], "onecycle": ["scheduler.max_lr=0.01"],
+                 "plateau": ["scheduler.patience=0", "optimizer.lr=1e-6"]}[scheduler]
+    cfg = compose_cfg(f"scheduler={scheduler}", "trainer.epochs=4",
+                      "trainer.early_stopping=false", "dataset=iris", *overrides)
+    run(cfg)
+    lrs = [float(r["lr"]) for r in csv.DictReader(open(f"{cfg.run_dir}/history.csv"))]
+    assert len(lrs) == 4
+    assert len(set(lrs)) > 1, f"{scheduler} never changed the learning rate: {lrs}"
+    if scheduler == "step":
+        assert lrs[:3] == pytest.approx([1e-3, 5e-4, 2.5e-4])

@@ -1,0 +1,38 @@
+"""What the user watches: a live bar on a terminal, one plain line per epoch elsewhere."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from lossbench.progress import EpochProgress
+
+
+def _drive(console: Console) -> EpochProgress:
+    with EpochProgress(console, epochs=2, monitor="val_accuracy") as progress:
+        for epoch in (1, 2):
+            progress.start_epoch(epoch, 4)
+            for b in range(4):
+                progress.batch(b + 1, 0.5)
+            progress.end_epoch({"epoch": epoch, "train_loss": 0.5, "val_accuracy": 0.75})
+    return progress
+
+
+def test_plain_lines_when_not_a_terminal():
+    out = io.StringIO()
+    progress = _drive(Console(file=out, force_terminal=False, width=120))
+    lines = out.getvalue().splitlines()
+    assert lines == ["epoch 1/2 train_loss=0.5 val_accuracy=0.75",
+                     "epoch 2/2 train_loss=0.5 val_accuracy=0.75"]
+    assert progress.progress is None
+
+
+def test_live_bars_with_loss_and_metric_on_a_terminal():
+    out = io.StringIO()
+    progress = _drive(Console(file=out, force_terminal=True, width=120))
+    text = out.getvalue()
+    assert progress.progress is not None
+    assert "epochs" in text and "batches" in text
+    assert "loss 0.5000" in text and "val_accuracy 0.7500" in text
+    assert "2/2" in text
