@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lossbench import distributed
 from lossbench.data import Split, Splits
 
 
@@ -28,28 +29,51 @@ class Predictions:
     loss: float | None = None  # mean loss on the split (training units)
 
 
+def loader_options(device: torch.device, num_workers: int | str = "auto") -> dict:
+    """DataLoader options for data read per sample (on-disk images): worker processes decode
+    while the GPU computes, into pinned memory so host-to-GPU copies can overlap. On CPU the
+    cores are busy training, so `auto` reads in the main process."""
+    import os
+
+    if num_workers == "auto":
+        per_rank = (os.cpu_count() or 1) // max(distributed.current().world_size, 1)
+        num_workers = min(4, max(per_rank - 1, 0)) if device.type == "cuda" else 0
+    return {"num_workers": int(num_workers), "pin_memory": device.type == "cuda"}
+
+
 def eval_batches(split: Split, batch_size: int, device: torch.device,
                  max_batches: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches of a split in order, sliced from tensors (or read through a DataLoader)."""
-    if split.x is None:
-        loader = torch.utils.data.DataLoader(split.dataset, batch_size=batch_size, shuffle=False)
-        for b, (x, y) in enumerate(loader):
-            if max_batches is not None and b >= max_batches:
-                return
-            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        return
+    """Batches of a split in order, sliced from tensors (or read through a DataLoader).
+
+    Over several processes each rank reads only its contiguous slice of the split (see
+    `distributed.eval_range`); `model_outputs` gathers the slices back in order.
+    """
     n = len(split)
     if max_batches is not None:
         n = min(n, max_batches * batch_size)
-    for start in range(0, n, batch_size):
-        yield split.x[start:start + batch_size], split.y[start:start + batch_size]
+    lo, hi = distributed.eval_range(n, distributed.current())
+    if split.x is None:
+        part = torch.utils.data.Subset(split.dataset, range(lo, hi))
+        loader = torch.utils.data.DataLoader(part, batch_size=batch_size, shuffle=False,
+                                             **loader_options(device))
+        for x, y in loader:
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        return
+    if lo == hi:  # more ranks than samples: an empty batch keeps the output shape for gathers
+        yield split.x[lo:hi], split.y[lo:hi]
+    for start in range(lo, hi, batch_size):
+        stop = min(start + batch_size, hi)
+        yield split.x[start:stop], split.y[start:stop]
 
 
 @torch.inference_mode()
 def model_outputs(model: nn.Module, split: Split, batch_size: int, device: torch.device,
                   max_batches: int | None = None, loss_fn: nn.Module | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor, float | None]:
-    """All outputs (N, O) and targets (N,) of a split, plus the mean loss when loss_fn is given."""
+    """All outputs (N, O) and targets (N,) of a split, plus the mean loss when loss_fn is given.
+
+    Over several processes, every rank returns the outputs of the whole split (gathered).
+    """
     was_training = model.training
     model.eval()
     outs, ys = [], []
@@ -58,14 +82,23 @@ def model_outputs(model: nn.Module, split: Split, batch_size: int, device: torch
         out = model(x)
         if out.shape[-1] == 1:
             out = out.squeeze(-1)
-        if loss_fn is not None:
+        if loss_fn is not None and len(y):
             total += loss_fn(out, y).float() * len(y)
         outs.append(out.float())
         ys.append(y)
     model.train(was_training)
-    y_all = torch.cat(ys)
+    dist = distributed.current()
+    if outs:
+        out_all, y_all = torch.cat(outs), torch.cat(ys)
+    else:  # a rank whose slice is empty (more ranks than samples) still joins the gathers
+        out_all = torch.empty((0,), device=device)
+        y_all = torch.empty((0,), device=device, dtype=split.y.dtype)
+    if dist.active:
+        out_all = distributed.gather_rows(out_all, dist)
+        y_all = distributed.gather_rows(y_all, dist)
+        total = distributed.all_reduce_sum(total, dist)
     mean_loss = float(total) / max(len(y_all), 1) if loss_fn is not None else None
-    return torch.cat(outs), y_all, mean_loss
+    return out_all, y_all, mean_loss
 
 
 def class_scores(output: torch.Tensor, head: str, loss_fn: nn.Module | None = None) -> torch.Tensor:

@@ -20,13 +20,14 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.tree import Tree
 
+from lossbench import distributed
 from lossbench import report as rep
 from lossbench.data import RawData, Splits, prepare_data
 from lossbench.errors import UserError
 from lossbench.evaluate import predict
 from lossbench.progress import EpochProgress
 from lossbench.rundir import save_torch_atomic, write_csv_atomic, write_json_atomic, write_text_atomic
-from lossbench.train import fit, resolve_monitor
+from lossbench.train import autocast, autocast_dtype, fit, resolve_monitor, training_model
 
 log = logging.getLogger("lossbench")
 
@@ -119,21 +120,91 @@ def output_size(head: str, splits: Splits, embedding_dim: int) -> int:
 
 
 def run(cfg: DictConfig) -> float:
-    """Run one experiment; returns the best value of the monitored validation metric."""
+    """Run one experiment; returns the best value of the monitored validation metric.
+
+    `trainer.devices=N` (N > 1) runs it in N processes started from here, which share this run
+    directory (see `lossbench.distributed`); under torchrun this process is one of them already.
+    """
+    if distributed.current().active:
+        return _run_in(cfg)
+    if distributed.launched_by_torchrun():
+        return _torchrun_rank(cfg)
+    devices = int(cfg.trainer.get("devices", 1) or 1)
+    if devices < 1:
+        raise UserError(f"trainer.devices={devices} must be at least 1")
+    if devices > 1:
+        return _spawn_ranks(cfg, devices)
+    return _run_in(cfg)
+
+
+def _run_in(cfg: DictConfig) -> float:
+    """One process's run: rank 0 (or the only process) prints, logs and writes the run dir."""
     started = time.perf_counter()
     run_dir = run_directory(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    console = Console()
+    main = distributed.current().is_main
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    console = Console(quiet=not main)
     handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8", delay=True)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.addHandler(handler)
+    if main:
+        log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False  # the console shows the progress bar and the report, not log lines
     try:
         return _run(cfg, run_dir, console, started)
+    except BaseException:
+        tracking.fail_open_runs()
+        raise
     finally:
         log.removeHandler(handler)
         handler.close()
+
+
+def _spawn_ranks(cfg: DictConfig, devices: int) -> float:
+    """`trainer.devices=N`: N processes from inside this one job, one run directory."""
+    device = pick_device(cfg.trainer.device)  # a wrong device stops before any process starts
+    distributed.rank_device(device, devices - 1, devices)
+    run_dir = run_directory(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:  # the ranks see the same Hydra runtime (run directory, choices) as this job
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra_cfg = HydraConfig.instance().cfg
+    except ImportError:
+        hydra_cfg = None
+    distributed.spawn(_rank_main, devices, (cfg, hydra_cfg))
+    import json
+
+    return float(json.loads((run_dir / "metrics.json").read_text())["best_val"])
+
+
+def _rank_main(cfg: DictConfig, hydra_cfg: DictConfig | None) -> None:
+    """Body of one spawned rank (see `distributed.spawn`)."""
+    if hydra_cfg is not None:
+        from hydra.core.hydra_config import HydraConfig
+
+        HydraConfig.instance().set_config(hydra_cfg)
+    distributed.init_from_env(pick_device(cfg.trainer.device))
+    _run_in(cfg)
+
+
+def _torchrun_rank(cfg: DictConfig) -> float:
+    """One process of `torchrun --nproc_per_node=N -m lossbench train ...`."""
+    dist = distributed.init_from_env(pick_device(cfg.trainer.device))
+    try:
+        value = _run_in(cfg)
+        # Each torchrun process composed its own Hydra job; only rank 0's directory is the run.
+        main_dir = Path(distributed.broadcast_object(str(run_directory(cfg).resolve()), dist))
+        own = run_directory(cfg).resolve()
+        if not dist.is_main and own != main_dir and own.is_dir() and {
+                p.name for p in own.iterdir()} <= {".hydra"}:
+            import shutil
+
+            shutil.rmtree(own, ignore_errors=True)
+        return value
+    finally:
+        distributed.shutdown()
 
 
 def config_tree(cfg: DictConfig, picked: dict[str, str] | None = None) -> Tree:
@@ -164,7 +235,10 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float) -> fl
     if cfg.get("print_config", True):
         console.print(config_tree(cfg, picked), highlight=False)
     seed_everything(cfg.seed, trainer.deterministic)
-    device = pick_device(trainer.device)
+    dist = distributed.current()
+    device = distributed.rank_device(pick_device(trainer.device), dist.local_rank,
+                                     dist.world_size)
+    precision = autocast_dtype(trainer.get("precision", 32))
 
     # 1. data: split, corrupt on purpose if asked, scale with training statistics only
     splits = load_data(cfg)
@@ -191,7 +265,8 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float) -> fl
     if cfg.scheduler.get("_target_"):
         factory = instantiate(cfg.scheduler)
         if "OneCycleLR" in cfg.scheduler._target_:
-            steps = -(-len(splits.train) // trainer.batch_size)
+            per_rank = -(-len(splits.train) // dist.world_size)  # each rank's shard
+            steps = -(-per_rank // trainer.batch_size)
             if trainer.get("max_batches"):
                 steps = min(steps, trainer.max_batches)
             scheduler = factory(optimizer, total_steps=steps * trainer.epochs)
@@ -208,15 +283,22 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float) -> fl
 
     # 4. train and validate, keeping the best weights
     with EpochProgress(console, trainer.epochs, monitor) as progress:
-        result = fit(model, loss_fn, optimizer, scheduler, splits, head, trainer, device,
-                     generator, progress,
+        result = fit(training_model(model, device, trainer.get("compile", False)), loss_fn,
+                     optimizer, scheduler, splits, head, trainer, device, generator, progress,
                      on_epoch=lambda row: log.info("epoch %s", row))
+    amp = autocast(device, precision)
+    if not dist.is_main:  # the other ranks only compute their share of the test predictions
+        with amp:
+            predict(model, splits, "test", head, trainer.eval_batch_size, device, loss_fn,
+                    trainer.get("max_batches"))
+        return float(result.best_value)
     write_csv_atomic(run_dir / "history.csv", result.history)
     save_torch_atomic(run_dir / "model.pt", model.state_dict())
 
     # 5. test the best weights once
-    pred = predict(model, splits, "test", head, trainer.eval_batch_size, device, loss_fn,
-                   trainer.get("max_batches"))
+    with amp:
+        pred = predict(model, splits, "test", head, trainer.eval_batch_size, device, loss_fn,
+                       trainer.get("max_batches"))
     title = (f"Test split: loss={picked.get('loss')} dataset={splits.name}, best epoch "
              f"{result.best_epoch} ({monitor}={result.best_value:.4f})")
     if splits.task == "regression":

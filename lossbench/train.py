@@ -6,18 +6,19 @@ on the device and are summed once per epoch.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from lossbench import distributed
 from lossbench.data import Split, Splits
-from lossbench.evaluate import predict
+from lossbench.evaluate import loader_options, predict
 from lossbench.errors import UserError
 from lossbench.progress import EpochProgress
 
@@ -68,18 +69,51 @@ def validation_metrics(splits: Splits, pred) -> dict[str, float]:
     return row
 
 
+class EpochOrder(torch.utils.data.Sampler):
+    """The sample order of the current epoch, replaced before each epoch, so that one DataLoader
+    (and its persistent workers) serves every epoch."""
+
+    def __init__(self) -> None:
+        self.order: list[int] = []
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
+def epoch_loader(split: Split, batch_size: int, loader_kwargs: dict | None = None
+                 ) -> torch.utils.data.DataLoader:
+    """The DataLoader of a split read through its `dataset`, built on first use and kept."""
+    if split.loader is None or split.loader.batch_size != batch_size:
+        kwargs = dict(loader_kwargs or {})  # num_workers, pin_memory
+        split.loader = torch.utils.data.DataLoader(
+            split.dataset, batch_size=batch_size, sampler=EpochOrder(),
+            persistent_workers=int(kwargs.get("num_workers") or 0) > 0, **kwargs)
+    return split.loader
+
+
 def train_batches(split: Split, batch_size: int, generator: torch.Generator,
                   max_batches: int | None = None, loader_kwargs: dict | None = None
                   ) -> tuple[int, Iterator[tuple[torch.Tensor, torch.Tensor]]]:
     """(number of batches, iterator) over one shuffled epoch of the training split.
 
     In-memory tensors are sliced by a random permutation on their own device (no Dataset, no
-    per-sample Python); on-disk or augmented data goes through a DataLoader.
+    per-sample Python); on-disk or augmented data goes through a DataLoader reading the same
+    permutation. Over several processes every rank draws the same permutation (same seed) and
+    keeps its own shard of it, all shards of equal length.
     """
-    if split.x is None:
-        loader = torch.utils.data.DataLoader(split.dataset, batch_size=batch_size, shuffle=True,
-                                             generator=generator, **(loader_kwargs or {}))
-        n = len(loader) if max_batches is None else min(len(loader), max_batches)
+    dist = distributed.current()
+    count = len(split)
+    order = torch.randperm(count, generator=generator, device=generator.device)
+    order = distributed.shard_order(order, dist)
+    n = math.ceil(len(order) / batch_size)
+    if max_batches is not None:
+        n = min(n, max_batches)
+    if split.dataset is not None:  # on-disk or augmented samples
+        loader = epoch_loader(split, batch_size, loader_kwargs)
+        loader.sampler.order = order.tolist()
         device = split.y.device
 
         def from_loader():
@@ -88,11 +122,6 @@ def train_batches(split: Split, batch_size: int, generator: torch.Generator,
                     return
                 yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         return n, from_loader()
-    count = len(split)
-    n = math.ceil(count / batch_size)
-    if max_batches is not None:
-        n = min(n, max_batches)
-    order = torch.randperm(count, generator=generator, device=generator.device)
     order = order.to(split.x.device)
 
     def from_tensors():
@@ -100,6 +129,97 @@ def train_batches(split: Split, batch_size: int, generator: torch.Generator,
             idx = order[b * batch_size:(b + 1) * batch_size]
             yield split.x[idx], split.y[idx]
     return n, from_tensors()
+
+
+PRECISIONS = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
+
+
+def autocast_dtype(precision: Any) -> torch.dtype | None:
+    """`trainer.precision` (32, bf16 or 16) -> the autocast dtype, None for full precision."""
+    key = str(precision).removesuffix("-mixed")
+    if key not in PRECISIONS:
+        raise UserError(f"trainer.precision={precision} must be 32, bf16 or 16")
+    return PRECISIONS[key]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:
+    """Mixed precision for the forward pass and the loss (backward runs outside it)."""
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside DistributedDataParallel and torch.compile wrappers: the one whose
+    state_dict is saved and which evaluates (no collective calls in its forward)."""
+    while True:
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def training_model(model: nn.Module, device: torch.device, compile_model: bool = False
+                   ) -> nn.Module:
+    """The module the training loop calls: DistributedDataParallel over several processes
+    (gradients all-reduced in backward), then torch.compile when asked."""
+    if distributed.current().active and any(p.requires_grad for p in model.parameters()):
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if compile_model:
+        model = torch.compile(model)
+    return model
+
+
+def train_epoch(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
+                batches: Iterator[tuple[torch.Tensor, torch.Tensor]], *,
+                params: list[torch.Tensor] | None = None, grad_clip: float | None = None,
+                scheduler: Any = None, amp: Callable[[], AbstractContextManager] = nullcontext,
+                scaler: torch.amp.GradScaler | None = None,
+                on_batch: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+    """One pass over `batches`: forward, loss, backward, step. Returns (2,) on the device:
+    [sum over batches of loss × batch size, number of samples].
+
+    Nothing here waits for the device: batch losses stay tensors and are summed once at the end
+    (`scheduler` is stepped per batch, for one-cycle schedules).
+    """
+    custom_loss = getattr(loss_fn, "model_loss", None)  # e.g. adversarial training
+    losses, sizes = [], []
+    for b, (x, y) in enumerate(batches):
+        with amp():
+            if custom_loss is not None:
+                loss = custom_loss(model, x, y)
+            else:
+                out = model(x)  # (B, O)
+                if out.shape[-1] == 1:
+                    out = out.squeeze(-1)  # one logit / one regression value: (B,)
+                loss = loss_fn(out, y)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:  # fp16: scale the loss so small gradients do not underflow
+            scaler.scale(loss).backward()
+            if grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        losses.append(loss.detach())
+        sizes.append(len(y))
+        if on_batch is not None:
+            on_batch(b, losses[-1])
+    if not losses:
+        return torch.zeros(2)
+    weights = torch.tensor(sizes, dtype=torch.float32).to(losses[0].device, non_blocking=True)
+    total = (torch.stack(losses).float() * weights).sum()
+    return torch.stack([total, weights.sum()])
 
 
 @dataclass
@@ -115,51 +235,53 @@ def fit(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
         scheduler: Any, splits: Splits, head: str, trainer: Any, device: torch.device,
         generator: torch.Generator, progress: EpochProgress,
         on_epoch: Callable[[dict[str, Any]], None] | None = None) -> FitResult:
-    """Train for `trainer.epochs` epochs, validating after each; restore the best weights."""
+    """Train for `trainer.epochs` epochs, validating after each; restore the best weights.
+
+    `model` may be wrapped (DistributedDataParallel, torch.compile; see `training_model`): it
+    trains; the plain module inside validates and holds the weights that are kept.
+    """
     monitor, mode = resolve_monitor(splits.task, trainer.monitor, trainer.mode)
     better = (lambda a, b: a < b) if mode == "min" else (lambda a, b: a > b)
     max_batches = trainer.get("max_batches")
     step_per_batch = isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR)
     on_plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
-    custom_loss = getattr(loss_fn, "model_loss", None)  # e.g. adversarial training
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    dtype = autocast_dtype(trainer.get("precision", 32))
+    amp = lambda: autocast(device, dtype)  # noqa: E731
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    loader_kwargs = loader_options(device, trainer.get("num_workers", "auto"))
+    dist = distributed.current()
+    core = unwrap(model)
+
+    def on_batch(b: int, loss: torch.Tensor) -> None:
+        if b % 10 == 9:  # reading the loss waits for the device: only now and then
+            progress.batch(b + 1, float(loss))
+
     result = FitResult()
-    best_state = copy.deepcopy(model.state_dict())
+    best_state = {k: v.detach().clone() for k, v in core.state_dict().items()}
     waited = 0
     for epoch in range(1, trainer.epochs + 1):
         start = time.perf_counter()
         model.train()
         num_batches, batches = train_batches(splits.train, trainer.batch_size, generator,
-                                             max_batches)
+                                             max_batches, loader_kwargs)
         progress.start_epoch(epoch, num_batches)
-        losses, sizes = [], []
-        for b, (x, y) in enumerate(batches):
-            if custom_loss is not None:
-                loss = custom_loss(model, x, y)
-            else:
-                out = model(x)  # (B, O)
-                if out.shape[-1] == 1:
-                    out = out.squeeze(-1)  # one logit / one regression value: (B,)
-                loss = loss_fn(out, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if trainer.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, trainer.grad_clip)
-            optimizer.step()
-            if step_per_batch:
-                scheduler.step()
-            losses.append(loss.detach())
-            sizes.append(len(y))
-            if progress.live and b % 10 == 9:
-                progress.batch(b + 1, float(losses[-1]))
-        weights = torch.tensor(sizes, device=losses[0].device, dtype=torch.float32)
-        train_loss = float((torch.stack(losses).float() * weights).sum() / weights.sum())
+        sums = train_epoch(model, loss_fn, optimizer, batches, params=params,
+                           grad_clip=trainer.grad_clip,
+                           scheduler=scheduler if step_per_batch else None, amp=amp,
+                           scaler=scaler, on_batch=on_batch if progress.live else None)
+        total, count = distributed.all_reduce_sum(sums, dist).tolist()  # one sync per epoch
+        train_loss = total / max(count, 1)
 
-        pred = predict(model, splits, "val", head, trainer.eval_batch_size, device, loss_fn,
-                       max_batches)
+        with amp():
+            pred = predict(core, splits, "val", head, trainer.eval_batch_size, device, loss_fn,
+                           max_batches)
         row: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
         row.update(validation_metrics(splits, pred))
         row["lr"] = optimizer.param_groups[0]["lr"]
+        # Every rank computed the same row from the gathered predictions; rank 0's copy makes
+        # the scheduler and early-stopping decisions identical by construction.
+        row = distributed.broadcast_object(row, dist)
         if scheduler is not None and not step_per_batch:
             scheduler.step(row["val_loss"]) if on_plateau else scheduler.step()
         row["seconds"] = time.perf_counter() - start
@@ -172,11 +294,11 @@ def fit(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
         value = row[monitor]
         if epoch == 1 or better(value, result.best_value):
             result.best_value, result.best_epoch, waited = value, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = {k: v.detach().clone() for k, v in core.state_dict().items()}
         else:
             waited += 1
             if trainer.early_stopping and waited >= trainer.patience:
                 result.stopped_early = True
                 break
-    model.load_state_dict(best_state)
+    core.load_state_dict(best_state)
     return result
