@@ -134,7 +134,7 @@ def predict(model: nn.Module, splits: Splits, split_name: str, head: str, batch_
         scale = lambda t: (t.double().cpu().numpy() * splits.target_std + splits.target_mean)
         return Predictions(y_true=scale(y), y_pred=scale(out), loss=mean_loss)
     y_true = y.cpu().numpy()
-    if head == "embedding":
+    if head == "embedding" and not hasattr(loss_fn, "scores"):  # kNN unless the loss classifies
         train_out, train_y, _ = model_outputs(model, splits.train, batch_size, device, max_batches)
         knn = knn_classifier(train_out.cpu().numpy(), train_y.cpu().numpy())
         emb = out.cpu().numpy()
@@ -142,5 +142,30 @@ def predict(model: nn.Module, splits: Splits, split_name: str, head: str, batch_
         proba[:, knn.classes_] = knn.predict_proba(emb)
         return Predictions(y_true=y_true, y_pred=knn.classes_[proba[:, knn.classes_].argmax(1)],
                            scores=proba, embeddings=emb, loss=mean_loss)
-    scores = class_scores(out, head, loss_fn).cpu().numpy()
-    return Predictions(y_true=y_true, y_pred=scores.argmax(1), scores=scores, loss=mean_loss)
+    with torch.inference_mode():  # scores may run the loss's own layers (mixed's classifier)
+        scores = class_scores(out, head, loss_fn).cpu().numpy()
+    emb = out.cpu().numpy() if head == "embedding" else None
+    return Predictions(y_true=y_true, y_pred=scores.argmax(1), scores=scores, embeddings=emb,
+                       loss=mean_loss)
+
+
+def robust_accuracy(model: nn.Module, splits: Splits, split_name: str, head: str,
+                    batch_size: int, device: torch.device, loss_fn: nn.Module,
+                    max_batches: int | None = None) -> float:
+    """Accuracy on `split_name` when every input is replaced by `loss_fn.attack(model, x, y)`
+    (the attack the adversarial loss trains against), the model in eval mode."""
+    split = getattr(splits, split_name)
+    was_training = model.training
+    model.eval()
+    correct, total = 0, 0
+    for x, y in eval_batches(split, batch_size, device, max_batches):
+        x_adv = loss_fn.attack(model, x, y)  # needs input gradients: outside inference mode
+        with torch.inference_mode():
+            out = model(x_adv)
+            if out.shape[-1] == 1:
+                out = out.squeeze(-1)
+            pred = class_scores(out, head, loss_fn).argmax(-1)
+        correct += int((pred == y).sum())
+        total += len(y)
+    model.train(was_training)
+    return correct / max(total, 1)

@@ -24,7 +24,7 @@ from lossbench import distributed
 from lossbench import report as rep
 from lossbench.data import RawData, Splits, prepare_data
 from lossbench.errors import UserError
-from lossbench.evaluate import predict
+from lossbench.evaluate import predict, robust_accuracy
 from lossbench.progress import EpochProgress
 from lossbench.rundir import save_torch_atomic, write_csv_atomic, write_json_atomic, write_text_atomic
 from lossbench.train import autocast, autocast_dtype, fit, resolve_monitor, training_model
@@ -252,6 +252,8 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float) -> fl
     # 2. loss, and the model sized for it
     loss_fn = instantiate(cfg.loss)
     check_loss_fits(loss_fn, picked.get("loss", "?"), splits)
+    if hasattr(loss_fn, "setup"):  # layers the loss owns, sized by the data (mixed's classifier)
+        loss_fn.setup(splits.task, splits.num_classes)
     head = getattr(loss_fn, "head", "logits")
     num_outputs = output_size(head, splits, cfg.embedding_dim)
     model = instantiate(cfg.model, input_shape=list(splits.sample_shape), num_outputs=num_outputs)
@@ -316,6 +318,13 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float) -> fl
             console.print(f"pair verification ROC-AUC: {test['pair_roc_auc']:.4f}")
     if pred.loss is not None:
         test["loss"] = pred.loss
+    if hasattr(loss_fn, "attack") and splits.task != "regression":  # adversarial training
+        test["robust_accuracy"] = robust_accuracy(model, splits, "test", head,
+                                                  trainer.eval_batch_size, device, loss_fn,
+                                                  trainer.get("max_batches"))
+        console.print(f"robust accuracy under {loss_fn.describe()}: "
+                      f"{test['robust_accuracy']:.4f} (clean: {test['accuracy']:.4f})",
+                      highlight=False)
     write_text_atomic(run_dir / "report.txt", rep.report_text(splits.task, test, "test", title))
 
     metrics: dict[str, Any] = {
@@ -339,6 +348,9 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float) -> fl
     }
     if hasattr(loss_fn, "report"):
         metrics["loss_params"] = loss_fn.report()
+        if metrics["loss_params"]:
+            learned = ", ".join(f"{k}={v:.4g}" for k, v in metrics["loss_params"].items())
+            console.print(f"learned loss parameters: {learned}", highlight=False)
     write_json_atomic(run_dir / "metrics.json", metrics)
     console.print(f"run directory: {run_dir}", highlight=False)
     log.info("completed: %s", {k: v for k, v in test.items() if isinstance(v, float)})

@@ -178,9 +178,11 @@ def train_epoch(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Opt
                 params: list[torch.Tensor] | None = None, grad_clip: float | None = None,
                 scheduler: Any = None, amp: Callable[[], AbstractContextManager] = nullcontext,
                 scaler: torch.amp.GradScaler | None = None,
-                on_batch: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+                on_batch: Callable[[int, torch.Tensor], None] | None = None,
+                term_sums: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """One pass over `batches`: forward, loss, backward, step. Returns (2,) on the device:
-    [sum over batches of loss × batch size, number of samples].
+    [sum over batches of loss × batch size, number of samples]. A composite loss's parts
+    (`loss_fn.terms`) are summed the same way into `term_sums` when given.
 
     Nothing here waits for the device: batch losses stay tensors and are summed once at the end
     (`scheduler` is stepped per batch, for one-cycle schedules).
@@ -213,6 +215,9 @@ def train_epoch(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Opt
             scheduler.step()
         losses.append(loss.detach())
         sizes.append(len(y))
+        if term_sums is not None:
+            for name, value in getattr(loss_fn, "terms", {}).items():
+                term_sums[name] = term_sums.get(name, 0) + value.float() * len(y)
         if on_batch is not None:
             on_batch(b, losses[-1])
     if not losses:
@@ -266,17 +271,23 @@ def fit(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
         num_batches, batches = train_batches(splits.train, trainer.batch_size, generator,
                                              max_batches, loader_kwargs)
         progress.start_epoch(epoch, num_batches)
+        term_sums: dict[str, torch.Tensor] = {}
         sums = train_epoch(model, loss_fn, optimizer, batches, params=params,
                            grad_clip=trainer.grad_clip,
                            scheduler=scheduler if step_per_batch else None, amp=amp,
-                           scaler=scaler, on_batch=on_batch if progress.live else None)
+                           scaler=scaler, on_batch=on_batch if progress.live else None,
+                           term_sums=term_sums)
         total, count = distributed.all_reduce_sum(sums, dist).tolist()  # one sync per epoch
         train_loss = total / max(count, 1)
+        term_names = sorted(term_sums)  # a composite loss's parts, averaged like the total
+        term_totals = (distributed.all_reduce_sum(torch.stack([term_sums[n] for n in term_names]),
+                                                  dist).tolist() if term_names else [])
 
         with amp():
             pred = predict(core, splits, "val", head, trainer.eval_batch_size, device, loss_fn,
                            max_batches)
         row: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
+        row.update({f"train_loss_{n}": t / max(count, 1) for n, t in zip(term_names, term_totals)})
         row.update(validation_metrics(splits, pred))
         row["lr"] = optimizer.param_groups[0]["lr"]
         # Every rank computed the same row from the gathered predictions; rank 0's copy makes

@@ -33,3 +33,22 @@ def reduce(values, reduction: str):
     if reduction == "sum":
         return values.sum()
     return values
+
+
+def check_choice(name: str, value: str, options: tuple[str, ...]) -> str:
+    """Raise ValueError unless value is one of options."""
+    if value not in options:
+        raise ValueError(f"{name} must be one of {options}, got {value!r}")
+    return value
+
+
+def check_int(name: str, value: int, low: int) -> int:
+    """Raise ValueError unless value is an integer >= low."""
+    if isinstance(value, bool) or int(value) != value or value < low:
+        raise ValueError(f"{name} must be an integer in [{low}, inf), got {value!r}")
+    return int(value)
+
+
+def squeeze_output(out):
+    """(B, 1) model output -> (B,): one logit or one regression value per sample, as `fit` does."""
+    return out.squeeze(-1) if out.shape[-1] == 1 else out

@@ -1,0 +1,202 @@
+"""Losses robust to label noise: bounded or symmetric alternatives to cross-entropy.
+
+All take `forward(input, target)` with input (N, K) logits and target (N,) class indices, and
+work from log-softmax so that logits of ±1e4 stay finite. p = softmax(z) below. Defaults are
+the published settings for MNIST-like data (10 classes, symmetric noise).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lossbench.losses._checks import check_range, check_reduction, reduce
+from lossbench.losses.classification import log_one_minus_target_prob, target_log_prob
+
+
+def _one_minus_py(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(N,) 1 − p_y, exact also when p_y rounds to 1."""
+    return log_one_minus_target_prob(input, target).exp()
+
+
+def _nce(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(N,) normalised cross-entropy −log p_y / Σ_k −log p_k."""
+    log_p = F.log_softmax(input, dim=-1)
+    return log_p.gather(-1, target.long().unsqueeze(-1)).squeeze(-1) / log_p.sum(-1)
+
+
+class MAELoss(nn.Module):
+    r"""Mean absolute error on probabilities, robust to symmetric label noise (Ghosh, Kumar &
+    Sastry 2017, "Robust loss functions under label noise for deep neural networks"; the
+    passive MAE of Ma et al. 2020).
+
+    .. math:: \ell(z, y) = 1 - p_y
+
+    (half of ‖onehot(y) − p‖₁). Shapes: input (N, K) logits, target (N,) class indices.
+    """
+
+    tasks = ("multiclass", "binary")
+    head = "logits"
+    reference = "Ghosh et al. 2017, Robust loss functions under label noise"
+
+    def __init__(self, reduction: str = "mean"):
+        super().__init__()
+        self.reduction = check_reduction(reduction)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return reduce(_one_minus_py(input, target), self.reduction)
+
+
+class GCELoss(nn.Module):
+    r"""Generalized cross-entropy of Zhang & Sabuncu (2018), "Generalized cross entropy loss for
+    training deep neural networks with noisy labels" (the L_q loss).
+
+    .. math:: \ell(z, y) = \frac{1 - p_y^{\,q}}{q}
+
+    q → 0 gives cross-entropy, q = 1 gives MAE. p_y^q is computed as exp(q·log p_y).
+    Shapes: input (N, K) logits, target (N,) class indices. Hyperparameters: q ∈ (0, 1]
+    (paper: 0.7).
+    """
+
+    tasks = ("multiclass", "binary")
+    head = "logits"
+    reference = "Zhang & Sabuncu 2018, Generalized cross entropy"
+
+    def __init__(self, q: float = 0.7, reduction: str = "mean"):
+        super().__init__()
+        self.q = check_range("q", q, 0.0, 1.0, low_open=True)
+        self.reduction = check_reduction(reduction)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        per_sample = -torch.expm1(self.q * target_log_prob(input, target)) / self.q
+        return reduce(per_sample, self.reduction)
+
+
+class RCELoss(nn.Module):
+    r"""Reverse cross-entropy of Wang et al. (2019), "Symmetric cross entropy for robust
+    learning with noisy labels": the cross-entropy with prediction and label swapped,
+    log 0 being replaced by a constant A < 0.
+
+    .. math:: \ell(z, y) = -\sum_k p_k \log q_k = -A\,(1 - p_y),
+              \qquad q = \mathrm{onehot}(y),\ \log 0 := A
+
+    Shapes: input (N, K) logits, target (N,) class indices. Hyperparameters: log_zero A ∈ (−∞, 0)
+    (paper: −4).
+    """
+
+    tasks = ("multiclass", "binary")
+    head = "logits"
+    reference = "Wang et al. 2019, Symmetric cross entropy"
+
+    def __init__(self, log_zero: float = -4.0, reduction: str = "mean"):
+        super().__init__()
+        self.log_zero = check_range("log_zero", log_zero, high=0.0, high_open=True)
+        self.reduction = check_reduction(reduction)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return reduce(-self.log_zero * _one_minus_py(input, target), self.reduction)
+
+
+class SCELoss(nn.Module):
+    r"""Symmetric cross-entropy of Wang et al. (2019), "Symmetric cross entropy for robust
+    learning with noisy labels".
+
+    .. math:: \ell(z, y) = \alpha\,(-\log p_y) + \beta\,(-A)(1 - p_y)
+
+    (cross-entropy plus reverse cross-entropy, A = log 0 replacement, −4 in the paper).
+    Shapes: input (N, K) logits, target (N,) class indices. Hyperparameters: alpha α ∈ [0, ∞),
+    beta β ∈ [0, ∞) (paper, MNIST: α = 0.01, β = 1), log_zero A ∈ (−∞, 0).
+    """
+
+    tasks = ("multiclass", "binary")
+    head = "logits"
+    reference = "Wang et al. 2019, Symmetric cross entropy"
+
+    def __init__(self, alpha: float = 0.01, beta: float = 1.0, log_zero: float = -4.0,
+                 reduction: str = "mean"):
+        super().__init__()
+        self.alpha = check_range("alpha", alpha, low=0.0)
+        self.beta = check_range("beta", beta, low=0.0)
+        self.log_zero = check_range("log_zero", log_zero, high=0.0, high_open=True)
+        self.reduction = check_reduction(reduction)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        ce = -target_log_prob(input, target)
+        rce = -self.log_zero * _one_minus_py(input, target)
+        return reduce(self.alpha * ce + self.beta * rce, self.reduction)
+
+
+class NCELoss(nn.Module):
+    r"""Normalized cross-entropy of Ma et al. (2020), "Normalized loss functions for deep
+    learning with noisy labels": cross-entropy divided by its sum over all labels.
+
+    .. math:: \ell(z, y) = \frac{-\log p_y}{-\sum_{k=1}^K \log p_k} \in (0, 1]
+
+    Shapes: input (N, K) logits, target (N,) class indices. Hyperparameters: scale (a positive
+    factor, 1 by default).
+    """
+
+    tasks = ("multiclass", "binary")
+    head = "logits"
+    reference = "Ma et al. 2020, Normalized loss functions (active-passive)"
+
+    def __init__(self, scale: float = 1.0, reduction: str = "mean"):
+        super().__init__()
+        self.scale = check_range("scale", scale, low=0.0, low_open=True)
+        self.reduction = check_reduction(reduction)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return reduce(self.scale * _nce(input, target), self.reduction)
+
+
+class NCERCELoss(nn.Module):
+    r"""Active-passive loss NCE+RCE of Ma et al. (2020), "Normalized loss functions for deep
+    learning with noisy labels".
+
+    .. math:: \ell(z, y) = \alpha\,\mathrm{NCE}(z, y) + \beta\,(-A)(1 - p_y)
+
+    Shapes: input (N, K) logits, target (N,) class indices. Hyperparameters: alpha α ∈ [0, ∞),
+    beta β ∈ [0, ∞) (published MNIST setting: α = 1, β = 10), log_zero A ∈ (−∞, 0) (−4).
+    """
+
+    tasks = ("multiclass", "binary")
+    head = "logits"
+    reference = "Ma et al. 2020, Normalized loss functions (active-passive)"
+
+    def __init__(self, alpha: float = 1.0, beta: float = 10.0, log_zero: float = -4.0,
+                 reduction: str = "mean"):
+        super().__init__()
+        self.alpha = check_range("alpha", alpha, low=0.0)
+        self.beta = check_range("beta", beta, low=0.0)
+        self.log_zero = check_range("log_zero", log_zero, high=0.0, high_open=True)
+        self.reduction = check_reduction(reduction)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        rce = -self.log_zero * _one_minus_py(input, target)
+        return reduce(self.alpha * _nce(input, target) + self.beta * rce, self.reduction)
+
+
+class NCEMAELoss(nn.Module):
+    r"""Active-passive loss NCE+MAE of Ma et al. (2020), "Normalized loss functions for deep
+    learning with noisy labels".
+
+    .. math:: \ell(z, y) = \alpha\,\mathrm{NCE}(z, y) + \beta\,(1 - p_y)
+
+    Shapes: input (N, K) logits, target (N,) class indices. Hyperparameters: alpha α ∈ [0, ∞),
+    beta β ∈ [0, ∞) (published MNIST setting: α = 1, β = 10).
+    """
+
+    tasks = ("multiclass", "binary")
+    head = "logits"
+    reference = "Ma et al. 2020, Normalized loss functions (active-passive)"
+
+    def __init__(self, alpha: float = 1.0, beta: float = 10.0, reduction: str = "mean"):
+        super().__init__()
+        self.alpha = check_range("alpha", alpha, low=0.0)
+        self.beta = check_range("beta", beta, low=0.0)
+        self.reduction = check_reduction(reduction)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        per_sample = self.alpha * _nce(input, target) + self.beta * _one_minus_py(input, target)
+        return reduce(per_sample, self.reduction)
