@@ -32,7 +32,7 @@ from lossbench.train import autocast, autocast_dtype, fit, resolve_monitor, trai
 log = logging.getLogger("lossbench")
 
 # Keys of a dataset config that lossbench applies to any dataset; the rest go to its `_target_`.
-DATA_PREP_KEYS = ("split", "noise", "imbalance", "scale")
+DATA_PREP_KEYS = ("split", "noise", "imbalance", "scale", "augment")
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -95,7 +95,7 @@ def load_data(cfg: DictConfig) -> Splits:
         raise TypeError(f"dataset {data_cfg._target_} returned {type(raw).__name__}, not RawData")
     return prepare_data(raw, split=data_cfg.split, noise=data_cfg.get("noise"),
                         imbalance=data_cfg.get("imbalance"), scale=data_cfg.get("scale", True),
-                        seed=cfg.seed)
+                        seed=cfg.seed, augment=data_cfg.get("augment"))
 
 
 def check_loss_fits(loss_fn: torch.nn.Module, loss_name: str, splits: Splits) -> None:

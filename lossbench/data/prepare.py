@@ -1,4 +1,4 @@
-"""From a dataset config to `Splits` of tensors: split → noise → imbalance → scale."""
+"""From a dataset config to `Splits` of tensors: split → imbalance → noise → scale → augment."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lossbench.data.augment import AugmentedImages, augmentation_wanted, check_augment
 from lossbench.data.raw import RawData
 from lossbench.data.split import Split, Splits, split_dataset
 
@@ -24,23 +25,26 @@ def _feature_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def prepare_data(raw: RawData, split: Any, noise: Any = None, imbalance: Any = None,
-                 scale: bool = True, seed: int = 0) -> Splits:
-    """Split `raw`, corrupt the training labels as configured, scale, and convert to tensors.
+                 scale: bool = True, seed: int = 0, augment: Any = None) -> Splits:
+    """Split `raw`, make the training classes imbalanced and the labels noisy as configured,
+    scale, and convert to tensors.
 
     split: mapping with train/val/test fractions. noise / imbalance: mappings with `kind`
-    (`none` leaves the data alone). Label noise touches train and validation, never test.
+    (`none` leaves the data alone). Imbalance subsamples the training split by its clean labels;
+    label noise then touches train and validation, never test. augment: crop_padding / hflip for
+    image training data, which the training loop then reads through a DataLoader.
     """
     parts = split_dataset(raw, float(split["train"]), float(split["val"]), float(split["test"]),
                           seed=seed)
     info: dict[str, Any] = {}
-    if noise is not None and noise.get("kind", "none") != "none":
-        from lossbench.data.noise import apply_label_noise
-
-        parts, info["noise"] = apply_label_noise(parts, raw, noise, seed)
     if imbalance is not None and imbalance.get("kind", "none") != "none":
         from lossbench.data.imbalance import apply_imbalance
 
         parts, info["imbalance"] = apply_imbalance(parts, raw, imbalance, seed)
+    if noise is not None and noise.get("kind", "none") != "none":
+        from lossbench.data.noise import apply_label_noise
+
+        parts, info["noise"] = apply_label_noise(parts, raw, noise, seed)
 
     x_train = parts["train"][0].astype(np.float32)
     mean, std = _feature_stats(x_train) if scale else (0.0, 1.0)
@@ -58,8 +62,21 @@ def prepare_data(raw: RawData, split: Any, noise: Any = None, imbalance: Any = N
             yt = torch.from_numpy(y.astype(np.int64))
         return Split(x=xt, y=yt)
 
+    train = to_split(*parts["train"])
+    if augmentation_wanted(augment):
+        # x stays for evaluation (e.g. kNN on clean training embeddings); training reads the
+        # augmented view through a DataLoader
+        check_augment(augment, tuple(raw.x.shape[1:]), raw.name)
+        train.dataset = AugmentedImages(train.x, train.y, augment.get("crop_padding") or 0,
+                                        augment.get("hflip", False))
+        info["augment"] = {"crop_padding": int(augment.get("crop_padding") or 0),
+                           "hflip": bool(augment.get("hflip", False))}
+    if scale and x_train.ndim > 2:  # per-channel statistics of images and sequences
+        info["normalisation"] = {"mean": np.asarray(mean).ravel().round(6).tolist(),
+                                 "std": np.asarray(std).ravel().round(6).tolist()}
+
     return Splits(
-        train=to_split(*parts["train"]), val=to_split(*parts["val"]),
+        train=train, val=to_split(*parts["val"]),
         test=to_split(*parts["test"]), task=raw.task, name=raw.name,
         num_classes=raw.num_classes, class_names=raw.class_names,
         sample_shape=tuple(raw.x.shape[1:]), target_mean=target_mean, target_std=target_std,

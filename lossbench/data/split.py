@@ -20,6 +20,7 @@ class Split:
     y: torch.Tensor  # (N,) int64 class indices, or float32 regression targets
     x: torch.Tensor | None = None  # (N, *sample_shape) float32
     dataset: Any = None  # a torch Dataset yielding (x, y), batched by a DataLoader
+    loader: Any = None  # the DataLoader over `dataset`, built once so its workers persist
 
     def __len__(self) -> int:
         return len(self.y)
@@ -77,6 +78,18 @@ def _split_indices(n: int, y: np.ndarray, first: float, second: float, stratify:
     return np.sort(part_first), np.sort(part_second)
 
 
+def _check_class_sizes(raw: RawData, needed: int, what: str) -> None:
+    """A stratified split puts every class in each part, so each class needs `needed` samples."""
+    counts = np.bincount(np.asarray(raw.y, dtype=np.int64), minlength=raw.num_classes)
+    small = [(c, n) for c, n in enumerate(counts) if 0 < n < needed]
+    if small:
+        c, n = small[0]
+        name = raw.class_names[c] if raw.class_names and c < len(raw.class_names) else str(c)
+        raise UserError(f"{what}: class {name!r} has only {n} sample{'s' * (n != 1)}, too few for "
+                        f"a stratified split into {needed} parts; give it at least {needed} "
+                        "samples or remove it")
+
+
 def split_dataset(raw: RawData, train: float = 0.6, val: float = 0.2, test: float = 0.2,
                   seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Split raw arrays into {'train', 'val', 'test'}: (x, y).
@@ -87,6 +100,8 @@ def split_dataset(raw: RawData, train: float = 0.6, val: float = 0.2, test: floa
     _check_fractions(train, val, test)
     stratify = raw.task != "regression"
     what = f"dataset {raw.name}"
+    if stratify:
+        _check_class_sizes(raw, 2 if raw.x_test is not None else 3, what)
     if raw.x_test is not None:
         total = train + val
         tr, va = _split_indices(len(raw.y), raw.y, train / total, val / total, stratify, seed, what)
