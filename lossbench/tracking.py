@@ -1,0 +1,267 @@
+"""Experiment trackers: the `logger` config group (`none`, `tensorboard`, `mlflow`).
+
+A tracker mirrors what the run directory already holds into a tool people browse runs with; the
+run directory's own files are written whatever the logger. The run calls, in order:
+
+    tracker = build_tracker(cfg.logger)          # before any file is written: a missing package
+                                                  # is a UserError with the command to install it
+    tracker.start(run_dir, config, choices)       # config: the resolved config as a nested dict
+    tracker.log_epoch(row)                        # once per epoch: history.csv's row
+    tracker.finish(run_dir, metrics)              # metrics.json's dict; logs files as artifacts
+    tracker.fail()                                # instead of finish when the run raised
+
+The heavy packages (tensorboard, mlflow) are imported only by the tracker that uses them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from lossbench.errors import UserError
+
+# Files of a run directory mirrored as artifacts (model.pt is left out unless asked: it can be large).
+ARTIFACT_PATTERNS = ("report.txt", "metrics.json", "history.csv", "*.png", ".hydra/*.yaml")
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'trainer': {'epochs': 5}} -> {'trainer.epochs': 5}; lists stay whole values."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def scalar_items(row: Mapping[str, Any]) -> Iterator[tuple[str, float]]:
+    """The numeric entries of a row or metrics dict (bools and nested values left out)."""
+    for key, value in row.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield key, float(value)
+
+
+def final_scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """What a tracker records at the end: test metrics as `test_<name>` plus the run's summary."""
+    values = {f"test_{k}": v for k, v in scalar_items(metrics.get("test", {}))}
+    for key in ("best_val", "best_epoch", "epochs_run", "wall_time_s"):
+        if isinstance(metrics.get(key), (int, float)):
+            values[key] = float(metrics[key])
+    return values
+
+
+def run_files(run_dir: Path, include_model: bool = False) -> list[Path]:
+    patterns = ARTIFACT_PATTERNS + (("model.pt",) if include_model else ())
+    return sorted({p for pattern in patterns for p in run_dir.glob(pattern) if p.is_file()})
+
+
+def sweep_context() -> dict[str, str]:
+    """Where this job sits in a Hydra sweep ({} for a single run or outside Hydra)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hydra_cfg = HydraConfig.get()
+    except (ImportError, ValueError):
+        return {}
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return {}
+    return {"sweep_dir": str(hydra_cfg.sweep.dir), "job_num": str(hydra_cfg.job.num),
+            "overrides": hydra_cfg.job.override_dirname or ""}
+
+
+def run_label(choices: Mapping[str, str], context: Mapping[str, str]) -> str:
+    """A readable run name: the sweep's overrides for a sweep job, else loss and dataset."""
+    if context.get("overrides"):
+        return context["overrides"]
+    return f"loss={choices.get('loss', '?')} dataset={choices.get('dataset', '?')}"
+
+
+# Trackers started in this process and not yet finished: a run that raises marks them failed
+# (see `fail_open_runs`), so a crashed job does not stay "running" in the tracker forever.
+_open: list[NoTracker] = []
+
+
+def fail_open_runs() -> None:
+    while _open:
+        _open.pop().fail()
+
+
+class NoTracker:
+    """`logger=none`: nothing beyond the run directory."""
+
+    def start(self, run_dir: Path, config: Mapping[str, Any], choices: Mapping[str, str]) -> None:
+        pass
+
+    def log_epoch(self, row: Mapping[str, Any]) -> None:
+        pass
+
+    def finish(self, run_dir: Path, metrics: Mapping[str, Any]) -> None:
+        pass
+
+    def fail(self) -> None:
+        pass
+
+
+class TensorBoardTracker(NoTracker):
+    """`logger=tensorboard`: event files in `<run dir>/<subdir>`; `tensorboard --logdir outputs`
+    shows every run. Scalars `epoch/<metric>` per epoch, `test/<metric>` at the end, the config
+    as text and the plots as images."""
+
+    def __init__(self, subdir: str = "tensorboard", flush_secs: int = 30):
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+        except ImportError:
+            raise UserError("logger=tensorboard needs the tensorboard package: "
+                            "pip install 'lossbench[tensorboard]'") from None
+        self._writer_class = SummaryWriter
+        self.subdir = subdir
+        self.flush_secs = flush_secs
+        self.writer = None
+
+    def start(self, run_dir: Path, config: Mapping[str, Any], choices: Mapping[str, str]) -> None:
+        import yaml
+
+        self.writer = self._writer_class(log_dir=str(Path(run_dir) / self.subdir),
+                                         flush_secs=self.flush_secs)
+        _open.append(self)
+        # four leading spaces make TensorBoard's markdown show the YAML as a code block
+        text = yaml.safe_dump(dict(config), sort_keys=False)
+        self.writer.add_text("config", "\n".join("    " + line for line in text.splitlines()))
+
+    def log_epoch(self, row: Mapping[str, Any]) -> None:
+        epoch = int(row["epoch"])
+        for key, value in scalar_items(row):
+            if key != "epoch":
+                self.writer.add_scalar(f"epoch/{key}", value, epoch)
+
+    def finish(self, run_dir: Path, metrics: Mapping[str, Any]) -> None:
+        step = int(metrics.get("epochs_run") or 0)
+        for key, value in final_scalars(metrics).items():
+            name = f"test/{key[5:]}" if key.startswith("test_") else f"summary/{key}"
+            self.writer.add_scalar(name, value, step)
+        for png in sorted(Path(run_dir).glob("*.png")):
+            from matplotlib.image import imread
+
+            self.writer.add_image(f"plots/{png.stem}", imread(png)[..., :3], step,
+                                  dataformats="HWC")
+        self.writer.close()
+        _open.remove(self)
+
+    def fail(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class MLflowTracker(NoTracker):
+    """`logger=mlflow`: one MLflow run per job, in a local SQLite store under outputs/ by default
+    (`logger.tracking_uri` takes any tracking URI: a server, a database).
+
+    Params: the flattened resolved config; metrics: every epoch's row (step = epoch), then the
+    test metrics as `test_<name>`; artifacts: report.txt, metrics.json, history.csv, the plots and
+    the Hydra config. Single runs go to the experiment `lossbench`; each sweep gets its own
+    experiment, named after its sweep directory, unless `logger.experiment` names one.
+    """
+
+    def __init__(self, tracking_uri: str = "sqlite:///outputs/mlflow.db",
+                 artifact_location: str | None = "outputs/mlartifacts",
+                 experiment: str | None = None, log_model: bool = False):
+        try:
+            from mlflow.tracking import MlflowClient
+        except ImportError:
+            raise UserError("logger=mlflow needs the mlflow package: "
+                            "pip install 'lossbench[mlflow]'") from None
+        self._client_class = MlflowClient
+        self.tracking_uri = self._absolute_uri(tracking_uri)
+        self.artifact_location = (Path(artifact_location).resolve().as_uri()
+                                  if artifact_location and "://" not in artifact_location
+                                  else artifact_location)
+        self.experiment = experiment
+        self.log_model = log_model
+        self.client = None
+        self.run_id: str | None = None
+
+    @staticmethod
+    def _absolute_uri(uri: str) -> str:
+        """Relative SQLite paths are made absolute against the working directory, so jobs of a
+        sweep (and a later `mlflow ui --backend-store-uri ...`) all see the same store."""
+        prefix = "sqlite:///"
+        if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+            path = Path(uri[len(prefix):]).resolve()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return prefix + str(path)
+        return uri
+
+    def _experiment_id(self, context: Mapping[str, str]) -> str:
+        name = self.experiment or (f"lossbench sweep {context['sweep_dir']}" if context
+                                   else "lossbench")
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        try:
+            return self.client.create_experiment(name, artifact_location=self.artifact_location)
+        except Exception:  # a parallel job of the same sweep created it first
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    def start(self, run_dir: Path, config: Mapping[str, Any], choices: Mapping[str, str]) -> None:
+        from mlflow.entities import Param, RunTag
+
+        # MLflow's store announces its database migrations at INFO: not the user's business
+        for name in ("mlflow", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        self.client = self._client_class(tracking_uri=self.tracking_uri)
+        context = sweep_context()
+        tags = {"run_dir": str(Path(run_dir).resolve()), **context,
+                **{f"choice.{k}": v for k, v in choices.items()}}
+        run = self.client.create_run(self._experiment_id(context),
+                                     run_name=run_label(choices, context),
+                                     tags={k: str(v) for k, v in tags.items()})
+        self.run_id = run.info.run_id
+        _open.append(self)
+        params = [Param(key[:250], str(value)[:6000]) for key, value in flatten(config).items()]
+        for i in range(0, len(params), 100):  # log_batch takes at most 100 params a call
+            self.client.log_batch(self.run_id, params=params[i:i + 100])
+        self.client.log_batch(self.run_id, tags=[RunTag("lossbench.status", "running")])
+
+    def _log_metrics(self, values: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(key, value, now, step) for key, value in values.items()]
+        if metrics:
+            self.client.log_batch(self.run_id, metrics=metrics)
+
+    def log_epoch(self, row: Mapping[str, Any]) -> None:
+        self._log_metrics({k: v for k, v in scalar_items(row) if k != "epoch"}, int(row["epoch"]))
+
+    def finish(self, run_dir: Path, metrics: Mapping[str, Any]) -> None:
+        run_dir = Path(run_dir)
+        self._log_metrics(final_scalars(metrics), int(metrics.get("epochs_run") or 0))
+        for path in run_files(run_dir, self.log_model):
+            folder = path.parent.relative_to(run_dir).as_posix()
+            self.client.log_artifact(self.run_id, str(path),
+                                     artifact_path=None if folder == "." else folder)
+        self.client.set_tag(self.run_id, "lossbench.status", str(metrics.get("status", "")))
+        self.client.set_terminated(self.run_id, "FINISHED")
+        _open.remove(self)
+
+    def fail(self) -> None:
+        if self.run_id is not None:
+            self.client.set_terminated(self.run_id, "FAILED")
+
+
+def build_tracker(logger_cfg: Any) -> NoTracker:
+    """The tracker a `logger` config asks for (`_target_: null` or no config: none)."""
+    if logger_cfg is None or not logger_cfg.get("_target_"):
+        return NoTracker()
+    from hydra.utils import instantiate
+
+    return instantiate(logger_cfg)
