@@ -22,6 +22,7 @@ from rich.tree import Tree
 
 from lossbench import distributed
 from lossbench import report as rep
+from lossbench import tracking
 from lossbench.data import RawData, Splits, prepare_data
 from lossbench.errors import UserError
 from lossbench.evaluate import predict, robust_accuracy
@@ -229,6 +230,20 @@ def config_tree(cfg: DictConfig, picked: dict[str, str] | None = None) -> Tree:
     return tree
 
 
+def write_plots(run_dir: Path, console: Console, **kwargs: Any) -> list[Path]:
+    """The run's PNG plots (see `lossbench.plots.save_run_plots`). Pictures are a view of
+    results already on disk, so a failure to draw one is logged and the run still completes."""
+    try:
+        from lossbench.plots import save_run_plots
+
+        return save_run_plots(run_dir, **kwargs)
+    except Exception as err:
+        log.exception("plots failed")
+        console.print(f"[yellow]warning:[/] plots not written ({type(err).__name__}: {err}); "
+                      "see train.log", highlight=False)
+        return []
+
+
 def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float) -> float:
     trainer = cfg.trainer
     picked = choices(cfg)
@@ -275,8 +290,12 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float) -> fl
         else:
             scheduler = factory(optimizer)
 
+    # a tracker whose package is missing is the user's to install: checked before any file
+    tracker = tracking.build_tracker(cfg.get("logger")) if dist.is_main else tracking.NoTracker()
+
     # Everything the user could have got wrong has been checked: from here on, files are written.
     log.info("run directory %s, device %s, choices %s", run_dir, device, picked)
+    tracker.start(run_dir, OmegaConf.to_container(cfg, resolve=True), picked)
     generator = torch.Generator(device=device if device.type == "cuda" else "cpu")
     generator.manual_seed(cfg.seed)
     console.print(f"[bold]lossbench[/] loss={picked.get('loss')} dataset={splits.name} "
@@ -287,7 +306,7 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float) -> fl
     with EpochProgress(console, trainer.epochs, monitor) as progress:
         result = fit(training_model(model, device, trainer.get("compile", False)), loss_fn,
                      optimizer, scheduler, splits, head, trainer, device, generator, progress,
-                     on_epoch=lambda row: log.info("epoch %s", row))
+                     on_epoch=lambda row: (log.info("epoch %s", row), tracker.log_epoch(row)))
     amp = autocast(device, precision)
     if not dist.is_main:  # the other ranks only compute their share of the test predictions
         with amp:
@@ -326,6 +345,11 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float) -> fl
                       f"{test['robust_accuracy']:.4f} (clean: {test['accuracy']:.4f})",
                       highlight=False)
     write_text_atomic(run_dir / "report.txt", rep.report_text(splits.task, test, "test", title))
+    if trainer.get("plots", True):
+        write_plots(run_dir, console, task=splits.task,
+                    label=f"loss={picked.get('loss')} dataset={splits.name}",
+                    history=result.history, monitor=monitor, best_epoch=result.best_epoch,
+                    y_true=pred.y_true, y_pred=pred.y_pred, scores=pred.scores, test_metrics=test)
 
     metrics: dict[str, Any] = {
         "status": "completed",
@@ -352,6 +376,7 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float) -> fl
             learned = ", ".join(f"{k}={v:.4g}" for k, v in metrics["loss_params"].items())
             console.print(f"learned loss parameters: {learned}", highlight=False)
     write_json_atomic(run_dir / "metrics.json", metrics)
+    tracker.finish(run_dir, metrics)
     console.print(f"run directory: {run_dir}", highlight=False)
     log.info("completed: %s", {k: v for k, v in test.items() if isinstance(v, float)})
     return float(result.best_value)
