@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     module_name, func_name = commands[command].split(":")
     import importlib
 
-    from lossbench.errors import UserError
+    from lossbench.errors import Interrupted, UserError
 
     func = getattr(importlib.import_module(module_name), func_name)
     try:
@@ -71,4 +71,13 @@ def main(argv: list[str] | None = None) -> None:
             raise
         report_user_error(err)
         sys.exit(2)
+    except KeyboardInterrupt as err:
+        if _debug():
+            raise
+        if isinstance(err, Interrupted):  # the run saved a checkpoint; its message says so
+            print(f"lossbench: {err}", file=sys.stderr)
+            sys.exit(err.exit_code)
+        print("lossbench: stopped at once (second Ctrl-C); a run keeps its last checkpoint.pt",
+              file=sys.stderr)
+        sys.exit(130)
     sys.exit(code or 0)

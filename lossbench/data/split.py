@@ -11,6 +11,7 @@ from sklearn.model_selection import train_test_split
 
 from lossbench.data.raw import RawData
 from lossbench.errors import UserError
+from lossbench.schema import check_split
 
 
 @dataclass
@@ -41,19 +42,6 @@ class Splits:
     target_mean: float = 0.0  # regression targets are standardised for training ...
     target_std: float = 1.0  # ... and mapped back before any metric is computed
     info: dict = field(default_factory=dict)  # noise/imbalance statistics, written to metrics.json
-
-
-def _check_fractions(train: float, val: float, test: float) -> None:
-    for name, value in (("train", train), ("val", val), ("test", test)):
-        if not 0.0 <= value <= 1.0:
-            raise UserError(f"dataset.split.{name}={value} must lie in [0, 1]")
-    if train <= 0 or val <= 0:
-        raise UserError("dataset.split.train and dataset.split.val must be greater than 0")
-    if train + val + test > 1.0 + 1e-9:
-        raise UserError(
-            f"dataset.split fractions sum to {train + val + test:g} (train={train}, val={val}, "
-            f"test={test}); they must sum to at most 1"
-        )
 
 
 def _split_indices(n: int, y: np.ndarray, first: float, second: float, stratify: bool,
@@ -97,7 +85,7 @@ def split_dataset(raw: RawData, train: float = 0.6, val: float = 0.2, test: floa
     Classification splits are stratified. A dataset with its own test split keeps it, and the
     validation part is carved from its training part as val / (train + val).
     """
-    _check_fractions(train, val, test)
+    check_split(train, val, test)
     stratify = raw.task != "regression"
     what = f"dataset {raw.name}"
     if stratify:
