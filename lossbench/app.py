@@ -29,11 +29,17 @@ def _train(cfg: DictConfig) -> float | None:
     from lossbench.run import run
 
     hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        # a failing job (user errors included) is recorded and the sweep goes on; completed
+        # jobs of a resumed sweep are skipped (lossbench/sweep.py)
+        from lossbench.run import choices
+        from lossbench.sweep import run_sweep_job
+
+        return run_sweep_job(cfg, hydra_cfg, run, choices)
     try:
         return run(cfg)
     except UserError as err:
-        if hydra_cfg.mode == RunMode.MULTIRUN or hydra_cfg.verbose or os.environ.get(
-                "LOSSBENCH_DEBUG", "") not in ("", "0"):
+        if hydra_cfg.verbose or os.environ.get("LOSSBENCH_DEBUG", "") not in ("", "0"):
             raise
         _discard_empty_run_dir(Path(hydra_cfg.runtime.output_dir))
         print(f"lossbench: error: {err}", file=sys.stderr)
@@ -44,4 +50,6 @@ def train_command(argv: list[str]) -> int:
     """`lossbench train [overrides]`: hand the arguments to Hydra as if it were the program."""
     sys.argv = ["lossbench train", *argv]
     _train()
-    return 0
+    from lossbench import sweep
+
+    return 1 if sweep.failed_jobs else 0  # the summary line has named them

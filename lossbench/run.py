@@ -28,6 +28,7 @@ from lossbench.errors import UserError
 from lossbench.evaluate import predict, robust_accuracy
 from lossbench.progress import EpochProgress
 from lossbench.rundir import save_torch_atomic, write_csv_atomic, write_json_atomic, write_text_atomic
+from lossbench.sweep import resolved_config
 from lossbench.train import autocast, autocast_dtype, fit, resolve_monitor, training_model
 
 log = logging.getLogger("lossbench")
@@ -314,6 +315,11 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float) -> fl
                     trainer.get("max_batches"))
         return float(result.best_value)
     write_csv_atomic(run_dir / "history.csv", result.history)
+    diverged = next((row for row in result.history if not np.isfinite(row["train_loss"])), None)
+    if diverged is not None:  # a sweep records this job as failed and goes on
+        raise FloatingPointError(f"training diverged: train_loss={diverged['train_loss']} at "
+                                 f"epoch {diverged['epoch']} (lower optimizer.lr or set "
+                                 "trainer.grad_clip)")
     save_torch_atomic(run_dir / "model.pt", model.state_dict())
 
     # 5. test the best weights once
@@ -369,6 +375,7 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float) -> fl
                         "test": len(pred.y_true)},
         "test": {k: v for k, v in test.items() if k != "classification_report_text"},
         "data": splits.info,
+        "config": resolved_config(cfg),  # what a resumed sweep compares to skip this job
     }
     if hasattr(loss_fn, "report"):
         metrics["loss_params"] = loss_fn.report()

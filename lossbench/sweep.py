@@ -1,0 +1,176 @@
+"""Sweeps that finish and resume.
+
+- A job that raises (a bug, a bad hyperparameter for one value, a diverged run, a user error) is
+  recorded as failed in its own `metrics.json` and the sweep goes on with the other jobs.
+- Re-running the same multirun command with `hydra.sweep.dir=<that sweep>` skips each job whose
+  `metrics.json` says `completed` for the same resolved config, and reruns the others.
+- `SweepSummary`, a Hydra callback registered in conf/config.yaml, prints one line at the end:
+  how many of how many jobs failed, and where; `lossbench train -m` then exits with status 1.
+
+Nothing here imports torch at module level: the dispatcher and `compare` stay light.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from lossbench.rundir import read_json, write_json_atomic, write_text_atomic
+
+# Task-config keys that say where a run lives, not what it computes: never part of the identity.
+LOCATION_KEYS = ("run_dir",)
+
+# Written into the sweep directory when a multirun starts; jobs whose `.hydra/` files are newer
+# belong to this invocation (both times come from the same file system's clock).
+START_MARKER = ".lossbench-sweep-start"
+
+# Set by SweepSummary.on_multirun_end in the launching process: the failed job directories.
+failed_jobs: list[Path] = []
+
+
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    """The job's task config, interpolations resolved, without location keys; JSON-shaped, so a
+    value read back from metrics.json compares equal."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(container, dict)
+    for key in LOCATION_KEYS:
+        container.pop(key, None)
+    return json.loads(json.dumps(container, default=str))
+
+
+def completed_run(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
+    """metrics.json of a run already completed in run_dir for this very config, else None."""
+    try:
+        metrics = read_json(run_dir / "metrics.json")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(metrics, dict) or metrics.get("status") != "completed":
+        return None
+    return metrics if metrics.get("config") == resolved_config(cfg) else None
+
+
+def error_line(err: BaseException) -> str:
+    """`Type: message` on one line; for a config object that failed to build, its own error."""
+    if type(err).__name__ == "InstantiationException" and err.__cause__ is not None:
+        err = err.__cause__
+    return " ".join(f"{type(err).__name__}: {err}".split())
+
+
+def record_failure(run_dir: Path, cfg: DictConfig, err: BaseException, choices: dict[str, str],
+                   wall_time_s: float) -> None:
+    """Write metrics.json with status failed and the error (atomically: a reader sees the old
+    file or this one)."""
+    try:
+        config: dict[str, Any] | None = resolved_config(cfg)
+    except Exception:  # an unresolvable interpolation may be the very error being recorded
+        config = None
+    write_json_atomic(run_dir / "metrics.json", {
+        "status": "failed",
+        "error": error_line(err),
+        "traceback": "".join(traceback.format_exception(err)),
+        "choices": choices,
+        "seed": cfg.get("seed"),
+        "wall_time_s": wall_time_s,
+        "config": config,
+    })
+
+
+def threads_per_job(hydra_cfg: DictConfig) -> int | None:
+    """Torch threads for one job when the joblib launcher runs several at once, so that
+    n_jobs × threads does not exceed the cores; None leaves torch's default."""
+    launcher = hydra_cfg.get("launcher") or {}
+    if "JoblibLauncher" not in str(launcher.get("_target_", "")):
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
+    n_jobs = launcher.get("n_jobs") or -1
+    parallel = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)  # joblib: -1 = all cores
+    return max(1, cores // parallel)
+
+
+def run_sweep_job(cfg: DictConfig, hydra_cfg: DictConfig, run: Callable[[DictConfig], float],
+                  choices: Callable[[DictConfig], dict[str, str]]) -> float | None:
+    """One job of a multirun: skip it if already completed, else run it; a failure is recorded
+    and returns None (the optuna sweeper marks the trial failed) instead of stopping the sweep."""
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    label = f"job {hydra_cfg.job.num} [{' '.join(hydra_cfg.overrides.task)}]"
+    done = completed_run(cfg, run_dir)
+    if done is not None:
+        print(f"lossbench: {label} already completed in {run_dir}: skipped", flush=True)
+        return done.get("best_val")
+    threads = threads_per_job(hydra_cfg)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    started = time.perf_counter()
+    try:
+        return run(cfg)
+    except Exception as err:
+        try:
+            picked = choices(cfg)
+        except Exception:
+            picked = {}
+        record_failure(run_dir, cfg, err, picked, time.perf_counter() - started)
+        print(f"lossbench: {label} failed: {error_line(err)}", file=sys.stderr, flush=True)
+        if os.environ.get("LOSSBENCH_DEBUG", "") not in ("", "0"):
+            traceback.print_exception(err)
+        return None
+
+
+def sweep_jobs(sweep_dir: Path, since: float) -> list[Path]:
+    """Job directories under sweep_dir that Hydra (re)started at or after `since` (an mtime)."""
+    jobs = []
+    for overrides in sweep_dir.rglob(".hydra/overrides.yaml"):
+        if overrides.stat().st_mtime >= since:
+            jobs.append(overrides.parent.parent)
+    return sorted(jobs, key=lambda p: (len(p.parts), str(p)))
+
+
+def job_status(job_dir: Path) -> str:
+    """completed, failed, or unfinished (no readable metrics.json: killed, still running)."""
+    try:
+        return str(read_json(job_dir / "metrics.json").get("status", "unfinished"))
+    except (OSError, ValueError, AttributeError):
+        return "unfinished"
+
+
+def summary_line(sweep_dir: Path, jobs: list[Path], since: float) -> tuple[str, list[Path]]:
+    failed = [job for job in jobs if job_status(job) != "completed"]
+    if failed:
+        dirs = " ".join(str(job) for job in failed)
+        return f"lossbench: {len(failed)} of {len(jobs)} jobs failed: {dirs}", failed
+    reused = sum(1 for job in jobs if (job / "metrics.json").stat().st_mtime < since)
+    skipped = f" ({reused} skipped: already completed)" if reused else ""
+    return f"lossbench: all {len(jobs)} jobs completed{skipped} in {sweep_dir}", failed
+
+
+class SweepSummary(Callback):
+    """Prints the end-of-sweep line and remembers the failed jobs for the exit status."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        failed_jobs.clear()
+        marker = Path(config.hydra.sweep.dir) / START_MARKER
+        write_text_atomic(marker, f"{time.time()}\n")
+        self.since = marker.stat().st_mtime
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.since is None:
+            return
+        sweep_dir = Path(config.hydra.sweep.dir)
+        jobs = sweep_jobs(sweep_dir, self.since)
+        line, failed = summary_line(sweep_dir, jobs, self.since)
+        failed_jobs[:] = failed
+        print(line, file=sys.stderr if failed else sys.stdout, flush=True)
