@@ -71,12 +71,30 @@ def sweep_context() -> dict[str, str]:
         return {}
     if hydra_cfg.mode != RunMode.MULTIRUN:
         return {}
+    varying = swept_keys(Path(hydra_cfg.sweep.dir) / "multirun.yaml")
+    job_overrides = list(hydra_cfg.overrides.task)
+    picked = [o for o in job_overrides if o.split("=", 1)[0].lstrip("+~") in varying]
     return {"sweep_dir": str(hydra_cfg.sweep.dir), "job_num": str(hydra_cfg.job.num),
-            "overrides": hydra_cfg.job.override_dirname or ""}
+            "overrides": ",".join(picked or job_overrides)}
+
+
+def swept_keys(multirun_yaml: Path) -> set[str]:
+    """The keys a sweep varies (`seed=0,1`, `loss=ce,gce`, `lr=interval(...)`), read from the
+    sweep's own record of its command line; empty when it cannot be read."""
+    try:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+        from omegaconf import OmegaConf
+
+        task = OmegaConf.load(multirun_yaml).hydra.overrides.task
+        parsed = OverridesParser.create().parse_overrides(list(task))
+    except Exception:  # no record (another launcher layout): name the run by all its overrides
+        return set()
+    return {o.key_or_group for o in parsed if o.is_sweep_override()}
 
 
 def run_label(choices: Mapping[str, str], context: Mapping[str, str]) -> str:
-    """A readable run name: the sweep's overrides for a sweep job, else loss and dataset."""
+    """A readable run name: what the sweep varies for a sweep job (`loss=gce,seed=1`), else
+    loss and dataset."""
     if context.get("overrides"):
         return context["overrides"]
     return f"loss={choices.get('loss', '?')} dataset={choices.get('dataset', '?')}"
@@ -262,6 +280,12 @@ def build_tracker(logger_cfg: Any) -> NoTracker:
     """The tracker a `logger` config asks for (`_target_: null` or no config: none)."""
     if logger_cfg is None or not logger_cfg.get("_target_"):
         return NoTracker()
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    return instantiate(logger_cfg)
+    try:
+        return instantiate(logger_cfg)
+    except InstantiationException as err:  # Hydra wraps the tracker's own "install me" error
+        if isinstance(err.__cause__, UserError):
+            raise err.__cause__ from None
+        raise
