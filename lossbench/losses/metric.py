@@ -14,10 +14,14 @@ from torch import nn
 from lossbench.losses._checks import check_choice, check_range, check_reduction, reduce
 
 
+def pairwise_squared_distances(embeddings: torch.Tensor) -> torch.Tensor:
+    """(B, D) -> (B, B) squared Euclidean distances (differences first: no cancellation)."""
+    return (embeddings.unsqueeze(1) - embeddings.unsqueeze(0)).pow(2).sum(-1)
+
+
 def pairwise_distances(embeddings: torch.Tensor) -> torch.Tensor:
     """(B, D) -> (B, B) Euclidean distances, with a gradient that stays finite at distance 0."""
-    sq = (embeddings.unsqueeze(1) - embeddings.unsqueeze(0)).pow(2).sum(-1)
-    return sq.clamp_min(1e-12).sqrt()
+    return pairwise_squared_distances(embeddings).clamp_min(1e-12).sqrt()
 
 
 def _empty(input: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -53,9 +57,10 @@ class ContrastiveLoss(nn.Module):
         if len(target) < 2:
             return _empty(input, self.reduction)
         i, j = torch.triu_indices(len(target), len(target), offset=1, device=input.device)
-        d = pairwise_distances(input)[i, j]  # (P,)
+        sq = pairwise_squared_distances(input)[i, j]  # (P,)
+        d = sq.clamp_min(1e-12).sqrt()
         similar = (target[i] == target[j]).to(input.dtype)
-        per_pair = 0.5 * similar * d.pow(2) + 0.5 * (1 - similar) * (self.margin - d).clamp_min(0).pow(2)
+        per_pair = 0.5 * similar * sq + 0.5 * (1 - similar) * (self.margin - d).clamp_min(0).pow(2)
         return reduce(per_pair, self.reduction)
 
 

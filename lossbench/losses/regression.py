@@ -259,4 +259,5 @@ class AdaptiveRobustLoss(nn.Module):
 
     def report(self) -> dict[str, float]:
         """The learned shape and scale, recorded in metrics.json as loss_params."""
-        return {"alpha": float(self.alpha()), "scale": float(self.scale())}
+        with torch.no_grad():
+            return {"alpha": float(self.alpha()), "scale": float(self.scale())}
