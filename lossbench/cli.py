@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = argv[0], argv[1:]
     commands = {
         "train": "lossbench.app:train_command",
+        "compare": "lossbench.compare:compare_command",
         "losses": "lossbench.losses_table:func",
     }
     if command not in commands:

@@ -66,20 +66,31 @@ def error_line(err: BaseException) -> str:
 
 
 def record_failure(run_dir: Path, cfg: DictConfig, err: BaseException, choices: dict[str, str],
-                   wall_time_s: float) -> None:
+                   started: float) -> None:
     """Write metrics.json with status failed and the error (atomically: a reader sees the old
-    file or this one)."""
+    file or this one). What the failed attempt itself wrote there (a diverged run's epoch and
+    status) is kept, its status moved to `stopped`."""
     try:
         config: dict[str, Any] | None = resolved_config(cfg)
     except Exception:  # an unresolvable interpolation may be the very error being recorded
         config = None
-    write_json_atomic(run_dir / "metrics.json", {
+    path = run_dir / "metrics.json"
+    written: dict[str, Any] = {}
+    try:
+        if path.stat().st_mtime >= started:
+            written = read_json(path)
+            written = {"stopped": written.pop("status", None), **written} if isinstance(
+                written, dict) else {}
+    except (OSError, ValueError):
+        pass
+    write_json_atomic(path, {
+        **written,
         "status": "failed",
         "error": error_line(err),
         "traceback": "".join(traceback.format_exception(err)),
         "choices": choices,
         "seed": cfg.get("seed"),
-        "wall_time_s": wall_time_s,
+        "wall_time_s": time.time() - started,
         "config": config,
     })
 
@@ -112,15 +123,18 @@ def run_sweep_job(cfg: DictConfig, hydra_cfg: DictConfig, run: Callable[[DictCon
         import torch
 
         torch.set_num_threads(threads)
-    started = time.perf_counter()
+    started = time.time()  # wall clock: compared with file mtimes
     try:
+        from lossbench.schema import check_config
+
+        check_config(cfg)  # values of the right type that cannot work: this job fails alone
         return run(cfg)
     except Exception as err:
         try:
             picked = choices(cfg)
         except Exception:
             picked = {}
-        record_failure(run_dir, cfg, err, picked, time.perf_counter() - started)
+        record_failure(run_dir, cfg, err, picked, started)
         print(f"lossbench: {label} failed: {error_line(err)}", file=sys.stderr, flush=True)
         if os.environ.get("LOSSBENCH_DEBUG", "") not in ("", "0"):
             traceback.print_exception(err)

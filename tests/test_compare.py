@@ -1,0 +1,239 @@
+"""`lossbench compare`: on a real smoke sweep (table rows, CSV columns, valid PNG plots), and on
+run directories written by hand in the same file formats, where the right answer is known."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from conftest import lossbench_cmd, read_metrics, run_dirs
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "250"}
+    env.pop("LOSSBENCH_DEBUG", None)
+    return subprocess.run([*lossbench_cmd(), *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    """A real 2-loss × 2-seed smoke sweep, shared by the tests of this module."""
+    root = tmp_path_factory.mktemp("compare")
+    proc = run_cli("train", "-m", "loss=ce,bce", "seed=0,1", "trainer=smoke", "model=linear",
+                   "dataset=iris", f"hydra.sweep.dir={root / 'sweep'}", cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    return root / "sweep"
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_png(path: Path) -> None:
+    import matplotlib.image
+
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    pixels = matplotlib.image.imread(path)
+    assert pixels.ndim == 3 and pixels.shape[0] > 100 and pixels.shape[1] > 100
+    assert pixels.std() > 0  # something was drawn
+
+
+def test_compare_sweep_writes_table_csv_markdown_and_plots(sweep, tmp_path):
+    proc = run_cli("compare", str(sweep), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    table_rows = [line for line in proc.stdout.splitlines() if line.startswith("│")]
+    assert len(table_rows) == 2
+    assert {row.split("│")[2].strip() for row in table_rows} == {"ce", "bce"}
+
+    rows = read_csv(sweep / "comparison.csv")
+    assert len(rows) == 2
+    columns = set(rows[0])
+    assert {"dataset", "task", "loss", "n_runs", "accuracy_mean", "accuracy_std",
+            "accuracy_ci95_low", "accuracy_ci95_high", "macro_f1_mean", "macro_f1_std",
+            "best_epoch_mean", "train_time_s_mean", "mark", "p_value_vs_best"} <= columns
+    assert "seed" not in columns  # the seed is what is averaged over
+    for row in rows:
+        assert row["dataset"] == "iris" and row["task"] == "multiclass"
+        runs = [read_metrics(p) for p in run_dirs(sweep)
+                if read_metrics(p)["choices"]["loss"] == row["loss"]]
+        assert int(row["n_runs"]) == len(runs) == 2
+        acc = np.array([m["test"]["accuracy"] for m in runs])
+        half = stats.t.ppf(0.975, 1) * acc.std(ddof=1) / math.sqrt(2)
+        assert float(row["accuracy_mean"]) == pytest.approx(acc.mean())
+        assert float(row["accuracy_std"]) == pytest.approx(acc.std(ddof=1))
+        assert float(row["accuracy_ci95_low"]) == pytest.approx(acc.mean() - half)
+        f1 = np.mean([m["test"]["macro_f1"] for m in runs])
+        assert float(row["macro_f1_mean"]) == pytest.approx(f1)
+        epochs = np.mean([m["best_epoch"] for m in runs])
+        assert float(row["best_epoch_mean"]) == pytest.approx(epochs)
+    means = [float(r["accuracy_mean"]) for r in rows]
+    assert means == sorted(means, reverse=True)
+    assert rows[0]["mark"] == "best"
+
+    markdown = (sweep / "comparison.md").read_text()
+    assert "| **best** |" in markdown and "| ce |" in markdown and "| bce |" in markdown
+    assert_png(sweep / "comparison.png")
+    assert_png(sweep / "curves.png")
+
+
+def test_compare_output_formats_and_metric_choice(sweep, tmp_path):
+    out = tmp_path / "report"
+    as_csv = run_cli("compare", str(sweep), "--format", "csv", "--out", str(out),
+                     "--metric", "nll", cwd=tmp_path)
+    assert as_csv.returncode == 0, as_csv.stderr
+    assert as_csv.stdout == (out / "comparison.csv").read_text()
+    rows = list(csv.DictReader(as_csv.stdout.splitlines()))
+    nll = [float(r["nll_mean"]) for r in rows]
+    assert nll == sorted(nll)  # lower is better for a negative log-likelihood
+    assert {r["sort_metric"] for r in rows} == {"nll"}
+
+    as_json = run_cli("compare", str(sweep), "--format", "json", "--out", str(out),
+                      "--no-plots", cwd=tmp_path)
+    data = json.loads(as_json.stdout)
+    assert len(data["configurations"]) == 2 and data["failed"] == []
+
+    as_md = run_cli("compare", str(sweep), "--format", "markdown", "--out", str(out), cwd=tmp_path)
+    assert as_md.stdout == (out / "comparison.md").read_text()
+
+    wrong = run_cli("compare", str(sweep), "--metric", "accuracyy", "--out", str(out),
+                    cwd=tmp_path)
+    assert wrong.returncode == 2
+    assert "accuracyy" in wrong.stderr and "macro_f1" in wrong.stderr
+    assert len(wrong.stderr.strip().splitlines()) == 1
+
+
+def test_compare_without_runs_is_a_user_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    proc = run_cli("compare", "empty", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("lossbench: error: no runs under empty")
+    assert not (tmp_path / "empty" / "comparison.csv").exists()
+    missing = run_cli("compare", "nowhere", cwd=tmp_path)
+    assert missing.returncode == 2 and "nowhere does not exist" in missing.stderr
+
+
+# --- run directories written by hand: the right answer is known ------------------------------
+
+
+def fake_run(path: Path, *, loss: str, seed: int, test: dict[str, float], dataset: str = "wine",
+             task: str = "multiclass", noise: float = 0.0, status: str = "completed",
+             history: list[float] | None = None) -> Path:
+    config = {"seed": seed, "loss": {"_target_": f"lossbench.losses.{loss}"},
+              "dataset": {"_target_": f"data.{dataset}", "noise": {"rate": noise}}}
+    metrics = {"status": status, "task": task, "dataset": dataset, "seed": seed,
+               "choices": {"loss": loss, "dataset": dataset}, "monitor": "val_accuracy",
+               "best_epoch": 2, "wall_time_s": 1.5, "test": test, "config": config}
+    if status != "completed":
+        metrics = {"status": status, "error": "ValueError: boom", "seed": seed,
+                   "choices": {"loss": loss, "dataset": dataset}, "config": config}
+    (path / ".hydra").mkdir(parents=True)
+    (path / "metrics.json").write_text(json.dumps(metrics))
+    (path / ".hydra" / "overrides.yaml").write_text(
+        f"- loss={loss}\n- seed={seed}\n- dataset={dataset}\n- dataset.noise.rate={noise}\n")
+    values = history or [0.5, 0.7, 0.8]
+    (path / "history.csv").write_text("epoch,train_loss,val_accuracy\n" + "".join(
+        f"{i + 1},1.0,{v}\n" for i, v in enumerate(values)))
+    return path
+
+
+def test_best_tied_and_worse_configurations_are_marked(tmp_path, cli):
+    accuracies = {"ce": [0.90, 0.92, 0.91], "gce": [0.905, 0.915, 0.90], "mae": [0.50, 0.52, 0.51]}
+    n = 0
+    for loss, values in accuracies.items():
+        for seed, acc in enumerate(values):
+            fake_run(tmp_path / "sweep" / str(n), loss=loss, seed=seed,
+                     test={"accuracy": acc, "macro_f1": acc - 0.05})
+            n += 1
+    fake_run(tmp_path / "sweep" / str(n), loss="ce", seed=3, test={}, status="failed")
+    proc = cli("compare", "sweep")
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["loss"]: r for r in read_csv(tmp_path / "sweep" / "comparison.csv")}
+    assert rows["ce"]["mark"] == "best"
+    assert rows["gce"]["mark"] == "tied"
+    assert rows["mae"]["mark"] == ""
+    # Welch's t-test against the best, as scipy computes it
+    p = stats.ttest_ind(accuracies["ce"], accuracies["gce"], equal_var=False).pvalue
+    assert float(rows["gce"]["p_value_vs_best"]) == pytest.approx(p)
+    assert float(rows["mae"]["p_value_vs_best"]) < 0.05
+    # the failed run is listed, not averaged
+    assert rows["ce"]["n_runs"] == "3"
+    assert float(rows["ce"]["accuracy_mean"]) == pytest.approx(np.mean(accuracies["ce"]))
+    failed_dir = str((tmp_path / "sweep" / "9").resolve())
+    assert failed_dir in proc.stdout.replace("\n", "")
+    markdown = (tmp_path / "sweep" / "comparison.md").read_text()
+    assert "Failed or unfinished runs" in markdown and "ValueError: boom" in markdown
+    # at alpha = 0.99 the same small difference counts as significant: no tie
+    loose = cli("compare", "sweep", "--alpha", "0.99", "--format", "csv")
+    marks = {r["loss"]: r["mark"] for r in csv.DictReader(loose.stdout.splitlines())}
+    assert marks == {"ce": "best", "gce": "", "mae": ""}
+
+
+def test_datasets_and_tasks_are_never_averaged_together(tmp_path, cli):
+    for i, dataset in enumerate(["wine", "iris"]):
+        for seed in range(2):
+            fake_run(tmp_path / "runs" / f"{dataset}{seed}", loss="ce", seed=seed,
+                     dataset=dataset, test={"accuracy": 0.5 + 0.4 * i + 0.01 * seed,
+                                            "macro_f1": 0.5})
+    for seed, rmse in enumerate([3.0, 3.2]):
+        fake_run(tmp_path / "runs" / f"reg_mse{seed}", loss="mse", seed=seed, dataset="diabetes",
+                 task="regression", test={"rmse": rmse, "r2": 0.4})
+        fake_run(tmp_path / "runs" / f"reg_mae{seed}", loss="mae", seed=seed, dataset="diabetes",
+                 task="regression", test={"rmse": rmse - 1.0, "r2": 0.5})
+    proc = cli("compare", "runs", "--format", "csv")
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader(proc.stdout.splitlines()))
+    by_dataset = {}
+    for row in rows:
+        by_dataset.setdefault(row["dataset"], []).append(row)
+    assert sorted(by_dataset) == ["diabetes", "iris", "wine"]
+    assert [r["n_runs"] for r in by_dataset["wine"]] == ["2"]
+    assert float(by_dataset["iris"][0]["accuracy_mean"]) == pytest.approx(0.905)
+    regression = by_dataset["diabetes"]
+    assert [r["loss"] for r in regression] == ["mae", "mse"]  # lower RMSE first
+    assert regression[0]["mark"] == "best" and regression[0]["sort_metric"] == "rmse"
+    assert float(regression[0]["r2_mean"]) == pytest.approx(0.5)
+    assert regression[0]["accuracy_mean"] == ""  # classification columns stay empty
+    assert by_dataset["wine"][0]["loss"] == "ce"
+
+
+def test_group_by_and_varying_override_columns(tmp_path, cli):
+    for noise in (0.2, 0.4):
+        for loss in ("ce", "gce"):
+            for seed in range(2):
+                fake_run(tmp_path / "s" / f"{loss}-{noise}-{seed}", loss=loss, seed=seed,
+                         noise=noise, test={"accuracy": 0.9 - noise + 0.01 * seed,
+                                            "macro_f1": 0.5})
+    default = list(csv.DictReader(cli("compare", "s", "--format", "csv").stdout.splitlines()))
+    assert len(default) == 4
+    assert {"loss", "dataset.noise.rate"} <= set(default[0]) and "dataset" in default[0]
+    assert {(r["loss"], r["dataset.noise.rate"]) for r in default} == {
+        ("ce", "0.2"), ("ce", "0.4"), ("gce", "0.2"), ("gce", "0.4")}
+    grouped = list(csv.DictReader(
+        cli("compare", "s", "--group-by", "loss", "--format", "csv").stdout.splitlines()))
+    assert {r["loss"]: r["n_runs"] for r in grouped} == {"ce": "4", "gce": "4"}
+    assert "dataset.noise.rate" not in grouped[0]
+
+
+def test_compare_reads_files_only_never_torch(tmp_path):
+    fake_run(tmp_path / "r0", loss="ce", seed=0, test={"accuracy": 0.9, "macro_f1": 0.8})
+    code = ("import sys; from lossbench.cli import main\n"
+            "try:\n    main(['compare', 'r0', '--format', 'json'])\nexcept SystemExit:\n    pass\n"
+            "bad = [m for m in ('torch', 'lossbench.run', 'lossbench.train') if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["configurations"][0]["accuracy_mean"] == 0.9
