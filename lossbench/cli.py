@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         "train": "lossbench.app:train_command",
         "compare": "lossbench.compare:compare_command",
         "losses": "lossbench.losses_table:func",
+        "list": "lossbench.listing:func",
     }
     if command not in commands:
         print(USAGE, end="", file=sys.stderr)

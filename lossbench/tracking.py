@@ -111,7 +111,7 @@ def fail_open_runs() -> None:
 
 
 class NoTracker:
-    """`logger=none`: nothing beyond the run directory."""
+    """Nothing beyond the run directory's own files (`logger=none`)."""
 
     def start(self, run_dir: Path, config: Mapping[str, Any], choices: Mapping[str, str]) -> None:
         pass
@@ -127,8 +127,8 @@ class NoTracker:
 
 
 class TensorBoardTracker(NoTracker):
-    """`logger=tensorboard`: event files in `<run dir>/<subdir>`; `tensorboard --logdir outputs`
-    shows every run. Scalars `epoch/<metric>` per epoch, `test/<metric>` at the end, the config
+    """TensorBoard event files in `<run dir>/tensorboard` (`logger=tensorboard`); `tensorboard
+    --logdir outputs` shows every run. Scalars `epoch/<metric>` per epoch, `test/<metric>` at the end, the config
     as text and the plots as images."""
 
     def __init__(self, subdir: str = "tensorboard", flush_secs: int = 30):
@@ -177,8 +177,8 @@ class TensorBoardTracker(NoTracker):
 
 
 class MLflowTracker(NoTracker):
-    """`logger=mlflow`: one MLflow run per job, in a local SQLite store under outputs/ by default
-    (`logger.tracking_uri` takes any tracking URI: a server, a database).
+    """One MLflow run per job (`logger=mlflow`), in a SQLite store under outputs/ by default;
+    `logger.tracking_uri` takes any tracking URI (a server, a database).
 
     Params: the flattened resolved config; metrics: every epoch's row (step = epoch), then the
     test metrics as `test_<name>`; artifacts: report.txt, metrics.json, history.csv, the plots and
