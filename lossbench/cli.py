@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         "compare": "lossbench.compare:compare_command",
         "losses": "lossbench.losses_table:func",
         "list": "lossbench.listing:func",
+        "-sc": "lossbench.completion:func",  # what `lossbench train -sc install=bash` calls on <TAB>
     }
     if command not in commands:
         print(USAGE, end="", file=sys.stderr)

@@ -109,3 +109,26 @@ def test_a_run_prints_its_resolved_config_as_a_tree_unless_told_not_to(cli, tmp_
     quiet = cli("train", "dataset=iris", "trainer=smoke", "print_config=false",
                 f"hydra.run.dir={tmp_path / 'b'}", check=True).stdout
     assert quiet.startswith("lossbench loss=ce dataset=iris")
+
+
+def test_bash_completion_completes_subcommands_and_train_overrides(tmp_path):
+    import os
+
+    script = """
+eval "$(lossbench train -sc install=bash)"
+complete -p lossbench
+for line in "lossbench tr" "lossbench train loss=foc" "lossbench train dataset=iris optim"; do
+    COMP_LINE="$line"; COMP_POINT=${#line}; COMP_WORDS=($line); COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 ))
+    hydra_bash_completion
+    echo "$line -> ${COMPREPLY[*]}"
+done
+"""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                          env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].endswith("-F hydra_bash_completion lossbench")
+    assert "lossbench tr -> train" in lines
+    assert "lossbench train loss=foc -> loss=focal" in lines
+    assert "lossbench train dataset=iris optim -> optimizer. optimizer=" in lines
