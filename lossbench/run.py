@@ -90,9 +90,19 @@ def run_directory(cfg: DictConfig) -> Path:
 
 
 def load_data(cfg: DictConfig) -> Splits:
+    from hydra.errors import InstantiationException
+
     data_cfg = cfg.dataset
     source = OmegaConf.masked_copy(data_cfg, [k for k in data_cfg if k not in DATA_PREP_KEYS])
-    raw = instantiate(source)
+    try:
+        raw = instantiate(source)
+    except InstantiationException as err:  # Hydra wraps what the loader raised
+        cause = err.__cause__
+        if isinstance(cause, UserError):
+            raise cause from None
+        if isinstance(cause, TypeError) and "unexpected keyword argument" in str(cause):
+            raise UserError(f"dataset {data_cfg._target_}: {cause}") from None
+        raise
     if not isinstance(raw, RawData):
         raise TypeError(f"dataset {data_cfg._target_} returned {type(raw).__name__}, not RawData")
     return prepare_data(raw, split=data_cfg.split, noise=data_cfg.get("noise"),

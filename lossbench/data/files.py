@@ -60,7 +60,7 @@ def encode_targets(y: np.ndarray, task: str | None, where: str
                         "classification needs at least two")
     if task == "binary" and len(values) != 2:
         raise UserError(f"{where}: task=binary but the target has {len(values)} classes")
-    if task is None or task == "multiclass":
+    if task is None:
         task = "binary" if len(values) == 2 else "multiclass"
     names = [str(int(v)) if numeric and float(v).is_integer() else str(v) for v in values]
     return codes.astype(np.int64), task, names

@@ -55,7 +55,8 @@ def _split_indices(n: int, y: np.ndarray, first: float, second: float, stratify:
     try:
         rest, part_second = train_test_split(
             idx, test_size=n_second, random_state=seed, stratify=y if stratify else None)
-        if n_first < len(rest):
+        # fractions summing to 1 take all the rest, whatever the rounding of n_first says
+        if n_first < len(rest) and first + second < 1.0 - 1e-9:
             part_first, _ = train_test_split(
                 rest, train_size=n_first, random_state=seed,
                 stratify=y[rest] if stratify else None)
@@ -69,7 +70,7 @@ def _split_indices(n: int, y: np.ndarray, first: float, second: float, stratify:
 def _check_class_sizes(raw: RawData, needed: int, what: str) -> None:
     """A stratified split puts every class in each part, so each class needs `needed` samples."""
     counts = np.bincount(np.asarray(raw.y, dtype=np.int64), minlength=raw.num_classes)
-    small = [(c, n) for c, n in enumerate(counts) if 0 < n < needed]
+    small = [(c, int(n)) for c, n in enumerate(counts) if 0 < n < needed]
     if small:
         c, n = small[0]
         name = raw.class_names[c] if raw.class_names and c < len(raw.class_names) else str(c)

@@ -1,0 +1,146 @@
+"""The user's own data: CSV tables, .npz arrays and image folders, in process and through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from lossbench.data import prepare_data
+from lossbench.data.files import csv, imagefolder, npz
+
+SPLIT = OmegaConf.create({"train": 0.6, "val": 0.2, "test": 0.2})
+
+
+def write_csv(path, rows, header="a,b,label", delimiter=","):
+    text = header.replace(",", delimiter) + "\n" + "\n".join(
+        delimiter.join(str(v) for v in row) for row in rows) + "\n"
+    path.write_text(text)
+    return path
+
+
+def two_class_rows(n=30):
+    rng = np.random.default_rng(0)
+    return [(round(float(rng.normal()), 4), round(float(rng.normal()), 4),
+             "cat" if i % 2 else "dog") for i in range(n)]
+
+
+def test_csv_text_target_becomes_class_names(tmp_path):
+    rows = two_class_rows()
+    raw = csv(str(write_csv(tmp_path / "pets.csv", rows)), target="label")
+    assert raw.task == "binary" and raw.class_names == ["cat", "dog"]
+    np.testing.assert_array_equal(raw.y, [0 if r[2] == "cat" else 1 for r in rows])
+    np.testing.assert_allclose(raw.x, [[r[0], r[1]] for r in rows], rtol=1e-6)
+    assert raw.name == "pets.csv"
+
+
+def test_csv_features_delimiter_and_inferred_regression(tmp_path):
+    rows = [(i, i * 0.5, i * 1.25 + 0.1) for i in range(20)]
+    path = write_csv(tmp_path / "t.csv", rows, header="a,b,price", delimiter=";")
+    raw = csv(str(path), target="price", features=["b"], delimiter=";")
+    assert raw.task == "regression" and raw.x.shape == (20, 1)
+    np.testing.assert_allclose(raw.x[:, 0], [r[1] for r in rows])
+    np.testing.assert_allclose(raw.y, [r[2] for r in rows], rtol=1e-6)
+
+
+def test_csv_integer_target_is_inferred_as_classes_unless_told(tmp_path):
+    rows = [(i, -i, i % 3) for i in range(30)]
+    path = write_csv(tmp_path / "k.csv", rows)
+    assert csv(str(path), target="label").task == "multiclass"
+    assert csv(str(path), target="label").class_names == ["0", "1", "2"]
+    assert csv(str(path), target="label", task="regression").task == "regression"
+
+
+def test_npz_keeps_sample_shape_and_its_own_test_split(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 2, 5, 5)).astype(np.float32)
+    y = np.arange(40) % 4
+    x_test = rng.normal(size=(8, 2, 5, 5)).astype(np.float32)
+    y_test = np.arange(8) % 4
+    np.savez(tmp_path / "d.npz", x=x, y=y, x_test=x_test, y_test=y_test)
+    raw = npz(str(tmp_path / "d.npz"))
+    assert raw.task == "multiclass" and raw.x.shape == (40, 2, 5, 5)
+    splits = prepare_data(raw, SPLIT, scale=False)
+    np.testing.assert_allclose(splits.test.x.numpy(), x_test)  # the fixed test split, untouched
+    np.testing.assert_array_equal(splits.test.y.numpy(), y_test)
+    assert len(splits.train) + len(splits.val) == 40 and splits.sample_shape == (2, 5, 5)
+
+
+def test_npz_string_labels_and_sequences(tmp_path):
+    x = np.zeros((12, 3, 7), dtype=np.float32)  # (N, C, L) sequences
+    y = np.array(["up", "down", "flat"] * 4)
+    np.savez(tmp_path / "s.npz", x=x, y=y)
+    raw = npz(str(tmp_path / "s.npz"))
+    assert raw.class_names == ["down", "flat", "up"] and raw.x.shape == (12, 3, 7)
+    assert raw.y.tolist() == [2, 0, 1] * 4
+
+
+def write_images(root, classes, per_class, size=(10, 12), mode="RGB"):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            shape = (*size, 3) if mode == "RGB" else size
+            Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(
+                root / c / f"{i}.png")
+
+
+def test_imagefolder_reads_classes_from_subfolders_and_a_test_folder(tmp_path):
+    write_images(tmp_path / "train", ["ant", "bee", "cow"], 6)
+    write_images(tmp_path / "test", ["bee", "ant"], 2)
+    raw = imagefolder(str(tmp_path / "train"), test_path=str(tmp_path / "test"),
+                      image_size=[8, 9])
+    assert raw.class_names == ["ant", "bee", "cow"]
+    assert raw.x.shape == (18, 3, 8, 9) and raw.x.dtype == np.uint8
+    assert np.bincount(raw.y).tolist() == [6, 6, 6]
+    assert raw.x_test.shape == (4, 3, 8, 9) and sorted(raw.y_test.tolist()) == [0, 0, 1, 1]
+
+
+def test_imagefolder_keeps_pixels_at_their_size(tmp_path):
+    from PIL import Image
+
+    write_images(tmp_path / "g", ["a", "b"], 3, size=(4, 5), mode="L")
+    raw = imagefolder(str(tmp_path / "g"), image_size=[4, 5], mode="L")
+    first = np.asarray(Image.open(tmp_path / "g" / "a" / "0.png"))
+    np.testing.assert_array_equal(raw.x[0, 0], first)
+
+
+def test_cli_trains_on_a_csv_and_reports_its_class_names(cli, tmp_path):
+    write_csv(tmp_path / "pets.csv", two_class_rows(40))
+    run = tmp_path / "run"
+    cli("train", "dataset=csv", "dataset.path=pets.csv", "dataset.target=label", "model=linear",
+        "trainer=smoke", f"hydra.run.dir={run}", check=True)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["task"] == "binary" and metrics["dataset"] == "pets.csv"
+    assert {"cat", "dog"} <= set(metrics["test"]["classification_report"])
+    assert metrics["split_sizes"] == {"train": 24, "val": 8, "test": 8}
+
+
+def test_cli_trains_on_npz_images_and_an_image_folder(cli, tmp_path):
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "img.npz", x=rng.normal(size=(30, 1, 6, 6)).astype(np.float32),
+             y=np.arange(30) % 3)
+    run = tmp_path / "run_npz"
+    cli("train", "dataset=npz", "dataset.path=img.npz", "model=cnn", "trainer=smoke",
+        f"hydra.run.dir={run}", check=True)
+    assert json.loads((run / "metrics.json").read_text())["num_outputs"] == 3
+
+    write_images(tmp_path / "pics", ["x", "y"], 8)
+    run = tmp_path / "run_folder"
+    cli("train", "dataset=imagefolder", "dataset.path=pics", "dataset.image_size=[8,8]",
+        "model=cnn", "trainer=smoke", "dataset.augment.hflip=true", f"hydra.run.dir={run}",
+        check=True)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["data"]["augment"]["hflip"] is True
+    assert metrics["split_sizes"]["train"] + metrics["split_sizes"]["val"] + \
+        metrics["split_sizes"]["test"] == 16
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass"])
+def test_csv_keeps_the_task_it_is_given(tmp_path, task):
+    raw = csv(str(write_csv(tmp_path / "p.csv", two_class_rows())), target="label", task=task)
+    assert raw.task == task and raw.num_classes == 2
