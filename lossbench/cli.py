@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     commands = {
         "train": "lossbench.app:train_command",
         "compare": "lossbench.compare:compare_command",
+        "eval": "lossbench.eval_command:eval_command",
         "losses": "lossbench.losses_table:func",
         "list": "lossbench.listing:func",
         "-sc": "lossbench.completion:func",  # what `lossbench train -sc install=bash` calls on <TAB>

@@ -255,6 +255,64 @@ def write_plots(run_dir: Path, console: Console, **kwargs: Any) -> list[Path]:
         return []
 
 
+def data_to_device(splits: Splits, device: torch.device) -> None:
+    """Small data lives on the device once (batches are slices); loader-backed splits keep
+    only their labels there."""
+    for part in (splits.train, splits.val, splits.test):
+        if part.x is not None:
+            part.x, part.y = part.x.to(device), part.y.to(device)
+        else:
+            part.y = part.y.to(device)
+
+
+def build_loss_and_model(cfg: DictConfig, splits: Splits, device: torch.device, loss_name: str
+                         ) -> tuple[torch.nn.Module, torch.nn.Module, str, int]:
+    """(loss, model sized for its head on this data, head, number of outputs), on device."""
+    loss_fn = instantiate(cfg.loss)
+    check_loss_fits(loss_fn, loss_name, splits)
+    if hasattr(loss_fn, "setup"):  # layers the loss owns, sized by the data (mixed's classifier)
+        loss_fn.setup(splits.task, splits.num_classes)
+    head = getattr(loss_fn, "head", "logits")
+    num_outputs = output_size(head, splits, cfg.embedding_dim)
+    model = instantiate(cfg.model, input_shape=list(splits.sample_shape), num_outputs=num_outputs)
+    model.to(device)
+    loss_fn.to(device)
+    return loss_fn, model, head, num_outputs
+
+
+def test_report(model: torch.nn.Module, loss_fn: torch.nn.Module, splits: Splits, head: str,
+                trainer: DictConfig, device: torch.device, amp: Any, console: Console,
+                title: str, split: str = "test") -> tuple[Any, dict[str, Any]]:
+    """Predict one split with the model as it is, print the report (`train` and `eval` print
+    the same one) and return (predictions, metrics)."""
+    with amp:
+        pred = predict(model, splits, split, head, trainer.eval_batch_size, device, loss_fn,
+                       trainer.get("max_batches"))
+    if splits.task == "regression":
+        test = rep.regression_metrics(pred)
+        console.print(rep.regression_table(test, title))
+    else:
+        test = rep.classification_metrics(pred, splits.class_names, splits.num_classes)
+        console.print(rep.classification_report_table(test["classification_report"],
+                                                       title))
+        console.print(rep.confusion_matrix_table(test["confusion_matrix"], test["class_names"],
+                                                 f"Confusion matrix ({split} split)"))
+        if "ece" in test:
+            console.print(rep.calibration_summary(test), highlight=False)
+        if "pair_roc_auc" in test:
+            console.print(f"pair verification ROC-AUC: {test['pair_roc_auc']:.4f}")
+    if pred.loss is not None:
+        test["loss"] = pred.loss
+    if hasattr(loss_fn, "attack") and splits.task != "regression":  # adversarial training
+        test["robust_accuracy"] = robust_accuracy(model, splits, split, head,
+                                                  trainer.eval_batch_size, device, loss_fn,
+                                                  trainer.get("max_batches"))
+        console.print(f"robust accuracy under {loss_fn.describe()}: "
+                      f"{test['robust_accuracy']:.4f} (clean: {test['accuracy']:.4f})",
+                      highlight=False)
+    return pred, test
+
+
 def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float) -> float:
     trainer = cfg.trainer
     picked = choices(cfg)
@@ -269,22 +327,11 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float) -> fl
     # 1. data: split, corrupt on purpose if asked, scale with training statistics only
     splits = load_data(cfg)
     monitor, mode = resolve_monitor(splits.task, trainer.monitor, trainer.mode)
-    for part in (splits.train, splits.val, splits.test):
-        if part.x is not None:  # small data lives on the device once, batches are slices
-            part.x, part.y = part.x.to(device), part.y.to(device)
-        else:
-            part.y = part.y.to(device)
+    data_to_device(splits, device)
 
     # 2. loss, and the model sized for it
-    loss_fn = instantiate(cfg.loss)
-    check_loss_fits(loss_fn, picked.get("loss", "?"), splits)
-    if hasattr(loss_fn, "setup"):  # layers the loss owns, sized by the data (mixed's classifier)
-        loss_fn.setup(splits.task, splits.num_classes)
-    head = getattr(loss_fn, "head", "logits")
-    num_outputs = output_size(head, splits, cfg.embedding_dim)
-    model = instantiate(cfg.model, input_shape=list(splits.sample_shape), num_outputs=num_outputs)
-    model.to(device)
-    loss_fn.to(device)
+    loss_fn, model, head, num_outputs = build_loss_and_model(cfg, splits, device,
+                                                             picked.get("loss", "?"))
 
     # 3. optimizer over the model's and the loss's own parameters (learnable losses)
     params = list(model.parameters()) + list(loss_fn.parameters())
@@ -333,33 +380,9 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float) -> fl
     save_torch_atomic(run_dir / "model.pt", model.state_dict())
 
     # 5. test the best weights once
-    with amp:
-        pred = predict(model, splits, "test", head, trainer.eval_batch_size, device, loss_fn,
-                       trainer.get("max_batches"))
     title = (f"Test split: loss={picked.get('loss')} dataset={splits.name}, best epoch "
              f"{result.best_epoch} ({monitor}={result.best_value:.4f})")
-    if splits.task == "regression":
-        test = rep.regression_metrics(pred)
-        console.print(rep.regression_table(test, title))
-    else:
-        test = rep.classification_metrics(pred, splits.class_names, splits.num_classes)
-        console.print(rep.classification_report_table(test["classification_report"],
-                                                       title))
-        console.print(rep.confusion_matrix_table(test["confusion_matrix"], test["class_names"],
-                                                 "Confusion matrix (test split)"))
-        if "ece" in test:
-            console.print(rep.calibration_summary(test), highlight=False)
-        if "pair_roc_auc" in test:
-            console.print(f"pair verification ROC-AUC: {test['pair_roc_auc']:.4f}")
-    if pred.loss is not None:
-        test["loss"] = pred.loss
-    if hasattr(loss_fn, "attack") and splits.task != "regression":  # adversarial training
-        test["robust_accuracy"] = robust_accuracy(model, splits, "test", head,
-                                                  trainer.eval_batch_size, device, loss_fn,
-                                                  trainer.get("max_batches"))
-        console.print(f"robust accuracy under {loss_fn.describe()}: "
-                      f"{test['robust_accuracy']:.4f} (clean: {test['accuracy']:.4f})",
-                      highlight=False)
+    pred, test = test_report(model, loss_fn, splits, head, trainer, device, amp, console, title)
     write_text_atomic(run_dir / "report.txt", rep.report_text(splits.task, test, "test", title))
     if trainer.get("plots", True):
         write_plots(run_dir, console, task=splits.task,

@@ -1,0 +1,183 @@
+"""`lossbench eval RUN_DIR [overrides]`: a finished run's best weights, evaluated again.
+
+The run's saved config (`.hydra/config.yaml`) is rebuilt with the same functions `train` uses
+(same seed, so the same split), `model.pt` is loaded with `weights_only=True`, and the same
+report is printed. Overrides change what is evaluated, not what was learned, e.g.
+
+    lossbench eval outputs/2026-01-01/12-00-00 --split val dataset.noise.kind=none
+
+scores the model on the validation split with its labels left clean.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from lossbench.errors import UserError
+from lossbench.rundir import read_json, write_json_atomic
+
+SPLITS = ("test", "val", "train")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="lossbench eval",
+        description="Evaluate a finished run's best weights (model.pt) on its test split, or on "
+                    "another split or dataset given as Hydra-style overrides.")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by train")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="changes to the run's config, e.g. dataset.noise.kind=none")
+    parser.add_argument("--split", choices=SPLITS, default="test",
+                        help="which split to evaluate (default: test)")
+    parser.add_argument("--out", metavar="FILE", help="also write the metrics as JSON")
+    return parser.parse_intermixed_args(argv)
+
+
+def saved_config(run_dir: Path) -> DictConfig:
+    """The config the run was trained with: .hydra/config.yaml, else metrics.json's copy."""
+    path = run_dir / ".hydra" / "config.yaml"
+    if path.is_file():
+        return OmegaConf.load(path)
+    try:
+        config = read_json(run_dir / "metrics.json").get("config")
+    except (OSError, ValueError, AttributeError):
+        config = None
+    if not isinstance(config, dict):
+        raise UserError(f"{run_dir} holds no saved config (.hydra/config.yaml): is it a "
+                        "lossbench run directory?")
+    return OmegaConf.create(config)
+
+
+def saved_choices(run_dir: Path) -> dict[str, str]:
+    try:
+        picked = read_json(run_dir / "metrics.json").get("choices")
+    except (OSError, ValueError, AttributeError):
+        picked = None
+    return dict(picked) if isinstance(picked, dict) else {}
+
+
+def config_groups() -> set[str]:
+    """Names of the config groups (dataset, model, loss, ...): folders of lossbench/conf."""
+    conf = Path(__file__).parent / "conf"
+    return {p.name for p in conf.iterdir() if p.is_dir() and any(p.glob("*.yaml"))}
+
+
+def apply_overrides(cfg: DictConfig, overrides: list[str], run_dir: Path,
+                    picked: dict[str, str]) -> DictConfig:
+    """`key=value` sets a value of the saved config; `group=option` (dataset=wine) takes that
+    group's config as `train` would compose it with the run's own overrides."""
+    if not overrides:
+        return cfg
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as err:
+        raise UserError(f"cannot parse the overrides {' '.join(overrides)}: "
+                        f"{' '.join(str(err).split())[:200]}") from None
+    groups = config_groups()
+    group_changes = [o for o in parsed if o.key_or_group in groups]
+    for o in parsed:
+        if o.is_sweep_override() or o.is_delete():
+            raise UserError(f"{o.input_line}: eval takes one value per key (no sweeps, no ~)")
+    if group_changes:
+        composed = compose_with(run_dir, overrides)
+        for o in group_changes:
+            cfg[o.key_or_group] = composed[o.key_or_group]
+            picked[o.key_or_group] = str(o.value())
+    for o in parsed:
+        if o.key_or_group in groups:
+            continue
+        if not o.is_add() and OmegaConf.select(cfg, o.key_or_group, default="<absent>") == \
+                "<absent>":
+            raise UserError(f"{o.key_or_group} is not in the run's config; "
+                            f"add a new key with +{o.key_or_group}=...")
+        OmegaConf.update(cfg, o.key_or_group, o.value(), merge=True, force_add=True)
+    return cfg
+
+
+def compose_with(run_dir: Path, overrides: list[str]) -> DictConfig:
+    """The root config composed as `train` would from the run's overrides plus these."""
+    from hydra import compose, initialize_config_module
+
+    from lossbench.schema import register_schemas
+
+    register_schemas()
+    path = run_dir / ".hydra" / "overrides.yaml"
+    saved = [str(o) for o in OmegaConf.load(path)] if path.is_file() else []
+    try:
+        with initialize_config_module(config_module="lossbench.conf", version_base="1.3"):
+            return compose(config_name="config", overrides=saved + list(overrides))
+    except Exception as err:
+        raise UserError(" ".join(str(err).split("Config search path")[0].split())) from None
+
+
+def evaluate_run(run_dir: Path, overrides: list[str], split: str = "test"
+                 ) -> tuple[dict[str, Any], Any]:
+    """Rebuild the run's data and model, load model.pt, print the report; (metrics, splits)."""
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir} is not a directory")
+    weights = run_dir / "model.pt"
+    if not weights.is_file():
+        raise UserError(f"{run_dir} has no model.pt: the run did not complete (see its "
+                        "metrics.json)")
+    picked = saved_choices(run_dir)
+    cfg = apply_overrides(saved_config(run_dir), overrides, run_dir, picked)
+
+    import pickle
+
+    import torch
+    from rich.console import Console
+
+    from lossbench import run as workflow
+    from lossbench.schema import check_config
+    from lossbench.train import autocast, autocast_dtype
+
+    check_config(cfg)
+    trainer = cfg.trainer
+    workflow.seed_everything(cfg.seed, trainer.deterministic)  # the same seed: the same split
+    device = workflow.pick_device(trainer.device)
+    splits = workflow.load_data(cfg)
+    workflow.data_to_device(splits, device)
+    loss_fn, model, head, _ = workflow.build_loss_and_model(cfg, splits, device,
+                                                            picked.get("loss", "?"))
+    try:
+        state = torch.load(weights, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+        raise UserError(f"{weights} cannot be read as weights: "
+                        f"{' '.join(str(err).split())[:160]}") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
+        raise UserError(f"{weights} does not fit the model built from the config ({first}); "
+                        "overrides may change the data, not the model's shape") from None
+    console = Console()
+    if any(True for _ in loss_fn.parameters()):
+        console.print("[yellow]note:[/] model.pt holds the model only; the loss's own "
+                      "parameters start from their initial values", highlight=False)
+    amp = autocast(device, autocast_dtype(trainer.get("precision", 32)))
+    changed = f" with {' '.join(overrides)}" if overrides else ""
+    title = (f"{split.capitalize()} split: loss={picked.get('loss')} dataset={splits.name}, "
+             f"weights of {run_dir}{changed}")
+    _, metrics = workflow.test_report(model, loss_fn, splits, head, trainer, device, amp,
+                                      console, title, split)
+    return metrics, splits
+
+
+def eval_command(argv: list[str]) -> int:
+    """`lossbench eval RUN_DIR [overrides] [--split test|val|train] [--out FILE]`."""
+    args = parse_args(argv)
+    run_dir = Path(args.run_dir)
+    metrics, splits = evaluate_run(run_dir, list(args.overrides), args.split)
+    if args.out:
+        write_json_atomic(args.out, {
+            "run": str(run_dir), "split": args.split, "overrides": list(args.overrides),
+            "dataset": splits.name, "task": splits.task,
+            args.split: {k: v for k, v in metrics.items() if k != "classification_report_text"},
+        })
+    return 0
