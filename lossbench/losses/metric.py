@@ -72,6 +72,7 @@ class TripletLoss(nn.Module):
 
     .. math:: \ell(a, p, n) = \max(0,\ d(a, p) - d(a, n) + m), \qquad d = \|\cdot\|_2
 
+    Shapes: input (B, D) embeddings, target (B,) class indices.
     ``mining='batch_all'``: every valid (a, p, n) triplet of the batch, averaged (or the
     (T,) triplet losses with ``reduction='none'``). ``mining='batch_hard'``: one triplet per anchor,
     its farthest positive and nearest negative ((A,) per anchor with ``reduction='none'``).
@@ -120,6 +121,7 @@ class SupConLoss(nn.Module):
     .. math:: \ell_i = -\frac{1}{|P(i)|} \sum_{p \in P(i)}
               \log \frac{\exp s_{ip}}{\sum_{a \in A(i)} \exp s_{ia}}
 
+    Shapes: input (B, D) embeddings, target (B,) class indices.
     Anchors without a positive are left out; the mean is over the remaining anchors ((A,) with
     ``reduction='none'``). Hyperparameters: temperature τ ∈ (0, ∞) (paper: 0.1).
     """

@@ -24,7 +24,7 @@ class MSELoss(nn.Module):
 
     .. math:: \ell(\hat y, y) = (\hat y - y)^2
 
-    Regression: input (N,) predictions, target (N,) values.
+    Shapes: regression: input (N,) predictions, target (N,) values.
     Classification: input (N, K) raw logits (not probabilities), target (N,) class indices,
     compared with one-hot vectors and averaged over the K outputs: the square loss that
     Hui & Belkin (2021, "Evaluation of neural architectures trained with square loss vs
@@ -52,6 +52,8 @@ class L1Loss(nn.Module):
     r"""Mean absolute error, the median regression loss.
 
     .. math:: \ell(\hat y, y) = |\hat y - y|
+
+    Shapes: input (N,) predictions, target (N,) values.
     """
 
     tasks = ("regression",)
@@ -73,7 +75,7 @@ class HuberLoss(nn.Module):
     .. math:: \ell(e) = \begin{cases} \tfrac12 e^2 & |e| \le \delta \\
               \delta (|e| - \tfrac12 \delta) & \text{otherwise} \end{cases}, \qquad e = \hat y - y
 
-    Hyperparameters: delta δ ∈ (0, ∞).
+    Shapes: input (N,) predictions, target (N,) values. Hyperparameters: delta δ ∈ (0, ∞).
     """
 
     tasks = ("regression",)
@@ -98,7 +100,8 @@ class SmoothL1Loss(nn.Module):
     .. math:: \ell(e) = \begin{cases} \tfrac12 e^2 / \beta & |e| < \beta \\
               |e| - \tfrac12 \beta & \text{otherwise} \end{cases}
 
-    Hyperparameters: beta β ∈ [0, ∞) (β = 0 is the L1 loss).
+    Shapes: input (N,) predictions, target (N,) values. Hyperparameters: beta β ∈ [0, ∞)
+    (β = 0 is the L1 loss).
     """
 
     tasks = ("regression",)
@@ -126,7 +129,7 @@ class LogCoshLoss(nn.Module):
 
     The right-hand form never overflows (cosh(1e4) would). Reference: the log-cosh loss of
     robust statistics, e.g. Chen et al. 2019, "Log hyperbolic cosine loss improves variational
-    auto-encoder".
+    auto-encoder". Shapes: input (N,) predictions, target (N,) values.
     """
 
     tasks = ("regression",)
@@ -149,7 +152,8 @@ class QuantileLoss(nn.Module):
 
     .. math:: \ell(\hat y, y) = \max(\tau (y - \hat y),\ (\tau - 1)(y - \hat y))
 
-    Hyperparameters: tau τ ∈ (0, 1) (0.5: half the absolute error).
+    Shapes: input (N,) predictions, target (N,) values. Hyperparameters: tau τ ∈ (0, 1)
+    (0.5: half the absolute error).
     """
 
     tasks = ("regression",)

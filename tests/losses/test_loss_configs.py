@@ -1,0 +1,128 @@
+"""Every conf/loss/*.yaml trains through the CLI, and `lossbench losses` lists them all
+without importing torch."""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+from conftest import read_metrics, run_dirs
+
+from lossbench.catalogue import group_options, loss_catalogue
+
+LOSS_NAMES = sorted(group_options("loss"))
+CLASSIFICATION = [e.name for e in loss_catalogue() if "multiclass" in e.tasks]
+REGRESSION = [e.name for e in loss_catalogue() if "regression" in e.tasks]
+# losses whose behaviour differs on binary data: one logit (sigmoid head), mse on two logits
+BINARY = ["bce", "focal", "mse", "adversarial"]
+
+
+def test_every_loss_config_fits_some_task():
+    assert set(CLASSIFICATION) | set(REGRESSION) == set(LOSS_NAMES)
+    assert len(LOSS_NAMES) >= 25
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset,losses", [
+    ("iris", CLASSIFICATION), ("diabetes", REGRESSION), ("breast_cancer", BINARY)])
+def test_every_loss_config_trains_a_smoke_run(cli, tmp_path, dataset, losses):
+    """One sweep per dataset through the CLI: each loss config trains, tests and writes its run."""
+    proc = cli("train", "-m", f"loss={','.join(losses)}", f"dataset={dataset}", "model=linear",
+               "trainer=smoke", "trainer.plots=false", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+               timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = {read_metrics(d)["choices"]["loss"]: d for d in run_dirs(tmp_path / "sweep")}
+    assert sorted(runs) == sorted(losses)
+    for name, run_dir in runs.items():
+        metrics = read_metrics(run_dir)
+        assert metrics["status"] == "completed", name
+        score = metrics["test"]["rmse" if dataset == "diabetes" else "accuracy"]
+        assert math.isfinite(score), name
+        with open(run_dir / "history.csv", newline="") as f:
+            history = list(csv.DictReader(f))
+        assert len(history) == 2 and all(math.isfinite(float(r["train_loss"])) for r in history)
+        if name == "adversarial":  # robust accuracy under the training attack, on test
+            assert 0.0 <= metrics["test"]["robust_accuracy"] <= 1.0
+            assert {"train_loss_clean", "train_loss_adversarial"} <= set(history[0])
+        if name == "mixed":  # each term logged per epoch
+            assert {"train_loss_ce", "train_loss_contrastive"} <= set(history[0])
+        if name == "adaptive_robust":  # alpha and scale reached the optimizer: they moved
+            params = metrics["loss_params"]
+            assert set(params) == {"alpha", "scale"}
+            assert params["alpha"] != 1.0 and params["scale"] != 1.0
+        if name == "bce" and dataset == "breast_cancer":
+            assert metrics["num_outputs"] == 1
+        if name == "bce" and dataset == "iris":
+            assert metrics["num_outputs"] == 3
+    if dataset != "breast_cancer":
+        assert "robust accuracy under PGD" in proc.stdout or "adversarial" not in losses
+    if "adaptive_robust" in losses:
+        assert "learned loss parameters: alpha=" in proc.stdout
+
+
+def test_uncertainty_weighted_mixed_run_reports_log_variances(cli, tmp_path):
+    proc = cli("train", "loss=mixed", "loss.weighting=uncertainty", "dataset=iris",
+               "model=linear", "trainer=smoke", "trainer.plots=false",
+               f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    params = read_metrics(tmp_path / "run")["loss_params"]
+    assert set(params) == {"log_var_ce", "weight_ce", "log_var_contrastive", "weight_contrastive"}
+    assert params["log_var_ce"] != 0.0  # learned with the model
+    assert "learned loss parameters: log_var_ce=" in proc.stdout
+
+
+def test_a_loss_that_does_not_fit_the_task_is_a_user_error(cli, tmp_path):
+    proc = cli("train", "loss=huber", "dataset=iris", "trainer=smoke",
+               f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 2
+    assert "loss=huber does not fit the multiclass task" in proc.stderr
+    assert "gce" in proc.stderr and "log_cosh" not in proc.stderr
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_catalogue_agrees_with_the_instantiated_losses(compose_cfg):
+    """What `lossbench losses` reads from the sources is what the classes really are."""
+    from hydra.utils import instantiate
+
+    for entry in loss_catalogue():
+        loss = instantiate(compose_cfg(f"loss={entry.name}").loss)
+        assert set(loss.tasks) == set(entry.tasks), entry.name
+        assert loss.head == entry.head, entry.name
+        assert type(loss).reference == entry.reference and entry.reference, entry.name
+        signature = inspect.signature(type(loss).__init__).parameters
+        for key, value in entry.hyperparameters.items():
+            assert key in signature, (entry.name, key)
+            if key not in group_options("loss")[entry.name]:  # not set by the YAML: the default
+                assert signature[key].default == value, (entry.name, key)
+        doc = type(loss).__doc__
+        assert ".. math::" in doc and "Shapes" in doc, entry.name
+
+
+def test_losses_command_lists_every_loss_without_importing_torch(tmp_path):
+    code = ("import sys\n"
+            "from lossbench.cli import main\n"
+            "try:\n    main(['losses'])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "print(json.dumps(sorted(m for m in ('torch', 'hydra', 'sklearn') if m in sys.modules)))\n")
+    proc = subprocess.run([sys.executable, "-c", "import json\n" + code], capture_output=True,
+                          text=True, cwd=tmp_path, env={"COLUMNS": "250", "PATH": ""}, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    *table, imported = proc.stdout.strip().splitlines()
+    assert json.loads(imported) == []
+    text = "\n".join(table)
+    for entry in loss_catalogue():
+        assert f"│ {entry.name} " in text
+    assert "Barron 2019" in text and "q=0.7" in text and "gamma=2.0, alpha=0.25" in text
+
+
+def test_losses_command_filters_by_task(cli):
+    proc = cli("losses", "--task", "regression", env={"COLUMNS": "250"})
+    assert proc.returncode == 0
+    assert "│ adaptive_robust " in proc.stdout and "│ mse " in proc.stdout
+    assert "│ gce " not in proc.stdout
+    bad = cli("losses", "--task", "ranking")
+    assert bad.returncode == 2 and "--task ranking is not a task" in bad.stderr
