@@ -79,6 +79,17 @@ def test_mnist_reads_idx_files_and_keeps_the_official_test_split(tmp_path):
     assert len(splits.test) == 10 and len(splits.train) + len(splits.val) == 40
 
 
+def test_mnist_unpacks_the_published_gzip_files(tmp_path):
+    import gzip
+
+    data = write_mnist(tmp_path)
+    for f in (tmp_path / "MNIST" / "raw").iterdir():
+        (f.parent / f"{f.name}.gz").write_bytes(gzip.compress(f.read_bytes()))
+        f.unlink()
+    raw = mnist(root=str(tmp_path), download=False)
+    np.testing.assert_array_equal(raw.x_test[:, 0], data["t10k"][0])
+
+
 def test_fashion_mnist_reads_its_own_folder(tmp_path):
     write_mnist(tmp_path, folder="FashionMNIST", seed=1)
     raw = fashion_mnist(root=str(tmp_path), download=False)
@@ -168,11 +179,14 @@ def test_fake_images_have_the_configured_shape_and_classes():
 
 def test_cli_fake_images_smoke_run_of_an_image_model(cli, tmp_path):
     run = tmp_path / "run"
+    # augmented images through a DataLoader with a worker process, kept across both epochs
     cli("train", "dataset=fake_images", "dataset.n_samples=40", "dataset.n_test=10",
-        "dataset.num_classes=4", "model=cnn", "trainer=smoke", f"hydra.run.dir={run}",
+        "dataset.num_classes=4", "model=cnn", "trainer=smoke", "trainer.num_workers=1",
+        "dataset.augment.crop_padding=2", "dataset.augment.hflip=true", f"hydra.run.dir={run}",
         check=True)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["num_outputs"] == 4 and metrics["split_sizes"]["test"] == 10
+    assert metrics["data"]["augment"] == {"crop_padding": 2, "hflip": True}
     assert (run / "history.csv").read_text().count("\n") == 3  # header + 2 epochs
 
 
@@ -212,3 +226,12 @@ def test_augmented_training_split_goes_through_a_dataloader_and_evaluation_stays
     loader = train.loader
     train_batches(train, 8, torch.Generator().manual_seed(1))
     assert train.loader is loader  # built once per run: workers can persist across epochs
+
+
+def test_data_without_augmentation_keeps_the_tensor_path_and_vectors_refuse_it():
+    raw = fake_images(n_samples=30, n_test=5, image_size=[3, 8, 8], num_classes=3)
+    assert prepare_data(raw, SPLIT).train.dataset is None
+    from lossbench.data.sklearn_datasets import wine
+
+    with pytest.raises(UserError, match=r"not \(C, H, W\)"):
+        prepare_data(wine(), SPLIT, augment=OmegaConf.create({"crop_padding": 0, "hflip": True}))

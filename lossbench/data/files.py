@@ -93,6 +93,8 @@ def csv(path: str, target: str, features: Sequence[str] | None = None, task: str
         if len(row) != len(header):
             raise UserError(f"{where}: line {number} has {len(row)} fields but the header has "
                             f"{len(header)}")
+    if isinstance(features, str):  # dataset.features=age: one column
+        features = [features]
     names = list(features) if features is not None else [h for h in header if h != target]
     unknown = [n for n in names if n not in header]
     if unknown:

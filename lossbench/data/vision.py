@@ -11,9 +11,11 @@ impossible the run stops with one line naming the dataset, the folder and the fi
 from __future__ import annotations
 
 import contextlib
+import gzip
 import io
 import os
 import pickle
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -68,6 +70,16 @@ def _idx_dataset(name: str, folder_name: str, tv_class: str, class_names: list[s
 
     base = data_root(root)
     raw_dir = base / folder_name / "raw"
+    for f in MNIST_FILES:  # the files as published are gzipped; unpack any found that way
+        packed = raw_dir / f"{f}.gz"
+        if not (raw_dir / f).exists() and packed.exists():
+            try:
+                with gzip.open(packed, "rb") as src, (raw_dir / f).open("wb") as dst:
+                    shutil.copyfileobj(src, dst)
+            except (OSError, EOFError) as err:
+                (raw_dir / f).unlink(missing_ok=True)
+                raise UserError(f"dataset {name}: {packed} cannot be unpacked ({err}); delete it "
+                                "to download it again") from None
     missing = [f for f in MNIST_FILES if not (raw_dir / f).exists()]
     looked_for = raw_dir / (missing[0] if missing else MNIST_FILES[0])
     _fetch(name, base, looked_for, download,
