@@ -126,3 +126,20 @@ def test_losses_command_filters_by_task(cli):
     assert "│ gce " not in proc.stdout
     bad = cli("losses", "--task", "ranking")
     assert bad.returncode == 2 and "--task ranking is not a task" in bad.stderr
+
+
+def test_readme_losses_table_matches_the_catalogue():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    rows = {}
+    for line in readme.split("## Losses", 1)[1].splitlines():
+        if line.startswith("| `"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[cells[0].strip("`")] = cells
+    for entry in loss_catalogue():
+        name_cell, tasks, hyper, reference = rows.pop(entry.name)
+        assert tasks == ", ".join(entry.tasks) and reference == entry.reference, entry.name
+        for key in entry.hyperparameters:
+            assert f"{key}=" in hyper, (entry.name, key)
+    assert rows == {}
