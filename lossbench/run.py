@@ -24,10 +24,12 @@ from lossbench import distributed
 from lossbench import report as rep
 from lossbench import tracking
 from lossbench.data import RawData, Splits, prepare_data
-from lossbench.errors import UserError
+from lossbench.checkpoint import CHECKPOINT, StopOnSignal, resume_state, save_checkpoint
+from lossbench.errors import Diverged, Interrupted, UserError
 from lossbench.evaluate import predict, robust_accuracy
 from lossbench.progress import EpochProgress
 from lossbench.rundir import save_torch_atomic, write_csv_atomic, write_json_atomic, write_text_atomic
+from lossbench.schema import check_config
 from lossbench.sweep import resolved_config
 from lossbench.train import autocast, autocast_dtype, fit, resolve_monitor, training_model
 
@@ -81,6 +83,8 @@ def choices(cfg: DictConfig) -> dict[str, str]:
 
 
 def run_directory(cfg: DictConfig) -> Path:
+    if cfg.get("run_dir"):  # set by tests, and by `resume=` (a run goes on in its own directory)
+        return Path(cfg.run_dir)
     try:
         from hydra.core.hydra_config import HydraConfig
 
@@ -136,12 +140,42 @@ def run(cfg: DictConfig) -> float:
 
     `trainer.devices=N` (N > 1) runs it in N processes started from here, which share this run
     directory (see `lossbench.distributed`); under torchrun this process is one of them already.
+def resumed_config(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
+    """`resume=<run dir>`: the run's own saved config (pointing at its directory) and its
+    checkpoint. Nothing else may change: the run must end as if it had never stopped."""
+    run_dir = Path(cfg.resume)
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        others = [o for o in HydraConfig.get().overrides.task
+                  if not o.lstrip("+~").startswith("resume=")]
+    except ValueError:  # called without Hydra
+        others = []
+    if others:
+        raise UserError(f"resume={run_dir} continues that run with its own saved config; "
+                        f"drop the other overrides ({' '.join(others)})")
+    state = resume_state(run_dir)
+    saved = OmegaConf.create(state["config"])
+    saved.run_dir = str(run_dir)
+    return saved, state
+
+
     """
     if distributed.current().active:
         return _run_in(cfg)
     if distributed.launched_by_torchrun():
         return _torchrun_rank(cfg)
+
+    A run that stops early raises once its files are written: `Diverged` (NaN/inf loss;
+    metrics.json status "diverged", the last good checkpoint.pt kept) or `Interrupted` (Ctrl-C or
+    SIGTERM; checkpoint.pt written, status "interrupted"; `resume=<run dir>` continues it).
     devices = int(cfg.trainer.get("devices", 1) or 1)
+    check_config(cfg)
+    if cfg.get("resume"):
+        cfg, resume = resumed_config(cfg)
+        if int(cfg.trainer.get("devices", 1) or 1) > 1 or distributed.launched_by_torchrun():
+            raise UserError("resume= continues single-process runs only (trainer.devices=1)")
+        return _run_in(cfg, resume)
     if devices < 1:
         raise UserError(f"trainer.devices={devices} must be at least 1")
     if devices > 1:
@@ -149,7 +183,7 @@ def run(cfg: DictConfig) -> float:
     return _run_in(cfg)
 
 
-def _run_in(cfg: DictConfig) -> float:
+def _run_in(cfg: DictConfig, resume: dict[str, Any] | None = None) -> float:
     """One process's run: rank 0 (or the only process) prints, logs and writes the run dir."""
     started = time.perf_counter()
     run_dir = run_directory(cfg)
@@ -164,7 +198,7 @@ def _run_in(cfg: DictConfig) -> float:
     log.setLevel(logging.INFO)
     log.propagate = False  # the console shows the progress bar and the report, not log lines
     try:
-        return _run(cfg, run_dir, console, started)
+        return _run(cfg, run_dir, console, started, resume)
     except BaseException:
         tracking.fail_open_runs()
         raise
@@ -313,9 +347,55 @@ def test_report(model: torch.nn.Module, loss_fn: torch.nn.Module, splits: Splits
     return pred, test
 
 
-def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float) -> float:
+def stop_early(result: Any, run_dir: Path, signum: int | None, cfg: DictConfig,
+               picked: dict[str, str], dataset: str, task: str, monitor: str, mode: str,
+               wall_time_s: float, lr: Any, main: bool) -> None:
+    """A run that diverged or was interrupted: write history.csv and metrics.json (status, epoch
+    and step), keep checkpoint.pt, and raise `Diverged` or `Interrupted` with the line the user
+    reads: what happened and what to do."""
+    at = result.stopped_at
+    checkpoint = run_dir / CHECKPOINT
+    if result.status == "diverged":
+        kept = (f"the last good checkpoint ({checkpoint}) holds the state before epoch "
+                f"{_checkpoint_epoch(checkpoint)}" if checkpoint.is_file()
+                else "no checkpoint was written before it")
+        lower = f"optimizer.lr={lr / 10:g}" if isinstance(lr, (int, float)) else "optimizer.lr"
+        message = (f"training diverged at epoch {at['epoch']}, step {at['step']} of "
+                   f"{at['steps']} ({at['phase']} loss {at['loss']}); {kept}. Try a lower "
+                   f"learning rate ({lower}) or gradient clipping (trainer.grad_clip=1.0)")
+        error: BaseException = Diverged(message)
+    else:
+        import signal
+
+        name = signal.Signals(signum).name if signum else "a signal"
+        where = (f"at epoch {at['epoch']}, step {at['step']} of {at['steps']}" if at["step"]
+                 else f"before epoch {at['epoch']}")
+        message = (f"interrupted by {name} {where}; checkpoint saved in {checkpoint}. Continue "
+                   f"with: lossbench train resume={run_dir}")
+        error = Interrupted(message, 128 + signum if signum else 130)
+    if main:
+        write_csv_atomic(run_dir / "history.csv", result.history)
+        write_json_atomic(run_dir / "metrics.json", {
+            "status": result.status, "stopped_at": at, "message": message, "task": task,
+            "dataset": dataset, "choices": picked, "seed": cfg.seed, "monitor": monitor,
+            "mode": mode, "best_epoch": result.best_epoch, "best_val": result.best_value,
+            "epochs_run": result.epochs_run, "wall_time_s": wall_time_s,
+            "checkpoint": CHECKPOINT if checkpoint.is_file() else None,
+            "config": resolved_config(cfg)})
+        log.info("%s: %s", result.status, message)
+    raise error
+
+
+def _checkpoint_epoch(path: Path) -> int:
+    from lossbench.checkpoint import load_checkpoint
+
+    return int(load_checkpoint(path)["loop"]["epoch"])
+
+
+def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float,
+         resume: dict[str, Any] | None = None) -> float:
     trainer = cfg.trainer
-    picked = choices(cfg)
+    picked = resume["choices"] if resume is not None else choices(cfg)
     if cfg.get("print_config", True):
         console.print(config_tree(cfg, picked), highlight=False)
     seed_everything(cfg.seed, trainer.deterministic)
@@ -335,18 +415,30 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float) -> fl
 
     # 3. optimizer over the model's and the loss's own parameters (learnable losses)
     params = list(model.parameters()) + list(loss_fn.parameters())
-    optimizer = instantiate(cfg.optimizer)(params=params)
+    try:  # `_partial_` factories: a wrong or invalid argument shows only when they are called
+        optimizer = instantiate(cfg.optimizer)(params=params)
+    except (TypeError, ValueError) as err:
+        raise UserError(f"optimizer ({cfg.optimizer._target_}): {err}") from err
     scheduler = None
     if cfg.scheduler.get("_target_"):
         factory = instantiate(cfg.scheduler)
-        if "OneCycleLR" in cfg.scheduler._target_:
-            per_rank = -(-len(splits.train) // dist.world_size)  # each rank's shard
-            steps = -(-per_rank // trainer.batch_size)
-            if trainer.get("max_batches"):
-                steps = min(steps, trainer.max_batches)
-            scheduler = factory(optimizer, total_steps=steps * trainer.epochs)
-        else:
-            scheduler = factory(optimizer)
+        try:
+            if "OneCycleLR" in cfg.scheduler._target_:
+                per_rank = -(-len(splits.train) // dist.world_size)  # each rank's shard
+                steps = -(-per_rank // trainer.batch_size)
+                if trainer.get("max_batches"):
+                    steps = min(steps, trainer.max_batches)
+                scheduler = factory(optimizer, total_steps=steps * trainer.epochs)
+            else:
+                scheduler = factory(optimizer)
+        except (TypeError, ValueError) as err:
+            raise UserError(f"scheduler ({cfg.scheduler._target_}): {err}") from err
+    if resume is not None:  # continue from checkpoint.pt (fit restores the loop and the RNGs)
+        model.load_state_dict(resume["model"])
+        loss_fn.load_state_dict(resume["loss"])
+        optimizer.load_state_dict(resume["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(resume["scheduler"])
 
     # a tracker whose package is missing is the user's to install: checked before any file
     tracker = tracking.build_tracker(cfg.get("logger")) if dist.is_main else tracking.NoTracker()
@@ -360,11 +452,27 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float) -> fl
                   f"({splits.task}, {len(splits.train)}/{len(splits.val)}/{len(splits.test)} "
                   f"train/val/test) model={picked.get('model')} device={device}", highlight=False)
 
-    # 4. train and validate, keeping the best weights
-    with EpochProgress(console, trainer.epochs, monitor) as progress:
+    # 4. train and validate, keeping the best weights; checkpoint.pt lets a stopped run go on
+    saved_config = resolved_config(cfg)
+    elapsed_before = resume["elapsed_s"] if resume is not None else 0.0
+
+    def save(loop: dict[str, Any]) -> None:
+        if dist.is_main:
+            save_checkpoint(run_dir / CHECKPOINT, model=model, loss_fn=loss_fn,
+                            optimizer=optimizer, scheduler=scheduler, loop=loop,
+                            config=saved_config, choices=picked,
+                            elapsed_s=elapsed_before + time.perf_counter() - started)
+
+    with StopOnSignal() as stop, EpochProgress(console, trainer.epochs, monitor) as progress:
         result = fit(training_model(model, device, trainer.get("compile", False)), loss_fn,
                      optimizer, scheduler, splits, head, trainer, device, generator, progress,
-                     on_epoch=lambda row: (log.info("epoch %s", row), tracker.log_epoch(row)))
+                     on_epoch=lambda row: (log.info("epoch %s", row), tracker.log_epoch(row)),
+                     resume=resume["loop"] if resume is not None else None, save=save,
+                     stop=stop)
+    if result.status != "completed":
+        stop_early(result, run_dir, stop.requested, cfg, picked, splits.name, splits.task,
+                   monitor, mode, elapsed_before + time.perf_counter() - started,
+                   cfg.optimizer.get("lr"), dist.is_main)
     amp = autocast(device, precision)
     if not dist.is_main:  # the other ranks only compute their share of the test predictions
         with amp:
@@ -372,11 +480,6 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float) -> fl
                     trainer.get("max_batches"))
         return float(result.best_value)
     write_csv_atomic(run_dir / "history.csv", result.history)
-    diverged = next((row for row in result.history if not np.isfinite(row["train_loss"])), None)
-    if diverged is not None:  # a sweep records this job as failed and goes on
-        raise FloatingPointError(f"training diverged: train_loss={diverged['train_loss']} at "
-                                 f"epoch {diverged['epoch']} (lower optimizer.lr or set "
-                                 "trainer.grad_clip)")
     save_torch_atomic(run_dir / "model.pt", model.state_dict())
 
     # 5. test the best weights once
@@ -402,7 +505,7 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float) -> fl
         "best_val": result.best_value,
         "epochs_run": result.epochs_run,
         "stopped_early": result.stopped_early,
-        "wall_time_s": time.perf_counter() - started,
+        "wall_time_s": elapsed_before + time.perf_counter() - started,
         "num_outputs": num_outputs,
         "split_sizes": {"train": len(splits.train), "val": len(splits.val),
                         "test": len(pred.y_true)},

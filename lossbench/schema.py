@@ -128,11 +128,12 @@ def check_split(train: float, val: float, test: float) -> None:
 
 
 def _check_optimizer(optimizer: Any) -> None:
-    """Hyperparameters every torch optimizer shares: a positive learning rate, no negative
-    weight decay or momentum. The optimizer itself checks the rest when it is built."""
+    """Hyperparameters every torch optimizer shares: no negative learning rate, weight decay or
+    momentum (lr=0 is allowed: frozen weights, a baseline). The optimizer itself checks the rest
+    when it is built."""
     if optimizer is None:
         return
-    for key, low, strict in (("lr", 0.0, True), ("weight_decay", 0.0, False),
+    for key, low, strict in (("lr", 0.0, False), ("weight_decay", 0.0, False),
                              ("momentum", 0.0, False)):
         value = optimizer.get(key)
         if value is None:

@@ -6,6 +6,7 @@ on the device and are summed once per epoch.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from lossbench import distributed
+from lossbench.checkpoint import capture_rng, restore_rng
 from lossbench.data import Split, Splits
 from lossbench.evaluate import loader_options, predict
 from lossbench.errors import UserError
@@ -179,16 +181,23 @@ def train_epoch(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Opt
                 scheduler: Any = None, amp: Callable[[], AbstractContextManager] = nullcontext,
                 scaler: torch.amp.GradScaler | None = None,
                 on_batch: Callable[[int, torch.Tensor], None] | None = None,
-                term_sums: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+                term_sums: dict[str, torch.Tensor] | None = None,
+                losses: list[torch.Tensor] | None = None, sizes: list[int] | None = None,
+                stop: Any = None) -> torch.Tensor:
     """One pass over `batches`: forward, loss, backward, step. Returns (2,) on the device:
     [sum over batches of loss × batch size, number of samples]. A composite loss's parts
     (`loss_fn.terms`) are summed the same way into `term_sums` when given.
 
     Nothing here waits for the device: batch losses stay tensors and are summed once at the end
     (`scheduler` is stepped per batch, for one-cycle schedules).
+
+    `losses`/`sizes`, when given, hold the batches of this epoch already done (an epoch resumed
+    from a checkpoint) and receive the new ones; `stop.requested` (Ctrl-C) ends the pass after the
+    current step.
     """
     custom_loss = getattr(loss_fn, "model_loss", None)  # e.g. adversarial training
-    losses, sizes = [], []
+    losses = [] if losses is None else losses
+    sizes = [] if sizes is None else sizes
     for b, (x, y) in enumerate(batches):
         with amp():
             if custom_loss is not None:
@@ -220,6 +229,8 @@ def train_epoch(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Opt
                 term_sums[name] = term_sums.get(name, 0) + value.float() * len(y)
         if on_batch is not None:
             on_batch(b, losses[-1])
+        if stop is not None and stop.requested:
+            break
     if not losses:
         return torch.zeros(2)
     weights = torch.tensor(sizes, dtype=torch.float32).to(losses[0].device, non_blocking=True)
@@ -234,13 +245,24 @@ class FitResult:
     best_value: float = float("nan")
     epochs_run: int = 0
     stopped_early: bool = False
+    status: str = "completed"  # or "interrupted" (Ctrl-C, SIGTERM), "diverged" (NaN/inf loss)
+    stopped_at: dict[str, Any] | None = None  # epoch and step where it stopped, if it did
 
 
 def fit(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
         scheduler: Any, splits: Splits, head: str, trainer: Any, device: torch.device,
         generator: torch.Generator, progress: EpochProgress,
-        on_epoch: Callable[[dict[str, Any]], None] | None = None) -> FitResult:
+        on_epoch: Callable[[dict[str, Any]], None] | None = None,
+        resume: dict[str, Any] | None = None,
+        save: Callable[[dict[str, Any]], None] | None = None, stop: Any = None) -> FitResult:
     """Train for `trainer.epochs` epochs, validating after each; restore the best weights.
+
+    Checkpoints (lossbench/checkpoint.py): `save(loop)` receives the loop's state every
+    `trainer.checkpoint_every` epochs and when `stop.requested` is set (Ctrl-C: the run stops
+    after its current step, status "interrupted"); `resume` is such a state, from which the run
+    continues exactly as if it had not stopped: same data order, same random draws. A NaN or
+    infinite training loss stops the run (status "diverged", with the epoch and step); it is
+    read once per epoch, with the epoch's loss, so the steps cost nothing more.
 
     `model` may be wrapped (DistributedDataParallel, torch.compile; see `training_model`): it
     trains; the plain module inside validates and holds the weights that are kept.
@@ -265,20 +287,69 @@ def fit(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
     result = FitResult()
     best_state = {k: v.detach().clone() for k, v in core.state_dict().items()}
     waited = 0
-    for epoch in range(1, trainer.epochs + 1):
+    first_epoch = 1
+    if resume is not None:
+        result.history = list(resume["history"])
+        result.best_epoch, result.best_value = resume["best_epoch"], resume["best_value"]
+        result.epochs_run = len(result.history)
+        best_state, waited, first_epoch = resume["best_state"], resume["waited"], resume["epoch"]
+        if scaler is not None and resume.get("scaler"):
+            scaler.load_state_dict(resume["scaler"])
+    every = trainer.get("checkpoint_every", 0) if save is not None else 0
+    step_stop = stop if not dist.active else None  # ranks must agree: stop at epoch ends there
+
+    def loop_state(epoch: int, epoch_rng: dict, losses: list, sizes: list, term_sums: dict
+                   ) -> dict[str, Any]:
+        """What `resume` needs: epoch in progress, its batches done, RNG at its start."""
+        return {"epoch": epoch, "batch": len(losses), "epoch_rng": epoch_rng,
+                "rng": capture_rng(generator),
+                "losses": torch.stack(losses).cpu() if losses else torch.zeros(0),
+                "sizes": list(sizes), "term_sums": {k: v.cpu() for k, v in term_sums.items()},
+                "history": result.history, "best_epoch": result.best_epoch,
+                "best_value": result.best_value, "best_state": best_state, "waited": waited,
+                "scaler": scaler.state_dict() if scaler is not None else None}
+
+    for epoch in range(first_epoch, trainer.epochs + 1):
         start = time.perf_counter()
         model.train()
+        resuming = resume is not None and epoch == first_epoch
+        if resuming:  # this epoch's data order, as it was first drawn
+            restore_rng(resume["epoch_rng"], generator)
+        epoch_rng = capture_rng(generator)
         num_batches, batches = train_batches(splits.train, trainer.batch_size, generator,
                                              max_batches, loader_kwargs)
         progress.start_epoch(epoch, num_batches)
+        losses: list[torch.Tensor] = []
+        sizes: list[int] = []
         term_sums: dict[str, torch.Tensor] = {}
+        if resuming and resume["batch"]:  # skip the batches done before the checkpoint, then
+            for _ in itertools.islice(batches, resume["batch"]):  # draw as it would have
+                pass
+            losses = list(resume["losses"].to(device).unbind())
+            sizes = list(resume["sizes"])
+            term_sums = {k: v.to(device) for k, v in resume["term_sums"].items()}
+            restore_rng(resume["rng"], generator)
         sums = train_epoch(model, loss_fn, optimizer, batches, params=params,
                            grad_clip=trainer.grad_clip,
                            scheduler=scheduler if step_per_batch else None, amp=amp,
                            scaler=scaler, on_batch=on_batch if progress.live else None,
-                           term_sums=term_sums)
+                           term_sums=term_sums, losses=losses, sizes=sizes, stop=step_stop)
+        if step_stop is not None and step_stop.requested and len(losses) < num_batches:
+            if save is not None:  # stopped mid-epoch: the rest of it runs on resume
+                save(loop_state(epoch, epoch_rng, losses, sizes, term_sums))
+            result.status = "interrupted"
+            result.stopped_at = {"epoch": epoch, "step": len(losses), "steps": num_batches}
+            break
         total, count = distributed.all_reduce_sum(sums, dist).tolist()  # one sync per epoch
         train_loss = total / max(count, 1)
+        if not math.isfinite(train_loss):  # NaN or inf: keep the last good checkpoint, stop
+            bad = (~torch.isfinite(torch.stack(losses).float())).nonzero().flatten().tolist()
+            step = bad[0] + 1 if bad else len(losses)
+            result.status = "diverged"
+            result.stopped_at = {"epoch": epoch, "step": step, "steps": num_batches,
+                                 "loss": float(losses[step - 1]) if losses else train_loss,
+                                 "phase": "train"}
+            break
         term_names = sorted(term_sums)  # a composite loss's parts, averaged like the total
         term_totals = (distributed.all_reduce_sum(torch.stack([term_sums[n] for n in term_names]),
                                                   dist).tolist() if term_names else [])
@@ -301,6 +372,11 @@ def fit(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
         progress.end_epoch(row)
         if on_epoch is not None:
             on_epoch(row)
+        if pred.loss is not None and not math.isfinite(row["val_loss"]):  # broken weights
+            result.status = "diverged"
+            result.stopped_at = {"epoch": epoch, "step": num_batches, "steps": num_batches,
+                                 "loss": row["val_loss"], "phase": "validation"}
+            break
 
         value = row[monitor]
         if epoch == 1 or better(value, result.best_value):
@@ -311,5 +387,15 @@ def fit(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
             if trainer.early_stopping and waited >= trainer.patience:
                 result.stopped_early = True
                 break
+        stopping = stop is not None and bool(
+            distributed.broadcast_object(bool(stop.requested), dist) if dist.active
+            else stop.requested)
+        if save is not None and epoch < trainer.epochs and (
+                stopping or (every and epoch % every == 0)):
+            save(loop_state(epoch + 1, capture_rng(generator), [], [], {}))
+        if stopping and epoch < trainer.epochs:
+            result.status = "interrupted"
+            result.stopped_at = {"epoch": epoch + 1, "step": 0, "steps": num_batches}
+            break
     core.load_state_dict(best_state)
     return result

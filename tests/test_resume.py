@@ -1,0 +1,181 @@
+"""Interrupt a run (SIGINT, as Ctrl-C sends), resume it, and get the very numbers of a run that
+was never interrupted: test metrics and the per-epoch history, to the last digit on CPU."""
+
+from __future__ import annotations
+
+import csv
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import open_dict
+
+from conftest import lossbench_cmd, read_metrics
+
+# Dropout draws from torch's RNG, one-cycle steps the scheduler every batch, batch_size=64 makes
+# 17 steps per epoch of digits: everything a resumed run must restore is exercised.
+RUN = ("trainer.device=cpu", "trainer.batch_size=64", "trainer.early_stopping=false",
+       "model.dropout=0.2", "scheduler=onecycle", "print_config=false", "trainer.plots=false")
+
+
+def history_without_times(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "history.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+
+def assert_same_result(resumed: Path, uninterrupted: Path) -> None:
+    a, b = read_metrics(resumed), read_metrics(uninterrupted)
+    assert a["status"] == b["status"] == "completed"
+    assert a["test"] == b["test"]  # exact: floats compared bit for bit through JSON
+    for key in ("best_val", "best_epoch", "epochs_run", "choices", "config"):
+        assert a[key] == b[key], key
+    assert history_without_times(resumed) == history_without_times(uninterrupted)
+    model_a = torch.load(resumed / "model.pt", weights_only=True)
+    model_b = torch.load(uninterrupted / "model.pt", weights_only=True)
+    assert model_a.keys() == model_b.keys()
+    assert all(torch.equal(model_a[k], model_b[k]) for k in model_a)
+
+
+def run_in(compose_cfg, run_dir: Path, *overrides: str):
+    from lossbench.run import run
+
+    cfg = compose_cfg(*overrides)
+    with open_dict(cfg):
+        cfg.run_dir = str(run_dir)
+    return run(cfg)
+
+
+def interrupt_at(monkeypatch, epoch: int, batch: int) -> None:
+    """Send SIGINT to this process just before step `batch` (1-based) of `epoch`."""
+    import lossbench.train as train
+
+    original = train.train_batches
+    epochs_seen = [0]
+
+    def batches_with_signal(*args, **kwargs):
+        n, batches = original(*args, **kwargs)
+        epochs_seen[0] += 1
+        this_epoch = epochs_seen[0]
+
+        def signalled():
+            for b, item in enumerate(batches, 1):
+                if (this_epoch, b) == (epoch, batch):
+                    signal.raise_signal(signal.SIGINT)
+                yield item
+        return n, signalled()
+
+    monkeypatch.setattr(train, "train_batches", batches_with_signal)
+
+
+@pytest.mark.parametrize("epoch,batch,stopped_at", [
+    (2, 5, {"epoch": 2, "step": 5, "steps": 17}),  # mid-epoch: the rest of epoch 2 on resume
+    (2, 17, {"epoch": 3, "step": 0, "steps": 17}),  # last step: epoch 2 ends, stops before 3
+])
+def test_interrupted_run_resumes_to_identical_result(compose_cfg, tmp_path, monkeypatch, epoch,
+                                                     batch, stopped_at):
+    from lossbench.errors import Interrupted
+
+    overrides = (*RUN, "trainer.epochs=4")
+    run_in(compose_cfg, tmp_path / "whole", *overrides)
+
+    interrupt_at(monkeypatch, epoch, batch)
+    with pytest.raises(Interrupted) as stopped:
+        run_in(compose_cfg, tmp_path / "stopped", *overrides)
+    monkeypatch.undo()
+    assert stopped.value.exit_code == 130
+    assert "resume=" in str(stopped.value)
+    metrics = read_metrics(tmp_path / "stopped")
+    assert metrics["status"] == "interrupted"
+    assert {k: metrics["stopped_at"][k] for k in stopped_at} == stopped_at
+    assert metrics["checkpoint"] == "checkpoint.pt"
+    assert not (tmp_path / "stopped" / "model.pt").exists()  # no test of unfinished training
+    state = torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=True)
+    assert (state["loop"]["epoch"], state["loop"]["batch"]) == (stopped_at["epoch"],
+                                                                stopped_at["step"])
+
+    run_in(compose_cfg, tmp_path / "ignored", f"resume={tmp_path / 'stopped'}")
+    assert not (tmp_path / "ignored").exists()  # a resumed run goes on in its own directory
+    assert_same_result(tmp_path / "stopped", tmp_path / "whole")
+
+
+def test_resume_keeps_early_stopping_and_plateau_state(compose_cfg, tmp_path, monkeypatch):
+    """Early stopping's patience count, the best epoch so far and ReduceLROnPlateau's counters
+    live in the checkpoint: a resumed run stops at the same epoch with the same learning rates."""
+    from lossbench.errors import Interrupted
+
+    overrides = ("trainer.device=cpu", "trainer.batch_size=256", "trainer.epochs=40",
+                 "trainer.early_stopping=true", "trainer.patience=3", "scheduler=plateau",
+                 "scheduler.patience=1", "trainer.monitor=val_loss", "optimizer.lr=0.05",
+                 "print_config=false", "trainer.plots=false")
+    run_in(compose_cfg, tmp_path / "whole", *overrides)
+    whole = read_metrics(tmp_path / "whole")
+    assert whole["stopped_early"], "the setting must make early stopping happen"
+    stop_epoch = max(2, whole["epochs_run"] - 2)  # while patience is being counted
+
+    interrupt_at(monkeypatch, stop_epoch, 2)
+    with pytest.raises(Interrupted):
+        run_in(compose_cfg, tmp_path / "stopped", *overrides)
+    monkeypatch.undo()
+    run_in(compose_cfg, tmp_path / "ignored", f"resume={tmp_path / 'stopped'}")
+    assert_same_result(tmp_path / "stopped", tmp_path / "whole")
+    assert read_metrics(tmp_path / "stopped")["stopped_early"]
+
+
+def test_second_signal_stops_at_once():
+    from lossbench.checkpoint import StopOnSignal
+
+    previous = signal.getsignal(signal.SIGINT)
+    with StopOnSignal() as stop:
+        signal.raise_signal(signal.SIGTERM)
+        assert stop.requested == signal.SIGTERM  # the first one only asks
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is previous  # handlers restored
+
+
+def _start(args: list[str], cwd: Path) -> subprocess.Popen:
+    import os
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+    env.pop("LOSSBENCH_DEBUG", None)
+    return subprocess.Popen([*lossbench_cmd(), "train", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_the_cli_then_resume(cli, tmp_path):
+    """A real SIGINT to `lossbench train` once its first epoch line is out: exit status 130, one
+    line saying how to continue, checkpoint.pt; `resume=` then ends like the uninterrupted run."""
+    args = [*RUN, "trainer.epochs=60"]
+    stopped = tmp_path / "stopped"
+    proc = _start([*args, f"hydra.run.dir={stopped}"], tmp_path)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 120
+    for line in proc.stdout:
+        if line.startswith("epoch 1/"):
+            proc.send_signal(signal.SIGINT)
+            break
+        assert time.monotonic() < deadline
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert f"lossbench train resume={stopped}" in err
+    metrics = read_metrics(stopped)
+    assert metrics["status"] == "interrupted"
+    assert metrics["stopped_at"]["epoch"] < 60, "the signal came too late to test anything"
+    assert (stopped / "checkpoint.pt").is_file()
+
+    resumed = cli("train", f"resume={stopped}", "hydra.run.dir=elsewhere")
+    assert resumed.returncode == 0, resumed.stderr
+    assert not (tmp_path / "elsewhere").exists()
+    whole = cli("train", *args, f"hydra.run.dir={tmp_path / 'whole'}")
+    assert whole.returncode == 0, whole.stderr
+    assert_same_result(stopped, tmp_path / "whole")
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
