@@ -135,11 +135,6 @@ def output_size(head: str, splits: Splits, embedding_dim: int) -> int:
     return splits.num_classes
 
 
-def run(cfg: DictConfig) -> float:
-    """Run one experiment; returns the best value of the monitored validation metric.
-
-    `trainer.devices=N` (N > 1) runs it in N processes started from here, which share this run
-    directory (see `lossbench.distributed`); under torchrun this process is one of them already.
 def resumed_config(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
     """`resume=<run dir>`: the run's own saved config (pointing at its directory) and its
     checkpoint. Nothing else may change: the run must end as if it had never stopped."""
@@ -160,22 +155,27 @@ def resumed_config(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
     return saved, state
 
 
-    """
-    if distributed.current().active:
-        return _run_in(cfg)
-    if distributed.launched_by_torchrun():
-        return _torchrun_rank(cfg)
+def run(cfg: DictConfig) -> float:
+    """Run one experiment; returns the best value of the monitored validation metric.
+
+    `trainer.devices=N` (N > 1) runs it in N processes started from here, which share this run
+    directory (see `lossbench.distributed`); under torchrun this process is one of them already.
 
     A run that stops early raises once its files are written: `Diverged` (NaN/inf loss;
     metrics.json status "diverged", the last good checkpoint.pt kept) or `Interrupted` (Ctrl-C or
     SIGTERM; checkpoint.pt written, status "interrupted"; `resume=<run dir>` continues it).
-    devices = int(cfg.trainer.get("devices", 1) or 1)
+    """
     check_config(cfg)
     if cfg.get("resume"):
         cfg, resume = resumed_config(cfg)
         if int(cfg.trainer.get("devices", 1) or 1) > 1 or distributed.launched_by_torchrun():
             raise UserError("resume= continues single-process runs only (trainer.devices=1)")
         return _run_in(cfg, resume)
+    if distributed.current().active:
+        return _run_in(cfg)
+    if distributed.launched_by_torchrun():
+        return _torchrun_rank(cfg)
+    devices = int(cfg.trainer.get("devices", 1) or 1)
     if devices < 1:
         raise UserError(f"trainer.devices={devices} must be at least 1")
     if devices > 1:
