@@ -142,3 +142,47 @@ def test_basic_launcher_keeps_torch_threads():
     hydra_cfg = OmegaConf.create({"launcher": {
         "_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}})
     assert threads_per_job(hydra_cfg) is None
+
+
+@pytest.mark.parametrize("preset, data, best", [
+    ("lr", ("dataset=iris",), max),
+    ("lr_regression", ("dataset=diabetes", "loss=mse"), min),
+], ids=["maximize-accuracy", "minimize-rmse"])
+def test_optuna_preset_optimises_the_value_each_run_returns(cli, tmp_path, preset, data, best):
+    sweep = tmp_path / "search"
+    proc = cli("train", "-m", f"hparams_search={preset}", "hydra.sweeper.n_trials=3",
+               "trainer=smoke", "model=linear", *data, f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 0, proc.stderr
+    runs = [read_metrics(run) for run in run_dirs(sweep)]
+    assert len(runs) == 3 and all(m["status"] == "completed" for m in runs)
+    lrs = {m["config"]["optimizer"]["lr"] for m in runs}
+    assert len(lrs) == 3 and all(1e-4 <= lr <= 1e-1 for lr in lrs)  # sampled, log interval
+    result = OmegaConf.load(sweep / "optimization_results.yaml")
+    winner = best(runs, key=lambda m: m["best_val"])
+    assert result.best_value == pytest.approx(winner["best_val"])
+    assert result.best_params["optimizer.lr"] == pytest.approx(winner["config"]["optimizer"]["lr"])
+
+
+def test_launcher_presets_compose(cli):
+    slurm = cli("train", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "--cfg",
+                "hydra", "--package", "hydra.launcher", check=True)
+    launcher = OmegaConf.create(slurm.stdout)
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.partition == "gpu" and launcher.tasks_per_node == 1
+    parallel = cli("train", "hydra/launcher=parallel", "--cfg", "hydra", "--package",
+                   "hydra.launcher", check=True)
+    assert OmegaConf.create(parallel.stdout)._target_.endswith("JoblibLauncher")
+
+
+@pytest.mark.slow
+def test_submitit_launcher_runs_the_same_sweep(cli, tmp_path):
+    """The SLURM plugin's own local executor: each job a separate submitit process, as on a
+    cluster; failures, the summary line and the exit status behave the same."""
+    sweep = tmp_path / "sweep"
+    proc = cli("train", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5",
+               "loss=ce", "+loss.reduction=mean,bogus", *TINY, f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 1
+    assert read_metrics(sweep / "0")["status"] == "completed"
+    assert read_metrics(sweep / "1")["status"] == "failed"
+    assert (sweep / ".submitit").is_dir()
+    assert summary_lines(proc) == [f"lossbench: 1 of 2 jobs failed: {sweep / '1'}"]
