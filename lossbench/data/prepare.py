@@ -72,8 +72,8 @@ def prepare_data(raw: RawData, split: Any, noise: Any = None, imbalance: Any = N
         info["augment"] = {"crop_padding": int(augment.get("crop_padding") or 0),
                            "hflip": bool(augment.get("hflip", False))}
     if scale and x_train.ndim > 2:  # per-channel statistics of images and sequences
-        info["normalisation"] = {"mean": np.asarray(mean).ravel().round(6).tolist(),
-                                 "std": np.asarray(std).ravel().round(6).tolist()}
+        info["normalisation"] = {"mean": [round(float(v), 6) for v in np.ravel(mean)],
+                                 "std": [round(float(v), 6) for v in np.ravel(std)]}
 
     return Splits(
         train=train, val=to_split(*parts["val"]),
