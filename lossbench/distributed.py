@@ -105,8 +105,13 @@ def init_from_env(device: torch.device) -> Dist:
     return Dist(rank, world_size, local_rank)
 
 
-def shutdown() -> None:
+def shutdown(together: bool = False) -> None:
+    """Leave the process group. `together` (after a run that went well) first waits for every
+    rank: a rank that tears its connections down while another still uses them makes that one
+    abort. After an error there is no waiting, since the others may never arrive."""
     if tdist.is_available() and tdist.is_initialized():
+        if together:
+            tdist.barrier()
         tdist.destroy_process_group()
 
 
@@ -126,9 +131,9 @@ def _spawned(rank: int, world_size: int, port: int, errors: Any,
         worker(*args)
     except UserError as err:
         errors.put(str(err))
-        raise  # a non-zero exit makes the parent stop the other ranks instead of waiting
-    finally:
         shutdown()
+        raise  # a non-zero exit makes the parent stop the other ranks instead of waiting
+    shutdown(together=True)
 
 
 def spawn(worker: Callable[..., Any], world_size: int, args: tuple) -> None:
@@ -137,13 +142,14 @@ def spawn(worker: Callable[..., Any], world_size: int, args: tuple) -> None:
     A `UserError` in any rank is raised again here, as the one line the user should see.
     """
     import torch.multiprocessing as mp
+    from torch.multiprocessing.spawn import ProcessException
 
     # "spawn", not "fork": a forked child would inherit this process's CUDA and OpenMP state.
     errors = mp.get_context("spawn").SimpleQueue()
     try:
         mp.start_processes(_spawned, args=(world_size, free_port(), errors, worker, args),
                            nprocs=world_size, join=True, start_method="spawn")
-    except mp.ProcessException:
+    except ProcessException:
         if not errors.empty():
             raise UserError(errors.get()) from None
         raise

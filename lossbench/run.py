@@ -248,9 +248,11 @@ def _torchrun_rank(cfg: DictConfig) -> float:
             import shutil
 
             shutil.rmtree(own, ignore_errors=True)
-        return value
-    finally:
+    except BaseException:
         distributed.shutdown()
+        raise
+    distributed.shutdown(together=True)
+    return value
 
 
 def config_tree(cfg: DictConfig, picked: dict[str, str] | None = None) -> Tree:
