@@ -87,9 +87,15 @@ def missing_file(tmp):
         "dataset.path=nope.csv", "no such file"]
 
 
+def unknown_dataset_argument(tmp):
+    return ["dataset=npz", "dataset.path=d.npz", "+dataset.shuffle=true"], [
+        "lossbench.data.files.npz", "'shuffle'"]
+
+
 CASES = [csv_no_target, csv_text_feature, csv_missing_values, csv_empty, csv_tiny_class,
          npz_without_y, npz_mismatched, imagefolder_empty, noise_rate_one, noise_rate_negative,
-         noise_unknown_class, imbalance_ratio_below_one, missing_file]
+         noise_unknown_class, imbalance_ratio_below_one, missing_file,
+         unknown_dataset_argument]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])

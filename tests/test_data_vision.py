@@ -235,3 +235,19 @@ def test_data_without_augmentation_keeps_the_tensor_path_and_vectors_refuse_it()
 
     with pytest.raises(UserError, match=r"not \(C, H, W\)"):
         prepare_data(wine(), SPLIT, augment=OmegaConf.create({"crop_padding": 0, "hflip": True}))
+
+
+def test_augmented_batches_are_reproducible_from_the_seed():
+    from lossbench.train import train_batches
+
+    raw = fake_images(n_samples=20, n_test=4, image_size=[3, 8, 8], num_classes=2)
+    augment = OmegaConf.create({"crop_padding": 3, "hflip": True})
+
+    def epoch(seed):
+        torch.manual_seed(seed)  # what seed_everything does for the run
+        splits = prepare_data(raw, SPLIT, augment=augment)
+        return torch.cat([x for x, _ in train_batches(splits.train, 4,
+                                                      torch.Generator().manual_seed(seed))[1]])
+
+    assert torch.equal(epoch(5), epoch(5))
+    assert not torch.equal(epoch(5), epoch(6))
