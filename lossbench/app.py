@@ -130,6 +130,8 @@ def _train(cfg: DictConfig) -> float | None:
 def train_command(argv: list[str]) -> int:
     """`lossbench train [overrides]`: hand the arguments to Hydra as if it were the program."""
     sys.argv = ["lossbench train", *argv]
+    if _debug(argv):  # hydra.verbose=true asks for tracebacks, as LOSSBENCH_DEBUG=1 does
+        os.environ["LOSSBENCH_DEBUG"] = "1"
     # Hydra would print its own errors and exit with status 1; with HYDRA_FULL_ERROR they reach
     # us instead, so that a config mistake is one or two lines and exit status 2.
     user_full_error = os.environ.get("HYDRA_FULL_ERROR")
