@@ -66,6 +66,14 @@ def encode_targets(y: np.ndarray, task: str | None, where: str
     return codes.astype(np.int64), task, names
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def csv(path: str, target: str, features: Sequence[str] | None = None, task: str | None = None,
         delimiter: str = ",") -> RawData:
     """A table with a header row: one `target` column, numeric feature columns.
@@ -114,13 +122,13 @@ def csv(path: str, target: str, features: Sequence[str] | None = None, task: str
                             "or drop those rows")
     x = np.empty((len(body), len(names)), dtype=np.float32)
     for j, name in enumerate(names):
-        for i, value in enumerate(columns[name]):
-            try:
-                x[i, j] = float(value)
-            except ValueError:
-                raise UserError(f"{where}: column {name!r} has the non-numeric value {value!r} on "
-                                f"line {i + 2}; features must be numbers (encode categories as "
-                                "numbers, or leave the column out of dataset.features)") from None
+        try:
+            x[:, j] = np.asarray(columns[name], dtype=np.float64)
+        except ValueError:  # find the first offender to name it
+            i, value = next((i, v) for i, v in enumerate(columns[name]) if not _is_number(v))
+            raise UserError(f"{where}: column {name!r} has the non-numeric value {value!r} on "
+                            f"line {i + 2}; features must be numbers (encode categories as "
+                            "numbers, or leave the column out of dataset.features)") from None
     if not np.all(np.isfinite(x)):
         raise UserError(f"{where}: the features hold infinite values")
     raw_y = np.array(columns[target])
