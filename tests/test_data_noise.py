@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from lossbench.data import RawData, prepare_data, split_dataset
+from lossbench.data import RawData, split_dataset
 from lossbench.data.noise import PRESETS, apply_label_noise
 from lossbench.errors import UserError
 
