@@ -356,6 +356,10 @@ def stop_early(result: Any, run_dir: Path, signum: int | None, cfg: DictConfig,
     and step), keep checkpoint.pt, and raise `Diverged` or `Interrupted` with the line the user
     reads: what happened and what to do."""
     at = result.stopped_at
+    try:  # the paths as the user would type them: relative to where they ran lossbench
+        run_dir = run_dir.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        pass
     checkpoint = run_dir / CHECKPOINT
     if result.status == "diverged":
         kept = (f"the last good checkpoint ({checkpoint}) holds the state before epoch "

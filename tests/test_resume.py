@@ -163,7 +163,7 @@ def test_ctrl_c_in_the_cli_then_resume(cli, tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
-    assert f"lossbench train resume={stopped}" in err
+    assert "lossbench train resume=stopped" in err  # relative to where it was started
     metrics = read_metrics(stopped)
     assert metrics["status"] == "interrupted"
     assert metrics["stopped_at"]["epoch"] < 60, "the signal came too late to test anything"
