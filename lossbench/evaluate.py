@@ -153,12 +153,24 @@ def robust_accuracy(model: nn.Module, splits: Splits, split_name: str, head: str
                     batch_size: int, device: torch.device, loss_fn: nn.Module,
                     max_batches: int | None = None) -> float:
     """Accuracy on `split_name` when every input is replaced by `loss_fn.attack(model, x, y)`
-    (the attack the adversarial loss trains against), the model in eval mode."""
+    (the attack the adversarial loss trains against), the model in eval mode.
+
+    The calling process attacks the whole split (over several processes only the main one
+    reports), so batches are read here rather than through the per-rank `eval_batches`.
+    """
     split = getattr(splits, split_name)
+    n = len(split) if max_batches is None else min(len(split), max_batches * batch_size)
+    if split.x is not None:
+        batches = ((split.x[i:i + batch_size], split.y[i:i + batch_size])
+                   for i in range(0, n, batch_size))
+    else:
+        batches = torch.utils.data.DataLoader(torch.utils.data.Subset(split.dataset, range(n)),
+                                              batch_size=batch_size, shuffle=False)
     was_training = model.training
     model.eval()
-    correct, total = 0, 0
-    for x, y in eval_batches(split, batch_size, device, max_batches):
+    correct, seen = 0, 0
+    for x, y in batches:
+        x, y = x.to(device), y.to(device)
         x_adv = loss_fn.attack(model, x, y)  # needs input gradients: outside inference mode
         with torch.inference_mode():
             out = model(x_adv)
@@ -166,6 +178,6 @@ def robust_accuracy(model: nn.Module, splits: Splits, split_name: str, head: str
                 out = out.squeeze(-1)
             pred = class_scores(out, head, loss_fn).argmax(-1)
         correct += int((pred == y).sum())
-        total += len(y)
+        seen += len(y)
     model.train(was_training)
-    return correct / max(total, 1)
+    return correct / max(seen, 1)

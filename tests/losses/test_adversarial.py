@@ -118,3 +118,20 @@ def test_invalid_hyperparameters_raise_value_error_naming_them(bad):
 def test_wrapping_a_non_classification_loss_raises(inner):
     with pytest.raises(ValueError, match="loss must be"):
         AdversarialLoss(inner)
+
+
+@pytest.mark.slow
+def test_robust_accuracy_over_two_processes_covers_the_whole_test_split(cli, tmp_path):
+    """Two DDP processes report the robust accuracy of one process (same weights: lr 0)."""
+    from conftest import read_metrics
+
+    common = ["train", "loss=adversarial", "loss.attack=fgsm", "dataset=iris", "model=linear",
+              "trainer=smoke", "trainer.plots=false", "optimizer.lr=0.0"]
+    robust = {}
+    for devices in (1, 2):
+        run_dir = tmp_path / f"devices{devices}"
+        proc = cli(*common, f"trainer.devices={devices}", f"hydra.run.dir={run_dir}", timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        test = read_metrics(run_dir)["test"]
+        robust[devices] = (test["accuracy"], test["robust_accuracy"])
+    assert robust[1] == robust[2]
