@@ -42,6 +42,13 @@ def check_choice(name: str, value: str, options: tuple[str, ...]) -> str:
     return value
 
 
+def check_bool(name: str, value: bool) -> bool:
+    """Raise ValueError unless value is true or false (not a string such as 'no')."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
 def check_int(name: str, value: int, low: int) -> int:
     """Raise ValueError unless value is an integer >= low."""
     if isinstance(value, bool) or int(value) != value or value < low:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lossbench.losses._checks import check_range, check_reduction, reduce
+from lossbench.losses._checks import check_bool, check_range, check_reduction, reduce
 
 
 def target_log_prob(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -192,9 +192,7 @@ class MultiMarginHingeLoss(nn.Module):
     def __init__(self, margin: float = 1.0, squared: bool = False, reduction: str = "mean"):
         super().__init__()
         self.margin = check_range("margin", margin, low=0.0, low_open=True)
-        if not isinstance(squared, bool):
-            raise ValueError(f"squared must be true or false, got {squared!r}")
-        self.squared = squared
+        self.squared = check_bool("squared", squared)
         self.reduction = check_reduction(reduction)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -76,7 +76,8 @@ class TripletLoss(nn.Module):
     ``mining='batch_all'``: every valid (a, p, n) triplet of the batch, averaged (or the
     (T,) triplet losses with ``reduction='none'``). ``mining='batch_hard'``: one triplet per anchor,
     its farthest positive and nearest negative ((A,) per anchor with ``reduction='none'``).
-    Hyperparameters: margin m ∈ (0, ∞), mining ∈ {batch_all, batch_hard}.
+    Hyperparameters: margin m ∈ (0, ∞), mining ∈ {batch_all, batch_hard}. Batch-all forms a
+    (B, B, B) tensor: memory grows as B³ (2M entries at B = 128).
     """
 
     tasks = ("multiclass", "binary")

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lossbench.losses._checks import check_range, check_reduction, reduce
+from lossbench.losses._checks import check_bool, check_range, check_reduction, reduce
 
 
 def _residual(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -246,8 +246,8 @@ class AdaptiveRobustLoss(nn.Module):
         fraction = (alpha - lo) / (hi - lo)
         alpha_latent = torch.tensor(math.log(fraction / (1 - fraction)))
         scale_latent = torch.tensor(math.log(math.expm1(scale - self.scale_min)))
-        self.alpha_latent = nn.Parameter(alpha_latent, requires_grad=bool(learn_alpha))
-        self.scale_latent = nn.Parameter(scale_latent, requires_grad=bool(learn_scale))
+        self.alpha_latent = nn.Parameter(alpha_latent, requires_grad=check_bool("learn_alpha", learn_alpha))
+        self.scale_latent = nn.Parameter(scale_latent, requires_grad=check_bool("learn_scale", learn_scale))
 
     def alpha(self) -> torch.Tensor:
         return self.alpha_lo + (self.alpha_hi - self.alpha_lo) * torch.sigmoid(self.alpha_latent)

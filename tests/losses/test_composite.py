@@ -120,3 +120,18 @@ def test_invalid_compositions_raise_value_error(kwargs, name):
 def test_invalid_weighting_names_the_parameter():
     assert_rejects(lambda weighting: MixedLoss({"ce": CrossEntropyLoss()}, weighting=weighting),
                    weighting="sum")
+
+
+@pytest.mark.parametrize("overrides,names,head", [
+    ([], ["ce", "contrastive"], "embedding"),
+    (["loss.losses.contrastive._target_=lossbench.losses.SupConLoss", "~loss.losses.contrastive.margin"],
+     ["ce", "contrastive"], "embedding"),
+    (["~loss.losses.contrastive", "~loss.weights.contrastive",
+      "+loss.losses.mae._target_=lossbench.losses.MAELoss"], ["ce", "mae"], "logits"),
+])
+def test_the_compositions_shown_in_mixed_yaml_build(compose_cfg, overrides, names, head):
+    from hydra.utils import instantiate
+
+    loss = instantiate(compose_cfg("loss=mixed", *overrides).loss)
+    assert sorted(loss.losses) == names and loss.head == head
+    assert loss.embedding_dim == 32  # ${embedding_dim} of the root config

@@ -143,3 +143,14 @@ def test_readme_losses_table_matches_the_catalogue():
         for key in entry.hyperparameters:
             assert f"{key}=" in hyper, (entry.name, key)
     assert rows == {}
+
+
+@pytest.mark.parametrize("override,message", [
+    ("loss=focal loss.gamma=-1", "gamma must lie in [0, inf), got -1"),
+    ("loss=triplet loss.mining=semi_hard", "mining must be one of ('batch_all', 'batch_hard')"),
+])
+def test_a_bad_hyperparameter_on_the_command_line_is_one_line_and_exit_2(cli, tmp_path, override, message):
+    proc = cli("train", *override.split(), "trainer=smoke", f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 2
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()

@@ -150,6 +150,7 @@ def test_separated_class_clusters_give_zero(name, y):
     (ContrastiveLoss, {"margin": 0.0}), (ContrastiveLoss, {"reduction": "mean_pairs"}),
     (TripletLoss, {"margin": -1.0}), (TripletLoss, {"mining": "semi_hard"}),
     (SupConLoss, {"temperature": 0.0}), (SupConLoss, {"temperature": -0.1}),
+    (TripletLoss, {"reduction": "max"}), (SupConLoss, {"reduction": "max"}),
 ])
 def test_invalid_hyperparameters_raise_value_error_naming_them(make, bad):
     assert_rejects(make, **bad)

@@ -162,6 +162,8 @@ def test_exact_prediction_is_minimal(name, y, offset):
     (AdaptiveRobustLoss, {"scale": 0.0}), (AdaptiveRobustLoss, {"scale_min": -1.0}),
     (AdaptiveRobustLoss, {"alpha_range": (0.5, 0.2)}),
     (AdaptiveRobustLoss, {"alpha_range": (0.0, 1.0)}),
+    (AdaptiveRobustLoss, {"learn_alpha": "no"}), (AdaptiveRobustLoss, {"learn_scale": 1}),
+    (AdaptiveRobustLoss, {"alpha_range": (0.5,)}), (AdaptiveRobustLoss, {"reduction": "all"}),
 ])
 def test_invalid_hyperparameters_raise_value_error_naming_them(make, bad):
     assert_rejects(make, **bad)
