@@ -116,7 +116,8 @@ def run_sweep_job(cfg: DictConfig, hydra_cfg: DictConfig, run: Callable[[DictCon
     label = f"job {hydra_cfg.job.num} [{' '.join(hydra_cfg.overrides.task)}]"
     done = completed_run(cfg, run_dir)
     if done is not None:
-        print(f"lossbench: {label} already completed in {run_dir}: skipped", flush=True)
+        print(f"lossbench: {label} already completed: skipped (run directory: {run_dir})",
+              flush=True)
         return done.get("best_val")
     threads = threads_per_job(hydra_cfg)
     if threads is not None:
