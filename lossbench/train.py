@@ -175,6 +175,22 @@ def training_model(model: nn.Module, device: torch.device, compile_model: bool =
     return model
 
 
+def average_loss_gradients(loss_fn: nn.Module) -> None:
+    """Average the gradients of a loss's own parameters (learned weights, a classifier) over the
+    processes, as DistributedDataParallel does for the model's, so that every rank keeps the
+    same loss parameters. A no-op in one process or for a loss without parameters."""
+    dist = distributed.current()
+    grads = [p.grad for p in loss_fn.parameters() if p.grad is not None]
+    if not dist.active or not grads:
+        return
+    flat = distributed.all_reduce_sum(torch.cat([g.reshape(-1) for g in grads]), dist)
+    flat /= dist.world_size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
 def train_epoch(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
                 batches: Iterator[tuple[torch.Tensor, torch.Tensor]], *,
                 params: list[torch.Tensor] | None = None, grad_clip: float | None = None,
@@ -210,6 +226,7 @@ def train_epoch(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Opt
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:  # fp16: scale the loss so small gradients do not underflow
             scaler.scale(loss).backward()
+            average_loss_gradients(loss_fn)
             if grad_clip:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(params, grad_clip)
@@ -217,6 +234,7 @@ def train_epoch(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Opt
             scaler.update()
         else:
             loss.backward()
+            average_loss_gradients(loss_fn)
             if grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, grad_clip)
             optimizer.step()

@@ -135,3 +135,39 @@ def test_the_compositions_shown_in_mixed_yaml_build(compose_cfg, overrides, name
     loss = instantiate(compose_cfg("loss=mixed", *overrides).loss)
     assert sorted(loss.losses) == names and loss.head == head
     assert loss.embedding_dim == 32  # ${embedding_dim} of the root config
+
+
+def _loss_parameters_worker(out_dir: str) -> None:
+    """One rank: a few training steps on its own data; writes the mixed loss's parameters."""
+    import json
+    from pathlib import Path
+
+    from lossbench import distributed
+    from lossbench.train import train_epoch
+
+    dist = distributed.init_from_env(torch.device("cpu"))
+    torch.manual_seed(0)  # same initial model and loss on every rank
+    model = torch.nn.Linear(4, 6)
+    loss = MixedLoss({"ce": CrossEntropyLoss(), "contrastive": ContrastiveLoss()},
+                     weighting="uncertainty", embedding_dim=6, num_classes=3)
+    opt = torch.optim.SGD(list(model.parameters()) + list(loss.parameters()), lr=0.5)
+    g = torch.Generator().manual_seed(100 + dist.rank)  # different data on every rank
+    batches = [(torch.randn(8, 4, generator=g), torch.randint(0, 3, (8,), generator=g))
+               for _ in range(3)]
+    train_epoch(model, loss, opt, batches)
+    values = {name: p.detach().reshape(-1).tolist() for name, p in loss.named_parameters()}
+    Path(out_dir, f"rank{dist.rank}.json").write_text(json.dumps(values))
+
+
+@pytest.mark.slow
+def test_loss_parameters_stay_equal_across_processes(tmp_path):
+    """Each rank's loss gradients are averaged like the model's (DistributedDataParallel does
+    not see the loss), so the learned log-variances and classifier agree on every rank."""
+    import json
+
+    from lossbench import distributed
+
+    distributed.spawn(_loss_parameters_worker, 2, (str(tmp_path),))
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1]
+    assert ranks[0]["log_vars"] != [0.0, 0.0]  # they were trained
