@@ -66,8 +66,11 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
 
 def save_checkpoint(path: str | Path, *, model: torch.nn.Module, loss_fn: torch.nn.Module,
                     optimizer: torch.optim.Optimizer, scheduler: Any, loop: dict[str, Any],
-                    config: dict[str, Any], choices: dict[str, str], elapsed_s: float) -> None:
-    """Write checkpoint.pt atomically (a temporary file renamed into place)."""
+                    config: dict[str, Any], choices: dict[str, str], elapsed_s: float,
+                    sync: bool = True) -> None:
+    """Write checkpoint.pt atomically (a temporary file renamed into place). The checkpoints of
+    every epoch pass `sync=False`: flushing to the disk costs several times the write itself,
+    and a process crash leaves the old file or the new one either way."""
     save_torch_atomic(path, {
         "format": FORMAT,
         "model": model.state_dict(),
@@ -78,7 +81,7 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, loss_fn: torch.
         "config": config,
         "choices": choices,
         "elapsed_s": elapsed_s,
-    })
+    }, sync=sync)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(err, Interrupted):  # the run saved a checkpoint; its message says so
             print(f"lossbench: {err}", file=sys.stderr)
             sys.exit(err.exit_code)
-        print("lossbench: stopped at once (second Ctrl-C); a run keeps its last checkpoint.pt",
-              file=sys.stderr)
+        print("lossbench: stopped at once by Ctrl-C; a run directory keeps its last "
+              "checkpoint.pt", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)

@@ -462,14 +462,17 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float,
     saved_config = resolved_config(cfg)
     elapsed_before = resume["elapsed_s"] if resume is not None else 0.0
 
+    stop = StopOnSignal()
+
     def save(loop: dict[str, Any]) -> None:
-        if dist.is_main:
+        if dist.is_main:  # flushed to the disk when it is the last one (Ctrl-C, SIGTERM)
             save_checkpoint(run_dir / CHECKPOINT, model=model, loss_fn=loss_fn,
                             optimizer=optimizer, scheduler=scheduler, loop=loop,
                             config=saved_config, choices=picked,
-                            elapsed_s=elapsed_before + time.perf_counter() - started)
+                            elapsed_s=elapsed_before + time.perf_counter() - started,
+                            sync=stop.requested is not None)
 
-    with StopOnSignal() as stop, EpochProgress(console, trainer.epochs, monitor) as progress:
+    with stop, EpochProgress(console, trainer.epochs, monitor) as progress:
         result = fit(training_model(model, device, trainer.get("compile", False)), loss_fn,
                      optimizer, scheduler, splits, head, trainer, device, generator, progress,
                      on_epoch=lambda row: (log.info("epoch %s", row), tracker.log_epoch(row)),

@@ -13,7 +13,10 @@ from pathlib import Path
 from typing import Any
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+def write_bytes_atomic(path: str | Path, data: bytes, sync: bool = True) -> None:
+    """Write `data` to a temporary file beside `path` and rename it into place. `sync` also
+    flushes it to the disk first, so that it survives a power cut, not only a process crash
+    (the costly part for small files: leave it to files written once)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -21,7 +24,8 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -53,12 +57,12 @@ def write_csv_atomic(path: str | Path, rows: Sequence[dict[str, Any]]) -> None:
     write_text_atomic(path, buf.getvalue())
 
 
-def save_torch_atomic(path: str | Path, obj: Any) -> None:
+def save_torch_atomic(path: str | Path, obj: Any, sync: bool = True) -> None:
     import torch
 
     buf = io.BytesIO()
     torch.save(obj, buf)
-    write_bytes_atomic(path, buf.getvalue())
+    write_bytes_atomic(path, buf.getvalue(), sync)
 
 
 def read_json(path: str | Path) -> Any:

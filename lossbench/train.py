@@ -333,7 +333,7 @@ def fit(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
         resuming = resume is not None and epoch == first_epoch
         if resuming:  # this epoch's data order, as it was first drawn
             restore_rng(resume["epoch_rng"], generator)
-        epoch_rng = capture_rng(generator)
+        epoch_rng = capture_rng(generator) if save is not None else None
         num_batches, batches = train_batches(splits.train, trainer.batch_size, generator,
                                              max_batches, loader_kwargs)
         progress.start_epoch(epoch, num_batches)

@@ -49,8 +49,8 @@ def run_in(compose_cfg, run_dir: Path, *overrides: str):
     return run(cfg)
 
 
-def interrupt_at(monkeypatch, epoch: int, batch: int) -> None:
-    """Send SIGINT to this process just before step `batch` (1-based) of `epoch`."""
+def interrupt_at(monkeypatch, epoch: int, batch: int, signum: int = signal.SIGINT) -> None:
+    """Send `signum` to this process just before step `batch` (1-based) of `epoch`."""
     import lossbench.train as train
 
     original = train.train_batches
@@ -64,7 +64,7 @@ def interrupt_at(monkeypatch, epoch: int, batch: int) -> None:
         def signalled():
             for b, item in enumerate(batches, 1):
                 if (this_epoch, b) == (epoch, batch):
-                    signal.raise_signal(signal.SIGINT)
+                    signal.raise_signal(signum)
                 yield item
         return n, signalled()
 
@@ -123,6 +123,51 @@ def test_resume_keeps_early_stopping_and_plateau_state(compose_cfg, tmp_path, mo
     run_in(compose_cfg, tmp_path / "ignored", f"resume={tmp_path / 'stopped'}")
     assert_same_result(tmp_path / "stopped", tmp_path / "whole")
     assert read_metrics(tmp_path / "stopped")["stopped_early"]
+
+
+def test_sigterm_stops_like_ctrl_c_with_status_143(compose_cfg, tmp_path, monkeypatch):
+    """What a batch scheduler sends before it kills a job: checkpoint, then exit 128 + 15."""
+    from lossbench.errors import Interrupted
+
+    interrupt_at(monkeypatch, 1, 3, signal.SIGTERM)
+    with pytest.raises(Interrupted) as stopped:
+        run_in(compose_cfg, tmp_path / "run", *RUN, "trainer.epochs=2",
+               "trainer.checkpoint_every=0")
+    assert stopped.value.exit_code == 143 and "SIGTERM" in str(stopped.value)
+    metrics = read_metrics(tmp_path / "run")
+    assert metrics["status"] == "interrupted" and metrics["stopped_at"]["step"] == 3
+    # checkpoint_every=0 writes no epoch checkpoints, but the interruption still writes one
+    assert (tmp_path / "run" / "checkpoint.pt").is_file()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers given back
+
+
+def test_crashed_run_resumes_from_its_last_epoch_checkpoint(compose_cfg, tmp_path,
+                                                           monkeypatch):
+    """A run that dies without a word (killed, out of memory) in epoch 3 left checkpoint.pt
+    from the end of epoch 2 and no metrics.json: resume= redoes epoch 3 and ends identical."""
+    import lossbench.train as train
+
+    overrides = (*RUN, "trainer.epochs=4")
+    run_in(compose_cfg, tmp_path / "whole", *overrides)
+
+    original = train.train_batches
+    epochs_seen = [0]
+
+    def dies_in_epoch_3(*args, **kwargs):
+        epochs_seen[0] += 1
+        if epochs_seen[0] == 3:
+            raise MemoryError("the process is gone")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_batches", dies_in_epoch_3)
+    with pytest.raises(MemoryError):
+        run_in(compose_cfg, tmp_path / "crashed", *overrides)
+    monkeypatch.undo()
+    assert not (tmp_path / "crashed" / "metrics.json").exists()
+    assert torch.load(tmp_path / "crashed" / "checkpoint.pt",
+                      weights_only=True)["loop"]["epoch"] == 3
+    run_in(compose_cfg, tmp_path / "ignored", f"resume={tmp_path / 'crashed'}")
+    assert_same_result(tmp_path / "crashed", tmp_path / "whole")
 
 
 def test_second_signal_stops_at_once():
