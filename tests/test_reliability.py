@@ -185,3 +185,13 @@ class _HalfWriter:
 
     def fileno(self):
         return self.fd
+
+
+def test_internal_error_keeps_its_traceback(cli, tmp_path):
+    """A bug (here in the user's own dataset function) is not a config mistake: its traceback
+    is shown and the exit status is 1, not 2."""
+    (tmp_path / "mydata.py").write_text("def broken():\n    return 1 / 0\n")
+    proc = cli("train", "trainer=smoke", "dataset._target_=mydata.broken", *QUIET,
+               f"hydra.run.dir={tmp_path / 'run'}", env={"PYTHONPATH": str(tmp_path)})
+    assert proc.returncode == 1
+    assert "Traceback" in proc.stderr and "ZeroDivisionError" in proc.stderr
