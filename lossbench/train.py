@@ -340,6 +340,8 @@ def fit(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
 
     result = FitResult()
     best_state = {k: v.detach().clone() for k, v in core.state_dict().items()}
+    # a loss's own parameters (mixed's classifier over the embedding) belong to the best epoch too
+    best_loss_state = {k: v.detach().clone() for k, v in loss_fn.state_dict().items()}
     waited = 0
     first_epoch = 1
     if resume is not None:
@@ -347,6 +349,7 @@ def fit(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
         result.best_epoch, result.best_value = resume["best_epoch"], resume["best_value"]
         result.epochs_run = len(result.history)
         best_state, waited, first_epoch = resume["best_state"], resume["waited"], resume["epoch"]
+        best_loss_state = resume.get("best_loss_state", best_loss_state)
         if scaler is not None and resume.get("scaler"):
             scaler.load_state_dict(resume["scaler"])
     every = trainer.get("checkpoint_every", 0) if save is not None else 0
@@ -361,6 +364,7 @@ def fit(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
                 "sizes": list(sizes), "term_sums": {k: v.cpu() for k, v in term_sums.items()},
                 "history": result.history, "best_epoch": result.best_epoch,
                 "best_value": result.best_value, "best_state": best_state, "waited": waited,
+                "best_loss_state": best_loss_state,
                 "scaler": scaler.state_dict() if scaler is not None else None}
 
     for epoch in range(first_epoch, trainer.epochs + 1):
@@ -436,6 +440,7 @@ def fit(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
         if epoch == 1 or better(value, result.best_value):
             result.best_value, result.best_epoch, waited = value, epoch, 0
             best_state = {k: v.detach().clone() for k, v in core.state_dict().items()}
+            best_loss_state = {k: v.detach().clone() for k, v in loss_fn.state_dict().items()}
         else:
             waited += 1
             if trainer.early_stopping and waited >= trainer.patience:
@@ -452,4 +457,5 @@ def fit(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
             result.stopped_at = {"epoch": epoch + 1, "step": 0, "steps": num_batches}
             break
     core.load_state_dict(best_state)
+    loss_fn.load_state_dict(best_loss_state)
     return result

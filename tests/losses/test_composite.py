@@ -171,3 +171,39 @@ def test_loss_parameters_stay_equal_across_processes(tmp_path):
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0] == ranks[1]
     assert ranks[0]["log_vars"] != [0.0, 0.0]  # they were trained
+
+
+def test_training_keeps_the_classifier_of_the_best_epoch_with_the_model(compose_cfg):
+    """The shared-embedding classifier is restored to the best epoch together with the model
+    weights: predictions pair the best embedding with the classifier trained alongside it."""
+    from rich.console import Console
+
+    from lossbench.data import Split, Splits
+    from lossbench.progress import EpochProgress
+    from lossbench.train import fit
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 3, (60,), generator=g)
+    x = torch.randn(60, 4, generator=g) + y.unsqueeze(1).float()
+    part = Split(y=y, x=x)
+    splits = Splits(train=part, val=part, test=part, task="multiclass", name="toy", num_classes=3,
+                    class_names=["0", "1", "2"], sample_shape=(4,))
+    # the best epoch by the largest validation loss: the first, while training goes on for 4
+    trainer = compose_cfg("trainer=smoke", "trainer.epochs=4", "trainer.monitor=val_loss",
+                          "trainer.mode=max", "trainer.max_batches=null").trainer
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 6)
+    loss = MixedLoss({"ce": CrossEntropyLoss(), "contrastive": ContrastiveLoss()},
+                     embedding_dim=6, num_classes=3)
+    optimizer = torch.optim.Adam(list(model.parameters()) + list(loss.parameters()), lr=0.05)
+    per_epoch = {}
+    on_epoch = lambda row: per_epoch.__setitem__(  # noqa: E731
+        row["epoch"], {k: v.clone() for k, v in loss.state_dict().items()})
+    with EpochProgress(Console(quiet=True), trainer.epochs, "val_loss", enabled=False) as progress:
+        result = fit(model, loss, optimizer, None, splits, loss.head, trainer, torch.device("cpu"),
+                     torch.Generator().manual_seed(0), progress, on_epoch=on_epoch)
+    assert result.best_epoch == 1 and result.epochs_run == 4
+    best, last = per_epoch[1], per_epoch[4]
+    assert not torch.equal(best["classifier.weight"], last["classifier.weight"])
+    for key, value in loss.state_dict().items():
+        torch.testing.assert_close(value, best[key])
