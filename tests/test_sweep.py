@@ -67,6 +67,8 @@ def test_diverging_job_is_recorded_as_failed(cli, tmp_path):
     assert read_metrics(sweep / "0")["status"] == "completed"
     diverged = read_metrics(sweep / "1")
     assert diverged["status"] == "failed" and "diverged" in diverged["error"]
+    # what the run itself wrote when it stopped is kept beside the failure
+    assert diverged["stopped"] == "diverged" and diverged["stopped_at"]["epoch"] >= 1
     assert summary_lines(proc) == [f"lossbench: 1 of 2 jobs failed: {sweep / '1'}"]
 
 
@@ -146,6 +148,7 @@ def test_basic_launcher_keeps_torch_threads():
     assert threads_per_job(hydra_cfg) is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset, data, best", [
     ("lr", ("dataset=iris",), max),
     ("lr_regression", ("dataset=diabetes", "loss=mse"), min),
