@@ -277,6 +277,21 @@ def config_tree(cfg: DictConfig, picked: dict[str, str] | None = None) -> Tree:
     return tree
 
 
+def shows_config(cfg: DictConfig) -> bool:
+    """`print_config`: every single run prints its config; a sweep prints it for its first job
+    only, since its other jobs differ just by the overrides their header line names."""
+    if not cfg.get("print_config", True):
+        return False
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hydra_cfg = HydraConfig.get()
+    except ValueError:  # called without Hydra
+        return True
+    return hydra_cfg.mode != RunMode.MULTIRUN or hydra_cfg.job.num == 0
+
+
 def write_plots(run_dir: Path, console: Console, **kwargs: Any) -> list[Path]:
     """The run's PNG plots (see `lossbench.plots.save_run_plots`). Pictures are a view of
     results already on disk, so a failure to draw one is logged and the run still completes."""
@@ -402,7 +417,7 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float,
          resume: dict[str, Any] | None = None) -> float:
     trainer = cfg.trainer
     picked = resume["choices"] if resume is not None else choices(cfg)
-    if cfg.get("print_config", True):
+    if shows_config(cfg):
         console.print(config_tree(cfg, picked), highlight=False)
     seed_everything(cfg.seed, trainer.deterministic)
     dist = distributed.current()

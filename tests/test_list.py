@@ -132,3 +132,11 @@ done
     assert "lossbench tr -> train" in lines
     assert "lossbench train loss=foc -> loss=focal" in lines
     assert "lossbench train dataset=iris optim -> optimizer. optimizer=" in lines
+
+
+def test_a_sweep_prints_the_config_tree_for_its_first_job_only(cli, tmp_path):
+    out = cli("train", "-m", "dataset=iris", "trainer=smoke", "seed=0,1",
+              f"hydra.sweep.dir={tmp_path / 'sweep'}", check=True).stdout
+    assert out.count("\nconfig\n") + out.startswith("config\n") == 1
+    assert out.count("├── dataset (iris)") == 1
+    assert out.count("run directory:") == 2
