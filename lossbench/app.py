@@ -139,6 +139,10 @@ def train_command(argv: list[str]) -> int:
     try:
         _train()
     except Exception as err:
+        from lossbench import sweep
+
+        if not _debug(argv) and sweep.summary_after_error(err):
+            return 1  # the sweeper gave up after jobs failed (optuna: every trial failed)
         message = None if _job_started or user_full_error or _debug(argv) else (
             config_error_message(err))
         if message is None:

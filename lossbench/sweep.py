@@ -35,6 +35,8 @@ START_MARKER = ".lossbench-sweep-start"
 
 # Set by SweepSummary.on_multirun_end in the launching process: the failed job directories.
 failed_jobs: list[Path] = []
+# (sweep directory, start mtime) of the multirun in progress in this process, if any.
+_started: tuple[Path, float] | None = None
 
 
 def resolved_config(cfg: DictConfig) -> dict[str, Any]:
@@ -169,6 +171,22 @@ def summary_line(sweep_dir: Path, jobs: list[Path], since: float) -> tuple[str, 
     return f"lossbench: all {len(jobs)} jobs completed{skipped} in {sweep_dir}", failed
 
 
+def summary_after_error(err: BaseException) -> bool:
+    """The sweeper itself raised after its jobs ran (optuna's, when every trial failed or more
+    than `max_failure_rate` did): if jobs of this sweep failed, print its error and the summary
+    line instead of a traceback and return True; else False (the error is someone else's)."""
+    if _started is None:
+        return False
+    sweep_dir, since = _started
+    line, failed = summary_line(sweep_dir, sweep_jobs(sweep_dir, since), since)
+    if not failed:
+        return False
+    failed_jobs[:] = failed
+    print(f"lossbench: the sweep stopped: {error_line(err)}", file=sys.stderr, flush=True)
+    print(line, file=sys.stderr, flush=True)
+    return True
+
+
 class SweepSummary(Callback):
     """Prints the end-of-sweep line and remembers the failed jobs for the exit status."""
 
@@ -176,10 +194,12 @@ class SweepSummary(Callback):
         self.since: float | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        global _started
         failed_jobs.clear()
         marker = Path(config.hydra.sweep.dir) / START_MARKER
         write_text_atomic(marker, f"{time.time()}\n")
         self.since = marker.stat().st_mtime
+        _started = (Path(config.hydra.sweep.dir), self.since)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.since is None:

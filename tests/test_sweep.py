@@ -191,3 +191,14 @@ def test_submitit_launcher_runs_the_same_sweep(cli, tmp_path):
     assert read_metrics(sweep / "1")["status"] == "failed"
     assert (sweep / ".submitit").is_dir()
     assert summary_lines(proc) == [f"lossbench: 1 of 2 jobs failed: {sweep / '1'}"]
+
+
+def test_search_whose_trials_all_fail_ends_with_the_summary_not_a_traceback(cli, tmp_path):
+    sweep = tmp_path / "search"
+    proc = cli("train", "-m", "hparams_search=lr", "hydra.sweeper.n_trials=2",
+               "+loss.reduction=bogus", *TINY, f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert all(read_metrics(run)["status"] == "failed" for run in run_dirs(sweep))
+    assert summary_lines(proc) == [f"lossbench: 2 of 2 jobs failed: {sweep / '0'} {sweep / '1'}"]
+    assert "lossbench: the sweep stopped: ValueError: No trials are completed yet." in proc.stderr
