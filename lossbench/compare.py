@@ -297,16 +297,21 @@ def build_blocks(runs: Sequence[Run], metric: str | None, mode: str | None, alph
     by_block: dict[tuple[str, str], list[Run]] = {}
     for run in completed:
         by_block.setdefault((run.dataset, str(run.task)), []).append(run)
+    def has(members: list[Run], name: str) -> bool:
+        return any(r.test_metric(name) is not None for r in members)
+
+    if metric and by_block and not any(has(m, metric) for m in by_block.values()):
+        available = sorted({k for r in completed for k, v in (r.metrics.get("test") or {}).items()
+                            if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        raise UserError(f"--metric {metric}: no run has a test metric of that name; "
+                        f"choose from: {', '.join(available)}")
     blocks = []
     for (dataset, task), members in by_block.items():
         headline = list(HEADLINE[task_kind(task)])
-        chosen = metric or headline[0]
-        if all(r.test_metric(chosen) is None for r in members):
-            available = sorted({k for r in members for k, v in (r.metrics.get("test") or {}).items()
-                                if isinstance(v, (int, float)) and not isinstance(v, bool)})
-            raise UserError(f"--metric {chosen}: no {dataset} run has a test metric of that name; "
-                            f"choose from: {', '.join(available)}")
-        block_mode = mode or ("min" if lower_is_better(chosen) else "max")
+        # a metric one task lacks (accuracy of a regression) leaves that block on its headline
+        chosen = metric if metric and has(members, metric) else headline[0]
+        block_mode = mode if chosen == metric and mode else (
+            "min" if lower_is_better(chosen) else "max")
         metrics = [chosen] + [m for m in headline if m != chosen]
         rows = group_runs(members, group_by, ignore)
         columns = label_rows(rows, group_by, ignore)

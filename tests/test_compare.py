@@ -237,3 +237,35 @@ def test_compare_reads_files_only_never_torch(tmp_path):
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["configurations"][0]["accuracy_mean"] == 0.9
+
+
+def test_metric_missing_from_one_task_leaves_that_block_on_its_headline(tmp_path, cli):
+    for seed in range(2):
+        fake_run(tmp_path / "r" / f"c{seed}", loss="ce", seed=seed,
+                 test={"accuracy": 0.8, "macro_f1": 0.7, "nll": 0.5 + seed})
+        fake_run(tmp_path / "r" / f"g{seed}", loss="gce", seed=seed,
+                 test={"accuracy": 0.9, "macro_f1": 0.7, "nll": 0.1 + seed})
+        fake_run(tmp_path / "r" / f"m{seed}", loss="mse", seed=seed, dataset="diabetes",
+                 task="regression", test={"rmse": 3.0, "r2": 0.4})
+    proc = cli("compare", "r", "--metric", "nll", "--format", "csv")
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader(proc.stdout.splitlines()))
+    assert {(r["dataset"], r["sort_metric"]) for r in rows} == {("wine", "nll"),
+                                                                 ("diabetes", "rmse")}
+    assert [r["loss"] for r in rows if r["dataset"] == "wine"] == ["gce", "ce"]  # lower nll first
+
+
+def test_runs_without_a_config_in_metrics_are_grouped_by_hydra_config_yaml(tmp_path, cli):
+    """metrics.json written before it held the config: .hydra/config.yaml tells runs apart,
+    and a key that varies without being an override still gets its column."""
+    for lr in (0.1, 0.01):
+        for seed in range(2):
+            run = fake_run(tmp_path / "old" / f"{lr}-{seed}", loss="ce", seed=seed,
+                           test={"accuracy": 0.5 + lr + 0.01 * seed, "macro_f1": 0.5})
+            metrics = json.loads((run / "metrics.json").read_text())
+            del metrics["config"]
+            (run / "metrics.json").write_text(json.dumps(metrics))
+            (run / ".hydra" / "config.yaml").write_text(
+                f"seed: {seed}\nloss:\n  _target_: x.CE\noptimizer:\n  lr: {lr}\n")
+    rows = list(csv.DictReader(cli("compare", "old", "--format", "csv").stdout.splitlines()))
+    assert [(r["optimizer.lr"], r["n_runs"]) for r in rows] == [("0.1", "2"), ("0.01", "2")]
