@@ -1,0 +1,528 @@
+"""lossbench's speed, measured side by side: a table on stdout and the figures as JSON.
+
+1. loop    lossbench's training epoch (its own `train_batches` + `train_epoch`, as `fit` runs
+           them) against a minimal hand-written PyTorch loop on the same model, data and batch
+           size: digits MLP, and a CNN on 28×28 images. Also a whole `fit` epoch (train +
+           validate + bookkeeping) against the hand loop plus a hand-written validation pass.
+           Repetitions interleaved (ABAB...), medians, ratio. Targets: ≤ 1.05 (≤ 1.10 at most).
+2. lightning  the same MLP epoch under PyTorch Lightning's Trainer, when `lightning` imports
+           (optional; `--lightning-path DIR` adds a directory it was installed into with
+           `pip install --target DIR lightning`). Target: lossbench ≥ 2× faster per epoch.
+3. startup `lossbench --help` (target < 0.5 s) and a whole `lossbench train trainer=smoke`,
+           imports included (target < 5 s on 2 cores); medians of several runs, with a bare
+           `python -c pass` beside them for scale.
+4. sweep   an 8-job smoke sweep (4 losses × 2 seeds) with the basic launcher and with joblib
+           on 2 jobs (`hydra/launcher=parallel`): wall time and jobs per second.
+5. memory  peak RSS (ru_maxrss of the process) of the default `lossbench train`, and of a smoke run.
+
+Timings on a shared machine are noisy: every figure is a median of interleaved repetitions, and
+ratios are what counts. Absolute times belong to the machine printed in the header.
+
+Run:  python benchmarks/run.py                         # everything (about 5 minutes on 2 cores)
+      python benchmarks/run.py --only loop,startup     # some parts
+      python benchmarks/run.py --quick                 # fewer repetitions, a first look
+      python benchmarks/run.py --out benchmarks/results.json --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+PARTS = ("loop", "lightning", "startup", "sweep", "memory")
+
+
+# --------------------------------------------------------------------------- helpers
+
+# The in-process parts (loop, lightning) time with this process's CPU time: on a machine shared
+# with other users, wall time also counts the moments the scheduler gave our core to someone
+# else. `--clock wall` switches to wall time.
+clock = time.process_time
+
+def interleaved(variants: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
+    """Call each variant once per round, alternating the order between rounds (ABBA...), so a
+    burst of load from other users falls on both sides; returns every variant's timings."""
+    names = list(variants)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            times[name].append(variants[name]())
+    return times
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def paired_ratio(a: list[float], b: list[float]) -> float:
+    """Median over rounds of a_i / b_i: the two sides of one round ran back to back, under the
+    same load from other users, so their ratio is steadier than a ratio of medians."""
+    return median([x / y for x, y in zip(a, b)])
+
+
+def lossbench_cmd() -> list[str]:
+    """The `lossbench` a user types: the console script beside this Python, else `-m`."""
+    script = Path(sys.executable).with_name("lossbench")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "lossbench"]
+
+
+def timed_process(cmd: list[str], cwd: Path, env: dict | None = None
+                  ) -> tuple[float, int, float]:
+    """(wall seconds, peak RSS in MiB, CPU seconds: user + system) of one child process.
+
+    On a machine shared with other users the CPU seconds are the steadier figure: they do not
+    grow while the child waits for a core (a one-process run is mostly single-threaded, so on
+    an idle machine its wall time is close to its CPU time)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, **(env or {})})
+    _, status, usage = os.wait4(proc.pid, 0)  # this child's own resource usage
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    proc.stderr.close()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{err[-2000:]}")
+    # ru_maxrss is in KiB on Linux
+    return wall, usage.ru_maxrss // 1024, usage.ru_utime + usage.ru_stime
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "platform": platform.platform(),
+            "load_average_start": list(os.getloadavg())}
+
+
+# --------------------------------------------------------------------------- 1. loop overhead
+
+def digits_splits():
+    """The default dataset exactly as `lossbench train` prepares it (split, scaled)."""
+    from hydra import compose, initialize_config_module
+
+    from lossbench.run import load_data
+
+    with initialize_config_module(config_module="lossbench.conf", version_base="1.3"):
+        cfg = compose(config_name="config")
+    return load_data(cfg), list(cfg.model.hidden)
+
+
+def image_splits(n_train: int = 2048, n_val: int = 512, classes: int = 10):
+    """28×28 one-channel images (MNIST-sized), random but class-dependent, in lossbench's Splits."""
+    from lossbench.data import Split, Splits
+
+    g = torch.Generator().manual_seed(0)
+    prototypes = torch.randn(classes, 1, 28, 28, generator=g)
+
+    def part(n: int) -> Split:
+        y = torch.randint(0, classes, (n,), generator=g)
+        return Split(x=prototypes[y] + torch.randn(n, 1, 28, 28, generator=g), y=y)
+
+    return Splits(train=part(n_train), val=part(n_val), test=part(n_val), task="multiclass",
+                  name="images28", num_classes=classes, class_names=None,
+                  sample_shape=(1, 28, 28))
+
+
+def trainer_cfg(epochs: int, batch_size: int):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({
+        "epochs": epochs, "batch_size": batch_size, "eval_batch_size": 1024, "grad_clip": None,
+        "early_stopping": False, "monitor": "auto", "mode": "auto", "patience": 10,
+        "max_batches": None, "precision": 32, "num_workers": "auto", "compile": False})
+
+
+def loop_workload(name: str, splits, model, batch_size: int, epochs: int,
+                  repeats: int) -> dict[str, Any]:
+    """Time `epochs` training epochs per repetition, lossbench's code against a hand loop."""
+    from rich.console import Console
+
+    from lossbench import distributed
+    from lossbench.progress import EpochProgress
+    from lossbench.train import fit, train_batches, train_epoch
+
+    device = torch.device("cpu")
+    x, y = splits.train.x, splits.train.y
+    xv, yv = splits.val.x, splits.val.y
+    loss_fn = torch.nn.CrossEntropyLoss()
+    models = {k: copy.deepcopy(model) for k in ("lossbench", "hand", "fit", "hand+val")}
+    opts = {k: torch.optim.Adam(m.parameters(), lr=1e-3) for k, m in models.items()}
+    gens = {k: torch.Generator().manual_seed(0) for k in models}
+
+    def lossbench_epochs() -> float:
+        # what fit does for the training part of an epoch, with its own functions
+        m, opt, g = models["lossbench"], opts["lossbench"], gens["lossbench"]
+        params = [p for group in opt.param_groups for p in group["params"]]
+        start = clock()
+        for _ in range(epochs):
+            m.train()
+            _, batches = train_batches(splits.train, batch_size, g)
+            sums = train_epoch(m, loss_fn, opt, batches, params=params)
+            distributed.all_reduce_sum(sums, distributed.current()).tolist()
+        return (clock() - start) / epochs
+
+    def hand_epochs() -> float:
+        m, opt, g = models["hand"], opts["hand"], gens["hand"]
+        start = clock()
+        for _ in range(epochs):
+            m.train()
+            perm = torch.randperm(len(y), generator=g)
+            for i in range(0, len(y), batch_size):
+                idx = perm[i:i + batch_size]
+                loss = F.cross_entropy(m(x[idx]), y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        return (clock() - start) / epochs
+
+    def fit_epochs() -> float:
+        # the whole lossbench epoch: train, validate (loss, accuracy, macro-F1), history row,
+        # best-weights bookkeeping
+        progress = EpochProgress(Console(quiet=True), epochs, "val_accuracy", enabled=False)
+        start = clock()
+        fit(models["fit"], loss_fn, opts["fit"], None, splits, "logits",
+            trainer_cfg(epochs, batch_size), device, gens["fit"], progress)
+        return (clock() - start) / epochs
+
+    def hand_val_epochs() -> float:
+        m, opt, g = models["hand+val"], opts["hand+val"], gens["hand+val"]
+        start = clock()
+        for _ in range(epochs):
+            m.train()
+            perm = torch.randperm(len(y), generator=g)
+            for i in range(0, len(y), batch_size):
+                idx = perm[i:i + batch_size]
+                loss = F.cross_entropy(m(x[idx]), y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            m.eval()
+            with torch.inference_mode():
+                out = torch.cat([m(xv[i:i + 1024]) for i in range(0, len(yv), 1024)])
+                float(F.cross_entropy(out, yv)), float((out.argmax(1) == yv).float().mean())
+        return (clock() - start) / epochs
+
+    variants = {"lossbench": lossbench_epochs, "hand": hand_epochs, "fit": fit_epochs,
+                "hand+val": hand_val_epochs}
+    interleaved(variants, 2)  # warm-up: allocator, first-call costs
+    times = interleaved(variants, repeats)
+    med = {k: median(v) for k, v in times.items()}
+    return {"workload": name, "batch_size": batch_size, "train_samples": len(y),
+            "epochs_per_repeat": epochs, "repeats": repeats,
+            "median_epoch_s": med, "times_s": times,
+            "ratio_train_epoch": paired_ratio(times["lossbench"], times["hand"]),
+            "ratio_with_validation": paired_ratio(times["fit"], times["hand+val"]),
+            "ratio_of_medians": {"train_epoch": med["lossbench"] / med["hand"],
+                                 "with_validation": med["fit"] / med["hand+val"]}}
+
+
+def bench_loop(repeats: int) -> list[dict[str, Any]]:
+    from lossbench.models import CNN, MLP
+
+    torch.manual_seed(0)
+    digits, hidden = digits_splits()
+    mlp = MLP(digits.sample_shape, digits.num_classes, hidden=hidden)
+    images = image_splits(n_train=1024, n_val=256)
+    cnn = CNN(images.sample_shape, images.num_classes)
+    return [loop_workload("digits MLP", digits, mlp, 128, 5, repeats * 4),
+            loop_workload("28x28 CNN", images, cnn, 128, 1, repeats)]
+
+
+# --------------------------------------------------------------------------- 2. Lightning
+
+def bench_lightning(repeats: int, lightning_path: str | None) -> dict[str, Any]:
+    if lightning_path:
+        sys.path.insert(0, lightning_path)
+    try:
+        import lightning.pytorch as pl
+    except ImportError:
+        return {"skipped": "lightning is not installed (pip install --target DIR lightning, "
+                           "then --lightning-path DIR)"}
+    import logging
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    from lossbench import distributed
+    from lossbench.models import MLP
+    from lossbench.train import train_batches, train_epoch
+
+    torch.manual_seed(0)
+    splits, hidden = digits_splits()
+    x, y = splits.train.x, splits.train.y
+    base = MLP(splits.sample_shape, splits.num_classes, hidden=hidden)
+    epochs = 20
+
+    class Module(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = copy.deepcopy(base)
+
+        def training_step(self, batch, _):
+            xb, yb = batch
+            return F.cross_entropy(self.model(xb), yb)
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+    class EpochTimes(pl.Callback):
+        def __init__(self):
+            self.times: list[float] = []
+
+        def on_train_epoch_start(self, *_):
+            self.start = clock()
+
+        def on_train_epoch_end(self, *_):
+            self.times.append(clock() - self.start)
+
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=128,
+                                         shuffle=True)
+
+    def lightning_epochs() -> float:
+        timer = EpochTimes()
+        trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False,
+                             enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False, num_sanity_val_steps=0,
+                             limit_val_batches=0, callbacks=[timer])
+        trainer.fit(Module(), loader)
+        return median(timer.times)  # per-epoch time, Trainer set-up excluded
+
+    model = copy.deepcopy(base)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def lossbench_epochs() -> float:
+        times = []
+        for _ in range(epochs):
+            start = clock()
+            model.train()
+            _, batches = train_batches(splits.train, 128, gen)
+            sums = train_epoch(model, loss_fn, opt, batches)
+            distributed.all_reduce_sum(sums, distributed.current()).tolist()
+            times.append(clock() - start)
+        return median(times)
+
+    variants = {"lossbench": lossbench_epochs, "lightning": lightning_epochs}
+    interleaved(variants, 1)
+    times = interleaved(variants, repeats)
+    med = {k: median(v) for k, v in times.items()}
+    return {"workload": "digits MLP", "lightning": pl.__version__, "median_epoch_s": med,
+            "times_s": times, "speedup": paired_ratio(times["lightning"], times["lossbench"])}
+
+
+# --------------------------------------------------------------------------- 3. start-up
+
+def bench_startup(repeats: int) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="lossbench-bench-"))
+    try:
+        lb = lossbench_cmd()
+        counter = iter(range(10_000))
+        cpu: dict[str, list[float]] = {}
+
+        def measured(name: str, cmd: Callable[[], list[str]]) -> Callable[[], float]:
+            def go() -> float:
+                wall, _, seconds = timed_process(cmd(), work)
+                cpu.setdefault(name, []).append(seconds)
+                return wall
+            return go
+
+        variants = {
+            "python -c pass": measured("python -c pass", lambda: [sys.executable, "-c", "pass"]),
+            "lossbench --help": measured("lossbench --help", lambda: [*lb, "--help"]),
+            "lossbench train trainer=smoke": measured(
+                "lossbench train trainer=smoke",
+                lambda: [*lb, "train", "trainer=smoke", f"hydra.run.dir=smoke{next(counter)}"]),
+        }
+        timed_process([*lb, "train", "trainer=smoke", "hydra.run.dir=warm"], work)  # disk cache
+        times = interleaved(variants, repeats)
+        return {"command": " ".join(lb), "median_s": {k: median(v) for k, v in times.items()},
+                "median_cpu_s": {k: median(v) for k, v in cpu.items()},
+                "times_s": times, "cpu_s": cpu}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- 4. sweep
+
+def bench_sweep(repeats: int) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="lossbench-bench-"))
+    try:
+        lb = lossbench_cmd()
+        sweep = ["train", "-m", "loss=ce,bce,mse,contrastive", "seed=0,1", "trainer=smoke"]
+        counter = iter(range(10_000))
+
+        def launch(extra: list[str]) -> Callable[[], float]:
+            def go() -> float:
+                out = work / f"sweep{next(counter)}"
+                wall = timed_process([*lb, *sweep, *extra, f"hydra.sweep.dir={out}"], work)[0]
+                done = len(list(out.rglob("metrics.json")))
+                if done != 8:
+                    raise RuntimeError(f"sweep in {out} finished {done} of 8 jobs")
+                return wall
+            return go
+
+        variants = {"basic": launch([]),
+                    "joblib n_jobs=2": launch(["hydra/launcher=parallel",
+                                               "hydra.launcher.n_jobs=2"])}
+        times = interleaved(variants, repeats)
+        med = {k: median(v) for k, v in times.items()}
+        return {"jobs": 8, "command": " ".join([*lb, *sweep]), "median_s": med,
+                "jobs_per_s": {k: 8 / v for k, v in med.items()}, "times_s": times,
+                "speedup_joblib": paired_ratio(times["basic"], times["joblib n_jobs=2"])}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- 5. memory
+
+def bench_memory(repeats: int) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="lossbench-bench-"))
+    try:
+        lb = lossbench_cmd()
+        result = {}
+        for name, args in (("lossbench train", []), ("lossbench train trainer=smoke",
+                                                     ["trainer=smoke"])):
+            runs = [timed_process([*lb, "train", *args, f"hydra.run.dir=m{i}"], work)
+                    for i in range(repeats)]
+            result[name] = {"peak_rss_mib": median([r[1] for r in runs]),
+                            "wall_s": median([r[0] for r in runs]),
+                            "cpu_s": median([r[2] for r in runs])}
+        return result
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- table
+
+def verdict(value: float, target: float, lower_is_better: bool = True) -> str:
+    ok = value <= target if lower_is_better else value >= target
+    return "ok" if ok else "OVER TARGET"
+
+
+def print_table(results: dict[str, Any]) -> None:
+    rows: list[tuple[str, str, str, str]] = []
+    for w in results.get("loop", []):
+        m = w["median_epoch_s"]
+        rows.append((f"loop: {w['workload']} train epoch",
+                     f"{m['lossbench'] * 1e3:.2f} ms vs hand {m['hand'] * 1e3:.2f} ms",
+                     f"x{w['ratio_train_epoch']:.3f}",
+                     f"<= 1.05 {verdict(w['ratio_train_epoch'], 1.05)}"))
+        rows.append((f"loop: {w['workload']} epoch + validation",
+                     f"{m['fit'] * 1e3:.2f} ms vs hand {m['hand+val'] * 1e3:.2f} ms",
+                     f"x{w['ratio_with_validation']:.3f}", "(no target)"))
+    lt = results.get("lightning")
+    if lt is not None:
+        if "skipped" in lt:
+            rows.append(("lightning", lt["skipped"], "", ""))
+        else:
+            m = lt["median_epoch_s"]
+            rows.append((f"lightning {lt['lightning']}: digits MLP epoch",
+                         f"{m['lightning'] * 1e3:.2f} ms vs lossbench {m['lossbench'] * 1e3:.2f} ms",
+                         f"lossbench {lt['speedup']:.1f}x faster",
+                         f">= 2x {verdict(lt['speedup'], 2.0, False)}"))
+    st = results.get("startup")
+    if st is not None:
+        m, c = st["median_s"], st["median_cpu_s"]
+        for name, target in (("python -c pass", None), ("lossbench --help", 0.5),
+                             ("lossbench train trainer=smoke", 5.0)):
+            rows.append((f"startup: {name}", f"{m[name]:.3f} s wall, {c[name]:.3f} s CPU", "",
+                         "(scale)" if target is None else
+                         f"< {target} s: wall {verdict(m[name], target)}, "
+                         f"CPU {verdict(c[name], target)}"))
+    sw = results.get("sweep")
+    if sw is not None:
+        for k, v in sw["median_s"].items():
+            rows.append((f"sweep: 8 smoke jobs, {k}", f"{v:.1f} s",
+                         f"{sw['jobs_per_s'][k]:.2f} jobs/s", ""))
+        rows.append(("sweep: joblib vs basic", "", f"x{sw['speedup_joblib']:.2f} faster", ""))
+    mem = results.get("memory")
+    if mem is not None:
+        for k, v in mem.items():
+            rows.append((f"memory: {k}", f"{v['peak_rss_mib']} MiB peak RSS",
+                         f"{v['wall_s']:.1f} s wall, {v['cpu_s']:.1f} s CPU", ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    header = ("measure", "medians", "ratio", "target")
+    widths = [max(w, len(h)) for w, h in zip(widths, header)]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
+    print(line)
+    print("-" * len(line))
+    # ratios: median over interleaved rounds of the per-round ratio
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default=",".join(PARTS),
+                        help=f"comma-separated parts among {', '.join(PARTS)}")
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads for the in-process parts (1: on a shared "
+                             "machine more threads measure contention)")
+    parser.add_argument("--lightning-path", default=os.environ.get("LIGHTNING_PATH"),
+                        help="a directory lightning was installed into (pip install --target)")
+    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                        help="in-process timings: this process's CPU time (steadier on a shared "
+                             "machine) or wall time")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results.json"))
+    args = parser.parse_args()
+    parts = [p.strip() for p in args.only.split(",") if p.strip()]
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
+    torch.set_num_threads(args.threads)
+    global clock
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    q = args.quick
+    results: dict[str, Any] = {"machine": machine(), "threads": args.threads,
+                               "clock": args.clock,
+                               "command": " ".join([Path(sys.executable).name, *sys.argv])}
+    print(f"machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, "
+          f"torch {torch.__version__}, {args.threads} intra-op thread(s) and {args.clock} time "
+          f"in-process; "
+          f"load average {results['machine']['load_average_start']}")
+    started = time.perf_counter()
+    if "loop" in parts:
+        results["loop"] = bench_loop(3 if q else 7)
+    if "lightning" in parts:
+        results["lightning"] = bench_lightning(2 if q else 5, args.lightning_path)
+    if "startup" in parts:
+        results["startup"] = bench_startup(3 if q else 7)
+    if "sweep" in parts:
+        results["sweep"] = bench_sweep(1 if q else 2)
+    if "memory" in parts:
+        results["memory"] = bench_memory(1 if q else 3)
+    results["machine"]["load_average_end"] = list(os.getloadavg())
+    results["seconds"] = time.perf_counter() - started
+    print()
+    print_table(results)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {args.out}; rerun: python benchmarks/run.py --only {','.join(parts)}"
+          + (" --quick" if q else "") + (f" --threads {args.threads}" if args.threads != 1 else "")
+          + (" --lightning-path DIR" if args.lightning_path else ""))
+
+
+if __name__ == "__main__":
+    main()
