@@ -465,7 +465,8 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float,
     tracker = tracking.build_tracker(cfg.get("logger")) if dist.is_main else tracking.NoTracker()
 
     # Everything the user could have got wrong has been checked: from here on, files are written.
-    log.info("run directory %s, device %s, choices %s", run_dir, device, picked)
+    log.info("run directory %s, device %s, torch threads %d, choices %s", run_dir, device,
+             torch.get_num_threads(), picked)
     tracker.start(run_dir, OmegaConf.to_container(cfg, resolve=True), picked)
     generator = torch.Generator(device=device if device.type == "cuda" else "cpu")
     generator.manual_seed(cfg.seed)

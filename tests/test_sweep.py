@@ -39,6 +39,10 @@ def test_two_losses_two_seeds_sweep_completes_every_job(cli, tmp_path, launcher)
         combos.add((metrics["choices"]["loss"], metrics["seed"]))
         assert (run / "model.pt").is_file() and (run / "history.csv").is_file()
     assert combos == {("ce", 0), ("ce", 1), ("bce", 0), ("bce", 1)}
+    if launcher:  # two jobs at a time share the cores: torch threads per job = cores // 2
+        threads = max(1, len(os.sched_getaffinity(0)) // 2)
+        for run in runs:
+            assert f"torch threads {threads}," in (run / "train.log").read_text()
     assert summary_lines(proc) == [f"lossbench: all 4 jobs completed in {sweep}"]
 
 
