@@ -146,10 +146,13 @@ def run_sweep_job(cfg: DictConfig, hydra_cfg: DictConfig, run: Callable[[DictCon
 
 def sweep_jobs(sweep_dir: Path, since: float) -> list[Path]:
     """Job directories under sweep_dir that Hydra (re)started at or after `since` (an mtime)."""
-    jobs = []
-    for overrides in sweep_dir.rglob(".hydra/overrides.yaml"):
-        if overrides.stat().st_mtime >= since:
-            jobs.append(overrides.parent.parent)
+    jobs = set()
+    # Hydra rewrites .hydra/ for every job it starts, skipped ones included; metrics.json
+    # catches the rest when hydra.output_subdir=null
+    for name in (".hydra/overrides.yaml", "metrics.json"):
+        for path in sweep_dir.rglob(name):
+            if path.stat().st_mtime >= since:
+                jobs.add(path.parent.parent if name.startswith(".hydra") else path.parent)
     return sorted(jobs, key=lambda p: (len(p.parts), str(p)))
 
 
