@@ -15,6 +15,7 @@ The heavy packages (tensorboard, mlflow) are imported only by the tracker that u
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Iterator, Mapping
@@ -215,6 +216,26 @@ class MLflowTracker(NoTracker):
             return prefix + str(path)
         return uri
 
+    @contextlib.contextmanager
+    def _store_lock(self) -> Iterator[None]:
+        """Parallel jobs of a sweep (hydra/launcher=parallel) opening a new SQLite store at once
+        would each run its schema migrations and trip over one another: one at a time, here."""
+        prefix = "sqlite:///"
+        if not self.tracking_uri.startswith(prefix):
+            yield
+            return
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock, parallel first runs may need a retry
+            yield
+            return
+        with open(self.tracking_uri[len(prefix):] + ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
     def _experiment_id(self, context: Mapping[str, str]) -> str:
         name = self.experiment or (f"lossbench sweep {context['sweep_dir']}" if context
                                    else "lossbench")
@@ -235,12 +256,13 @@ class MLflowTracker(NoTracker):
         # MLflow's store announces its database migrations at INFO: not the user's business
         for name in ("mlflow", "alembic"):
             logging.getLogger(name).setLevel(logging.WARNING)
-        self.client = self._client_class(tracking_uri=self.tracking_uri)
         context = sweep_context()
         tags = {"run_dir": str(Path(run_dir).resolve()), **context,
                 **{f"choice.{k}": v for k, v in choices.items()}}
-        run = self.client.create_run(self._experiment_id(context),
-                                     run_name=run_label(choices, context),
+        with self._store_lock():
+            self.client = self._client_class(tracking_uri=self.tracking_uri)
+            experiment_id = self._experiment_id(context)
+        run = self.client.create_run(experiment_id, run_name=run_label(choices, context),
                                      tags={k: str(v) for k, v in tags.items()})
         self.run_id = run.info.run_id
         _open.append(self)

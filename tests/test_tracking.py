@@ -136,3 +136,15 @@ def test_a_missing_tracker_package_is_a_user_error_before_any_file(compose_cfg, 
         run(cfg)
     assert run_dirs(cfg.run_dir) == []
     assert not (Path(cfg.run_dir) / "model.pt").exists()
+
+
+@pytest.mark.slow
+def test_parallel_jobs_share_a_new_mlflow_store(cli, tmp_path):
+    # two processes open the not-yet-created SQLite store at the same moment
+    proc = cli("train", "-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2",
+               "loss=ce,gce", "dataset=iris", "model=linear", "trainer=smoke", "logger=mlflow",
+               "print_config=false", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert proc.returncode == 0, proc.stderr
+    runs = all_runs(mlflow_client(tmp_path))
+    assert sorted((r.info.run_name, r.info.status) for r in runs) == [
+        ("loss=ce", "FINISHED"), ("loss=gce", "FINISHED")]
