@@ -313,8 +313,12 @@ def build_blocks(runs: Sequence[Run], metric: str | None, mode: str | None, alph
         block_mode = mode if chosen == metric and mode else (
             "min" if lower_is_better(chosen) else "max")
         metrics = [chosen] + [m for m in headline if m != chosen]
-        rows = group_runs(members, group_by, ignore)
-        columns = label_rows(rows, group_by, ignore)
+        # keys that follow the seed (a dataset's `random_state: ${seed}`) vary with it
+        keys = {k for r in members for k in r.config}
+        ignored = list(ignore) + sorted(
+            k for k in keys if all(r.config.get(k) == r.config.get("seed") for r in members))
+        rows = group_runs(members, group_by, ignored)
+        columns = label_rows(rows, group_by, ignored)
         for row in rows:
             for m in metrics:
                 row.stats[m] = summarize([v for r in row.runs

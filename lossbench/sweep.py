@@ -7,7 +7,7 @@
 - `SweepSummary`, a Hydra callback registered in conf/config.yaml, prints one line at the end:
   how many of how many jobs failed, and where; `lossbench train -m` then exits with status 1.
 
-Nothing here imports torch at module level: the dispatcher and `compare` stay light.
+Nothing here imports torch at module level (run_sweep_job sets its threads when it runs).
 """
 
 from __future__ import annotations

@@ -255,6 +255,19 @@ def test_metric_missing_from_one_task_leaves_that_block_on_its_headline(tmp_path
     assert [r["loss"] for r in rows if r["dataset"] == "wine"] == ["gce", "ce"]  # lower nll first
 
 
+def test_config_keys_that_follow_the_seed_do_not_split_a_configuration(tmp_path, cli):
+    for loss in ("ce", "gce"):
+        for seed in (3, 4, 5):
+            run = fake_run(tmp_path / "s" / f"{loss}{seed}", loss=loss, seed=seed,
+                           test={"accuracy": 0.8, "macro_f1": 0.7})
+            metrics = json.loads((run / "metrics.json").read_text())
+            metrics["config"]["dataset"]["random_state"] = seed  # resolved `${seed}`
+            (run / "metrics.json").write_text(json.dumps(metrics))
+    rows = list(csv.DictReader(cli("compare", "s", "--format", "csv").stdout.splitlines()))
+    assert sorted((r["loss"], r["n_runs"]) for r in rows) == [("ce", "3"), ("gce", "3")]
+    assert "dataset.random_state" not in rows[0]
+
+
 def test_runs_without_a_config_in_metrics_are_grouped_by_hydra_config_yaml(tmp_path, cli):
     """metrics.json written before it held the config: .hydra/config.yaml tells runs apart,
     and a key that varies without being an override still gets its column."""
