@@ -224,3 +224,22 @@ def test_ctrl_c_in_the_cli_then_resume(cli, tmp_path):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_sweep_instead_of_going_on(tmp_path):
+    """In a sweep the first Ctrl-C checkpoints the running job and ends the sweep (a failed job
+    lets the others go on, an interruption does not)."""
+    sweep = tmp_path / "sweep"
+    proc = _start(["-m", "seed=0,1", *RUN, "trainer.epochs=60", f"hydra.sweep.dir={sweep}"],
+                  tmp_path)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("epoch 1/"):
+            proc.send_signal(signal.SIGINT)
+            break
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "resume=" in err
+    assert read_metrics(sweep / "0")["status"] == "interrupted"
+    assert not (sweep / "1" / "metrics.json").exists()
