@@ -128,9 +128,6 @@ def run_sweep_job(cfg: DictConfig, hydra_cfg: DictConfig, run: Callable[[DictCon
         torch.set_num_threads(threads)
     started = time.time()  # wall clock: compared with file mtimes
     try:
-        from lossbench.schema import check_config
-
-        check_config(cfg)  # values of the right type that cannot work: this job fails alone
         return run(cfg)
     except Exception as err:
         try:
