@@ -24,6 +24,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from lossbench.errors import UserError
 from lossbench.rundir import read_json, write_json_atomic, write_text_atomic
 
 # Task-config keys that say where a run lives, not what it computes: never part of the identity.
@@ -64,6 +65,8 @@ def error_line(err: BaseException) -> str:
     """`Type: message` on one line; for a config object that failed to build, its own error."""
     if type(err).__name__ == "InstantiationException" and err.__cause__ is not None:
         err = err.__cause__
+    if isinstance(err, UserError):  # the user's own mistake: its message says it all
+        return " ".join(str(err).split())
     return " ".join(f"{type(err).__name__}: {err}".split())
 
 
