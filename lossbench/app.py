@@ -75,9 +75,12 @@ def _instantiation_mistake(err: BaseException) -> str | None:
     if not ("Error locating target" in str(err)
             or isinstance(cause, (TypeError, ValueError, ImportError))):
         return None
-    what = " ".join(str(err).split("\n")[0].split())
+    what = str(err).split("\n")[0].split(", set env var HYDRA_FULL_ERROR")[0].rstrip(":. ")
+    if "Error locating target" in what:  # the cause repeats the path; its last line helps
+        hint = str(cause).strip().splitlines()[-1] if cause is not None else ""
+        return f"{what}: {' '.join(hint.split())}" if hint else what
     detail = " ".join(str(cause).split()) if cause is not None else ""
-    return f"{what} {detail}".strip()
+    return f"{what}: {detail}" if detail else what
 
 
 def _discard_empty_run_dir(run_dir: Path) -> None:
