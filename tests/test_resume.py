@@ -102,6 +102,26 @@ def test_interrupted_run_resumes_to_identical_result(compose_cfg, tmp_path, monk
     assert_same_result(tmp_path / "stopped", tmp_path / "whole")
 
 
+def test_augmented_images_through_a_dataloader_resume_exactly(compose_cfg, tmp_path,
+                                                              monkeypatch):
+    """Random crops and flips read through a DataLoader: the skipped batches are drawn again on
+    resume, so the augmentation's random draws line up with the uninterrupted run."""
+    from lossbench.errors import Interrupted
+
+    overrides = ("dataset=fake_images", "dataset.n_samples=192", "model=cnn",
+                 "dataset.augment.crop_padding=2", "dataset.augment.hflip=true",
+                 "trainer.batch_size=32", "trainer.epochs=3", "trainer.early_stopping=false",
+                 "trainer.device=cpu", "print_config=false", "trainer.plots=false")
+    run_in(compose_cfg, tmp_path / "whole", *overrides)
+    interrupt_at(monkeypatch, 2, 2)
+    with pytest.raises(Interrupted):
+        run_in(compose_cfg, tmp_path / "stopped", *overrides)
+    monkeypatch.undo()
+    assert read_metrics(tmp_path / "stopped")["stopped_at"]["step"] == 2
+    run_in(compose_cfg, tmp_path / "ignored", f"resume={tmp_path / 'stopped'}")
+    assert_same_result(tmp_path / "stopped", tmp_path / "whole")
+
+
 def test_resume_keeps_early_stopping_and_plateau_state(compose_cfg, tmp_path, monkeypatch):
     """Early stopping's patience count, the best epoch so far and ReduceLROnPlateau's counters
     live in the checkpoint: a resumed run stops at the same epoch with the same learning rates."""
