@@ -132,6 +132,8 @@ def _train(cfg: DictConfig) -> float | None:
 
 def train_command(argv: list[str]) -> int:
     """`lossbench train [overrides]`: hand the arguments to Hydra as if it were the program."""
+    global _job_started
+    _job_started = False
     sys.argv = ["lossbench train", *argv]
     if _debug(argv):  # hydra.verbose=true asks for tracebacks, as LOSSBENCH_DEBUG=1 does
         os.environ["LOSSBENCH_DEBUG"] = "1"
