@@ -157,9 +157,17 @@ def evaluate_run(run_dir: Path, overrides: list[str], split: str = "test"
         raise UserError(f"{weights} does not fit the model built from the config ({first}); "
                         "overrides may change the data, not the model's shape") from None
     console = Console()
-    if any(True for _ in loss_fn.parameters()):
-        console.print("[yellow]note:[/] model.pt holds the model only; the loss's own "
-                      "parameters start from their initial values", highlight=False)
+    loss_weights = run_dir / "loss.pt"
+    if loss_weights.is_file():  # the loss's own layers or learned parameters (train saves them)
+        try:
+            loss_fn.load_state_dict(torch.load(loss_weights, map_location=device,
+                                               weights_only=True))
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+            raise UserError(f"{loss_weights} does not fit the loss built from the config "
+                            f"({' '.join(str(err).split())[:160]})") from None
+    elif loss_fn.state_dict():
+        console.print("[yellow]note:[/] this run saved no loss.pt; the loss's own parameters "
+                      "start from their initial values", highlight=False)
     amp = autocast(device, autocast_dtype(trainer.get("precision", 32)))
     changed = f" with {' '.join(overrides)}" if overrides else ""
     title = (f"{split.capitalize()} split: loss={picked.get('loss')} dataset={splits.name}, "

@@ -506,6 +506,8 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float,
         return float(result.best_value)
     write_csv_atomic(run_dir / "history.csv", result.history)
     save_torch_atomic(run_dir / "model.pt", model.state_dict())
+    if loss_fn.state_dict():  # a loss's own layers or learned parameters, at the best epoch
+        save_torch_atomic(run_dir / "loss.pt", loss_fn.state_dict())
 
     # 5. test the best weights once
     title = (f"Test split: loss={picked.get('loss')} dataset={splits.name}, best epoch "

@@ -17,8 +17,9 @@ def report_rows(stdout: str) -> list[str]:
     return [line for line in stdout.splitlines() if line.startswith("│")]
 
 
-@pytest.mark.parametrize("data", [("dataset=iris",), ("dataset=diabetes", "loss=mse")],
-                         ids=["classification", "regression"])
+@pytest.mark.parametrize("data", [("dataset=iris",), ("dataset=diabetes", "loss=mse"),
+                                  ("dataset=iris", "loss=mixed")],
+                         ids=["classification", "regression", "loss-with-its-own-layers"])
 def test_eval_reproduces_the_test_metrics_and_report_of_train(cli, tmp_path, data):
     run = tmp_path / "run"
     trained = cli("train", *TINY, *data, f"hydra.run.dir={run}", check=True)
@@ -26,6 +27,8 @@ def test_eval_reproduces_the_test_metrics_and_report_of_train(cli, tmp_path, dat
     saved = read_metrics(run)["test"]
     again = json.loads((tmp_path / "eval.json").read_text())["test"]
     assert set(saved) <= set(again)
+    # a loss with its own layers (mixed's classifier) saves them beside the model
+    assert (run / "loss.pt").is_file() == ("loss=mixed" in data)
     for key, value in saved.items():
         if isinstance(value, float):
             assert again[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
