@@ -199,8 +199,8 @@ def _run_in(cfg: DictConfig, resume: dict[str, Any] | None = None) -> float:
     log.propagate = False  # the console shows the progress bar and the report, not log lines
     try:
         return _run(cfg, run_dir, console, started, resume)
-    except BaseException:
-        tracking.fail_open_runs()
+    except BaseException as err:
+        tracking.fail_open_runs(err)
         raise
     finally:
         log.removeHandler(handler)

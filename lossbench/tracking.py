@@ -8,7 +8,7 @@ run directory's own files are written whatever the logger. The run calls, in ord
     tracker.start(run_dir, config, choices)       # config: the resolved config as a nested dict
     tracker.log_epoch(row)                        # once per epoch: history.csv's row
     tracker.finish(run_dir, metrics)              # metrics.json's dict; logs files as artifacts
-    tracker.fail()                                # instead of finish when the run raised
+    tracker.fail(interrupted)                     # instead of finish when the run raised
 
 The heavy packages (tensorboard, mlflow) are imported only by the tracker that uses them.
 """
@@ -106,9 +106,12 @@ def run_label(choices: Mapping[str, str], context: Mapping[str, str]) -> str:
 _open: list[NoTracker] = []
 
 
-def fail_open_runs() -> None:
+def fail_open_runs(error: BaseException | None = None) -> None:
+    """Close the trackers of a run that raised `error`: an interrupted run (Ctrl-C, SIGTERM) is
+    marked killed, any other failed."""
+    interrupted = isinstance(error, KeyboardInterrupt)
     while _open:
-        _open.pop().fail()
+        _open.pop().fail(interrupted)
 
 
 class NoTracker:
@@ -123,7 +126,7 @@ class NoTracker:
     def finish(self, run_dir: Path, metrics: Mapping[str, Any]) -> None:
         pass
 
-    def fail(self) -> None:
+    def fail(self, interrupted: bool = False) -> None:
         pass
 
 
@@ -172,7 +175,7 @@ class TensorBoardTracker(NoTracker):
         self.writer.close()
         _open.remove(self)
 
-    def fail(self) -> None:
+    def fail(self, interrupted: bool = False) -> None:
         if self.writer is not None:
             self.writer.close()
 
@@ -211,9 +214,7 @@ class MLflowTracker(NoTracker):
         sweep (and a later `mlflow ui --backend-store-uri ...`) all see the same store."""
         prefix = "sqlite:///"
         if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-            path = Path(uri[len(prefix):]).resolve()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            return prefix + str(path)
+            return prefix + str(Path(uri[len(prefix):]).resolve())
         return uri
 
     @contextlib.contextmanager
@@ -224,12 +225,14 @@ class MLflowTracker(NoTracker):
         if not self.tracking_uri.startswith(prefix):
             yield
             return
+        database = Path(self.tracking_uri[len(prefix):])
+        database.parent.mkdir(parents=True, exist_ok=True)  # SQLite makes the file, not its folder
         try:
             import fcntl
         except ImportError:  # not POSIX: no lock, parallel first runs may need a retry
             yield
             return
-        with open(self.tracking_uri[len(prefix):] + ".lock", "a") as lock:
+        with open(f"{database}.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
@@ -293,9 +296,9 @@ class MLflowTracker(NoTracker):
         self.client.set_terminated(self.run_id, "FINISHED")
         _open.remove(self)
 
-    def fail(self) -> None:
+    def fail(self, interrupted: bool = False) -> None:
         if self.run_id is not None:
-            self.client.set_terminated(self.run_id, "FAILED")
+            self.client.set_terminated(self.run_id, "KILLED" if interrupted else "FAILED")
 
 
 def build_tracker(logger_cfg: Any) -> NoTracker:

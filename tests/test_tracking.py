@@ -103,25 +103,28 @@ def test_a_sweep_is_one_experiment_with_one_run_per_job(cli, tmp_path):
     assert all(r.info.status == "FINISHED" for r in runs)
 
 
-def test_a_run_that_raises_is_marked_failed_in_mlflow(compose_cfg, tmp_path, monkeypatch):
+@pytest.mark.parametrize("error, status", [(RuntimeError, "FAILED"),
+                                           (KeyboardInterrupt, "KILLED")])
+def test_a_run_that_raises_is_marked_failed_or_killed_in_mlflow(compose_cfg, tmp_path,
+                                                                 monkeypatch, error, status):
     from lossbench import report
     from lossbench.run import run
 
     def broken(*args, **kwargs):
-        raise RuntimeError("simulated crash while reporting")
+        raise error("simulated while reporting")
 
     monkeypatch.setattr(report, "classification_metrics", broken)
     db = tmp_path / "store" / "mlflow.db"
     cfg = compose_cfg("dataset=iris", "trainer=smoke", "logger=mlflow", "print_config=false",
                       f"logger.tracking_uri=sqlite:///{db}",
                       f"logger.artifact_location={tmp_path / 'artifacts'}")
-    with pytest.raises(RuntimeError, match="simulated crash"):
+    with pytest.raises(error, match="simulated"):
         run(cfg)
     from mlflow.tracking import MlflowClient
 
-    (failed,) = all_runs(MlflowClient(tracking_uri=f"sqlite:///{db}"))
-    assert failed.info.status == "FAILED"
-    assert len(failed.data.metrics) and "test_accuracy" not in failed.data.metrics
+    (stopped,) = all_runs(MlflowClient(tracking_uri=f"sqlite:///{db}"))
+    assert stopped.info.status == status
+    assert len(stopped.data.metrics) and "test_accuracy" not in stopped.data.metrics
 
 
 @pytest.mark.parametrize("logger, module", [("mlflow", "mlflow.tracking"),
