@@ -488,7 +488,8 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float,
                             elapsed_s=elapsed_before + time.perf_counter() - started,
                             sync=stop.requested is not None)
 
-    with stop, EpochProgress(console, trainer.epochs, monitor) as progress:
+    with stop, EpochProgress(console, trainer.epochs, monitor,
+                             enabled=dist.is_main) as progress:  # no hidden bars on other ranks
         result = fit(training_model(model, device, trainer.get("compile", False)), loss_fn,
                      optimizer, scheduler, splits, head, trainer, device, generator, progress,
                      on_epoch=lambda row: (log.info("epoch %s", row), tracker.log_epoch(row)),
