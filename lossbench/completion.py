@@ -4,7 +4,8 @@
 `lossbench` command. On <TAB> that function runs `lossbench -sc query=bash` with the line typed
 so far in COMP_LINE; the dispatcher sends that here. Hydra expects the line to start with the
 program name alone, so `lossbench train ` is shortened to `lossbench ` before Hydra completes the
-overrides; a line still on its first word is completed with the subcommands instead.
+overrides; a line still on its first word is completed with the subcommands, and
+`lossbench list` with the config groups it lists.
 """
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ def func(argv: list[str]) -> int:
     if len(words) < 2 or (len(words) == 2 and not ends_in_space):
         typed = words[1] if len(words) == 2 else ""
         print(" ".join(name for name in subcommands() if name.startswith(typed)))
+        return 0
+    if words[1] == "list":
+        from lossbench.listing import GROUPS
+
+        typed = "" if ends_in_space else words[-1]
+        print(" ".join(name for name in GROUPS if name.startswith(typed)))
         return 0
     if words[1] != "train":  # only `lossbench train` takes Hydra overrides
         return 0

@@ -117,7 +117,7 @@ def test_bash_completion_completes_subcommands_and_train_overrides(tmp_path):
     script = """
 eval "$(lossbench train -sc install=bash)"
 complete -p lossbench
-for line in "lossbench tr" "lossbench train loss=foc" "lossbench train dataset=iris optim"; do
+for line in "lossbench tr" "lossbench train loss=foc" "lossbench train dataset=iris optim" "lossbench list da"; do
     COMP_LINE="$line"; COMP_POINT=${#line}; COMP_WORDS=($line); COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 ))
     hydra_bash_completion
     echo "$line -> ${COMPREPLY[*]}"
@@ -132,6 +132,7 @@ done
     assert "lossbench tr -> train" in lines
     assert "lossbench train loss=foc -> loss=focal" in lines
     assert "lossbench train dataset=iris optim -> optimizer. optimizer=" in lines
+    assert "lossbench list da -> datasets" in lines
 
 
 def test_a_sweep_prints_the_config_tree_for_its_first_job_only(cli, tmp_path):
