@@ -138,6 +138,15 @@ def test_readme_starts_with_the_two_setup_commands():
     assert [b.body.strip() for b in blocks[:2]] == SETUP_COMMANDS
 
 
+def test_every_image_and_file_link_in_the_readme_exists():
+    text = README.read_text(encoding="utf-8")
+    links = re.findall(r'<img src="([^"]+)"', text) + re.findall(r"\]\(([^)#]+)\)", text)
+    local = [link for link in links if "://" not in link]
+    assert local, "no local links found: the pattern no longer matches the README"
+    missing = [link for link in local if not (README.parent / link).exists()]
+    assert not missing, missing
+
+
 def _failure(block: Block, proc: subprocess.CompletedProcess) -> str:
     return (f"README block {block.label} exited {proc.returncode}\n--- script\n{block.body}"
             f"\n--- stdout (tail)\n{proc.stdout[-4000:]}\n--- stderr (tail)\n{proc.stderr[-4000:]}")
