@@ -6,9 +6,11 @@ optimizer/scheduler → epochs of train/validate → best weights → test → r
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import random
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -168,9 +170,10 @@ def run(cfg: DictConfig) -> float:
     check_config(cfg)
     if cfg.get("resume"):
         cfg, resume = resumed_config(cfg)
-        if int(cfg.trainer.get("devices", 1) or 1) > 1 or distributed.launched_by_torchrun():
-            raise UserError("resume= continues single-process runs only (trainer.devices=1)")
-        return _run_in(cfg, resume)
+        if distributed.launched_by_torchrun():
+            raise UserError("resume= under torchrun is not supported; use trainer.devices=N")
+        devices = int(cfg.trainer.get("devices", 1) or 1)
+        return _spawn_ranks(cfg, devices, resume) if devices > 1 else _run_in(cfg, resume)
     if distributed.current().active:
         return _run_in(cfg)
     if distributed.launched_by_torchrun():
@@ -207,8 +210,13 @@ def _run_in(cfg: DictConfig, resume: dict[str, Any] | None = None) -> float:
         handler.close()
 
 
-def _spawn_ranks(cfg: DictConfig, devices: int) -> float:
-    """`trainer.devices=N`: N processes from inside this one job, one run directory."""
+def _spawn_ranks(cfg: DictConfig, devices: int, resume: dict[str, Any] | None = None) -> float:
+    """`trainer.devices=N`: N processes from inside this one job, one run directory.
+
+    Ctrl-C in a terminal reaches every process: the ranks stop together at the end of the epoch
+    and rank 0 writes the checkpoint, while this process waits for them and then reports what
+    rank 0 wrote (interrupted or diverged) instead of a failed child process.
+    """
     device = pick_device(cfg.trainer.device)  # a wrong device stops before any process starts
     distributed.rank_device(device, devices - 1, devices)
     run_dir = run_directory(cfg)
@@ -219,20 +227,38 @@ def _spawn_ranks(cfg: DictConfig, devices: int) -> float:
         hydra_cfg = HydraConfig.instance().cfg
     except ImportError:
         hydra_cfg = None
-    distributed.spawn(_rank_main, devices, (cfg, hydra_cfg))
     import json
 
-    return float(json.loads((run_dir / "metrics.json").read_text())["best_val"])
+    stop, started = StopOnSignal(), time.time()
+    try:
+        with stop:
+            distributed.spawn(_rank_main, devices, (cfg, hydra_cfg, resume))
+        failure = None
+    except Exception as err:  # a rank that raised Diverged exits non-zero
+        failure = err
+    metrics_file = run_dir / "metrics.json"
+    written = metrics_file.is_file() and metrics_file.stat().st_mtime >= started
+    metrics = json.loads(metrics_file.read_text()) if written else {}
+    if metrics.get("status") == "diverged":
+        raise Diverged(metrics["message"]) from None
+    if metrics.get("status") == "interrupted":  # the ranks exit quietly on KeyboardInterrupt
+        raise Interrupted(metrics["message"], 128 + (stop.requested or signal.SIGINT)) from None
+    if failure is not None:
+        raise failure
+    return float(metrics["best_val"])
 
 
-def _rank_main(cfg: DictConfig, hydra_cfg: DictConfig | None) -> None:
+def _rank_main(cfg: DictConfig, hydra_cfg: DictConfig | None,
+               resume: dict[str, Any] | None = None) -> None:
     """Body of one spawned rank (see `distributed.spawn`)."""
     if hydra_cfg is not None:
         from hydra.core.hydra_config import HydraConfig
 
         HydraConfig.instance().set_config(hydra_cfg)
     distributed.init_from_env(pick_device(cfg.trainer.device))
-    _run_in(cfg)
+    # `resume` arrived in memory shared with the other ranks; the optimizer would keep its
+    # tensors as its own state and every rank would update the same moments: copy them.
+    _run_in(cfg, copy.deepcopy(resume))
 
 
 def _torchrun_rank(cfg: DictConfig) -> float:
@@ -386,8 +412,6 @@ def stop_early(result: Any, run_dir: Path, signum: int | None, cfg: DictConfig,
                    f"learning rate ({lower}) or gradient clipping (trainer.grad_clip=1.0)")
         error: BaseException = Diverged(message)
     else:
-        import signal
-
         name = signal.Signals(signum).name if signum else "a signal"
         where = (f"at epoch {at['epoch']}, step {at['step']} of {at['steps']}" if at["step"]
                  else f"before epoch {at['epoch']}")
@@ -404,6 +428,9 @@ def stop_early(result: Any, run_dir: Path, signum: int | None, cfg: DictConfig,
             "checkpoint": CHECKPOINT if checkpoint.is_file() else None,
             "config": resolved_config(cfg)})
         log.info("%s: %s", result.status, message)
+    dist = distributed.current()
+    if dist.active:  # no rank exits (and has the others stopped) before rank 0 has written
+        distributed.broadcast_object(None, dist)
     raise error
 
 

@@ -263,3 +263,35 @@ def test_ctrl_c_stops_a_sweep_instead_of_going_on(tmp_path):
     assert "Traceback" not in err and "resume=" in err
     assert read_metrics(sweep / "0")["status"] == "interrupted"
     assert not (sweep / "1" / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_over_two_processes_then_resume(cli, tmp_path):
+    """trainer.devices=2: a terminal's Ctrl-C reaches every process (here: the whole process
+    group); the ranks stop together at the end of an epoch, rank 0 writes the checkpoint, and
+    the resumed run (two processes again) ends like the uninterrupted one."""
+    import os
+
+    args = ["trainer.devices=2", "trainer.device=cpu", "trainer.epochs=30",
+            "trainer.early_stopping=false", "print_config=false", "trainer.plots=false"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("LOSSBENCH_DEBUG", None)
+    proc = subprocess.Popen([*lossbench_cmd(), "train", *args, "hydra.run.dir=stopped"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("epoch 2/"):
+            os.killpg(proc.pid, signal.SIGINT)
+            break
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "resume=stopped" in err
+    metrics = read_metrics(tmp_path / "stopped")
+    assert metrics["status"] == "interrupted" and metrics["stopped_at"]["step"] == 0
+
+    resumed = cli("train", "resume=stopped")
+    assert resumed.returncode == 0, resumed.stderr
+    whole = cli("train", *args, "hydra.run.dir=whole")
+    assert whole.returncode == 0, whole.stderr
+    assert_same_result(tmp_path / "stopped", tmp_path / "whole")
