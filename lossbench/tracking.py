@@ -132,8 +132,9 @@ class NoTracker:
 
 class TensorBoardTracker(NoTracker):
     """TensorBoard event files in `<run dir>/tensorboard` (`logger=tensorboard`); `tensorboard
-    --logdir outputs` shows every run. Scalars `epoch/<metric>` per epoch, `test/<metric>` at the end, the config
-    as text and the plots as images."""
+    --logdir outputs` shows every run. Scalars `epoch/<metric>` per epoch, `test/<metric>` at the
+    end, the config as text, the plots as images, and the run's choices (loss, dataset, ...) and
+    seed against its test metrics in the HParams tab, which sets losses side by side."""
 
     def __init__(self, subdir: str = "tensorboard", flush_secs: int = 30):
         try:
@@ -145,6 +146,7 @@ class TensorBoardTracker(NoTracker):
         self.subdir = subdir
         self.flush_secs = flush_secs
         self.writer = None
+        self.hparams: dict[str, Any] = {}
 
     def start(self, run_dir: Path, config: Mapping[str, Any], choices: Mapping[str, str]) -> None:
         import yaml
@@ -154,6 +156,7 @@ class TensorBoardTracker(NoTracker):
         _open.append(self)
         # four leading spaces make TensorBoard's markdown show the YAML as a code block
         text = yaml.safe_dump(dict(config), sort_keys=False)
+        self.hparams = {**dict(choices), "seed": config.get("seed", 0)}
         self.writer.add_text("config", "\n".join("    " + line for line in text.splitlines()))
 
     def log_epoch(self, row: Mapping[str, Any]) -> None:
@@ -167,6 +170,9 @@ class TensorBoardTracker(NoTracker):
         for key, value in final_scalars(metrics).items():
             name = f"test/{key[5:]}" if key.startswith("test_") else f"summary/{key}"
             self.writer.add_scalar(name, value, step)
+        # run_name="." keeps the HParams record in this run's own folder
+        self.writer.add_hparams(self.hparams, {f"hparams/{k}": v for k, v in
+                                               final_scalars(metrics).items()}, run_name=".")
         for png in sorted(Path(run_dir).glob("*.png")):
             from matplotlib.image import imread
 

@@ -41,9 +41,8 @@ def test_tensorboard_event_file_holds_every_epoch_and_the_test_metrics(cli, tmp_
     cli("train", "dataset=iris", "trainer=smoke", "logger=tensorboard", "print_config=false",
         f"hydra.run.dir={tmp_path / 'run'}", check=True)
     (run_dir,) = run_dirs(tmp_path)
-    events = list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
-    assert len(events) == 1
-    acc = EventAccumulator(str(events[0]), size_guidance={"scalars": 0, "images": 0})
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
     acc.Reload()
     rows = history(run_dir)
     val_acc = acc.Scalars("epoch/val_accuracy")
@@ -57,6 +56,14 @@ def test_tensorboard_event_file_holds_every_epoch_and_the_test_metrics(cli, tmp_
     assert acc.Scalars("test/accuracy")[0].value == pytest.approx(test["accuracy"], rel=1e-6)
     assert acc.Scalars("test/ece")[0].value == pytest.approx(test["ece"], rel=1e-6)
     assert {"plots/curves", "plots/confusion", "plots/reliability"} <= set(acc.Tags()["images"])
+    # the HParams tab: this run's choices against its test metrics
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+    assert hparams["loss"].string_value == "ce" and hparams["dataset"].string_value == "iris"
+    assert acc.Scalars("hparams/test_accuracy")[0].value == pytest.approx(test["accuracy"],
+                                                                          rel=1e-6)
 
 
 def test_mlflow_run_has_config_params_epoch_metrics_test_metrics_and_artifacts(cli, tmp_path):
