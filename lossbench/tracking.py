@@ -24,7 +24,7 @@ from typing import Any
 
 from lossbench.errors import UserError
 
-# Files of a run directory mirrored as artifacts (model.pt is left out unless asked: it can be large).
+# Files of a run directory mirrored as artifacts (model.pt only when asked: it can be large).
 ARTIFACT_PATTERNS = ("report.txt", "metrics.json", "history.csv", "*.png", ".hydra/*.yaml")
 
 

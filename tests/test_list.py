@@ -117,8 +117,10 @@ def test_bash_completion_completes_subcommands_and_train_overrides(tmp_path):
     script = """
 eval "$(lossbench train -sc install=bash)"
 complete -p lossbench
-for line in "lossbench tr" "lossbench train loss=foc" "lossbench train dataset=iris optim" "lossbench list da"; do
-    COMP_LINE="$line"; COMP_POINT=${#line}; COMP_WORDS=($line); COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 ))
+for line in "lossbench tr" "lossbench train loss=foc" "lossbench train dataset=iris optim" \
+            "lossbench list da"; do
+    COMP_LINE="$line"; COMP_POINT=${#line}; COMP_WORDS=($line)
+    COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 ))
     hydra_bash_completion
     echo "$line -> ${COMPREPLY[*]}"
 done

@@ -35,7 +35,8 @@ SPEEDUP = "trainer.epochs=2 trainer.max_batches=2"
 # completion script.
 PRELUDE = f"""set -euo pipefail
 lossbench() {{
-  if [ "${{1:-}}" = train ] && ! printf '%s\\n' "$@" | grep -qxE -- '-sc|--help|-h|--hydra-help|--cfg|-c|--info|-i'; then
+  if [ "${{1:-}}" = train ] \\
+     && ! printf '%s\\n' "$@" | grep -qxE -- '-sc|--help|-h|--hydra-help|--cfg|-c|--info|-i'; then
     command lossbench "$@" {SPEEDUP}
   else
     command lossbench "$@"
@@ -173,7 +174,8 @@ def test_readme_block_runs(readme_run, index):
     output = proc.stdout + proc.stderr
     assert "Traceback" not in output, _failure(block, proc)
     script = runnable(block)
-    trains = [ln for ln in script.splitlines() if re.match(r"\s*(PYTHONPATH=\S+ )?lossbench train", ln)
+    trains = [ln for ln in script.splitlines()
+              if re.match(r"\s*(PYTHONPATH=\S+ )?lossbench train", ln)
               and not re.search(r" (-sc|--help|--cfg|--hydra-help)\b", ln)]
     if trains:
         assert proc.stdout.count("run directory:") >= len(trains), _failure(block, proc)
