@@ -99,8 +99,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path} cannot be read as a checkpoint; it may be truncated or from "
                         "another program") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise UserError(f"{path} cannot be read as a checkpoint ({' '.join(str(err).split())[:160]})"
-                        "; it may be truncated or from another program") from None
+        reason = " ".join(str(err).split())[:160]
+        raise UserError(f"{path} cannot be read as a checkpoint ({reason}); it may be truncated "
+                        "or from another program") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path} is not a lossbench checkpoint of format {FORMAT}")
     return state
@@ -135,17 +136,19 @@ class StopOnSignal:
     (KeyboardInterrupt). Outside the main thread signals cannot be caught: then it does nothing.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, announce: bool = True) -> None:
         self.requested: int | None = None  # the signal number once one arrived
+        self.announce = announce  # one process of several says it on the terminal
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested is not None:
             raise KeyboardInterrupt
         self.requested = signum
-        print(f"\nlossbench: {signal.Signals(signum).name} received: stopping after this step "
-              "and saving a checkpoint (Ctrl-C again to stop at once)", file=sys.stderr,
-              flush=True)
+        if self.announce:
+            print(f"\nlossbench: {signal.Signals(signum).name} received: stopping after this step "
+                  "and saving a checkpoint (Ctrl-C again to stop at once)", file=sys.stderr,
+                  flush=True)
 
     def __enter__(self) -> StopOnSignal:
         if threading.current_thread() is threading.main_thread():

@@ -229,7 +229,7 @@ def _spawn_ranks(cfg: DictConfig, devices: int, resume: dict[str, Any] | None = 
         hydra_cfg = None
     import json
 
-    stop, started = StopOnSignal(), time.time()
+    stop, started = StopOnSignal(announce=False), time.time()  # rank 0 announces it
     try:
         with stop:
             distributed.spawn(_rank_main, devices, (cfg, hydra_cfg, resume))
@@ -505,7 +505,7 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float,
     saved_config = resolved_config(cfg)
     elapsed_before = resume["elapsed_s"] if resume is not None else 0.0
 
-    stop = StopOnSignal()
+    stop = StopOnSignal(announce=dist.is_main)
 
     def save(loop: dict[str, Any]) -> None:
         if dist.is_main:  # flushed to the disk when it is the last one (Ctrl-C, SIGTERM)
