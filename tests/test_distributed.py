@@ -104,11 +104,12 @@ def test_two_processes_report_every_test_sample_once_and_match_one_process(cli, 
 
 @pytest.mark.slow
 def test_ranks_stop_early_together(cli, tmp_path):
-    # lr=1e-12 is below float32 resolution: nothing changes after epoch 1, so every rank must stop after `patience` epochs;
-    # a rank that disagreed would leave the others waiting in a collective.
-    proc = cli("train", "trainer.device=cpu", "trainer.devices=2", "optimizer.lr=1e-12",
-               "trainer.epochs=20", "trainer.patience=2", "hydra.run.dir=run", check=True,
-               timeout=240)
+    # Watching the validation loss for a *maximum* while training lowers it: epoch 1 stays the
+    # best, so every rank must stop after `patience` more epochs; a rank that disagreed would
+    # leave the others waiting in a collective.
+    proc = cli("train", "trainer.device=cpu", "trainer.devices=2", "trainer.monitor=val_loss",
+               "trainer.mode=max", "trainer.epochs=20", "trainer.patience=2",
+               "hydra.run.dir=run", check=True, timeout=240)
     metrics = read_metrics(tmp_path / "run")
     assert metrics["epochs_run"] == 3 and metrics["stopped_early"] is True
     assert proc.stdout.count("epoch 3/20") == 1 and "epoch 4/20" not in proc.stdout
