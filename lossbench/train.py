@@ -166,11 +166,15 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContext
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain module inside DistributedDataParallel and torch.compile wrappers: the one whose
     state_dict is saved and which evaluates (no collective calls in its forward)."""
+    from torch.nn.parallel import DistributedDataParallel
+
     while True:
-        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
-        if not isinstance(inner, nn.Module):
+        if isinstance(model, DistributedDataParallel):
+            model = model.module
+        elif type(model).__name__ == "OptimizedModule":  # torch.compile's (no dynamo import)
+            model = model._orig_mod
+        else:  # a user's model may well have its own `.module`: not a wrapper
             return model
-        model = inner
 
 
 def training_model(model: nn.Module, device: torch.device, compile_model: bool = False

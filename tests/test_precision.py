@@ -111,3 +111,14 @@ def test_wrong_precision_and_missing_cuda_are_one_line_errors(cli):
         proc = cli("train", "trainer=smoke", "trainer.device=cuda:1")
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
         assert "trainer.device=cuda:1 but CUDA is not available" in proc.stderr
+
+
+def test_unwrap_keeps_a_model_whose_own_submodule_is_called_module():
+    class Holder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.module = torch.nn.Linear(2, 2)
+
+    holder = Holder()
+    assert unwrap(holder) is holder
+    assert unwrap(torch.compile(holder)) is holder
