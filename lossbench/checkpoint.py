@@ -113,15 +113,17 @@ def resume_state(run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"resume={run_dir}: no such run directory")
-    status = None
+    metrics: dict[str, Any] = {}
     if (run_dir / "metrics.json").is_file():
         try:
-            status = read_json(run_dir / "metrics.json").get("status")
-        except (ValueError, AttributeError):
-            status = None
+            metrics = dict(read_json(run_dir / "metrics.json"))
+        except (ValueError, TypeError):
+            metrics = {}
+    status = metrics.get("status")
     if status == "completed":
         raise UserError(f"resume={run_dir}: this run has completed already; nothing to continue")
-    if status == "diverged":
+    # a sweep records a diverged job as failed, keeping "stopped": "diverged"
+    if "diverged" in (status, metrics.get("stopped")):
         raise UserError(f"resume={run_dir}: this run diverged, and continuing it would diverge "
                         "again; start a new run with a lower optimizer.lr or trainer.grad_clip")
     if not (run_dir / CHECKPOINT).is_file():

@@ -120,6 +120,10 @@ def _resume_dirs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     done.mkdir()
     (done / "metrics.json").write_text('{"status": "completed"}\n')
     (done / "checkpoint.pt").write_bytes(b"")
+    failed = tmp_path / "failed"  # a sweep records a diverged job as failed
+    failed.mkdir()
+    (failed / "metrics.json").write_text('{"status": "failed", "stopped": "diverged"}\n')
+    torch.save({"format": 1}, failed / "checkpoint.pt")
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     torch.save({"weights": torch.zeros(3)}, foreign / "checkpoint.pt")
@@ -130,11 +134,12 @@ def _resume_dirs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         "truncated": (truncated, r"cannot be read as a checkpoint"),
         "completed": (done, r"has completed already"),
         "foreign": (foreign, r"not a lossbench checkpoint"),
+        "diverged in a sweep": (failed, r"this run diverged.*lower optimizer\.lr"),
     }
 
 
 @pytest.mark.parametrize("kind", ["missing", "empty", "garbage", "truncated", "completed",
-                                  "foreign"])
+                                  "foreign", "diverged in a sweep"])
 def test_resume_of_what_cannot_be_resumed(cli, tmp_path, kind):
     run_dir, pattern = _resume_dirs(tmp_path)[kind]
     before = files_under(tmp_path)

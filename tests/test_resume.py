@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -240,10 +239,6 @@ def test_ctrl_c_in_the_cli_then_resume(cli, tmp_path):
     whole = cli("train", *args, f"hydra.run.dir={tmp_path / 'whole'}")
     assert whole.returncode == 0, whole.stderr
     assert_same_result(stopped, tmp_path / "whole")
-
-
-if __name__ == "__main__":
-    sys.exit(pytest.main([__file__, "-q"]))
 
 
 @pytest.mark.slow
