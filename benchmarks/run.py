@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTS = ("loop", "lightning", "startup", "sweep", "memory")
@@ -163,10 +162,12 @@ def loop_workload(name: str, splits, model, batch_size: int, epochs: int,
     from lossbench.progress import EpochProgress
     from lossbench.train import fit, train_batches, train_epoch
 
+    from lossbench.losses import CrossEntropyLoss
+
     device = torch.device("cpu")
     x, y = splits.train.x, splits.train.y
     xv, yv = splits.val.x, splits.val.y
-    loss_fn = torch.nn.CrossEntropyLoss()
+    loss_fn = CrossEntropyLoss()  # lossbench's `ce`, the default loss, on both sides
     models = {k: copy.deepcopy(model) for k in ("lossbench", "hand", "fit", "hand+val")}
     opts = {k: torch.optim.Adam(m.parameters(), lr=1e-3) for k, m in models.items()}
     gens = {k: torch.Generator().manual_seed(0) for k in models}
@@ -183,18 +184,21 @@ def loop_workload(name: str, splits, model, batch_size: int, epochs: int,
             distributed.all_reduce_sum(sums, distributed.current()).tolist()
         return (clock() - start) / epochs
 
+    def hand_train(m: torch.nn.Module, opt: torch.optim.Optimizer, g: torch.Generator) -> None:
+        # the minimal hand-written epoch
+        m.train()
+        perm = torch.randperm(len(y), generator=g)
+        for i in range(0, len(y), batch_size):
+            idx = perm[i:i + batch_size]
+            loss = loss_fn(m(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
     def hand_epochs() -> float:
-        m, opt, g = models["hand"], opts["hand"], gens["hand"]
         start = clock()
         for _ in range(epochs):
-            m.train()
-            perm = torch.randperm(len(y), generator=g)
-            for i in range(0, len(y), batch_size):
-                idx = perm[i:i + batch_size]
-                loss = F.cross_entropy(m(x[idx]), y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+            hand_train(models["hand"], opts["hand"], gens["hand"])
         return (clock() - start) / epochs
 
     def fit_epochs() -> float:
@@ -207,21 +211,14 @@ def loop_workload(name: str, splits, model, batch_size: int, epochs: int,
         return (clock() - start) / epochs
 
     def hand_val_epochs() -> float:
-        m, opt, g = models["hand+val"], opts["hand+val"], gens["hand+val"]
+        m = models["hand+val"]
         start = clock()
         for _ in range(epochs):
-            m.train()
-            perm = torch.randperm(len(y), generator=g)
-            for i in range(0, len(y), batch_size):
-                idx = perm[i:i + batch_size]
-                loss = F.cross_entropy(m(x[idx]), y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+            hand_train(m, opts["hand+val"], gens["hand+val"])
             m.eval()
             with torch.inference_mode():
                 out = torch.cat([m(xv[i:i + 1024]) for i in range(0, len(yv), 1024)])
-                float(F.cross_entropy(out, yv)), float((out.argmax(1) == yv).float().mean())
+                float(loss_fn(out, yv)), float((out.argmax(1) == yv).float().mean())
         return (clock() - start) / epochs
 
     variants = {"lossbench": lossbench_epochs, "hand": hand_epochs, "fit": fit_epochs,
@@ -264,9 +261,11 @@ def bench_lightning(repeats: int, lightning_path: str | None) -> dict[str, Any]:
 
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     from lossbench import distributed
+    from lossbench.losses import CrossEntropyLoss
     from lossbench.models import MLP
     from lossbench.train import train_batches, train_epoch
 
+    loss_fn = CrossEntropyLoss()  # lossbench's `ce` on both sides
     torch.manual_seed(0)
     splits, hidden = digits_splits()
     x, y = splits.train.x, splits.train.y
@@ -280,7 +279,7 @@ def bench_lightning(repeats: int, lightning_path: str | None) -> dict[str, Any]:
 
         def training_step(self, batch, _):
             xb, yb = batch
-            return F.cross_entropy(self.model(xb), yb)
+            return loss_fn(self.model(xb), yb)
 
         def configure_optimizers(self):
             return torch.optim.Adam(self.parameters(), lr=1e-3)
@@ -310,7 +309,6 @@ def bench_lightning(repeats: int, lightning_path: str | None) -> dict[str, Any]:
     model = copy.deepcopy(base)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(0)
-    loss_fn = torch.nn.CrossEntropyLoss()
 
     def lossbench_epochs() -> float:
         times = []
