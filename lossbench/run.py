@@ -574,6 +574,9 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float,
             learned = ", ".join(f"{k}={v:.4g}" for k, v in metrics["loss_params"].items())
             console.print(f"learned loss parameters: {learned}", highlight=False)
     write_json_atomic(run_dir / "metrics.json", metrics)
+    # a completed run is not resumed: model.pt keeps its best weights, the checkpoint (optimizer
+    # moments, a second copy of the weights) would only take disk space in every run of a sweep
+    (run_dir / CHECKPOINT).unlink(missing_ok=True)
     tracker.finish(run_dir, metrics)
     console.print(f"run directory: {run_dir}", highlight=False)
     log.info("completed: %s", {k: v for k, v in test.items() if isinstance(v, float)})

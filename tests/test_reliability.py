@@ -121,19 +121,37 @@ def test_checkpoint_that_would_run_code_is_refused(cli, tmp_path):
     assert not marker.exists()
 
 
-def test_checkpoint_round_trips_through_weights_only_load(compose_cfg, tmp_path):
+def test_checkpoint_round_trips_through_weights_only_load(compose_cfg, tmp_path, monkeypatch):
     """Every state a checkpoint holds (RNGs, optimizer, one-cycle scheduler, history) is plain
-    data that `weights_only=True` accepts."""
+    data that `weights_only=True` accepts. A run that dies in epoch 3 leaves the checkpoint of
+    epoch 2; a run that completes removes its own (model.pt keeps the best weights)."""
     from omegaconf import open_dict
 
+    import lossbench.train as train
     from lossbench.run import run
 
     cfg = compose_cfg("trainer=smoke", "trainer.epochs=3", "scheduler=onecycle", *QUIET)
     with open_dict(cfg):
         cfg.run_dir = str(tmp_path / "run")
     run(cfg)
-    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
-    assert state["loop"]["epoch"] == 3  # written after epoch 2, the last before the end
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    assert (tmp_path / "run" / "model.pt").is_file()
+
+    original, calls = train.train_batches, []
+
+    def dies_in_epoch_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise MemoryError("the process is gone")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_batches", dies_in_epoch_3)
+    with open_dict(cfg):
+        cfg.run_dir = str(tmp_path / "crashed")
+    with pytest.raises(MemoryError):
+        run(cfg)
+    state = torch.load(tmp_path / "crashed" / "checkpoint.pt", weights_only=True)
+    assert state["loop"]["epoch"] == 3  # written after epoch 2, the last before the crash
     assert len(state["loop"]["history"]) == 2
     assert state["scheduler"]["_step_count"] > 1
     assert state["config"]["trainer"]["epochs"] == 3
