@@ -95,13 +95,18 @@ def run_directory(cfg: DictConfig) -> Path:
         return Path(cfg.get("run_dir") or "outputs/run")
 
 
+def dataset_source(data_cfg: DictConfig) -> dict:
+    """The dataset config without the keys lossbench applies itself: what its `_target_` takes."""
+    resolved = OmegaConf.to_container(data_cfg, resolve=True)  # ${seed} lives at the root
+    return {k: v for k, v in resolved.items() if k not in DATA_PREP_KEYS}
+
+
 def load_data(cfg: DictConfig) -> Splits:
     from hydra.errors import InstantiationException
 
     data_cfg = cfg.dataset
-    source = OmegaConf.masked_copy(data_cfg, [k for k in data_cfg if k not in DATA_PREP_KEYS])
     try:
-        raw = instantiate(source)
+        raw = instantiate(dataset_source(data_cfg))
     except InstantiationException as err:  # Hydra wraps what the loader raised
         cause = err.__cause__
         if isinstance(cause, UserError):
