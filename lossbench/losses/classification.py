@@ -55,11 +55,10 @@ class CrossEntropyLoss(nn.Module):
         self.reduction = check_reduction(reduction)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        log_p = F.log_softmax(input, dim=-1)  # (N, K)
-        nll = -log_p.gather(-1, target.long().unsqueeze(-1)).squeeze(-1)  # (N,)
-        eps = self.label_smoothing
-        per_sample = nll if eps == 0 else (1 - eps) * nll - eps * log_p.mean(-1)
-        return reduce(per_sample, self.reduction)
+        # torch's fused kernel computes exactly the formula above (log-softmax inside), and is
+        # the hot path of the default run; tests check it against a loop over samples.
+        return F.cross_entropy(input, target.long(), reduction=self.reduction,
+                               label_smoothing=self.label_smoothing)
 
 
 class FocalLoss(nn.Module):

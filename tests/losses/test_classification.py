@@ -63,6 +63,18 @@ def test_softmax_focal_matches_per_sample_formula(gamma, alpha):
     torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("eps", [0.0, 0.3])
+def test_cross_entropy_matches_a_loop_over_samples_from_the_formula(eps):
+    x, y = torch.randn(7, 4, dtype=torch.float64) * 3, torch.randint(0, 4, (7,))
+    expected = []
+    for z, k in zip(x.tolist(), y.tolist()):
+        log_norm = math.log(sum(math.exp(v) for v in z))
+        log_p = [v - log_norm for v in z]
+        expected.append(-(1 - eps) * log_p[k] - eps / len(z) * sum(log_p))
+    got = CrossEntropyLoss(eps, reduction="none")(x, y)
+    torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64))
+
+
 def test_focal_with_gamma_zero_is_cross_entropy():
     x, y = sample(seed=3)
     torch.testing.assert_close(FocalLoss(0.0, None)(x, y), F.cross_entropy(x, y))
