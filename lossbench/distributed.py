@@ -18,11 +18,13 @@ What the rest of lossbench asks of this module:
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as tdist
@@ -115,6 +117,23 @@ def shutdown(together: bool = False) -> None:
         tdist.destroy_process_group()
 
 
+def exit_process(code: int = 0) -> NoReturn:
+    """End a rank's process at once, once its run is over and its files are written.
+
+    The communication library's C++ threads can abort the interpreter's normal exit
+    ("terminate called without an active exception", SIGABRT) after a run that went well,
+    which a launcher then reports as a failed run. Flushing and leaving with os._exit skips
+    those destructors; nothing is left to save by then.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -134,6 +153,7 @@ def _spawned(rank: int, world_size: int, port: int, errors: Any,
         shutdown()
         raise  # a non-zero exit makes the parent stop the other ranks instead of waiting
     shutdown(together=True)
+    exit_process(0)
 
 
 def spawn(worker: Callable[..., Any], world_size: int, args: tuple) -> None:

@@ -13,7 +13,7 @@ import random
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -266,8 +266,8 @@ def _rank_main(cfg: DictConfig, hydra_cfg: DictConfig | None,
     _run_in(cfg, copy.deepcopy(resume))
 
 
-def _torchrun_rank(cfg: DictConfig) -> float:
-    """One process of `torchrun --nproc_per_node=N -m lossbench train ...`."""
+def _torchrun_rank(cfg: DictConfig) -> NoReturn:
+    """One process of `torchrun --nproc_per_node=N -m lossbench train ...`; ends the process."""
     dist = distributed.init_from_env(pick_device(cfg.trainer.device))
     try:
         value = _run_in(cfg)
@@ -283,7 +283,7 @@ def _torchrun_rank(cfg: DictConfig) -> float:
         distributed.shutdown()
         raise
     distributed.shutdown(together=True)
-    return value
+    distributed.exit_process(0)  # the run is complete and written: see exit_process
 
 
 def config_tree(cfg: DictConfig, picked: dict[str, str] | None = None) -> Tree:
