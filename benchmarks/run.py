@@ -4,10 +4,15 @@
            them) against a minimal hand-written PyTorch loop on the same model, data and batch
            size: digits MLP, and a CNN on 28×28 images. Also a whole `fit` epoch (train +
            validate + bookkeeping) against the hand loop plus a hand-written validation pass.
+           Every side steps the optimizer `lossbench train` builds by default (Adam on torch's
+           fused kernel where the device has one); one more side shows what the fused kernel
+           saves against torch's per-parameter loop.
            Repetitions interleaved (ABAB...), medians, ratio. Targets: ≤ 1.05 (≤ 1.10 at most).
 2. lightning  the same MLP epoch under PyTorch Lightning's Trainer, when `lightning` imports
            (optional; `--lightning-path DIR` adds a directory it was installed into with
-           `pip install --target DIR lightning`). Target: lossbench ≥ 2× faster per epoch.
+           `pip install --target DIR lightning`), same optimizer. Target: lossbench ≥ 2×
+           faster per epoch. Measured with the process's own environment, then again with the
+           PYTORCH_NVML_BASED_CUDA_CHECK=1 that importing lightning sets (see bench_lightning).
 3. startup `lossbench --help` (target < 0.5 s) and a whole `lossbench train trainer=smoke`,
            imports included (target < 5 s on 2 cores); medians of several runs, with a bare
            `python -c pass` beside them for scale.
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import os
 import platform
@@ -44,6 +50,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTS = ("loop", "lightning", "startup", "sweep", "memory")
+NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -117,15 +124,36 @@ def machine() -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- 1. loop overhead
 
-def digits_splits():
-    """The default dataset exactly as `lossbench train` prepares it (split, scaled)."""
+@functools.cache
+def default_config():
+    """The root config `lossbench train` composes with no overrides."""
     from hydra import compose, initialize_config_module
 
+    with initialize_config_module(config_module="lossbench.conf", version_base="1.3"):
+        return compose(config_name="config")
+
+
+def digits_splits():
+    """The default dataset exactly as `lossbench train` prepares it (split, scaled)."""
     from lossbench.run import load_data
 
-    with initialize_config_module(config_module="lossbench.conf", version_base="1.3"):
-        cfg = compose(config_name="config")
+    cfg = default_config()
     return load_data(cfg), list(cfg.model.hidden)
+
+
+def lossbench_optimizer(params, fused: bool | None = None) -> torch.optim.Optimizer:
+    """The optimizer `lossbench train` builds from its default config (Adam, lr 1e-3, on
+    torch's fused kernel where the device has one); `fused=False` forces the per-parameter
+    loop. Every side of a comparison gets the same one."""
+    from hydra.utils import instantiate
+
+    from lossbench.optim import build_optimizer
+
+    cfg = default_config()
+    factory = instantiate(cfg.optimizer)
+    if fused is not None:
+        factory = functools.partial(factory, fused=fused)
+    return build_optimizer(factory, cfg.optimizer._target_, list(params))
 
 
 def image_splits(n_train: int = 2048, n_val: int = 512, classes: int = 10):
@@ -163,18 +191,23 @@ def loop_workload(name: str, splits, model, batch_size: int, epochs: int,
     from lossbench.train import fit, train_batches, train_epoch
 
     from lossbench.losses import CrossEntropyLoss
+    from lossbench.optim import optimizer_kernel
 
     device = torch.device("cpu")
     x, y = splits.train.x, splits.train.y
     xv, yv = splits.val.x, splits.val.y
     loss_fn = CrossEntropyLoss()  # lossbench's `ce`, the default loss, on both sides
-    models = {k: copy.deepcopy(model) for k in ("lossbench", "hand", "fit", "hand+val")}
-    opts = {k: torch.optim.Adam(m.parameters(), lr=1e-3) for k, m in models.items()}
+    models = {k: copy.deepcopy(model)
+              for k in ("lossbench", "hand", "fit", "hand+val", "lossbench, loop Adam")}
+    # the optimizer lossbench builds by default, the same on every side; one more lossbench
+    # side steps Adam with torch's per-parameter loop, to show what the fused kernel saves
+    opts = {k: lossbench_optimizer(m.parameters(), fused=False if "loop Adam" in k else None)
+            for k, m in models.items()}
     gens = {k: torch.Generator().manual_seed(0) for k in models}
 
-    def lossbench_epochs() -> float:
+    def lossbench_epochs(key: str = "lossbench") -> float:
         # what fit does for the training part of an epoch, with its own functions
-        m, opt, g = models["lossbench"], opts["lossbench"], gens["lossbench"]
+        m, opt, g = models[key], opts[key], gens[key]
         params = [p for group in opt.param_groups for p in group["params"]]
         start = clock()
         for _ in range(epochs):
@@ -222,14 +255,17 @@ def loop_workload(name: str, splits, model, batch_size: int, epochs: int,
         return (clock() - start) / epochs
 
     variants = {"lossbench": lossbench_epochs, "hand": hand_epochs, "fit": fit_epochs,
-                "hand+val": hand_val_epochs}
+                "hand+val": hand_val_epochs,
+                "lossbench, loop Adam": functools.partial(lossbench_epochs, "lossbench, loop Adam")}
     interleaved(variants, 2)  # warm-up: allocator, first-call costs
     times = interleaved(variants, repeats)
     med = {k: median(v) for k, v in times.items()}
     return {"workload": name, "batch_size": batch_size, "train_samples": len(y),
             "epochs_per_repeat": epochs, "repeats": repeats,
             "median_epoch_s": med, "times_s": times,
+            "optimizer": optimizer_kernel(opts["lossbench"]),
             "ratio_train_epoch": paired_ratio(times["lossbench"], times["hand"]),
+            "fused_speedup": paired_ratio(times["lossbench, loop Adam"], times["lossbench"]),
             "ratio_with_validation": paired_ratio(times["fit"], times["hand+val"]),
             "ratio_of_medians": {"train_epoch": med["lossbench"] / med["hand"],
                                  "with_validation": med["fit"] / med["hand+val"]}}
@@ -252,11 +288,18 @@ def bench_loop(repeats: int) -> list[dict[str, Any]]:
 def bench_lightning(repeats: int, lightning_path: str | None) -> dict[str, Any]:
     if lightning_path:
         sys.path.insert(0, lightning_path)
+    env_before = os.environ.get(NVML_CHECK)
     try:
         import lightning.pytorch as pl
     except ImportError:
         return {"skipped": "lightning is not installed (pip install --target DIR lightning, "
                            "then --lightning-path DIR)"}
+    # Importing lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 for the whole process; with the
+    # CUDA build of torch on a machine without a GPU, torch then asks NVML whether CUDA is there
+    # at every call that checks, which slows every training step (forward, backward and the
+    # optimizer's) of both sides. The comparison is made with the setting the process had
+    # before, then repeated with lightning's, and both are reported.
+    lightning_env = os.environ.get(NVML_CHECK)
     import logging
 
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
@@ -282,7 +325,7 @@ def bench_lightning(repeats: int, lightning_path: str | None) -> dict[str, Any]:
             return loss_fn(self.model(xb), yb)
 
         def configure_optimizers(self):
-            return torch.optim.Adam(self.parameters(), lr=1e-3)
+            return lossbench_optimizer(self.parameters())  # the same optimizer on both sides
 
     class EpochTimes(pl.Callback):
         def __init__(self):
@@ -307,7 +350,7 @@ def bench_lightning(repeats: int, lightning_path: str | None) -> dict[str, Any]:
         return median(timer.times)  # per-epoch time, Trainer set-up excluded
 
     model = copy.deepcopy(base)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = lossbench_optimizer(model.parameters())
     gen = torch.Generator().manual_seed(0)
 
     def lossbench_epochs() -> float:
@@ -322,11 +365,36 @@ def bench_lightning(repeats: int, lightning_path: str | None) -> dict[str, Any]:
         return median(times)
 
     variants = {"lossbench": lossbench_epochs, "lightning": lightning_epochs}
-    interleaved(variants, 1)
-    times = interleaved(variants, repeats)
+
+    def measure(env_value: str | None) -> dict[str, list[float]]:
+        if env_value is None:
+            os.environ.pop(NVML_CHECK, None)
+        else:
+            os.environ[NVML_CHECK] = env_value
+        interleaved(variants, 1)
+        return interleaved(variants, repeats)
+
+    try:
+        times = measure(env_before)
+        with_env = measure(lightning_env) if lightning_env != env_before else None
+    finally:  # leave the process as lightning's import left it
+        if lightning_env is None:
+            os.environ.pop(NVML_CHECK, None)
+        else:
+            os.environ[NVML_CHECK] = lightning_env
     med = {k: median(v) for k, v in times.items()}
-    return {"workload": "digits MLP", "lightning": pl.__version__, "median_epoch_s": med,
-            "times_s": times, "speedup": paired_ratio(times["lightning"], times["lossbench"])}
+    from lossbench.optim import optimizer_kernel
+
+    result = {"workload": "digits MLP", "lightning": pl.__version__, "median_epoch_s": med,
+              "optimizer": f"{type(opt).__name__}, {optimizer_kernel(opt)}",
+              "times_s": times, "speedup": paired_ratio(times["lightning"], times["lossbench"]),
+              "env": {NVML_CHECK: env_before}}
+    if with_env is not None:
+        result["with_lightning_env"] = {
+            "env": {NVML_CHECK: lightning_env},
+            "median_epoch_s": {k: median(v) for k, v in with_env.items()}, "times_s": with_env,
+            "speedup": paired_ratio(with_env["lightning"], with_env["lossbench"])}
+    return result
 
 
 # --------------------------------------------------------------------------- 3. start-up
@@ -426,6 +494,9 @@ def print_table(results: dict[str, Any]) -> None:
                      f"{m['lossbench'] * 1e3:.2f} ms vs hand {m['hand'] * 1e3:.2f} ms",
                      f"x{w['ratio_train_epoch']:.3f}",
                      f"<= 1.05 {verdict(w['ratio_train_epoch'], 1.05)}"))
+        rows.append((f"loop: {w['workload']} train epoch, Adam {w['optimizer']} vs loop",
+                     f"{m['lossbench'] * 1e3:.2f} ms vs {m['lossbench, loop Adam'] * 1e3:.2f} ms",
+                     f"x{w['fused_speedup']:.2f} faster", "(no target)"))
         rows.append((f"loop: {w['workload']} epoch + validation",
                      f"{m['fit'] * 1e3:.2f} ms vs hand {m['hand+val'] * 1e3:.2f} ms",
                      f"x{w['ratio_with_validation']:.3f}", "(no target)"))
@@ -439,6 +510,12 @@ def print_table(results: dict[str, Any]) -> None:
                          f"{m['lightning'] * 1e3:.2f} ms vs lossbench {m['lossbench'] * 1e3:.2f} ms",
                          f"lossbench {lt['speedup']:.1f}x faster",
                          f">= 2x {verdict(lt['speedup'], 2.0, False)}"))
+            we = lt.get("with_lightning_env")
+            if we is not None:
+                m = we["median_epoch_s"]
+                rows.append((f"lightning, both sides with {NVML_CHECK}=1",
+                             f"{m['lightning'] * 1e3:.2f} ms vs lossbench {m['lossbench'] * 1e3:.2f} ms",
+                             f"lossbench {we['speedup']:.1f}x faster", "(no target)"))
     st = results.get("startup")
     if st is not None:
         m, c = st["median_s"], st["median_cpu_s"]

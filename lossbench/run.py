@@ -29,6 +29,7 @@ from lossbench.data import RawData, Splits, prepare_data
 from lossbench.checkpoint import CHECKPOINT, StopOnSignal, resume_state, save_checkpoint
 from lossbench.errors import Diverged, Interrupted, UserError
 from lossbench.evaluate import predict, robust_accuracy
+from lossbench.optim import build_optimizer, optimizer_kernel
 from lossbench.progress import EpochProgress
 from lossbench.rundir import save_torch_atomic, write_csv_atomic, write_json_atomic, write_text_atomic
 from lossbench.schema import check_config
@@ -468,10 +469,8 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float,
 
     # 3. optimizer over the model's and the loss's own parameters (learnable losses)
     params = list(model.parameters()) + list(loss_fn.parameters())
-    try:  # `_partial_` factories: a wrong or invalid argument shows only when they are called
-        optimizer = instantiate(cfg.optimizer)(params=params)
-    except (TypeError, ValueError) as err:
-        raise UserError(f"optimizer ({cfg.optimizer._target_}): {err}") from err
+    # `_partial_` factory: a wrong or invalid argument shows only when it is called
+    optimizer = build_optimizer(instantiate(cfg.optimizer), cfg.optimizer._target_, params)
     scheduler = None
     if cfg.scheduler.get("_target_"):
         factory = instantiate(cfg.scheduler)
@@ -499,6 +498,7 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float,
     # Everything the user could have got wrong has been checked: from here on, files are written.
     log.info("run directory %s, device %s, torch threads %d, choices %s", run_dir, device,
              torch.get_num_threads(), picked)
+    log.info("optimizer %s, %s", type(optimizer).__name__, optimizer_kernel(optimizer))
     tracker.start(run_dir, OmegaConf.to_container(cfg, resolve=True), picked)
     generator = torch.Generator(device=device if device.type == "cuda" else "cpu")
     generator.manual_seed(cfg.seed)
