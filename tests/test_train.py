@@ -63,3 +63,24 @@ def test_every_scheduler_drives_the_learning_rate(compose_cfg, scheduler):
     assert len(set(lrs)) > 1, f"{scheduler} never changed the learning rate: {lrs}"
     if scheduler == "step":
         assert lrs[:3] == pytest.approx([1e-3, 5e-4, 2.5e-4])
+
+
+@pytest.mark.parametrize("gather_bytes", [1, 3 * 8 * 5 * 4, 2**30])  # a batch, 3 batches, all
+@pytest.mark.parametrize("max_batches", [None, 4])
+def test_training_batches_are_the_epochs_permutation_in_order(monkeypatch, gather_bytes,
+                                                              max_batches):
+    """Batches gathered a chunk at a time are exactly the epoch's permutation sliced per batch,
+    the short last batch included, whatever the chunk size."""
+    from lossbench import train
+    from lossbench.data import Split
+
+    monkeypatch.setattr(train, "GATHER_BYTES", gather_bytes)
+    x = torch.arange(45 * 5, dtype=torch.float32).reshape(45, 5)  # 20 bytes a sample
+    split = Split(x=x, y=torch.arange(45))
+    n, batches = train.train_batches(split, 8, torch.Generator().manual_seed(3), max_batches)
+    got = list(batches)
+    order = torch.randperm(45, generator=torch.Generator().manual_seed(3))
+    want = [order[i:i + 8] for i in range(0, 45, 8)][:max_batches]
+    assert n == len(want) == len(got)
+    for (xb, yb), idx in zip(got, want):
+        assert torch.equal(yb, idx) and torch.equal(xb, x[idx])
