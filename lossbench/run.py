@@ -65,6 +65,12 @@ def pick_device(name: str) -> torch.device:
         raise UserError(f"trainer.device={name} is not a device (use auto, cpu, cuda, cuda:N or mps)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"trainer.device={name} but CUDA is not available here; use trainer.device=auto or cpu")
+    if device.type == "cuda" and device.index is not None:
+        count = torch.cuda.device_count()  # else the run fails later on "invalid device ordinal"
+        if device.index >= count:
+            present = "cuda:0" if count == 1 else f"cuda:0 to cuda:{count - 1}"
+            raise UserError(f"trainer.device={name} but this machine has {count} CUDA "
+                            f"GPU{'s' if count != 1 else ''} ({present})")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise UserError(f"trainer.device={name} but MPS is not available here; use trainer.device=auto or cpu")
     return device

@@ -173,12 +173,15 @@ def test_auto_picks_cuda_then_mps_then_cpu(monkeypatch, gpus):
         pick_device("mps")
 
 
-@pytest.mark.xfail(strict=True, reason="pick_device accepts cuda:N beyond the GPUs present; the "
-                   "run then fails with 'invalid device ordinal' and a traceback")
 def test_a_gpu_index_beyond_the_gpus_present_is_a_user_error(gpus):
     gpus(1)
-    with pytest.raises(UserError, match=r"trainer.device=cuda:1"):
+    with pytest.raises(UserError, match=r"^trainer.device=cuda:1 but this machine has 1 CUDA GPU "
+                                        r"\(cuda:0\)$"):
         pick_device("cuda:1")
+    gpus(2)
+    assert pick_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(UserError, match=r"has 2 CUDA GPUs \(cuda:0 to cuda:1\)$"):
+        pick_device("cuda:2")
 
 
 # --- mixed precision and the fused optimizer on a GPU
