@@ -83,12 +83,28 @@ def _instantiation_mistake(err: BaseException) -> str | None:
     return f"{what}: {detail}" if detail else what
 
 
-def _discard_empty_run_dir(run_dir: Path) -> None:
+def _discard_empty_run_dir(run_dir: Path, user_dir: Path) -> None:
     """A run stopped by a user error leaves nothing behind: remove the directory Hydra made for
-    it, unless it already holds other files."""
+    it, unless it already holds other files, and then the folders above it that are left empty
+    (outputs/<date>/, outputs/), up to but never including user_dir, where lossbench was run."""
+    run_dir, user_dir = run_dir.resolve(), user_dir.resolve()
+    if run_dir == user_dir or run_dir in user_dir.parents:
+        return  # hydra.run.dir=. (or above): that folder is the user's, not Hydra's
     leftovers = [p.name for p in run_dir.iterdir()] if run_dir.is_dir() else []
     if set(leftovers) <= {".hydra", "train.log"}:
         shutil.rmtree(run_dir, ignore_errors=True)
+    if run_dir.exists():
+        return
+    # Hydra made the run directory with mkdir(parents=True), so the empty folders between it and
+    # user_dir are Hydra's. A run directory outside user_dir (hydra.run.dir=/elsewhere/...) keeps
+    # its parents: they may be the user's. rmdir refuses a folder that holds anything.
+    parent = run_dir.parent
+    while user_dir in parent.parents:
+        try:
+            parent.rmdir()
+        except OSError:  # not empty (an older run, the user's files) or not ours to remove
+            break
+        parent = parent.parent
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -107,6 +123,7 @@ def _train(cfg: DictConfig) -> float | None:
 
         return run_sweep_job(cfg, hydra_cfg, run, choices)
     output_dir = Path(hydra_cfg.runtime.output_dir)
+    user_dir = Path(hydra_cfg.runtime.cwd)  # where lossbench was run, even with hydra.job.chdir
     try:
         check_config(cfg)  # before torch is even imported
         from lossbench.run import run
@@ -122,12 +139,12 @@ def _train(cfg: DictConfig) -> float | None:
         mistake = str(err) if isinstance(err, UserError) else _instantiation_mistake(err)
         if mistake is None or hydra_cfg.verbose or _debug():
             raise
-        _discard_empty_run_dir(output_dir)
+        _discard_empty_run_dir(output_dir, user_dir)
         print(f"lossbench: error: {mistake}", file=sys.stderr)
         sys.exit(2)
     finally:
         if cfg.get("resume"):  # the resumed run went on in its own directory
-            _discard_empty_run_dir(output_dir)
+            _discard_empty_run_dir(output_dir, user_dir)
 
 
 def train_command(argv: list[str]) -> int:

@@ -64,6 +64,13 @@ def files_under(root: Path) -> dict[str, bytes]:
             if p.is_file()}
 
 
+def tree_under(root: Path) -> dict[str, bytes | None]:
+    """Every file (its bytes) and every folder (None) under root: an empty folder left behind
+    shows here, where files_under would miss it."""
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None
+            for p in sorted(root.rglob("*"))}
+
+
 def assert_user_error(proc, pattern: str) -> None:
     assert proc.returncode == 2, f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr}"
     assert "Traceback" not in proc.stderr, proc.stderr
@@ -80,14 +87,67 @@ def test_bad_config_exits_2_with_one_clear_message(cli, tmp_path, args, pattern)
     assert_user_error(proc, pattern)
     # no run directory, no temporary file, nothing else written anywhere under the cwd
     assert not out.exists(), files_under(out)
-    assert files_under(tmp_path) == {}
+    assert tree_under(tmp_path) == {}
 
 
 def test_unknown_trainer_option_lists_the_available_ones(cli, tmp_path):
     proc = cli("train", "trainer=nope", f"hydra.run.dir={tmp_path / 'run'}")
     assert_user_error(proc, r"Could not find 'trainer/nope'\navailable options in 'trainer': "
                             r".*\bdefault\b.*\bsmoke\b")
-    assert files_under(tmp_path) == {}
+    assert tree_under(tmp_path) == {}
+
+
+# Without hydra.run.dir the run directory is outputs/<date>/<time>, and Hydra makes outputs/ and
+# outputs/<date>/ for it: a user error takes those away too, but only those.
+USER_ERRORS = {
+    "before torch": (["trainer.epochs=-1"], r"trainer\.epochs=-1 must be at least 1"),
+    "once the run started": (["trainer.device=tpu"], r"trainer\.device=tpu is not a device"),
+}
+
+
+@pytest.mark.parametrize("kind", USER_ERRORS)
+def test_user_error_in_an_empty_folder_leaves_it_empty(cli, tmp_path, kind):
+    args, pattern = USER_ERRORS[kind]
+    proc = cli("train", "trainer=smoke", "print_config=false", *args)
+    assert_user_error(proc, pattern)
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert tree_under(tmp_path) == {}  # no outputs/, not even an empty one
+
+
+@pytest.mark.parametrize("run_dir", [None, "outputs/2000-01-01/12-30-00"],
+                         ids=["older run of another day", "older run of the same day"])
+def test_user_error_keeps_older_runs_and_their_folders(cli, tmp_path, run_dir):
+    older = tmp_path / "outputs" / "2000-01-01" / "12-00-00"
+    older.mkdir(parents=True)
+    (older / "metrics.json").write_text('{"status": "completed"}\n')
+    before = tree_under(tmp_path)
+    extra = [f"hydra.run.dir={run_dir}"] if run_dir else []
+    proc = cli("train", "trainer=smoke", "print_config=false", "trainer.epochs=-1", *extra)
+    assert_user_error(proc, r"trainer\.epochs=-1 must be at least 1")
+    # the new run's folder (and its date folder, another day's) gone; the older run's kept
+    assert tree_under(tmp_path) == before
+
+
+def test_user_error_keeps_the_parents_of_a_run_dir_outside_the_cwd(cli, tmp_path):
+    """hydra.run.dir=/elsewhere/a/b: only b is Hydra's to remove, a was there before."""
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir()
+    (elsewhere / "a").mkdir(parents=True)
+    before = tree_under(tmp_path)
+    proc = cli("train", "trainer=smoke", "print_config=false", "trainer.epochs=-1",
+               f"hydra.run.dir={elsewhere / 'a' / 'b'}", cwd=work)
+    assert_user_error(proc, r"trainer\.epochs=-1 must be at least 1")
+    assert tree_under(tmp_path) == before
+
+
+def test_user_error_with_the_cwd_as_run_dir_keeps_the_cwd(cli, tmp_path):
+    """hydra.run.dir=. makes the user's own folder the run directory: it is never removed."""
+    here = tmp_path / "here"
+    here.mkdir()
+    proc = cli("train", "trainer=smoke", "print_config=false", "trainer.epochs=-1",
+               "hydra.run.dir=.", cwd=here)
+    assert_user_error(proc, r"trainer\.epochs=-1 must be at least 1")
+    assert here.is_dir()
 
 
 def test_tracebacks_only_when_asked(cli, tmp_path):
@@ -142,10 +202,10 @@ def _resume_dirs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
                                   "foreign", "diverged in a sweep"])
 def test_resume_of_what_cannot_be_resumed(cli, tmp_path, kind):
     run_dir, pattern = _resume_dirs(tmp_path)[kind]
-    before = files_under(tmp_path)
+    before = tree_under(tmp_path)
     proc = cli("train", f"resume={run_dir}", f"hydra.run.dir={tmp_path / 'new'}")
     assert_user_error(proc, pattern)
-    assert files_under(tmp_path) == before  # nothing written, nothing removed
+    assert tree_under(tmp_path) == before  # nothing written, nothing removed
     assert not (tmp_path / "new").exists()
 
 
