@@ -88,9 +88,9 @@ class EpochOrder(torch.utils.data.Sampler):
     (and its persistent workers) serves every epoch."""
 
     def __init__(self) -> None:
-        self.order: list[int] = []
+        self.order: list[int | tuple[int, int]] = []  # dataset keys: (index, epoch seed)
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[int | tuple[int, int]]:
         return iter(self.order)
 
     def __len__(self) -> int:
@@ -130,7 +130,10 @@ def train_batches(split: Split, batch_size: int, generator: torch.Generator,
         n = min(n, max_batches)
     if split.dataset is not None:  # on-disk or augmented samples
         loader = epoch_loader(split, batch_size, loader_kwargs)
-        loader.sampler.order = order.tolist()
+        # one seed per epoch, from the generator a checkpoint holds, travels with every index:
+        # the dataset's random draws depend on (index, seed) only, not on which worker reads
+        seed = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device))
+        loader.sampler.order = [(i, seed) for i in order.tolist()]
         device = split.y.device
 
         def from_loader():

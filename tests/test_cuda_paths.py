@@ -247,8 +247,6 @@ def test_checkpoint_keeps_the_cuda_generators_once_cuda_is_in_use(monkeypatch, g
     assert restored == ([states] if initialized else [])
 
 
-@pytest.mark.xfail(strict=True, reason="DataLoader workers (the default on cuda) draw the crops "
-                   "and flips from generators a checkpoint does not hold; a resumed run differs")
 def test_augmented_images_read_by_workers_resume_exactly(compose_cfg, tmp_path, monkeypatch):
     """On a GPU, `num_workers=auto` reads augmented images in worker processes; the same
     workers are asked for here on the CPU so that the resume path they take runs anywhere."""

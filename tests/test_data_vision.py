@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import pickle
 import struct
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -251,3 +252,36 @@ def test_augmented_batches_are_reproducible_from_the_seed():
 
     assert torch.equal(epoch(5), epoch(5))
     assert not torch.equal(epoch(5), epoch(6))
+
+
+def test_augmented_batches_are_the_same_whoever_reads_them():
+    """The crops and flips follow from the loop's generator alone: read in the main process, by
+    two worker processes, or again after torch's global seed moved, an epoch is the same."""
+    from lossbench.train import train_batches
+
+    raw = fake_images(n_samples=40, n_test=4, image_size=[3, 8, 8], num_classes=2)
+    augment = OmegaConf.create({"crop_padding": 3, "hflip": True})
+
+    def epochs(workers, global_seed):
+        torch.manual_seed(global_seed)
+        splits = prepare_data(raw, SPLIT, augment=augment)
+        g = torch.Generator().manual_seed(7)
+        return [torch.cat([x for x, _ in train_batches(splits.train, 4, g,
+                                                       loader_kwargs={"num_workers": workers})[1]])
+                for _ in range(2)]
+
+    main = epochs(0, 0)
+    assert not torch.equal(main[0], main[1])  # a new epoch draws new crops and flips
+    for other in (epochs(2, 0), epochs(0, 123)):
+        assert all(torch.equal(a, b) for a, b in zip(main, other))
+
+
+def test_sample_draws_are_spread_over_crops_and_flips():
+    from lossbench.data.augment import sample_draws
+
+    draws = [sample_draws(11, i) for i in range(2000)]
+    assert len(set(draws)) == 2000 and sample_draws(11, 5) == draws[5] != sample_draws(12, 5)
+    tops = Counter(d % 7 for d in draws)  # crop_padding 3: 7 offsets
+    flips = sum((d >> 32) & 1 for d in draws)
+    assert set(tops) == set(range(7)) and min(tops.values()) > 2000 / 7 * 0.8
+    assert 900 < flips < 1100

@@ -3,6 +3,12 @@
 Applied to the training split only, per sample, inside a `Dataset` so that a `DataLoader` can
 run it in worker processes. Samples arrive already normalised by the training statistics, so the
 zero padding is padding with the mean image colour.
+
+Where the crop lands and whether the image flips is a function of the epoch's seed and the
+sample's index alone (`sample_draws`): the training loop draws one seed per epoch from the
+generator its checkpoints hold and asks for `dataset[(index, seed)]`. The same run therefore
+sees the same augmented images whatever reads them (the main process or any number of worker
+processes, persistent or not, on any rank) and a resumed run sees what it would have seen.
 """
 
 from __future__ import annotations
@@ -16,13 +22,25 @@ from torch.utils.data import Dataset
 from lossbench.errors import UserError
 
 
+_MASK64 = 2**64 - 1
+
+
+def sample_draws(seed: int, index: int) -> int:
+    """64 random bits for sample `index` in the epoch drawn as `seed` (splitmix64 of the pair):
+    independent draws for different samples or epochs, the same draw for the same pair."""
+    z = (seed + (index + 1) * 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
 class AugmentedImages(Dataset):
     """(x, y) pairs of (C, H, W) images, randomly cropped and flipped on every access.
 
     crop_padding: p > 0 pads each side by p pixels and crops a random H × W window back out.
     hflip: mirror left-right with probability 1/2.
-    Randomness comes from torch's generator, which a DataLoader seeds per worker from its own
-    seeded generator, so a run is reproducible from its seed.
+    A key `(index, seed)` takes the crop and flip from `sample_draws(seed, index)` (how the
+    training loop reads it); a plain index draws them from torch's global generator.
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, crop_padding: int = 0,
@@ -34,15 +52,20 @@ class AugmentedImages(Dataset):
     def __len__(self) -> int:
         return len(self.y)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        img = self.x[i]  # (C, H, W)
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        i, seed = key if isinstance(key, tuple) else (key, None)
         p = self.crop_padding
+        if seed is None:
+            bits = int(torch.randint(0, 2**62, ()))
+        else:
+            bits = sample_draws(seed, i)
+        img = self.x[i]  # (C, H, W)
         if p > 0:
             h, w = img.shape[-2:]
             padded = F.pad(img, (p, p, p, p))  # (C, H + 2p, W + 2p)
-            top, left = torch.randint(0, 2 * p + 1, (2,)).tolist()
+            top, left = bits % (2 * p + 1), (bits >> 16) % (2 * p + 1)
             img = padded[:, top:top + h, left:left + w]
-        if self.hflip and torch.rand(()) < 0.5:
+        if self.hflip and (bits >> 32) & 1:
             img = img.flip(-1)
         return img, self.y[i]
 
