@@ -6,8 +6,10 @@ scikit-learn at module level.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
+from typing import NoReturn
 
 USAGE = """\
 usage: lossbench <command> [args]
@@ -37,6 +39,16 @@ def _debug() -> bool:
 def report_user_error(err: BaseException) -> None:
     """Print a user error on one line (two at most) to stderr."""
     print(f"lossbench: error: {err}", file=sys.stderr)
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the command with `code`. The work is done and its files are closed by now; what
+    remains is the interpreter's own clean-up, whose last garbage collections walk every object
+    torch, scikit-learn and matplotlib made at import (about 0.6 s of a 5 s smoke run on a
+    2-core machine). Frozen, those objects are not walked; atexit handlers, log handlers and the
+    flushing of stdout and stderr still run as usual."""
+    gc.freeze()
+    sys.exit(code)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -75,14 +87,14 @@ def main(argv: list[str] | None = None) -> None:
         if _debug():
             raise
         report_user_error(err)
-        sys.exit(2)
+        exit_now(2)
     except KeyboardInterrupt as err:
         if _debug():
             raise
         if isinstance(err, Interrupted):  # the run saved a checkpoint; its message says so
             print(f"lossbench: {err}", file=sys.stderr)
-            sys.exit(err.exit_code)
+            exit_now(err.exit_code)
         print("lossbench: stopped at once by Ctrl-C; a run directory keeps its last "
               "checkpoint.pt", file=sys.stderr)
-        sys.exit(130)
-    sys.exit(code or 0)
+        exit_now(130)
+    exit_now(code or 0)
