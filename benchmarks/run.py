@@ -23,7 +23,7 @@
 Timings on a shared machine are noisy: every figure is a median of interleaved repetitions, and
 ratios are what counts. Absolute times belong to the machine printed in the header.
 
-Run:  python benchmarks/run.py                         # everything (about 5 minutes on 2 cores)
+Run:  python benchmarks/run.py                         # everything (about 2.5 minutes on 2 cores)
       python benchmarks/run.py --only loop,startup     # some parts
       python benchmarks/run.py --quick                 # fewer repetitions, a first look
       python benchmarks/run.py --out benchmarks/results.json --threads 1
