@@ -1,4 +1,4 @@
-from lossbench.cli import main
+from lossbench.cli import console_main
 
 if __name__ == "__main__":
-    main()
+    console_main()

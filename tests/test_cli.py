@@ -24,17 +24,21 @@ def test_help_lists_subcommands_without_importing_torch(tmp_path):
 
 
 def test_a_finished_command_exits_with_the_heap_frozen_and_still_flushes(tmp_path):
-    """A command ends with gc.freeze() (the interpreter's last collections would walk every
-    object torch and scikit-learn made); atexit handlers and log files still complete."""
-    code = ("import atexit, gc, logging, sys\nfrom lossbench.cli import main\n"
+    """The `lossbench` command ends with gc.freeze() (the interpreter's last collections would
+    walk every object torch and scikit-learn made); atexit handlers and log files still complete.
+    `main` called in-process leaves the caller's garbage collection alone."""
+    code = ("import atexit, gc, logging, sys\nfrom lossbench.cli import console_main, main\n"
             "logging.basicConfig(filename='exit.log', level=logging.INFO)\n"
             "atexit.register(lambda: print('frozen', gc.get_freeze_count() > 0))\n"
             "logging.info('%s', 'x' * 100000)\n"  # more than one buffer's worth
-            "main(['list', 'losses'])\n")
+            "try:\n    main(['list', 'losses'])\nexcept SystemExit:\n"  # a program going on
+            "    print('in-process frozen', gc.get_freeze_count() > 0)\n"
+            "sys.argv = ['lossbench', 'list', 'losses']\nconsole_main()\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                           text=True)
     assert proc.returncode == 0, proc.stderr
-    assert "focal" in proc.stdout and proc.stdout.rstrip().endswith("frozen True")
+    assert "focal" in proc.stdout and "in-process frozen False" in proc.stdout
+    assert proc.stdout.rstrip().endswith("frozen True")
     assert (tmp_path / "exit.log").read_text().rstrip().endswith("x" * 100000)
 
 
