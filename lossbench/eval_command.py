@@ -142,7 +142,7 @@ def evaluate_run(run_dir: Path, overrides: list[str], split: str = "test"
     workflow.seed_everything(cfg.seed, trainer.deterministic)  # the same seed: the same split
     device = workflow.pick_device(trainer.device)
     splits = workflow.load_data(cfg)
-    workflow.data_to_device(splits, device)
+    workflow.data_to_device(splits, device, trainer.get("num_workers", "auto"))
     loss_fn, model, head, _ = workflow.build_loss_and_model(cfg, splits, device,
                                                             picked.get("loss", "?"))
     try:

@@ -16,6 +16,7 @@ from torch import nn
 
 from lossbench import distributed
 from lossbench.data import Split, Splits
+from lossbench.errors import UserError
 
 
 @dataclass
@@ -41,6 +42,32 @@ def loader_options(device: torch.device, num_workers: int | str = "auto") -> dic
     return {"num_workers": int(num_workers), "pin_memory": device.type == "cuda"}
 
 
+def loader_batches(loader: torch.utils.data.DataLoader, device: torch.device
+                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The (x, y) batches of a DataLoader, moved to `device`. A sample that cannot be read
+    (an image file damaged or removed since the run started) stops the run with one line: a
+    worker's error reaches this process wrapped with the worker's traceback, which is cut off."""
+    try:
+        for x, y in loader:
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    except UserError as err:
+        last = str(err).strip().splitlines()[-1]
+        raise UserError(last.split("UserError: ", 1)[-1]) from None
+
+
+def split_loader(split: Split, lo: int, hi: int, batch_size: int, device: torch.device
+                 ) -> torch.utils.data.DataLoader:
+    """The DataLoader over samples lo..hi-1 of a split, in order, with the run's workers; built
+    on first use and kept, so that its workers persist from one validation to the next."""
+    if split.eval_loader is None or split.eval_loader[:2] != ((lo, hi), batch_size):
+        options = dict(split.loader_options or loader_options(device))
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(split.dataset, range(lo, hi)), batch_size=batch_size,
+            shuffle=False, persistent_workers=options["num_workers"] > 0, **options)
+        split.eval_loader = ((lo, hi), batch_size, loader)
+    return split.eval_loader[2]
+
+
 def eval_batches(split: Split, batch_size: int, device: torch.device,
                  max_batches: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches of a split in order, sliced from tensors (or read through a DataLoader).
@@ -53,11 +80,11 @@ def eval_batches(split: Split, batch_size: int, device: torch.device,
         n = min(n, max_batches * batch_size)
     lo, hi = distributed.eval_range(n, distributed.current())
     if split.x is None:
-        part = torch.utils.data.Subset(split.dataset, range(lo, hi))
-        loader = torch.utils.data.DataLoader(part, batch_size=batch_size, shuffle=False,
-                                             **loader_options(device))
-        for x, y in loader:
-            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if lo == hi:  # an empty batch of the right shape keeps the gathers of all ranks alike
+            x = split.dataset[0][0] if len(split) else torch.zeros(0)
+            yield x.new_zeros((0, *x.shape)).to(device), split.y[lo:hi].to(device)
+            return
+        yield from loader_batches(split_loader(split, lo, hi, batch_size, device), device)
         return
     if lo == hi:  # more ranks than samples: an empty batch keeps the output shape for gathers
         yield split.x[lo:hi], split.y[lo:hi]

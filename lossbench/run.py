@@ -28,7 +28,7 @@ from lossbench import tracking
 from lossbench.data import RawData, Splits, prepare_data
 from lossbench.checkpoint import CHECKPOINT, StopOnSignal, resume_state, save_checkpoint
 from lossbench.errors import Diverged, Interrupted, UserError
-from lossbench.evaluate import predict, robust_accuracy
+from lossbench.evaluate import loader_options, predict, robust_accuracy
 from lossbench.optim import build_optimizer, optimizer_kernel
 from lossbench.progress import EpochProgress
 from lossbench.rundir import save_torch_atomic, write_csv_atomic, write_json_atomic, write_text_atomic
@@ -344,14 +344,16 @@ def write_plots(run_dir: Path, console: Console, **kwargs: Any) -> list[Path]:
         return []
 
 
-def data_to_device(splits: Splits, device: torch.device) -> None:
+def data_to_device(splits: Splits, device: torch.device, num_workers: int | str = "auto"
+                   ) -> None:
     """Small data lives on the device once (batches are slices); loader-backed splits keep
-    only their labels there."""
+    only their labels there, and are read by `num_workers` DataLoader workers."""
     for part in (splits.train, splits.val, splits.test):
         if part.x is not None:
             part.x, part.y = part.x.to(device), part.y.to(device)
         else:
             part.y = part.y.to(device)
+        part.loader_options = loader_options(device, num_workers)
 
 
 def build_loss_and_model(cfg: DictConfig, splits: Splits, device: torch.device, loss_name: str
@@ -467,7 +469,7 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float,
     # 1. data: split, corrupt on purpose if asked, scale with training statistics only
     splits = load_data(cfg)
     monitor, mode = resolve_monitor(splits.task, trainer.monitor, trainer.mode)
-    data_to_device(splits, device)
+    data_to_device(splits, device, trainer.get("num_workers", "auto"))
 
     # 2. loss, and the model sized for it
     loss_fn, model, head, num_outputs = build_loss_and_model(cfg, splits, device,

@@ -6,7 +6,6 @@ on the device and are summed once per epoch.
 
 from __future__ import annotations
 
-import itertools
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +19,7 @@ from torch import nn
 from lossbench import distributed
 from lossbench.checkpoint import capture_rng, restore_rng
 from lossbench.data import Split, Splits
-from lossbench.evaluate import loader_options, predict
+from lossbench.evaluate import loader_batches, loader_options, predict
 from lossbench.errors import UserError
 from lossbench.progress import EpochProgress
 
@@ -112,9 +111,11 @@ GATHER_BYTES = 64 * 2**20  # the most training samples `train_batches` copies at
 
 
 def train_batches(split: Split, batch_size: int, generator: torch.Generator,
-                  max_batches: int | None = None, loader_kwargs: dict | None = None
-                  ) -> tuple[int, Iterator[tuple[torch.Tensor, torch.Tensor]]]:
-    """(number of batches, iterator) over one shuffled epoch of the training split.
+                  max_batches: int | None = None, loader_kwargs: dict | None = None,
+                  skip: int = 0) -> tuple[int, Iterator[tuple[torch.Tensor, torch.Tensor]]]:
+    """(number of batches, iterator) over one shuffled epoch of the training split; the
+    iterator leaves out the first `skip` batches (an epoch resumed from a checkpoint), and the
+    number counts them.
 
     In-memory tensors are sliced by a random permutation on their own device (no Dataset, no
     per-sample Python); on-disk or augmented data goes through a DataLoader reading the same
@@ -130,18 +131,14 @@ def train_batches(split: Split, batch_size: int, generator: torch.Generator,
         n = min(n, max_batches)
     if split.dataset is not None:  # on-disk or augmented samples
         loader = epoch_loader(split, batch_size, loader_kwargs)
-        # one seed per epoch, from the generator a checkpoint holds, travels with every index:
-        # the dataset's random draws depend on (index, seed) only, not on which worker reads
-        seed = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device))
-        loader.sampler.order = [(i, seed) for i in order.tolist()]
-        device = split.y.device
-
-        def from_loader():
-            for b, (x, y) in enumerate(loader):
-                if b >= n:
-                    return
-                yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        return n, from_loader()
+        keys = order[skip * batch_size:n * batch_size].tolist()  # no sample read for nothing
+        if getattr(split.dataset, "augments", False):
+            # one seed per epoch, from the generator a checkpoint holds, travels with every index:
+            # the crops and flips depend on (index, seed) only, not on which worker reads them
+            seed = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device))
+            keys = [(i, seed) for i in keys]
+        loader.sampler.order = keys
+        return n, loader_batches(loader, split.y.device)
     order = order.to(split.x.device)
     # Gather a run of batches with one index per tensor, then hand out contiguous slices of it
     # (views): two gathers per chunk instead of two per step, about 5 % of a small model's
@@ -150,7 +147,7 @@ def train_batches(split: Split, batch_size: int, generator: torch.Generator,
     per_chunk = max(1, GATHER_BYTES // max(batch_size * sample_bytes, 1))
 
     def from_tensors():
-        for first in range(0, n, per_chunk):
+        for first in range(skip, n, per_chunk):
             last = min(first + per_chunk, n)
             idx = order[first * batch_size:last * batch_size]
             xs, ys = split.x[idx], split.y[idx]  # (≤ per_chunk·B, ...), same samples in order
@@ -397,15 +394,14 @@ def fit(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
         if resuming:  # this epoch's data order, as it was first drawn
             restore_rng(resume["epoch_rng"], generator)
         epoch_rng = capture_rng(generator) if save is not None else None
+        done = resume["batch"] if resuming else 0  # batches done before the checkpoint
         num_batches, batches = train_batches(splits.train, trainer.batch_size, generator,
-                                             max_batches, loader_kwargs)
+                                             max_batches, loader_kwargs, skip=done)
         progress.start_epoch(epoch, num_batches)
         losses: list[torch.Tensor] = []
         sizes: list[int] = []
         term_sums: dict[str, torch.Tensor] = {}
-        if resuming and resume["batch"]:  # skip the batches done before the checkpoint, then
-            for _ in itertools.islice(batches, resume["batch"]):  # draw as it would have
-                pass
+        if done:  # then draw as it would have
             losses = list(resume["losses"].to(device).unbind())
             sizes = list(resume["sizes"])
             term_sums = {k: v.to(device) for k, v in resume["term_sums"].items()}

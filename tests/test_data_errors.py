@@ -61,6 +61,32 @@ def imagefolder_empty(tmp):
     return ["dataset=imagefolder", "dataset.path=pics"], ["dataset.path=pics", "no images"]
 
 
+def imagefolder_on_disk_with_a_broken_image(tmp):
+    from PIL import Image
+
+    for c in ("cat", "dog"):
+        (tmp / "pics" / c).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (6, 6), (40 * i, 0, 0)).save(tmp / "pics" / c / f"{i}.png")
+    (tmp / "pics" / "dog" / "9.png").write_bytes(b"not a picture")
+    return ["dataset=imagefolder", "dataset.path=pics", "dataset.in_memory=false"], [
+        "pics/dog/9.png", "cannot be read"]
+
+
+def imagefolder_on_disk_with_a_truncated_image(tmp):
+    imagefolder_on_disk_with_a_broken_image(tmp)
+    whole = (tmp / "pics" / "cat" / "1.png").read_bytes()
+    (tmp / "pics" / "dog" / "9.png").write_bytes(whole[:len(whole) // 2])  # its header is fine
+    return ["dataset=imagefolder", "dataset.path=pics", "dataset.in_memory=false"], [
+        "pics/dog/9.png", "cannot be read"]
+
+
+def imagefolder_in_memory_not_a_bool(tmp):
+    imagefolder_on_disk_with_a_broken_image(tmp)
+    return ["dataset=imagefolder", "dataset.path=pics", "dataset.in_memory=no"], [
+        "dataset.in_memory=no", "true or false"]
+
+
 def noise_rate_one(tmp):
     return ["dataset=iris", "dataset.noise.kind=symmetric", "dataset.noise.rate=1.0"], [
         "dataset.noise.rate=1", "[0, 1)"]
@@ -93,7 +119,9 @@ def unknown_dataset_argument(tmp):
 
 
 CASES = [csv_no_target, csv_text_feature, csv_missing_values, csv_empty, csv_tiny_class,
-         npz_without_y, npz_mismatched, imagefolder_empty, noise_rate_one, noise_rate_negative,
+         npz_without_y, npz_mismatched, imagefolder_empty,
+         imagefolder_on_disk_with_a_broken_image, imagefolder_on_disk_with_a_truncated_image,
+         imagefolder_in_memory_not_a_bool, noise_rate_one, noise_rate_negative,
          noise_unknown_class, imbalance_ratio_below_one, missing_file,
          unknown_dataset_argument]
 

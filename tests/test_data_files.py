@@ -6,10 +6,12 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from lossbench.data import prepare_data
-from lossbench.data.files import csv, imagefolder, npz
+from lossbench.errors import UserError
+from lossbench.data.files import ImageFiles, csv, imagefolder, npz
 
 SPLIT = OmegaConf.create({"train": 0.6, "val": 0.2, "test": 0.2})
 
@@ -107,6 +109,120 @@ def test_imagefolder_keeps_pixels_at_their_size(tmp_path):
     raw = imagefolder(str(tmp_path / "g"), image_size=[4, 5], mode="L")
     first = np.asarray(Image.open(tmp_path / "g" / "a" / "0.png"))
     np.testing.assert_array_equal(raw.x[0, 0], first)
+
+
+def test_an_image_folder_read_from_disk_gives_the_images_held_in_memory(tmp_path):
+    write_images(tmp_path / "train", ["ant", "bee", "cow"], 7, size=(9, 7))
+    write_images(tmp_path / "test", ["ant", "cow"], 2, size=(9, 7))
+    args = dict(path=str(tmp_path / "train"), test_path=str(tmp_path / "test"),
+                image_size=[6, 5])
+    held, read = imagefolder(**args), imagefolder(**args, in_memory=False)
+    assert isinstance(read.x, ImageFiles) and isinstance(read.x_test, ImageFiles)
+    assert read.x.shape == held.x.shape == (21, 3, 6, 5) and len(read.x_test) == 4
+    subset = read.x[np.array([3, 0])]  # indexing by an array reads nothing, keeps the order
+    assert isinstance(subset, ImageFiles) and subset.files.tolist() == [read.x.files[3],
+                                                                         read.x.files[0]]
+    np.testing.assert_array_equal(subset[0], held.x[3])
+    noise = OmegaConf.create({"kind": "symmetric", "rate": 0.3})
+    on_disk = prepare_data(read, SPLIT, noise=noise, seed=4)
+    in_memory = prepare_data(held, SPLIT, noise=noise, seed=4)
+    assert on_disk.info["in_memory"] is False
+    assert on_disk.info["normalisation_images"] == len(on_disk.train) == 16  # every one
+    assert on_disk.info["noise"] == in_memory.info["noise"]
+    np.testing.assert_allclose(on_disk.info["normalisation"]["mean"],
+                               in_memory.info["normalisation"]["mean"], rtol=1e-5)
+    np.testing.assert_allclose(on_disk.info["normalisation"]["std"],
+                               in_memory.info["normalisation"]["std"], rtol=1e-5)
+    for name in ("train", "val", "test"):
+        disk, memory = getattr(on_disk, name), getattr(in_memory, name)
+        assert disk.x is None and torch.equal(disk.y, memory.y)
+        images = torch.stack([disk.dataset[(i, 0)][0] for i in range(len(disk))])
+        torch.testing.assert_close(images, memory.x, rtol=0, atol=1e-5)
+    # augmented for training, as they are for evaluation (a plain index, e.g. kNN embeddings)
+    augment = OmegaConf.create({"crop_padding": 2, "hflip": True})
+    train = prepare_data(read, SPLIT, augment=augment, seed=4).train
+    clean = torch.stack([train.dataset[i][0] for i in range(len(train))])
+    torch.testing.assert_close(clean, in_memory.train.x, rtol=0, atol=1e-5)
+    crops = torch.stack([train.dataset[(i, 0)][0] for i in range(len(train))])
+    assert not torch.allclose(crops, clean)
+
+
+def test_image_statistics_from_disk_come_from_a_sample_of_a_large_folder(tmp_path,
+                                                                         monkeypatch):
+    from lossbench.data import prepare
+
+    write_images(tmp_path / "pics", ["a", "b"], 10, size=(4, 4))
+    monkeypatch.setattr(prepare, "STATS_SAMPLE", 5)
+    raw = imagefolder(str(tmp_path / "pics"), image_size=[4, 4], in_memory=False)
+    splits = prepare_data(raw, SPLIT, seed=1)
+    assert splits.info["normalisation_images"] == 5  # of 12 training images
+    held = prepare_data(imagefolder(str(tmp_path / "pics"), image_size=[4, 4]), SPLIT, seed=1)
+    np.testing.assert_allclose(splits.info["normalisation"]["mean"],
+                               held.info["normalisation"]["mean"], rtol=0.2)
+
+
+def test_cli_trains_on_an_image_folder_read_from_disk_by_workers(cli, tmp_path):
+    write_images(tmp_path / "train", ["x", "y", "z"], 12)
+    write_images(tmp_path / "test", ["x", "y", "z"], 3)
+    common = ("dataset=imagefolder", "dataset.path=train", "dataset.test_path=test",
+              "dataset.image_size=[8,8]", "dataset.scale=false", "model=cnn", "trainer.epochs=3",
+              "trainer.early_stopping=false", "trainer.batch_size=8", "trainer.plots=false",
+              "print_config=false")
+    cli("train", *common, "hydra.run.dir=held", check=True)
+    cli("train", *common, "dataset.in_memory=false", "trainer.num_workers=2",
+        "hydra.run.dir=read", check=True)
+    held, read = (json.loads((tmp_path / d / "metrics.json").read_text())
+                  for d in ("held", "read"))
+    assert read["data"]["in_memory"] is False and "in_memory" not in held["data"]
+    assert read["split_sizes"] == held["split_sizes"] and read["split_sizes"]["test"] == 9
+    # every epoch reads the same pixels in the same order (unscaled, so not even the rounding
+    # of the statistics differs): the same training, to the last bit
+    losses = [[row.split(",")[1:3] for row in
+               (tmp_path / d / "history.csv").read_text().splitlines()[1:]]
+              for d in ("held", "read")]
+    assert len(losses[0]) == 3 and losses[1] == losses[0]
+    assert read["test"] == held["test"]
+
+
+class FailsAtTwo(torch.utils.data.Dataset):
+    """Samples 0..3 of shape (2, 3), of which sample 2 cannot be read."""
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        if i == 2:
+            raise UserError("image file pics/2.png cannot be read (truncated)")
+        return torch.zeros(2, 3), torch.tensor(i)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_sample_unreadable_in_the_middle_of_an_epoch_is_one_line(workers):
+    from lossbench.evaluate import loader_batches
+
+    loader = torch.utils.data.DataLoader(FailsAtTwo(), batch_size=1, num_workers=workers)
+    batches = loader_batches(loader, torch.device("cpu"))
+    assert next(batches)[1].tolist() == [0]
+    with pytest.raises(UserError) as err:
+        list(batches)
+    assert str(err.value) == "image file pics/2.png cannot be read (truncated)"
+
+
+def test_a_rank_with_no_samples_of_an_on_disk_split_evaluates_an_empty_batch(monkeypatch):
+    """9 samples over 4 processes: the last rank has none, and still sends outputs of the
+    same shape as the others to the gathers."""
+    from lossbench import distributed
+    from lossbench.data import Split
+    from lossbench.data.augment import AugmentedImages
+    from lossbench.evaluate import eval_batches
+
+    y = torch.arange(9)
+    split = Split(y=y, dataset=AugmentedImages(torch.ones(9, 1, 4, 5), y))
+    monkeypatch.setattr(distributed, "current", lambda: distributed.Dist(3, 4, 3))
+    (x, yb), = list(eval_batches(split, 4, torch.device("cpu")))
+    assert x.shape == (0, 1, 4, 5) and yb.shape == (0,)
+    monkeypatch.setattr(distributed, "current", lambda: distributed.Dist(1, 4, 1))
+    assert [b[1].tolist() for b in eval_batches(split, 2, torch.device("cpu"))] == [[3, 4], [5]]
 
 
 def test_cli_trains_on_a_csv_and_reports_its_class_names(cli, tmp_path):

@@ -192,14 +192,14 @@ def test_cli_fake_images_smoke_run_of_an_image_model(cli, tmp_path):
 
 
 def test_augmentation_crops_from_the_padded_image_and_flips():
-    torch.manual_seed(0)
     x = torch.arange(2 * 5 * 6, dtype=torch.float32).reshape(1, 2, 5, 6) + 1
     data = AugmentedImages(x, torch.tensor([0]), crop_padding=2, hflip=True)
     padded = torch.nn.functional.pad(x[0], (2, 2, 2, 2))
     windows = [padded[:, t:t + 5, s:s + 6] for t in range(5) for s in range(5)]
     seen_flip = seen_shift = False
-    for _ in range(60):
-        img, label = data[0]
+    assert torch.equal(data[0][0], x[0])  # a plain index (evaluation): the image as it is
+    for seed in range(60):
+        img, label = data[(0, seed)]  # how training reads it
         assert img.shape == (2, 5, 6) and label == 0
         plain = any(torch.equal(img, w) for w in windows)
         flipped = any(torch.equal(img.flip(-1), w) for w in windows)

@@ -66,21 +66,26 @@ def test_every_scheduler_drives_the_learning_rate(compose_cfg, scheduler):
 
 
 @pytest.mark.parametrize("gather_bytes", [1, 3 * 8 * 5 * 4, 2**30])  # a batch, 3 batches, all
-@pytest.mark.parametrize("max_batches", [None, 4])
+@pytest.mark.parametrize("max_batches,skip", [(None, 0), (4, 0), (None, 2), (4, 3)])
+@pytest.mark.parametrize("through", ["tensors", "a DataLoader"])
 def test_training_batches_are_the_epochs_permutation_in_order(monkeypatch, gather_bytes,
-                                                              max_batches):
-    """Batches gathered a chunk at a time are exactly the epoch's permutation sliced per batch,
-    the short last batch included, whatever the chunk size."""
+                                                              max_batches, skip, through):
+    """Batches gathered a chunk at a time, or read by a DataLoader, are exactly the epoch's
+    permutation sliced per batch, the short last batch included, whatever the chunk size; a
+    resumed epoch leaves out the batches it had done."""
     from lossbench import train
     from lossbench.data import Split
+    from lossbench.data.augment import AugmentedImages
 
     monkeypatch.setattr(train, "GATHER_BYTES", gather_bytes)
     x = torch.arange(45 * 5, dtype=torch.float32).reshape(45, 5)  # 20 bytes a sample
-    split = Split(x=x, y=torch.arange(45))
-    n, batches = train.train_batches(split, 8, torch.Generator().manual_seed(3), max_batches)
+    y = torch.arange(45)
+    split = Split(x=x, y=y, dataset=AugmentedImages(x, y) if through != "tensors" else None)
+    n, batches = train.train_batches(split, 8, torch.Generator().manual_seed(3), max_batches,
+                                     skip=skip)
     got = list(batches)
     order = torch.randperm(45, generator=torch.Generator().manual_seed(3))
     want = [order[i:i + 8] for i in range(0, 45, 8)][:max_batches]
-    assert n == len(want) == len(got)
-    for (xb, yb), idx in zip(got, want):
+    assert n == len(want) and len(got) == n - skip
+    for (xb, yb), idx in zip(got, want[skip:]):
         assert torch.equal(yb, idx) and torch.equal(xb, x[idx])

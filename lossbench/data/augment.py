@@ -6,7 +6,7 @@ zero padding is padding with the mean image colour.
 
 Where the crop lands and whether the image flips is a function of the epoch's seed and the
 sample's index alone (`sample_draws`): the training loop draws one seed per epoch from the
-generator its checkpoints hold and asks for `dataset[(index, seed)]`. The same run therefore
+generator its checkpoints hold and asks for `dataset[(index, seed)]` (a dataset that `augments`). The same run therefore
 sees the same augmented images whatever reads them (the main process or any number of worker
 processes, persistent or not, on any rank) and a resumed run sees what it would have seen.
 """
@@ -35,12 +35,14 @@ def sample_draws(seed: int, index: int) -> int:
 
 
 class AugmentedImages(Dataset):
-    """(x, y) pairs of (C, H, W) images, randomly cropped and flipped on every access.
+    """(x, y) pairs of (C, H, W) images, cropped and flipped at random for training.
 
-    crop_padding: p > 0 pads each side by p pixels and crops a random H × W window back out.
-    hflip: mirror left-right with probability 1/2.
-    A key `(index, seed)` takes the crop and flip from `sample_draws(seed, index)` (how the
-    training loop reads it); a plain index draws them from torch's global generator.
+    x: (N, C, H, W) tensor, or anything whose `x[i]` is a (C, H, W) tensor (images decoded
+    from disk when asked for). crop_padding: p > 0 pads each side by p pixels and crops a random
+    H × W window back out. hflip: mirror left-right with probability 1/2.
+    `dataset[(index, seed)]`, how the training loop reads it, takes the crop and flip from
+    `sample_draws(seed, index)`; `dataset[index]`, how evaluation reads a split, is the image as
+    it is. With neither crop nor flip, every image passes through unchanged.
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, crop_padding: int = 0,
@@ -52,14 +54,18 @@ class AugmentedImages(Dataset):
     def __len__(self) -> int:
         return len(self.y)
 
+    @property
+    def augments(self) -> bool:
+        """Whether training reads it as `(index, seed)` (else by plain index, as evaluation)."""
+        return self.crop_padding > 0 or self.hflip
+
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         i, seed = key if isinstance(key, tuple) else (key, None)
-        p = self.crop_padding
-        if seed is None:
-            bits = int(torch.randint(0, 2**62, ()))
-        else:
-            bits = sample_draws(seed, i)
         img = self.x[i]  # (C, H, W)
+        p = self.crop_padding
+        if seed is None or not self.augments:
+            return img, self.y[i]
+        bits = sample_draws(seed, i)
         if p > 0:
             h, w = img.shape[-2:]
             padded = F.pad(img, (p, p, p, p))  # (C, H + 2p, W + 2p)

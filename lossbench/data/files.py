@@ -10,6 +10,7 @@ import csv as csv_module
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -213,18 +214,67 @@ def _read_images(files: list[Path], size: tuple[int, int], mode: str) -> np.ndar
         except (OSError, UnidentifiedImageError) as err:
             raise UserError(f"image file {f} cannot be read ({err})") from None
         out.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))  # (C, H, W)
-    return np.stack(out)
+    return np.ascontiguousarray(np.stack(out))  # else laid out (N, H, W, C) in memory
+
+
+def _listed_images(files: list[Path], size: tuple[int, int], mode: str) -> ImageFiles:
+    _check_images(files)
+    return ImageFiles(files, size, mode)
+
+
+class ImageFiles:
+    """Image files read when a sample is asked for: array-like, of shape (N, C, H, W) uint8.
+
+    `files[i]` (an integer) decodes file i into a (C, H, W) uint8 array; `files[idx]` (an index
+    array or slice) is the subset, with nothing read, so that splitting, class imbalance and label
+    noise handle it as they do an in-memory array. The data then reaches the model through a
+    DataLoader (lossbench/data/prepare.py), whose workers do the decoding.
+    """
+
+    def __init__(self, files: Sequence[Path | str], size: tuple[int, int], mode: str):
+        self.files = np.array([str(f) for f in files], dtype=object)  # (N,)
+        self.size, self.mode = size, mode
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.files), 1 if self.mode == "L" else 3, *self.size)
+
+    def __getitem__(self, key: Any) -> np.ndarray | ImageFiles:
+        if isinstance(key, (int, np.integer)):
+            return _read_images([Path(self.files[key])], self.size, self.mode)[0]  # (C, H, W)
+        return ImageFiles(self.files[key], self.size, self.mode)
+
+
+def _check_images(files: list[Path]) -> None:
+    """Every file is a whole image, checked without decoding it, so that a stray or damaged file
+    stops the run now, before anything is trained or written."""
+    from PIL import Image, UnidentifiedImageError
+
+    for f in files:
+        try:
+            with Image.open(f) as img:
+                img.verify()  # reads the file through (a truncated one fails), decodes nothing
+        except (OSError, UnidentifiedImageError) as err:
+            raise UserError(f"image file {f} cannot be read ({err})") from None
 
 
 def imagefolder(path: str, test_path: str | None = None, image_size: Sequence[int] = (32, 32),
-                mode: str = "RGB") -> RawData:
-    """Images in one sub-folder per class (`path/<class>/*.png`), loaded into memory.
+                mode: str = "RGB", in_memory: bool = True) -> RawData:
+    """Images in one sub-folder per class (`path/<class>/*.png`).
 
     image_size: (H, W) every image is resized to. mode: a PIL mode, RGB (3 channels) or L (grey).
     test_path: a folder of the same layout used as the fixed test split.
+    in_memory: decode every image now into one array (fast epochs, memory N·C·H·W bytes), or
+    false: keep the file names (`ImageFiles`) and decode each image when a batch needs it, in
+    DataLoader workers on a GPU, for folders larger than memory.
     """
     if mode not in ("RGB", "L"):
         raise UserError(f"dataset.mode={mode} must be RGB or L")
+    if not isinstance(in_memory, bool):
+        raise UserError(f"dataset.in_memory={in_memory} must be true or false")
     if len(image_size) != 2 or min(image_size) < 1:
         raise UserError(f"dataset.image_size={list(image_size)} must be [height, width]")
     size = (int(image_size[0]), int(image_size[1]))
@@ -238,7 +288,8 @@ def imagefolder(path: str, test_path: str | None = None, image_size: Sequence[in
     names = list(classes)
     files = [f for c in names for f in classes[c]]
     y = np.concatenate([np.full(len(classes[c]), k, dtype=np.int64) for k, c in enumerate(names)])
-    x = _read_images(files, size, mode)
+    read = _read_images if in_memory else _listed_images
+    x = read(files, size, mode)
     x_test = y_test = None
     if test_path is not None:
         test_root = _existing(test_path, "dataset.test_path")
@@ -253,7 +304,7 @@ def imagefolder(path: str, test_path: str | None = None, image_size: Sequence[in
         test_files = [f for c in test_classes for f in test_classes[c]]
         y_test = np.concatenate([np.full(len(fs), names.index(c), dtype=np.int64)
                                  for c, fs in test_classes.items()])
-        x_test = _read_images(test_files, size, mode)
+        x_test = read(test_files, size, mode)
     task = "binary" if len(names) == 2 else "multiclass"
     if len(names) < 2:
         raise UserError(f"dataset.path={path}: only one class folder ({names[0]!r}) holds "

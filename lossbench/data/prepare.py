@@ -8,8 +8,13 @@ import numpy as np
 import torch
 
 from lossbench.data.augment import AugmentedImages, augmentation_wanted, check_augment
+from lossbench.data.files import ImageFiles
 from lossbench.data.raw import RawData
 from lossbench.data.split import Split, Splits, split_dataset
+
+# Images read from disk (`ImageFiles`) get their per-channel statistics from at most this many
+# training images, drawn at random: one pass over a large folder would cost a whole epoch.
+STATS_SAMPLE = 5000
 
 
 def _feature_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -22,6 +27,42 @@ def _feature_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     std = x.std(axis=axes, keepdims=True)
     std[std < 1e-12] = 1.0  # constant features stay constant instead of dividing by zero
     return mean[0], std[0]
+
+
+def _image_file_stats(files: ImageFiles, seed: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-channel mean and std, (C, 1, 1) float32 each, of training images read from disk,
+    from all of them or a seeded sample of STATS_SAMPLE; and how many images were read."""
+    n = len(files)
+    chosen = (np.arange(n) if n <= STATS_SAMPLE else
+              np.sort(np.random.default_rng([seed, 31337]).choice(n, STATS_SAMPLE, replace=False)))
+    channels = files.shape[1]
+    total, squares, pixels = np.zeros(channels), np.zeros(channels), 0
+    for i in chosen:
+        img = files[int(i)].astype(np.float64)  # (C, H, W)
+        total += img.sum(axis=(1, 2))
+        squares += (img * img).sum(axis=(1, 2))
+        pixels += img.shape[1] * img.shape[2]
+    mean = total / pixels
+    std = np.sqrt(np.maximum(squares / pixels - mean * mean, 0.0))
+    std[std < 1e-12] = 1.0
+    shape = (channels, 1, 1)
+    return (mean.reshape(shape).astype(np.float32), std.reshape(shape).astype(np.float32),
+            len(chosen))
+
+
+class ScaledImages:
+    """The images of an `ImageFiles`, each decoded when asked for and standardised with the
+    training statistics: `images[i]` is a (C, H, W) float32 tensor."""
+
+    def __init__(self, files: ImageFiles, mean: np.ndarray | float, std: np.ndarray | float):
+        self.files, self.mean, self.std = files, mean, std
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        x = (self.files[i].astype(np.float32) - self.mean) / self.std
+        return torch.from_numpy(x.astype(np.float32))
 
 
 def prepare_data(raw: RawData, split: Any, noise: Any = None, imbalance: Any = None,
@@ -46,32 +87,46 @@ def prepare_data(raw: RawData, split: Any, noise: Any = None, imbalance: Any = N
 
         parts, info["noise"] = apply_label_noise(parts, raw, noise, seed)
 
-    x_train = parts["train"][0].astype(np.float32)
-    mean, std = _feature_stats(x_train) if scale else (0.0, 1.0)
+    x_train = parts["train"][0]
+    on_disk = isinstance(x_train, ImageFiles)  # read per sample through a DataLoader
+    if on_disk:
+        mean, std = 0.0, 1.0
+        if scale:
+            mean, std, info["normalisation_images"] = _image_file_stats(x_train, seed)
+    else:
+        x_train = x_train.astype(np.float32)
+        mean, std = _feature_stats(x_train) if scale else (0.0, 1.0)
     target_mean, target_std = 0.0, 1.0
     if raw.task == "regression":
         y_train = parts["train"][1].astype(np.float64)
         target_mean, target_std = float(y_train.mean()), float(y_train.std() or 1.0)
 
-    def to_split(x: np.ndarray, y: np.ndarray) -> Split:
-        xt = torch.from_numpy(((x.astype(np.float32) - mean) / std).astype(np.float32))
+    def targets(y: np.ndarray) -> torch.Tensor:
         if raw.task == "regression":
-            yt = torch.from_numpy(((y.astype(np.float64) - target_mean) / target_std)
-                                  .astype(np.float32))
-        else:
-            yt = torch.from_numpy(y.astype(np.int64))
-        return Split(x=xt, y=yt)
+            return torch.from_numpy(((y.astype(np.float64) - target_mean) / target_std)
+                                    .astype(np.float32))
+        return torch.from_numpy(y.astype(np.int64))
+
+    def to_split(x: np.ndarray | ImageFiles, y: np.ndarray) -> Split:
+        if on_disk:  # no x: the split is read through its dataset, images as they are
+            yt = targets(y)
+            return Split(y=yt, dataset=AugmentedImages(ScaledImages(x, mean, std), yt))
+        xt = torch.from_numpy(((x.astype(np.float32) - mean) / std).astype(np.float32))
+        return Split(x=xt, y=targets(y))
 
     train = to_split(*parts["train"])
     if augmentation_wanted(augment):
-        # x stays for evaluation (e.g. kNN on clean training embeddings); training reads the
-        # augmented view through a DataLoader
+        # in memory, x stays for evaluation (e.g. kNN on clean training embeddings); training
+        # reads the augmented view through a DataLoader
         check_augment(augment, tuple(raw.x.shape[1:]), raw.name)
-        train.dataset = AugmentedImages(train.x, train.y, augment.get("crop_padding") or 0,
+        images = train.dataset.x if on_disk else train.x
+        train.dataset = AugmentedImages(images, train.y, augment.get("crop_padding") or 0,
                                         augment.get("hflip", False))
         info["augment"] = {"crop_padding": int(augment.get("crop_padding") or 0),
                            "hflip": bool(augment.get("hflip", False))}
-    if scale and x_train.ndim > 2:  # per-channel statistics of images and sequences
+    if on_disk:
+        info["in_memory"] = False
+    if scale and len(x_train.shape) > 2:  # per-channel statistics of images and sequences
         info["normalisation"] = {"mean": [round(float(v), 6) for v in np.ravel(mean)],
                                  "std": [round(float(v), 6) for v in np.ravel(std)]}
 

@@ -22,6 +22,8 @@ class Split:
     x: torch.Tensor | None = None  # (N, *sample_shape) float32
     dataset: Any = None  # a torch Dataset yielding (x, y), batched by a DataLoader
     loader: Any = None  # the DataLoader over `dataset`, built once so its workers persist
+    loader_options: dict | None = None  # its workers and pinned memory, set by the run
+    eval_loader: Any = None  # (rows, batch size, DataLoader) that evaluation reads in order
 
     def __len__(self) -> int:
         return len(self.y)
