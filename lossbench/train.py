@@ -107,7 +107,10 @@ def epoch_loader(split: Split, batch_size: int, loader_kwargs: dict | None = Non
     return split.loader
 
 
-GATHER_BYTES = 64 * 2**20  # the most training samples `train_batches` copies at once
+# The most training samples `train_batches` copies at once: a chunk this small is still in the
+# processor's cache when the steps read it (64 MiB chunks read an epoch of CIFAR-sized images
+# 2.5x slower than one gather per batch; benchmarks/data_paths.py).
+GATHER_BYTES = 4 * 2**20
 
 
 def train_batches(split: Split, batch_size: int, generator: torch.Generator,
@@ -142,7 +145,7 @@ def train_batches(split: Split, batch_size: int, generator: torch.Generator,
     order = order.to(split.x.device)
     # Gather a run of batches with one index per tensor, then hand out contiguous slices of it
     # (views): two gathers per chunk instead of two per step, about 5 % of a small model's
-    # epoch. A chunk holds at most GATHER_BYTES of samples, so a large split is not copied whole.
+    # epoch. A chunk holds at most GATHER_BYTES of samples (at least one batch).
     sample_bytes = split.x[:1].numel() * split.x.element_size()
     per_chunk = max(1, GATHER_BYTES // max(batch_size * sample_bytes, 1))
 
