@@ -225,6 +225,26 @@ def test_a_rank_with_no_samples_of_an_on_disk_split_evaluates_an_empty_batch(mon
     assert [b[1].tolist() for b in eval_batches(split, 2, torch.device("cpu"))] == [[3, 4], [5]]
 
 
+def test_two_processes_read_an_image_folder_from_disk_as_from_memory(cli, tmp_path):
+    """trainer.devices=2 over gloo: each process reads its shard of every epoch and its slice
+    of the evaluated splits from disk (9 test images: slices of 5 and 4), through a worker, and
+    the run equals the one whose images are held in memory."""
+    write_images(tmp_path / "train", ["x", "y", "z"], 10)
+    write_images(tmp_path / "test", ["x", "y", "z"], 3)
+    common = ("dataset=imagefolder", "dataset.path=train", "dataset.test_path=test",
+              "dataset.image_size=[8,8]", "dataset.scale=false", "model=cnn", "trainer.epochs=2",
+              "trainer.early_stopping=false", "trainer.batch_size=4", "trainer.devices=2",
+              "trainer.plots=false", "print_config=false")
+    cli("train", *common, "hydra.run.dir=held", check=True)
+    cli("train", *common, "dataset.in_memory=false", "trainer.num_workers=1",
+        "hydra.run.dir=read", check=True)
+    held, read = (json.loads((tmp_path / d / "metrics.json").read_text())
+                  for d in ("held", "read"))
+    assert read["data"]["in_memory"] is False
+    assert sum(read["test"]["confusion_matrix"][0]) == 3 and read["split_sizes"]["test"] == 9
+    assert read["test"] == held["test"]
+
+
 def test_cli_trains_on_a_csv_and_reports_its_class_names(cli, tmp_path):
     write_csv(tmp_path / "pets.csv", two_class_rows(40))
     run = tmp_path / "run"
