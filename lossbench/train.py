@@ -19,7 +19,7 @@ from torch import nn
 from lossbench import distributed
 from lossbench.checkpoint import capture_rng, restore_rng
 from lossbench.data import Split, Splits
-from lossbench.evaluate import loader_batches, loader_options, predict
+from lossbench.evaluate import loader_batches, predict
 from lossbench.errors import UserError
 from lossbench.progress import EpochProgress
 
@@ -100,7 +100,8 @@ def epoch_loader(split: Split, batch_size: int, loader_kwargs: dict | None = Non
                  ) -> torch.utils.data.DataLoader:
     """The DataLoader of a split read through its `dataset`, built on first use and kept."""
     if split.loader is None or split.loader.batch_size != batch_size:
-        kwargs = dict(loader_kwargs or {})  # num_workers, pin_memory
+        # num_workers, pin_memory: as asked, else as the run set them for the split
+        kwargs = dict(loader_kwargs or split.loader_options or {})
         split.loader = torch.utils.data.DataLoader(
             split.dataset, batch_size=batch_size, sampler=EpochOrder(),
             persistent_workers=int(kwargs.get("num_workers") or 0) > 0, **kwargs)
@@ -353,7 +354,6 @@ def fit(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
     dtype = autocast_dtype(trainer.get("precision", 32))
     amp = lambda: autocast(device, dtype)  # noqa: E731
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-    loader_kwargs = loader_options(device, trainer.get("num_workers", "auto"))
     dist = distributed.current()
     core = unwrap(model)
 
@@ -399,7 +399,7 @@ def fit(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
         epoch_rng = capture_rng(generator) if save is not None else None
         done = resume["batch"] if resuming else 0  # batches done before the checkpoint
         num_batches, batches = train_batches(splits.train, trainer.batch_size, generator,
-                                             max_batches, loader_kwargs, skip=done)
+                                             max_batches, skip=done)
         progress.start_epoch(epoch, num_batches)
         losses: list[torch.Tensor] = []
         sizes: list[int] = []

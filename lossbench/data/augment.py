@@ -6,9 +6,10 @@ zero padding is padding with the mean image colour.
 
 Where the crop lands and whether the image flips is a function of the epoch's seed and the
 sample's index alone (`sample_draws`): the training loop draws one seed per epoch from the
-generator its checkpoints hold and asks for `dataset[(index, seed)]` (a dataset that `augments`). The same run therefore
-sees the same augmented images whatever reads them (the main process or any number of worker
-processes, persistent or not, on any rank) and a resumed run sees what it would have seen.
+generator its checkpoints hold and asks a dataset that `augments` for `dataset[(index, seed)]`.
+The same run therefore sees the same augmented images whatever reads them (the main process or
+any number of worker processes, persistent or not, on any rank) and a resumed run sees what it
+would have seen.
 """
 
 from __future__ import annotations

@@ -217,11 +217,6 @@ def _read_images(files: list[Path], size: tuple[int, int], mode: str) -> np.ndar
     return np.ascontiguousarray(np.stack(out))  # else laid out (N, H, W, C) in memory
 
 
-def _listed_images(files: list[Path], size: tuple[int, int], mode: str) -> ImageFiles:
-    _check_images(files)
-    return ImageFiles(files, size, mode)
-
-
 class ImageFiles:
     """Image files read when a sample is asked for: array-like, of shape (N, C, H, W) uint8.
 
@@ -259,6 +254,12 @@ def _check_images(files: list[Path]) -> None:
                 img.verify()  # reads the file through (a truncated one fails), decodes nothing
         except (OSError, UnidentifiedImageError) as err:
             raise UserError(f"image file {f} cannot be read ({err})") from None
+
+
+def _listed_images(files: list[Path], size: tuple[int, int], mode: str) -> ImageFiles:
+    """The files, each checked to be a whole image, to be decoded when a sample is read."""
+    _check_images(files)
+    return ImageFiles(files, size, mode)
 
 
 def imagefolder(path: str, test_path: str | None = None, image_size: Sequence[int] = (32, 32),
