@@ -59,6 +59,11 @@ def curves_figure(history: Sequence[dict[str, Any]], monitor: str, best_epoch: i
     loss_ax.grid(alpha=0.3)
     values = [row.get(monitor, np.nan) for row in history]
     metric_ax.plot(epochs, values, marker=marker, color="tab:green", label=monitor)
+    # under label noise: the same predictions scored against the other labels (clean or noisy)
+    other = monitor.removesuffix("_clean") if monitor.endswith("_clean") else f"{monitor}_clean"
+    if history and other in history[-1]:
+        metric_ax.plot(epochs, [row.get(other, np.nan) for row in history], color="tab:green",
+                       linestyle=":", label=other)
     if best_epoch and best_epoch in epochs:
         best = values[epochs.index(best_epoch)]
         metric_ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1)

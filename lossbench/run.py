@@ -605,7 +605,8 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float,
     for at in ("best", "last"):
         if at == "last":
             if last_epoch == result.best_epoch:  # the same weights: the same predictions
-                tested["last"] = tested["best"]
+                if dist.is_main:
+                    tested["last"] = tested["best"]
                 continue
             model.load_state_dict(result.last_state)
             loss_fn.load_state_dict(result.last_loss_state)
