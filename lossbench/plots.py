@@ -40,10 +40,13 @@ def save_png(fig, path: str | Path) -> Path:
 
 def curves_figure(history: Sequence[dict[str, Any]], monitor: str, best_epoch: int | None,
                   label: str):
-    """Train and validation loss per epoch (left), the monitored validation metric (right)."""
-    fig = _figure(10, 4)
+    """Train and validation loss per epoch (left), the monitored validation metric (middle)
+    and, when labels were flipped on purpose, what the network memorises (right): the share of
+    flipped training samples predicted as their wrong label and as their true one."""
+    memorises = bool(history) and "flipped_memorised" in history[-1]
+    fig = _figure(15 if memorises else 10, 4)
     fig.suptitle(f"Learning curves: {label}")
-    loss_ax, metric_ax = fig.subplots(1, 2)
+    loss_ax, metric_ax, *memo_ax = fig.subplots(1, 3 if memorises else 2)
     epochs = [row["epoch"] for row in history]
     marker = "o" if len(epochs) <= 30 else None  # a two-epoch smoke run still shows points
     for key, name in (("train_loss", "train"), ("val_loss", "validation")):
@@ -56,6 +59,11 @@ def curves_figure(history: Sequence[dict[str, Any]], monitor: str, best_epoch: i
     loss_ax.grid(alpha=0.3)
     values = [row.get(monitor, np.nan) for row in history]
     metric_ax.plot(epochs, values, marker=marker, color="tab:green", label=monitor)
+    # under label noise: the same predictions scored against the other labels (clean or noisy)
+    other = monitor.removesuffix("_clean") if monitor.endswith("_clean") else f"{monitor}_clean"
+    if history and other in history[-1]:
+        metric_ax.plot(epochs, [row.get(other, np.nan) for row in history], color="tab:green",
+                       linestyle=":", label=other)
     if best_epoch and best_epoch in epochs:
         best = values[epochs.index(best_epoch)]
         metric_ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1)
@@ -66,6 +74,20 @@ def curves_figure(history: Sequence[dict[str, Any]], monitor: str, best_epoch: i
     metric_ax.set_ylabel(monitor)
     metric_ax.legend()
     metric_ax.grid(alpha=0.3)
+    if memorises:
+        ax = memo_ax[0]
+        for key, name, color in (("flipped_memorised", "predicted as the noisy label", "tab:red"),
+                                 ("flipped_true", "predicted as the true label", "tab:blue")):
+            ax.plot(epochs, [row.get(key, np.nan) for row in history], marker=marker,
+                    color=color, label=name)
+        if best_epoch and best_epoch in epochs:
+            ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1)
+        ax.set_title("Flipped training labels: memorisation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("share of flipped training samples")
+        ax.set_ylim(-0.02, 1.02)
+        ax.legend()
+        ax.grid(alpha=0.3)
     return fig
 
 

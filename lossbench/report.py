@@ -3,6 +3,7 @@ the confusion matrix, regression errors."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -166,7 +167,66 @@ def confusion_matrix_text(matrix: list[list[int]], names: list[str]) -> str:
     return "\n".join(lines)
 
 
-def report_text(task: str, metrics: dict[str, Any], split: str, header: str) -> str:
+def suspicious_results(task: str, metrics: dict[str, Any], y_true: np.ndarray,
+                       num_classes: int, at: str) -> list[dict[str, str]]:
+    """Warnings for test metrics no better than a model that ignores its input.
+
+    Classification: accuracy within two standard errors (at least 0.02) of chance, 1/K, or of
+    the majority-class rate of the test split, the share a constant prediction reaches; the
+    margin is the binomial standard error sqrt(b(1-b)/n) of such a guesser on n test samples.
+    Regression: R² at or below 0, no better than predicting the mean.
+    """
+    if task == "regression":
+        r2 = metrics.get("r2")
+        if r2 is not None and r2 <= 0:
+            return [{"kind": "below_mean_predictor", "at": at,
+                     "message": f"test R² {r2:.4f} at the {at} epoch: no better than predicting "
+                                "the mean"}]
+        return []
+    n = len(y_true)
+    acc = metrics.get("accuracy")
+    if not n or acc is None or num_classes < 2:
+        return []
+
+    def margin(rate: float) -> float:
+        return max(0.02, 2 * math.sqrt(rate * (1 - rate) / n))
+
+    chance = 1.0 / num_classes
+    majority = float(np.bincount(np.asarray(y_true, dtype=np.int64), minlength=num_classes).max()
+                     / n)
+    if acc <= chance + margin(chance):
+        return [{"kind": "near_chance", "at": at,
+                 "message": f"test accuracy {acc:.4f} at the {at} epoch is near chance "
+                            f"(1/{num_classes} = {chance:.4f}, n = {n})"}]
+    if majority > chance and acc <= majority + margin(majority):
+        return [{"kind": "majority_rate", "at": at,
+                 "message": f"test accuracy {acc:.4f} at the {at} epoch is near the majority-class "
+                            f"rate {majority:.4f}: what always predicting one class scores (n = {n})"}]
+    return []
+
+
+HEADLINE_KEYS = ("accuracy", "macro_f1", "nll", "brier", "ece", "rmse", "mae", "r2", "loss")
+
+
+def best_and_last_lines(test_at: dict[str, dict[str, Any]], keep: str, best_epoch: int,
+                        last_epoch: int, selection: dict[str, Any]) -> list[str]:
+    """Test metrics at the selected and at the last epoch, one line each; the selected epoch
+    was chosen on validation (never on test: not the oracle best some papers report)."""
+    labels = "CLEAN validation labels (privileged)" if selection.get("privileged") else "validation"
+    ties = f", ties by {selection['tie_break']}" if selection.get("tie_break") else ""
+    names = {"best": f"selected epoch {best_epoch} (on {labels}: {selection.get('metric')}{ties})",
+             "last": f"last epoch {last_epoch}"}
+    lines = []
+    for at in ("best", "last"):
+        values = " ".join(f"{k} {test_at[at][k]:.4f}" for k in HEADLINE_KEYS
+                          if isinstance(test_at[at].get(k), float))
+        mark = " (headline)" if at == keep else ""
+        lines.append(f"test at {names[at]}{mark}: {values}")
+    return lines
+
+
+def report_text(task: str, metrics: dict[str, Any], split: str, header: str,
+                notes: list[str] | None = None) -> str:
     """The plain-text report written to report.txt."""
     lines = [header, f"Measured on the {split} split.", ""]
     if task == "regression":
@@ -178,4 +238,6 @@ def report_text(task: str, metrics: dict[str, Any], split: str, header: str) -> 
             lines += ["", calibration_summary(metrics)]
         if "pair_roc_auc" in metrics:
             lines += ["", f"Pair verification ROC-AUC: {metrics['pair_roc_auc']:.4f}"]
+    if notes:
+        lines += ["", *notes]
     return "\n".join(lines) + "\n"

@@ -34,7 +34,9 @@ from lossbench.progress import EpochProgress
 from lossbench.rundir import save_torch_atomic, write_csv_atomic, write_json_atomic, write_text_atomic
 from lossbench.schema import check_config
 from lossbench.sweep import resolved_config
-from lossbench.train import autocast, autocast_dtype, fit, resolve_monitor, training_model
+from lossbench.train import (Settings, autocast, autocast_dtype, describe_selection, fit,
+                             planned_epochs, resolve_monitor, selection_rule, steps_per_epoch,
+                             training_model)
 
 log = logging.getLogger("lossbench")
 
@@ -108,6 +110,38 @@ def dataset_source(data_cfg: DictConfig) -> dict:
     return {k: v for k, v in resolved.items() if k not in DATA_PREP_KEYS}
 
 
+def run_seeds(cfg: DictConfig) -> tuple[int, int]:
+    """(data seed, train seed): `data_seed` draws the split, noise and imbalance, `train_seed`
+    the initial weights, batch order and dropout; each falls back on `seed`."""
+    data_seed, train_seed = cfg.get("data_seed"), cfg.get("train_seed")
+    return (int(cfg.seed if data_seed is None else data_seed),
+            int(cfg.seed if train_seed is None else train_seed))
+
+
+def state_hash(state: dict[str, torch.Tensor]) -> str:
+    """A short hex digest of a state_dict's names, shapes, dtypes and values: equal for runs
+    that start from the same weights (a paired comparison) whatever device they train on."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()[:16]
+
+
+def order_hash(generator: torch.Generator, n_train: int) -> str:
+    """The digest of the first epoch's sample order, drawn from a copy of the freshly seeded
+    generator exactly as `train.train_batches` draws it (before any sharding)."""
+    import hashlib
+
+    copy_ = torch.Generator(device=generator.device)
+    copy_.set_state(generator.get_state())
+    order = torch.randperm(n_train, generator=copy_, device=generator.device).cpu()
+    return hashlib.sha256(order.numpy().tobytes()).hexdigest()[:16]
+
+
 def load_data(cfg: DictConfig) -> Splits:
     from hydra.errors import InstantiationException
 
@@ -125,7 +159,7 @@ def load_data(cfg: DictConfig) -> Splits:
         raise TypeError(f"dataset {data_cfg._target_} returned {type(raw).__name__}, not RawData")
     return prepare_data(raw, split=data_cfg.split, noise=data_cfg.get("noise"),
                         imbalance=data_cfg.get("imbalance"), scale=data_cfg.get("scale", True),
-                        seed=cfg.seed, augment=data_cfg.get("augment"))
+                        seed=run_seeds(cfg)[0], augment=data_cfg.get("augment"))
 
 
 def check_loss_fits(loss_fn: torch.nn.Module, loss_name: str, splits: Splits) -> None:
@@ -353,6 +387,8 @@ def data_to_device(splits: Splits, device: torch.device, num_workers: int | str 
             part.x, part.y = part.x.to(device), part.y.to(device)
         else:
             part.y = part.y.to(device)
+        if part.y_clean is not None:
+            part.y_clean = part.y_clean.to(device)
         part.loader_options = loader_options(device, num_workers)
 
 
@@ -406,7 +442,8 @@ def test_report(model: torch.nn.Module, loss_fn: torch.nn.Module, splits: Splits
 
 def stop_early(result: Any, run_dir: Path, signum: int | None, cfg: DictConfig,
                picked: dict[str, str], dataset: str, task: str, monitor: str, mode: str,
-               wall_time_s: float, lr: Any, main: bool) -> None:
+               wall_time_s: float, lr: Any, main: bool,
+               pairing: dict[str, Any] | None = None) -> None:
     """A run that diverged or was interrupted: write history.csv and metrics.json (status, epoch
     and step), keep checkpoint.pt, and raise `Diverged` or `Interrupted` with the line the user
     reads: what happened and what to do."""
@@ -440,7 +477,7 @@ def stop_early(result: Any, run_dir: Path, signum: int | None, cfg: DictConfig,
             "mode": mode, "best_epoch": result.best_epoch, "best_val": result.best_value,
             "epochs_run": result.epochs_run, "wall_time_s": wall_time_s,
             "checkpoint": CHECKPOINT if checkpoint.is_file() else None,
-            "config": resolved_config(cfg)})
+            "pairing": pairing, "config": resolved_config(cfg)})
         log.info("%s: %s", result.status, message)
     dist = distributed.current()
     if dist.active:  # no rank exits (and has the others stopped) before rank 0 has written
@@ -460,7 +497,9 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float,
     picked = resume["choices"] if resume is not None else choices(cfg)
     if shows_config(cfg):
         console.print(config_tree(cfg, picked), highlight=False)
-    seed_everything(cfg.seed, trainer.deterministic)
+    data_seed, train_seed = run_seeds(cfg)
+    # the global generators serve initial weights and dropout: the training side of the seeds
+    seed_everything(train_seed, trainer.deterministic)
     dist = distributed.current()
     device = distributed.rank_device(pick_device(trainer.device), dist.local_rank,
                                      dist.world_size)
@@ -469,11 +508,19 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float,
     # 1. data: split, corrupt on purpose if asked, scale with training statistics only
     splits = load_data(cfg)
     monitor, mode = resolve_monitor(splits.task, trainer.monitor, trainer.mode)
+    selection = selection_rule(splits.task, trainer, splits.val.y_clean is not None)
+    per_epoch = steps_per_epoch(len(splits.train), trainer.batch_size, dist.world_size,
+                                trainer.get("max_batches"))
+    epochs = planned_epochs(trainer.epochs, selection["min_steps"], per_epoch)
+    # the loop reads its settings from a plain dict, with `epochs: auto` resolved
+    trainer = Settings({**Settings.of(trainer), "epochs": epochs})
     data_to_device(splits, device, trainer.get("num_workers", "auto"))
 
     # 2. loss, and the model sized for it
     loss_fn, model, head, num_outputs = build_loss_and_model(cfg, splits, device,
                                                              picked.get("loss", "?"))
+    pairing: dict[str, Any] = {"data_seed": data_seed, "train_seed": train_seed,
+                               "init_hash": state_hash(model.state_dict())}
 
     # 3. optimizer over the model's and the loss's own parameters (learnable losses)
     params = list(model.parameters()) + list(loss_fn.parameters())
@@ -484,11 +531,7 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float,
         factory = instantiate(cfg.scheduler)
         try:
             if "OneCycleLR" in cfg.scheduler._target_:
-                per_rank = -(-len(splits.train) // dist.world_size)  # each rank's shard
-                steps = -(-per_rank // trainer.batch_size)
-                if trainer.get("max_batches"):
-                    steps = min(steps, trainer.max_batches)
-                scheduler = factory(optimizer, total_steps=steps * trainer.epochs)
+                scheduler = factory(optimizer, total_steps=per_epoch * epochs)
             else:
                 scheduler = factory(optimizer)
         except (TypeError, ValueError) as err:
@@ -509,10 +552,14 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float,
     log.info("optimizer %s, %s", type(optimizer).__name__, optimizer_kernel(optimizer))
     tracker.start(run_dir, OmegaConf.to_container(cfg, resolve=True), picked)
     generator = torch.Generator(device=device if device.type == "cuda" else "cpu")
-    generator.manual_seed(cfg.seed)
+    generator.manual_seed(train_seed)
+    pairing["order_hash"] = order_hash(generator, len(splits.train))
     console.print(f"[bold]lossbench[/] loss={picked.get('loss')} dataset={splits.name} "
                   f"({splits.task}, {len(splits.train)}/{len(splits.val)}/{len(splits.test)} "
                   f"train/val/test) model={picked.get('model')} device={device}", highlight=False)
+    selection["noise_injected"] = splits.val.y_clean is not None
+    console.print(f"{describe_selection(selection)}; budget {epochs} epochs × {per_epoch} "
+                  f"steps", highlight=False)
 
     # 4. train and validate, keeping the best weights; checkpoint.pt lets a stopped run go on
     saved_config = resolved_config(cfg)
@@ -538,28 +585,82 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float,
     if result.status != "completed":
         stop_early(result, run_dir, stop.requested, cfg, picked, splits.name, splits.task,
                    monitor, mode, elapsed_before + time.perf_counter() - started,
-                   cfg.optimizer.get("lr"), dist.is_main)
+                   cfg.optimizer.get("lr"), dist.is_main, pairing)
     amp = autocast(device, precision)
-    if not dist.is_main:  # the other ranks only compute their share of the test predictions
-        with amp:
-            predict(model, splits, "test", head, trainer.eval_batch_size, device, loss_fn,
-                    trainer.get("max_batches"))
+    keep = trainer.get("keep", "best")
+    last_epoch = result.epochs_run
+    history_at = {row["epoch"]: row for row in result.history}
+    sel = f"{selection['column']}={result.best_value:.4f}"
+    titles = {"best": (f"Test split: loss={picked.get('loss')} dataset={splits.name}, selected "
+                       f"epoch {result.best_epoch} ({sel}, chosen on validation, not on test)"),
+              "last": (f"Test split: loss={picked.get('loss')} dataset={splits.name}, last "
+                       f"epoch {last_epoch} of {epochs} planned")}
+    quiet = Console(quiet=True)
+
+    # 5. test the selected weights and the last ones; `trainer.keep` picks the headline and
+    # model.pt. Every rank predicts both (its share of the gathers), in the same order.
+    best_state = ({k: v.detach().clone() for k, v in model.state_dict().items()},
+                  {k: v.detach().clone() for k, v in loss_fn.state_dict().items()})
+    tested: dict[str, tuple[Any, dict[str, Any]]] = {}
+    for at in ("best", "last"):
+        if at == "last":
+            if last_epoch == result.best_epoch:  # the same weights: the same predictions
+                if dist.is_main:
+                    tested["last"] = tested["best"]
+                continue
+            model.load_state_dict(result.last_state)
+            loss_fn.load_state_dict(result.last_loss_state)
+        if not dist.is_main:
+            with amp:
+                predict(model, splits, "test", head, trainer.eval_batch_size, device, loss_fn,
+                        trainer.get("max_batches"))
+            continue
+        tested[at] = test_report(model, loss_fn, splits, head, trainer, device, amp,
+                                 console if at == keep else quiet, titles[at])
+    if keep == "best":
+        model.load_state_dict(best_state[0])
+        loss_fn.load_state_dict(best_state[1])
+    if not dist.is_main:
         return float(result.best_value)
+    pred, test = tested[keep]
+    test_at = {at: {k: v for k, v in metrics.items() if k != "classification_report_text"}
+               for at, (_, metrics) in tested.items()}
     write_csv_atomic(run_dir / "history.csv", result.history)
     save_torch_atomic(run_dir / "model.pt", model.state_dict())
-    if loss_fn.state_dict():  # a loss's own layers or learned parameters, at the best epoch
+    if loss_fn.state_dict():  # a loss's own layers or learned parameters, as kept
         save_torch_atomic(run_dir / "loss.pt", loss_fn.state_dict())
 
-    # 5. test the best weights once
-    title = (f"Test split: loss={picked.get('loss')} dataset={splits.name}, best epoch "
-             f"{result.best_epoch} ({monitor}={result.best_value:.4f})")
-    pred, test = test_report(model, loss_fn, splits, head, trainer, device, amp, console, title)
-    write_text_atomic(run_dir / "report.txt", rep.report_text(splits.task, test, "test", title))
+    flipped = splits.info.get("noise") and "flipped_memorised" in result.history[-1]
+    memorised = None
+    if flipped:
+        memorised = {"flipped": int((splits.train.y != splits.train.y_clean).sum()),
+                     **{at: {"memorised": history_at[epoch]["flipped_memorised"],
+                             "true": history_at[epoch]["flipped_true"]}
+                        for at, epoch in (("best", result.best_epoch), ("last", last_epoch))}}
+    warnings = rep.suspicious_results(splits.task, test, pred.y_true, splits.num_classes, keep)
+    other = "last" if keep == "best" else "best"
+    if not warnings and last_epoch != result.best_epoch:
+        warnings += rep.suspicious_results(splits.task, test_at[other], tested[other][0].y_true,
+                                           splits.num_classes, other)
+    notes = rep.best_and_last_lines(test_at, keep, result.best_epoch, last_epoch, selection)
+    if memorised:
+        notes += [f"flipped training labels ({memorised['flipped']}) predicted as the noisy label "
+                  f"/ the true one: {memorised['best']['memorised']:.3f} / "
+                  f"{memorised['best']['true']:.3f} at the selected epoch, "
+                  f"{memorised['last']['memorised']:.3f} / {memorised['last']['true']:.3f} at "
+                  "the last"]
+    notes += [f"warning: {w['message']}" for w in warnings]
+    for line in notes:
+        style = "[yellow]" if line.startswith("warning:") else ""
+        console.print(f"{style}{line}", highlight=False, soft_wrap=True)
+    write_text_atomic(run_dir / "report.txt",
+                      rep.report_text(splits.task, test, "test", titles[keep], notes))
     if trainer.get("plots", True):
         write_plots(run_dir, console, task=splits.task,
                     label=f"loss={picked.get('loss')} dataset={splits.name}",
-                    history=result.history, monitor=monitor, best_epoch=result.best_epoch,
-                    y_true=pred.y_true, y_pred=pred.y_pred, scores=pred.scores, test_metrics=test)
+                    history=result.history, monitor=selection["column"],
+                    best_epoch=result.best_epoch, y_true=pred.y_true, y_pred=pred.y_pred,
+                    scores=pred.scores, test_metrics=test)
 
     metrics: dict[str, Any] = {
         "status": "completed",
@@ -577,7 +678,17 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float,
         "num_outputs": num_outputs,
         "split_sizes": {"train": len(splits.train), "val": len(splits.val),
                         "test": len(pred.y_true)},
-        "test": {k: v for k, v in test.items() if k != "classification_report_text"},
+        "test": test_at[keep],  # the headline: the weights model.pt holds
+        "test_at": test_at,
+        "keep": keep,
+        "last_epoch": last_epoch,
+        "budget": {"epochs": epochs, "epochs_run": result.epochs_run,
+                   "steps_run": result.steps_run,
+                   "early_stopping": bool(trainer.early_stopping)},
+        "selection": {k: v for k, v in selection.items() if k not in ("column", "tie_column")},
+        "memorisation": memorised,
+        "warnings": warnings,
+        "pairing": pairing,
         "data": splits.info,
         "config": resolved_config(cfg),  # what a resumed sweep compares to skip this job
     }

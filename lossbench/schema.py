@@ -33,7 +33,8 @@ from lossbench.errors import UserError
 class TrainerConfig:
     """`trainer`: how long and how to train (conf/trainer/default.yaml documents each key)."""
 
-    epochs: int = 50
+    # auto: 50, raised on small data until the budget holds `min_steps` optimizer steps
+    epochs: Any = "auto"
     batch_size: int = 128
     eval_batch_size: int = 1024
     device: str = "auto"
@@ -46,6 +47,15 @@ class TrainerConfig:
     monitor: str = "auto"
     mode: str = "auto"
     patience: int = 10
+    # Early stopping may not end a run before this many optimizer steps (and `epochs: auto`
+    # plans at least this many).
+    min_steps: int = 400
+    # Which weights model.pt keeps and the headline reports: best (selected on validation) or
+    # last (end of the budget); the test metrics of both are recorded either way.
+    keep: str = "best"
+    # Validation labels the selection reads under injected noise: noisy (what a user has) or
+    # clean (privileged information, marked so in every report).
+    select_on: str = "noisy"
     deterministic: bool = False
     max_batches: Optional[int] = None
     plots: bool = True
@@ -74,6 +84,10 @@ class RootConfig:
     """The root of lossbench's config: its typed keys and the groups under it."""
 
     seed: int = 0
+    # The seed of the split, label noise and imbalance (null: `seed`) ...
+    data_seed: Optional[int] = None
+    # ... and of the initial weights, batch order and dropout (null: `seed`).
+    train_seed: Optional[int] = None
     embedding_dim: int = 32
     print_config: bool = True
     # A run directory to continue from its checkpoint (see lossbench/checkpoint.py).
@@ -95,6 +109,11 @@ def register_schemas() -> None:
     # Hydra sets the root to struct mode before it applies the command-line overrides.
     OmegaConf.set_struct(node, False)
     ConfigStore.instance().store(name="lossbench_schema", node=node)
+    # `${coalesce:${data_seed},${seed}}`: the first value that is not null (a dataset generated
+    # from a seed follows data_seed when it is set)
+    if not OmegaConf.has_resolver("coalesce"):
+        OmegaConf.register_new_resolver(
+            "coalesce", lambda *values: next((v for v in values if v is not None), None))
 
 
 def unknown_key_hint(full_key: str) -> str:
@@ -154,7 +173,15 @@ def check_config(cfg: Any) -> None:
         if key not in TRAINER_KEYS:
             hint = unknown_key_hint(f"trainer.{key}")
             raise UserError(f"trainer.{key} is not a trainer setting; {hint}")
-    _positive_int(trainer.epochs, "trainer.epochs")
+    if trainer.epochs != "auto":
+        if isinstance(trainer.epochs, bool) or not isinstance(trainer.epochs, int):
+            raise UserError(f"trainer.epochs={trainer.epochs} must be auto or a whole number")
+        _positive_int(trainer.epochs, "trainer.epochs")
+    _positive_int(trainer.min_steps, "trainer.min_steps", minimum=0)
+    if trainer.keep not in ("best", "last"):
+        raise UserError(f"trainer.keep={trainer.keep} must be best or last")
+    if trainer.select_on not in ("noisy", "clean"):
+        raise UserError(f"trainer.select_on={trainer.select_on} must be noisy or clean")
     _positive_int(trainer.batch_size, "trainer.batch_size")
     _positive_int(trainer.eval_batch_size, "trainer.eval_batch_size")
     _positive_int(trainer.patience, "trainer.patience")

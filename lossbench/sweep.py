@@ -95,6 +95,11 @@ def record_failure(run_dir: Path, cfg: DictConfig, err: BaseException, choices: 
         "traceback": "".join(traceback.format_exception(err)),
         "choices": choices,
         "seed": cfg.get("seed"),
+        # the seeds are known even when the run failed before its weights were drawn
+        "pairing": written.get("pairing") or {
+            "data_seed": cfg.get("seed") if cfg.get("data_seed") is None else cfg.get("data_seed"),
+            "train_seed": cfg.get("seed") if cfg.get("train_seed") is None
+            else cfg.get("train_seed")},
         "wall_time_s": time.time() - started,
         "config": config,
     })

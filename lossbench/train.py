@@ -19,13 +19,14 @@ from torch import nn
 from lossbench import distributed
 from lossbench.checkpoint import capture_rng, restore_rng
 from lossbench.data import Split, Splits
-from lossbench.evaluate import loader_batches, predict
+from lossbench.evaluate import class_scores, loader_batches, model_outputs, predict
 from lossbench.errors import UserError
 from lossbench.progress import EpochProgress
 
 # Validation metrics each task produces, and which direction is better.
 TASK_METRICS = {
-    "classification": {"val_loss": "min", "val_accuracy": "max", "val_macro_f1": "max"},
+    "classification": {"val_loss": "min", "val_accuracy": "max", "val_macro_f1": "max",
+                       "val_nll": "min"},
     "regression": {"val_loss": "min", "val_rmse": "min", "val_mae": "min", "val_r2": "max"},
 }
 
@@ -49,8 +50,24 @@ def resolve_monitor(task: str, monitor: str = "auto", mode: str = "auto") -> tup
     return monitor, mode
 
 
+# Probabilities are clipped here before the log, as in the report's NLL (report.NLL_EPS).
+NLL_EPS = 1e-12
+
+
+def nll(scores, y_true) -> float:
+    """Mean negative log-likelihood −(1/N) Σ_i log p_i[y_i] of (N, K) class probabilities:
+    the same for every loss (never the loss's own value), so it can rank epochs of any loss."""
+    import numpy as np
+
+    if scores is None or not len(y_true):
+        return float("nan")
+    p_true = scores[np.arange(len(y_true)), np.asarray(y_true, dtype=np.int64)]
+    return float(-np.mean(np.log(np.maximum(p_true, NLL_EPS))))
+
+
 def validation_metrics(splits: Splits, pred) -> dict[str, float]:
-    """The per-epoch validation row (cheap metrics only)."""
+    """The per-epoch validation row (cheap metrics only). Under injected label noise the same
+    predictions are scored against the clean labels too (`*_clean` columns)."""
     import numpy as np
 
     row = {"val_loss": float(pred.loss) if pred.loss is not None else float("nan")}
@@ -60,10 +77,82 @@ def validation_metrics(splits: Splits, pred) -> dict[str, float]:
         var = float(np.var(pred.y_true))
         row.update(val_rmse=math.sqrt(mse), val_mae=float(np.mean(np.abs(err))),
                    val_r2=1.0 - mse / var if var > 0 else float("nan"))
-    else:
-        row["val_accuracy"] = float(np.mean(pred.y_pred == pred.y_true))
-        row["val_macro_f1"] = macro_f1(pred.y_true, pred.y_pred, splits.num_classes)
+        return row
+    labels = {"": pred.y_true}
+    clean = splits.val.y_clean
+    if clean is not None:
+        n = len(pred.y_true)  # max_batches may have cut the split short
+        labels["_clean"] = clean[:n].cpu().numpy()
+    for suffix, y in labels.items():
+        row[f"val_accuracy{suffix}"] = float(np.mean(pred.y_pred == y))
+        row[f"val_macro_f1{suffix}"] = macro_f1(y, pred.y_pred, splits.num_classes)
+        row[f"val_nll{suffix}"] = nll(pred.scores, y)
     return row
+
+
+def selection_rule(task: str, trainer: Any, noisy: bool) -> dict[str, Any]:
+    """The one rule that picks the epoch whose weights are tested, the same for every loss.
+
+    Classification: the monitored metric (validation accuracy by default), ties broken by the
+    validation NLL of the class scores (lower wins), so that a small validation split whose
+    accuracy saturates still follows the predictions that keep improving. `labels`: the noisy
+    validation labels (what a user of noisy data has) or, asked for, the clean ones (privileged
+    information: only a benchmark that injected the noise knows them). `min_steps`: early
+    stopping may not end a run before that many optimizer steps.
+    """
+    monitor, mode = resolve_monitor(task, trainer.monitor, trainer.mode)
+    labels = trainer.get("select_on", "noisy")
+    if labels not in ("noisy", "clean"):
+        raise UserError(f"trainer.select_on={labels} must be noisy or clean")
+    if labels == "clean" and not noisy:
+        raise UserError("trainer.select_on=clean needs injected label noise (dataset.noise.kind "
+                        "and dataset.noise.rate); without it the validation labels are clean")
+    classification = task_kind(task) == "classification"
+    tie_break = "val_nll" if classification and monitor not in ("val_nll", "val_loss") else None
+    suffix = "_clean" if labels == "clean" else ""
+    if suffix and monitor == "val_loss":
+        raise UserError("trainer.select_on=clean scores the predictions against the clean labels "
+                        "(val_accuracy, val_macro_f1, val_nll); the loss itself is only known on "
+                        "the noisy ones: choose another trainer.monitor")
+    return {"metric": monitor, "mode": mode, "tie_break": tie_break, "labels": labels,
+            "privileged": labels == "clean",
+            # the history.csv columns the rule reads
+            "column": monitor + suffix,
+            "tie_column": tie_break + suffix if tie_break else None,
+            "min_steps": int(trainer.get("min_steps", 0) or 0),
+            "patience": int(trainer.patience) if trainer.early_stopping else None,
+            "on_test": False}
+
+
+def describe_selection(selection: dict[str, Any]) -> str:
+    """One console line: which epoch is tested, and why."""
+    ties = f", ties by lower {selection['tie_break']}" if selection["tie_break"] else ""
+    labels = (" on CLEAN validation labels (privileged)" if selection["privileged"]
+              else " on the validation labels" + (" (noisy)" if selection.get("noise_injected") else ""))
+    stop = (f"; early stopping after {selection['patience']} epochs without improvement, "
+            f"not before {selection['min_steps']} steps" if selection["patience"] is not None
+            else "; no early stopping")
+    return (f"selection: best {selection['metric']} ({selection['mode']}){ties}{labels}{stop}; "
+            "never on test")
+
+
+def steps_per_epoch(n_train: int, batch_size: int, world_size: int = 1,
+                    max_batches: int | None = None) -> int:
+    """Optimizer steps in one epoch: batches of one process's shard (see `train_batches`)."""
+    steps = math.ceil(math.ceil(n_train / max(world_size, 1)) / batch_size)
+    return min(steps, max_batches) if max_batches else steps
+
+
+def planned_epochs(epochs: Any, min_steps: int, steps_per_epoch: int) -> int:
+    """`trainer.epochs`, or for `auto` 50 epochs raised until the budget holds `min_steps`
+    optimizer steps: a small dataset (one batch per epoch) gets as many steps as a large one
+    would in a few epochs."""
+    if epochs != "auto":
+        return int(epochs)
+    return max(AUTO_EPOCHS, math.ceil(min_steps / max(steps_per_epoch, 1)))
+
+
+AUTO_EPOCHS = 50
 
 
 def macro_f1(y_true, y_pred, num_classes: int) -> float:
@@ -324,6 +413,41 @@ class FitResult:
     stopped_early: bool = False
     status: str = "completed"  # or "interrupted" (Ctrl-C, SIGTERM), "diverged" (NaN/inf loss)
     stopped_at: dict[str, Any] | None = None  # epoch and step where it stopped, if it did
+    best_tie: float = float("nan")  # the tie-break metric at the best epoch
+    steps_run: int = 0  # optimizer steps taken (batches of one process)
+    selection: dict[str, Any] = field(default_factory=dict)  # see `selection_rule`
+    # the weights of the last epoch run (the model itself holds the best ones after `fit`)
+    last_state: dict[str, torch.Tensor] | None = None
+    last_loss_state: dict[str, torch.Tensor] | None = None
+
+
+def flipped_training(splits: Splits) -> Split | None:
+    """The training samples whose label the injected noise changed, with their noisy `y` and
+    true `y_clean` labels, or None when there are none (no noise, regression)."""
+    train = splits.train
+    if train.y_clean is None or splits.task == "regression":
+        return None
+    idx = (train.y != train.y_clean).nonzero().flatten()
+    if not len(idx):
+        return None
+    if train.x is not None:
+        return Split(x=train.x[idx], y=train.y[idx], y_clean=train.y_clean[idx])
+    # read in order, unaugmented (an integer key, not (index, epoch seed))
+    return Split(y=train.y[idx], y_clean=train.y_clean[idx],
+                 dataset=torch.utils.data.Subset(train.dataset, idx.cpu().tolist()),
+                 loader_options=train.loader_options)
+
+
+def memorisation(model: nn.Module, flipped: Split, head: str, loss_fn: nn.Module,
+                 batch_size: int, device: torch.device) -> dict[str, float]:
+    """Shares of the flipped training samples that the model predicts as their (wrong) noisy
+    label, `flipped_memorised`, and as their true label, `flipped_true`: one extra prediction
+    over those samples only."""
+    out, _, _ = model_outputs(model, flipped, batch_size, device)
+    with torch.inference_mode():
+        predicted = class_scores(out, head, loss_fn).argmax(-1)  # (F,)
+    return {"flipped_memorised": float((predicted == flipped.y).float().mean()),
+            "flipped_true": float((predicted == flipped.y_clean).float().mean())}
 
 
 def fit(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
@@ -345,9 +469,21 @@ def fit(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
     trains; the plain module inside validates and holds the weights that are kept.
     """
     trainer = Settings.of(trainer)
-    monitor, mode = resolve_monitor(splits.task, trainer.monitor, trainer.mode)
-    better = (lambda a, b: a < b) if mode == "min" else (lambda a, b: a > b)
+    flipped = flipped_training(splits)
+    selection = selection_rule(splits.task, trainer, splits.val.y_clean is not None)
+    column, tie_column = selection["column"], selection["tie_column"]
+    sign = -1.0 if selection["mode"] == "min" else 1.0
+
+    def better(value: float, tie: float, best: float, best_tie: float) -> bool:
+        """Strictly better on the metric, or equal on it and lower on the tie-break."""
+        if sign * value != sign * best:
+            return sign * value > sign * best or math.isnan(best)
+        return tie_column is not None and tie < best_tie
+
+    min_steps = selection["min_steps"]
     max_batches = trainer.get("max_batches")
+    epochs = planned_epochs(trainer.epochs, min_steps, steps_per_epoch(
+        len(splits.train), trainer.batch_size, distributed.current().world_size, max_batches))
     step_per_batch = isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR)
     on_plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -361,7 +497,7 @@ def fit(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
         if b % 10 == 9:  # reading the loss waits for the device: only now and then
             progress.batch(b + 1, float(loss))
 
-    result = FitResult()
+    result = FitResult(selection=selection)
     best_state = {k: v.detach().clone() for k, v in core.state_dict().items()}
     # a loss's own parameters (mixed's classifier over the embedding) belong to the best epoch too
     best_loss_state = {k: v.detach().clone() for k, v in loss_fn.state_dict().items()}
@@ -370,7 +506,9 @@ def fit(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
     if resume is not None:
         result.history = list(resume["history"])
         result.best_epoch, result.best_value = resume["best_epoch"], resume["best_value"]
+        result.best_tie = resume.get("best_tie", float("nan"))
         result.epochs_run = len(result.history)
+        result.steps_run = int(result.history[-1].get("steps", 0)) if result.history else 0
         best_state, waited, first_epoch = resume["best_state"], resume["waited"], resume["epoch"]
         best_loss_state = resume.get("best_loss_state", best_loss_state)
         if scaler is not None and resume.get("scaler"):
@@ -386,11 +524,12 @@ def fit(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
                 "losses": torch.stack(losses).cpu() if losses else torch.zeros(0),
                 "sizes": list(sizes), "term_sums": {k: v.cpu() for k, v in term_sums.items()},
                 "history": result.history, "best_epoch": result.best_epoch,
-                "best_value": result.best_value, "best_state": best_state, "waited": waited,
+                "best_value": result.best_value, "best_tie": result.best_tie,
+                "best_state": best_state, "waited": waited,
                 "best_loss_state": best_loss_state,
                 "scaler": scaler.state_dict() if scaler is not None else None}
 
-    for epoch in range(first_epoch, trainer.epochs + 1):
+    for epoch in range(first_epoch, epochs + 1):
         start = time.perf_counter()
         model.train()
         resuming = resume is not None and epoch == first_epoch
@@ -440,6 +579,12 @@ def fit(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
         row: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
         row.update({f"train_loss_{n}": t / max(count, 1) for n, t in zip(term_names, term_totals)})
         row.update(validation_metrics(splits, pred))
+        if flipped is not None and (head != "embedding" or hasattr(loss_fn, "scores")):
+            with amp():
+                row.update(memorisation(core, flipped, head, loss_fn, trainer.eval_batch_size,
+                                        device))
+        result.steps_run += num_batches
+        row["steps"] = result.steps_run
         row["lr"] = optimizer.param_groups[0]["lr"]
         # Every rank computed the same row from the gathered predictions; rank 0's copy makes
         # the scheduler and early-stopping decisions identical by construction.
@@ -458,26 +603,29 @@ def fit(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
                                  "loss": row["val_loss"], "phase": "validation"}
             break
 
-        value = row[monitor]
-        if epoch == 1 or better(value, result.best_value):
-            result.best_value, result.best_epoch, waited = value, epoch, 0
+        value, tie = row[column], row[tie_column] if tie_column else float("nan")
+        if epoch == 1 or better(value, tie, result.best_value, result.best_tie):
+            result.best_value, result.best_tie, result.best_epoch, waited = value, tie, epoch, 0
             best_state = {k: v.detach().clone() for k, v in core.state_dict().items()}
             best_loss_state = {k: v.detach().clone() for k, v in loss_fn.state_dict().items()}
         else:
             waited += 1
-            if trainer.early_stopping and waited >= trainer.patience:
+            if (trainer.early_stopping and waited >= trainer.patience
+                    and result.steps_run >= min_steps):
                 result.stopped_early = True
                 break
         stopping = stop is not None and bool(
             distributed.broadcast_object(bool(stop.requested), dist) if dist.active
             else stop.requested)
-        if save is not None and epoch < trainer.epochs and (
+        if save is not None and epoch < epochs and (
                 stopping or (every and epoch % every == 0)):
             save(loop_state(epoch + 1, capture_rng(generator), [], [], {}))
-        if stopping and epoch < trainer.epochs:
+        if stopping and epoch < epochs:
             result.status = "interrupted"
             result.stopped_at = {"epoch": epoch + 1, "step": 0, "steps": num_batches}
             break
+    result.last_state = {k: v.detach().clone() for k, v in core.state_dict().items()}
+    result.last_loss_state = {k: v.detach().clone() for k, v in loss_fn.state_dict().items()}
     core.load_state_dict(best_state)
     loss_fn.load_state_dict(best_loss_state)
     return result

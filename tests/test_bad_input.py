@@ -13,7 +13,7 @@ import torch
 CASES = [
     # caught by the typed schema while Hydra composes the config
     (["trainer.epohcs=3"], r"epohcs.*\n.*did you mean trainer\.epochs\?"),
-    (["trainer.epochs=abc"], r"trainer\.epochs=abc.*could not be converted to Integer"),
+    (["trainer.epochs=abc"], r"trainer\.epochs=abc must be auto or a whole number"),
     (["trainer.early_stopping=maybe"], r"'maybe' is not a valid bool"),
     (["+trainer.foo=1"], r"trainer\.foo is not a trainer setting"),
     (["dataset.split.trian=0.5"], r"'trian' not in 'SplitConfig'.*\n.*dataset\.split\.train\?"),

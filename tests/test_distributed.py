@@ -108,7 +108,7 @@ def test_ranks_stop_early_together(cli, tmp_path):
     # best, so every rank must stop after `patience` more epochs; a rank that disagreed would
     # leave the others waiting in a collective.
     proc = cli("train", "trainer.device=cpu", "trainer.devices=2", "trainer.monitor=val_loss",
-               "trainer.mode=max", "trainer.epochs=20", "trainer.patience=2",
+               "trainer.mode=max", "trainer.epochs=20", "trainer.patience=2", "trainer.min_steps=0",
                "hydra.run.dir=run", check=True, timeout=240)
     metrics = read_metrics(tmp_path / "run")
     assert metrics["epochs_run"] == 3 and metrics["stopped_early"] is True

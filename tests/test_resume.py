@@ -127,7 +127,8 @@ def test_resume_keeps_early_stopping_and_plateau_state(compose_cfg, tmp_path, mo
     from lossbench.errors import Interrupted
 
     overrides = ("trainer.device=cpu", "trainer.batch_size=256", "trainer.epochs=40",
-                 "trainer.early_stopping=true", "trainer.patience=3", "scheduler=plateau",
+                 "trainer.early_stopping=true", "trainer.patience=3", "trainer.min_steps=0",
+                 "scheduler=plateau",
                  "scheduler.patience=1", "trainer.monitor=val_loss", "optimizer.lr=0.05",
                  "print_config=false", "trainer.plots=false")
     run_in(compose_cfg, tmp_path / "whole", *overrides)

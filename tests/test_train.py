@@ -23,8 +23,10 @@ def test_monitor_defaults_fit_the_task():
 
 
 def test_early_stopping_stops_when_the_metric_stalls(compose_cfg):
-    # lr=0: nothing changes after epoch 1, so the run stops after `patience` more epochs.
-    cfg = compose_cfg("optimizer.lr=0.0", "trainer.epochs=20", "trainer.patience=3")
+    # lr=0: nothing changes after epoch 1, so the run stops after `patience` more epochs
+    # (min_steps=0: early stopping may end the run at any step).
+    cfg = compose_cfg("optimizer.lr=0.0", "trainer.epochs=20", "trainer.patience=3",
+                      "trainer.min_steps=0")
     run(cfg)
     rows = list(csv.DictReader(open(f"{cfg.run_dir}/history.csv")))
     assert len(rows) == 4

@@ -82,10 +82,13 @@ def prepare_data(raw: RawData, split: Any, noise: Any = None, imbalance: Any = N
         from lossbench.data.imbalance import apply_imbalance
 
         parts, info["imbalance"] = apply_imbalance(parts, raw, imbalance, seed)
+    clean: dict[str, np.ndarray] = {}  # labels before noise, of the splits it touched
     if noise is not None and noise.get("kind", "none") != "none":
         from lossbench.data.noise import apply_label_noise
 
-        parts, info["noise"] = apply_label_noise(parts, raw, noise, seed)
+        noisy, info["noise"] = apply_label_noise(parts, raw, noise, seed)
+        clean = {name: parts[name][1] for name in noisy if noisy[name] is not parts[name]}
+        parts = noisy
 
     x_train = parts["train"][0]
     on_disk = isinstance(x_train, ImageFiles)  # read per sample through a DataLoader
@@ -115,6 +118,8 @@ def prepare_data(raw: RawData, split: Any, noise: Any = None, imbalance: Any = N
         return Split(x=xt, y=targets(y))
 
     train = to_split(*parts["train"])
+    if "train" in clean:
+        train.y_clean = targets(clean["train"])
     if augmentation_wanted(augment):
         # in memory, x stays for evaluation (e.g. kNN on clean training embeddings); training
         # reads the augmented view through a DataLoader
@@ -130,8 +135,11 @@ def prepare_data(raw: RawData, split: Any, noise: Any = None, imbalance: Any = N
         info["normalisation"] = {"mean": [round(float(v), 6) for v in np.ravel(mean)],
                                  "std": [round(float(v), 6) for v in np.ravel(std)]}
 
+    val = to_split(*parts["val"])
+    if "val" in clean:
+        val.y_clean = targets(clean["val"])
     return Splits(
-        train=train, val=to_split(*parts["val"]),
+        train=train, val=val,
         test=to_split(*parts["test"]), task=raw.task, name=raw.name,
         num_classes=raw.num_classes, class_names=raw.class_names,
         sample_shape=tuple(raw.x.shape[1:]), target_mean=target_mean, target_std=target_std,

@@ -24,6 +24,9 @@ class Split:
     loader: Any = None  # the DataLoader over `dataset`, built once so its workers persist
     loader_options: dict | None = None  # its workers and pinned memory, set by the run
     eval_loader: Any = None  # (rows, batch size, DataLoader) that evaluation reads in order
+    # (N,) the labels before injected noise (train and val under `dataset.noise`, else None):
+    # validation is scored against both, and the flipped training samples are followed
+    y_clean: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.y)
