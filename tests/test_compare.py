@@ -63,7 +63,8 @@ def test_compare_sweep_writes_table_csv_markdown_and_plots(sweep, tmp_path):
     columns = set(rows[0])
     assert {"dataset", "task", "loss", "n_runs", "accuracy_mean", "accuracy_std",
             "accuracy_ci95_low", "accuracy_ci95_high", "macro_f1_mean", "macro_f1_std",
-            "best_epoch_mean", "train_time_s_mean", "mark", "p_value_vs_best"} <= columns
+            "best_epoch_mean", "train_time_s_mean", "mark", "test", "p_value", "p_holm",
+            "p_better", "noise_kind", "noise_rate", "imbalance_ratio", "memorised"} <= columns
     assert "seed" not in columns  # the seed is what is averaged over
     for row in rows:
         assert row["dataset"] == "iris" and row["task"] == "multiclass"
@@ -74,17 +75,21 @@ def test_compare_sweep_writes_table_csv_markdown_and_plots(sweep, tmp_path):
         half = stats.t.ppf(0.975, 1) * acc.std(ddof=1) / math.sqrt(2)
         assert float(row["accuracy_mean"]) == pytest.approx(acc.mean())
         assert float(row["accuracy_std"]) == pytest.approx(acc.std(ddof=1))
-        assert float(row["accuracy_ci95_low"]) == pytest.approx(acc.mean() - half)
+        # the t interval, clipped to accuracy's range [0, 1]
+        assert float(row["accuracy_ci95_low"]) == pytest.approx(max(0.0, acc.mean() - half))
+        assert float(row["accuracy_ci95_high"]) == pytest.approx(min(1.0, acc.mean() + half))
         f1 = np.mean([m["test"]["macro_f1"] for m in runs])
         assert float(row["macro_f1_mean"]) == pytest.approx(f1)
         epochs = np.mean([m["best_epoch"] for m in runs])
         assert float(row["best_epoch_mean"]) == pytest.approx(epochs)
     means = [float(r["accuracy_mean"]) for r in rows]
     assert means == sorted(means, reverse=True)
-    assert rows[0]["mark"] == "best"
+    assert rows[0]["mark"] in ("best", "top")
+    assert rows[1]["test"] == "Welch"  # these runs record no pairing hashes
+    assert rows[1]["reference"] == f"loss={rows[0]['loss']}"
 
     markdown = (sweep / "comparison.md").read_text()
-    assert "| **best** |" in markdown and "| ce |" in markdown and "| bce |" in markdown
+    assert "| ce |" in markdown and "| bce |" in markdown
     assert_png(sweep / "comparison.png")
     assert_png(sweep / "curves.png")
 
@@ -130,15 +135,23 @@ def test_compare_without_runs_is_a_user_error(tmp_path):
 
 def fake_run(path: Path, *, loss: str, seed: int, test: dict[str, float], dataset: str = "wine",
              task: str = "multiclass", noise: float = 0.0, status: str = "completed",
-             history: list[float] | None = None) -> Path:
+             history: list[float] | None = None, **fields) -> Path:
+    """A run directory as `lossbench train` writes it; `fields` are extra metrics.json keys
+    (test_at, budget, pairing, warnings, ...) and `config=` entries merge into the config."""
     config = {"seed": seed, "loss": {"_target_": f"lossbench.losses.{loss}"},
               "dataset": {"_target_": f"data.{dataset}", "noise": {"rate": noise}}}
+    for key, value in fields.pop("config", {}).items():
+        *parents, leaf = key.split(".")
+        node = config
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
     metrics = {"status": status, "task": task, "dataset": dataset, "seed": seed,
                "choices": {"loss": loss, "dataset": dataset}, "monitor": "val_accuracy",
-               "best_epoch": 2, "wall_time_s": 1.5, "test": test, "config": config}
+               "best_epoch": 2, "wall_time_s": 1.5, "test": test, "config": config, **fields}
     if status != "completed":
         metrics = {"status": status, "error": "ValueError: boom", "seed": seed,
-                   "choices": {"loss": loss, "dataset": dataset}, "config": config}
+                   "choices": {"loss": loss, "dataset": dataset}, "config": config, **fields}
     (path / ".hydra").mkdir(parents=True)
     (path / "metrics.json").write_text(json.dumps(metrics))
     (path / ".hydra" / "overrides.yaml").write_text(
@@ -149,7 +162,7 @@ def fake_run(path: Path, *, loss: str, seed: int, test: dict[str, float], datase
     return path
 
 
-def test_best_tied_and_worse_configurations_are_marked(tmp_path, cli):
+def test_all_pairs_with_holm_mark_top_not_separated_and_worse(tmp_path, cli):
     accuracies = {"ce": [0.90, 0.92, 0.91], "gce": [0.905, 0.915, 0.90], "mae": [0.50, 0.52, 0.51]}
     n = 0
     for loss, values in accuracies.items():
@@ -157,17 +170,30 @@ def test_best_tied_and_worse_configurations_are_marked(tmp_path, cli):
             fake_run(tmp_path / "sweep" / str(n), loss=loss, seed=seed,
                      test={"accuracy": acc, "macro_f1": acc - 0.05})
             n += 1
-    fake_run(tmp_path / "sweep" / str(n), loss="ce", seed=3, test={}, status="failed")
+    # interrupted (not failed): listed, neither averaged nor counted as a loss
+    fake_run(tmp_path / "sweep" / str(n), loss="ce", seed=3, test={}, status="interrupted")
     proc = cli("compare", "sweep")
     assert proc.returncode == 0, proc.stderr
     rows = {r["loss"]: r for r in read_csv(tmp_path / "sweep" / "comparison.csv")}
-    assert rows["ce"]["mark"] == "best"
-    assert rows["gce"]["mark"] == "tied"
-    assert rows["mae"]["mark"] == ""
-    # Welch's t-test against the best, as scipy computes it
-    p = stats.ttest_ind(accuracies["ce"], accuracies["gce"], equal_var=False).pvalue
-    assert float(rows["gce"]["p_value_vs_best"]) == pytest.approx(p)
-    assert float(rows["mae"]["p_value_vs_best"]) < 0.05
+    # ce has the highest mean but is not separated from gce: no "best", and never "tied"
+    assert rows["ce"]["mark"] == "top"
+    assert rows["gce"]["mark"] == "not separated (n = 3 + 3)"
+    assert rows["mae"]["mark"] == "worse than best"
+    # Welch's t-test against the top row, as scipy computes it, Holm over all 3 pairs
+    pairs = [("gce", "ce"), ("mae", "ce"), ("gce", "mae")]
+    raw = [stats.ttest_ind(accuracies[a], accuracies[b], equal_var=False).pvalue
+           for a, b in pairs]
+    order = np.argsort(raw)
+    holm = np.empty(3)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, raw[i] * (3 - rank)))
+        holm[i] = running
+    assert float(rows["gce"]["p_value"]) == pytest.approx(raw[0])
+    assert float(rows["gce"]["p_holm"]) == pytest.approx(holm[0])
+    assert float(rows["mae"]["p_holm"]) == pytest.approx(holm[1]) and holm[1] < 0.05
+    assert {r["test"] for r in rows.values()} == {"", "Welch"}
+    assert "tied" not in proc.stdout
     # the failed run is listed, not averaged
     assert rows["ce"]["n_runs"] == "3"
     assert float(rows["ce"]["accuracy_mean"]) == pytest.approx(np.mean(accuracies["ce"]))
@@ -175,10 +201,10 @@ def test_best_tied_and_worse_configurations_are_marked(tmp_path, cli):
     assert failed_dir in proc.stdout.replace("\n", "")
     markdown = (tmp_path / "sweep" / "comparison.md").read_text()
     assert "Failed or unfinished runs" in markdown and "ValueError: boom" in markdown
-    # at alpha = 0.99 the same small difference counts as significant: no tie
+    # at alpha = 0.99 the same small difference separates: ce is best, above every other row
     loose = cli("compare", "sweep", "--alpha", "0.99", "--format", "csv")
     marks = {r["loss"]: r["mark"] for r in csv.DictReader(loose.stdout.splitlines())}
-    assert marks == {"ce": "best", "gce": "", "mae": ""}
+    assert marks == {"ce": "best", "gce": "worse than best", "mae": "worse than best"}
 
 
 def test_datasets_and_tasks_are_never_averaged_together(tmp_path, cli):

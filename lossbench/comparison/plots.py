@@ -1,0 +1,136 @@
+"""The plots `compare` writes: comparison.png (the metric per configuration with its CI),
+curves.png (validation metric per epoch) and rates.png (the metric against the noise rate or
+imbalance ratio of a sweep, one line per loss, with CIs)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lossbench.comparison.records import Run
+from lossbench.comparison.rows import Block, fmt_value
+
+
+def _png_bytes(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def comparison_plot(blocks: Sequence[Block]) -> bytes:
+    """The sort metric per configuration: mean with its 95% CI as error bars."""
+    from matplotlib.figure import Figure  # Agg canvas; no pyplot, no display needed
+
+    height = max(2.5, 0.45 * max(len(b.rows) for b in blocks) + 1.2)
+    fig = Figure(figsize=(7, height * len(blocks)))
+    for i, block in enumerate(blocks):
+        ax = fig.add_subplot(len(blocks), 1, i + 1)
+        ys = list(range(len(block.rows)))[::-1]  # best on top
+        for y, row in zip(ys, block.rows):
+            s = row.stats[block.metric]
+            err = 0.0 if s.n < 2 else s.ci_high - s.mean
+            color = "tab:green" if row.mark in ("best", "better") else (
+                "tab:olive" if row.mark.startswith("not separated") else "tab:blue")
+            ax.errorbar([s.mean], [y], xerr=[[err], [err]], fmt="o", color=color, capsize=4)
+        ax.set_yticks(ys)
+        ax.set_yticklabels([row.label for row in block.rows])
+        ax.set_xlabel(f"test {block.metric} (mean, 95% CI over seeds)")
+        ax.set_title(f"{block.dataset} ({block.task})")
+        ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return _png_bytes(fig)
+
+
+def read_history(run_dir: Path) -> list[dict[str, float]]:
+    try:
+        with open(run_dir / "history.csv", encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError:
+        return []
+    out = []
+    for row in rows:
+        parsed = {}
+        for key, value in row.items():
+            try:
+                parsed[key] = float(value)
+            except (TypeError, ValueError):
+                continue
+        out.append(parsed)
+    return out
+
+
+def curve_column(block: Block, histories: Sequence[list[dict[str, float]]], runs: Sequence[Run]
+                 ) -> str | None:
+    """val_<metric> when history.csv has it, else the monitored metric of the runs."""
+    wanted = [f"val_{block.metric}", str(runs[0].metrics.get("monitor", ""))]
+    for name in wanted:
+        if any(name in row for hist in histories for row in hist):
+            return name
+    return None
+
+
+def curves_plot(blocks: Sequence[Block]) -> bytes:
+    """Validation metric per epoch, mean over seeds, one line per configuration."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 3.6 * len(blocks)))
+    for i, block in enumerate(blocks):
+        ax = fig.add_subplot(len(blocks), 1, i + 1)
+        column = None
+        for row in block.rows:
+            histories = [read_history(r.path) for r in row.runs]
+            column = column or curve_column(block, histories, row.runs)
+            if column is None:
+                continue
+            per_epoch: dict[float, list[float]] = {}
+            for hist in histories:
+                for entry in hist:
+                    if column in entry and "epoch" in entry and not math.isnan(entry[column]):
+                        per_epoch.setdefault(entry["epoch"], []).append(entry[column])
+            epochs = sorted(per_epoch)
+            means = [math.fsum(per_epoch[e]) / len(per_epoch[e]) for e in epochs]
+            ax.plot(epochs, means, marker="o", markersize=3, label=row.label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"{column or 'validation metric'} (mean over seeds)")
+        ax.set_title(f"{block.dataset} ({block.task})")
+        ax.grid(alpha=0.3)
+        if block.rows:
+            ax.legend(fontsize="small")
+    fig.tight_layout()
+    return _png_bytes(fig)
+
+
+def rates_plot(blocks: Sequence[Block]) -> bytes:
+    """Test metric against the swept rate (noise rate or imbalance ratio), one line per loss
+    (and other varying keys), mean with its 95% CI as error bars."""
+    from matplotlib.figure import Figure
+
+    swept = [b for b in blocks if b.rate_key]
+    fig = Figure(figsize=(7, 4 * len(swept)))
+    for i, block in enumerate(swept):
+        ax = fig.add_subplot(len(swept), 1, i + 1)
+        key = block.rate_key
+        lines: dict[str, list[tuple[float, Any]]] = {}
+        for row in block.rows:
+            name = ", ".join(fmt_value(v) for k, v in row.labels.items() if k != key)
+            lines.setdefault(name, []).append((float(row.labels.get(key) or 0), row))
+        for name, points in lines.items():
+            points.sort(key=lambda p: p[0])
+            xs = [x for x, _ in points]
+            stats = [row.stats[block.metric] for _, row in points]
+            means = [s.mean for s in stats]
+            low = [0.0 if s.n < 2 else s.mean - s.ci_low for s in stats]
+            high = [0.0 if s.n < 2 else s.ci_high - s.mean for s in stats]
+            ax.errorbar(xs, means, yerr=[low, high], marker="o", capsize=3, label=name)
+        ax.set_xlabel(key)
+        ax.set_ylabel(f"test {block.metric} (mean, 95% CI over seeds)")
+        ax.set_title(f"{block.dataset} ({block.task}): test {block.metric} against "
+                     f"{key.rsplit('.', 1)[-1]}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    return _png_bytes(fig)
