@@ -206,3 +206,19 @@ def test_search_whose_trials_all_fail_ends_with_the_summary_not_a_traceback(cli,
     assert all(read_metrics(run)["status"] == "failed" for run in run_dirs(sweep))
     assert summary_lines(proc) == [f"lossbench: 2 of 2 jobs failed: {sweep / '0'} {sweep / '1'}"]
     assert "lossbench: the sweep stopped: ValueError: No trials are completed yet." in proc.stderr
+
+
+def test_a_sweep_whose_runs_carry_warnings_says_so_in_its_last_line(cli, tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ("train", "-m", "seed=0,1", *TINY, f"hydra.sweep.dir={sweep}")
+    assert cli(*args).returncode == 0
+    # job 1 completed with a warning in its record (as a run near chance accuracy writes it);
+    # resuming the sweep skips both jobs and still reports the warning at the end
+    metrics = read_metrics(sweep / "1")
+    metrics["warnings"] = [{"kind": "near_chance", "message": "test accuracy 0.33 ~ chance"}]
+    (sweep / "1" / "metrics.json").write_text(json.dumps(metrics))
+    proc = cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert summary_lines(proc) == [
+        f"lossbench: all 2 jobs completed (2 skipped: already completed) in {sweep}; "
+        f"1 job carries warnings (near_chance): {sweep / '1'}"]
