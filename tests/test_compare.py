@@ -308,3 +308,110 @@ def test_runs_without_a_config_in_metrics_are_grouped_by_hydra_config_yaml(tmp_p
                 f"seed: {seed}\nloss:\n  _target_: x.CE\noptimizer:\n  lr: {lr}\n")
     rows = list(csv.DictReader(cli("compare", "old", "--format", "csv").stdout.splitlines()))
     assert [(r["optimizer.lr"], r["n_runs"]) for r in rows] == [("0.1", "2"), ("0.01", "2")]
+
+
+# --- pairing, baselines, Holm, P(better), sample sizes ---------------------------------------
+
+
+def pairing(seed: int, init: str = "i") -> dict:
+    return {"data_seed": seed, "train_seed": seed, "init_hash": f"{init}{seed}",
+            "order_hash": f"o{seed}"}
+
+
+def paired_sweep(root: Path, values: dict[str, list[float | None]], init: dict | None = None
+                 ) -> None:
+    """One run per loss and seed, paired by seed; None is a seed that failed."""
+    for loss, accs in values.items():
+        for seed, acc in enumerate(accs):
+            fake_run(root / f"{loss}{seed}", loss=loss, seed=seed,
+                     test={"accuracy": acc, "macro_f1": acc} if acc is not None else {},
+                     status="completed" if acc is not None else "failed",
+                     pairing=pairing(seed, (init or {}).get(loss, "i")))
+
+
+CE = [0.80, 0.82, 0.81, 0.83, 0.79, 0.80]
+GCE = [c + d for c, d in zip(CE, [0.02, 0.03, 0.01, 0.02, 0.025, 0.015])]
+MAE = [0.805, 0.81, 0.815, 0.82, 0.79, None]  # seed 5 failed: a loss, not a dropped pair
+
+
+def test_baseline_paired_tests_holm_and_a_failed_seed_that_counts_as_a_loss(tmp_path, cli):
+    from test_stats import power_by_nct
+
+    paired_sweep(tmp_path / "s", {"ce": CE, "gce": GCE, "mae": MAE})
+    proc = cli("compare", "s", "--baseline", "ce", "--mde", "0.01", "--format", "csv")
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["loss"]: r for r in csv.DictReader(proc.stdout.splitlines())}
+    assert rows["ce"]["mark"] == "baseline" and rows["ce"]["test"] == ""
+    gce, mae = rows["gce"], rows["mae"]
+    assert gce["test"] == mae["test"] == "paired t"
+    assert gce["reference"] == mae["reference"] == "loss=ce"
+    mae_scored = [v if v is not None else 0.0 for v in MAE]  # worst accuracy for the lost seed
+    p = [stats.ttest_rel(GCE, CE).pvalue, stats.ttest_rel(mae_scored, CE).pvalue]
+    assert float(gce["p_value"]) == pytest.approx(p[0])
+    assert float(mae["p_value"]) == pytest.approx(p[1])
+    # Holm over the k - 1 = 2 tests against the baseline
+    low, high = sorted(p)
+    holm = {low: 2 * low, high: max(2 * low, high)}
+    assert float(gce["p_holm"]) == pytest.approx(holm[p[0]])
+    assert float(mae["p_holm"]) == pytest.approx(min(1.0, holm[p[1]]))
+    assert gce["mark"] == "better"
+    assert mae["mark"] == "not separated (n = 6)"
+    assert mae["n_compared"] == "6" and mae["n_lost"] == "1" and mae["n_runs"] == "5"
+    # P(better): gce wins 6 of 6 seeds; mae loses seed 5 (failed), exact intervals
+    assert float(gce["p_better"]) == 1.0
+    ref = stats.binomtest(6, 6).proportion_ci(method="exact")
+    assert float(gce["p_better_ci95_low"]) == pytest.approx(ref.low)
+    mae_wins = sum(m is not None and m > c for m, c in zip(MAE, CE))
+    ties = sum(m == c for m, c in zip(MAE, CE))  # seed 4: 0.79 both, half a win
+    assert ties == 1
+    assert float(mae["p_better"]) == pytest.approx((mae_wins + 0.5 * ties) / 6)
+    # the paired difference and its bootstrap interval
+    diffs = np.array(GCE) - np.array(CE)
+    assert float(gce["diff"]) == pytest.approx(diffs.mean())
+    assert float(gce["diff_ci95_low"]) < diffs.mean() < float(gce["diff_ci95_high"])
+    assert diffs.min() <= float(gce["diff_ci95_low"])
+    # sample sizes at power 0.8 and alpha / 2 (two tests), from the sd of the differences
+    sd = diffs.std(ddof=1)
+    assert power_by_nct(float(gce["detectable_diff"]), sd, 6, 0.025, True) == pytest.approx(0.8)
+    n = int(gce["n_needed"])
+    assert power_by_nct(0.01, sd, n, 0.025, True) >= 0.8 > power_by_nct(0.01, sd, n - 1,
+                                                                          0.025, True)
+    table = cli("compare", "s", "--baseline", "ce", "--no-plots")
+    assert "paired t-test" in table.stdout and "not separated (n = 6)" in table.stdout
+    assert "tied" not in table.stdout
+
+
+def test_unequal_pairing_hashes_fall_back_to_welch(tmp_path, cli):
+    # gce's initial weights differ (another head): the same seed is no longer a pair
+    paired_sweep(tmp_path / "s", {"ce": CE, "gce": GCE}, init={"gce": "other"})
+    rows = {r["loss"]: r for r in csv.DictReader(
+        cli("compare", "s", "--baseline", "ce", "--format", "csv").stdout.splitlines())}
+    assert rows["gce"]["test"] == "Welch" and rows["gce"]["n_compared"] == "6 + 6"
+    assert float(rows["gce"]["p_value"]) == pytest.approx(
+        stats.ttest_ind(GCE, CE, equal_var=False).pvalue)
+    mw = stats.mannwhitneyu(GCE, CE).statistic / 36
+    assert float(rows["gce"]["p_better"]) == pytest.approx(mw)
+
+
+def test_unknown_baseline_is_one_line_exit_2(tmp_path, cli):
+    paired_sweep(tmp_path / "s", {"ce": CE[:3], "gce": GCE[:3]})
+    proc = cli("compare", "s", "--baseline", "focal")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "lossbench: error: --baseline focal: no configuration has loss=focal; "
+        "choose from: ce, gce"]
+    assert not (tmp_path / "s" / "comparison.csv").exists()
+    bad = cli("compare", "s", "--mde", "-0.01")
+    assert bad.returncode == 2 and "--mde" in bad.stderr
+
+
+def test_too_few_seeds_say_what_they_cannot_show(tmp_path, cli):
+    paired_sweep(tmp_path / "five", {"ce": CE[:5], "gce": GCE[:5]})
+    proc = cli("compare", "five", "--baseline", "ce", "--format", "markdown", "--mde", "0.01")
+    assert "even 5 of 5 gives a lower bound of 0.478; 6 seeds can" in proc.stdout
+    paired_sweep(tmp_path / "two", {"ce": CE[:2], "gce": GCE[:2]})
+    rows = list(csv.DictReader(cli("compare", "two", "--baseline", "ce", "--mde", "0.01",
+                                   "--format", "csv").stdout.splitlines()))
+    gce = [r for r in rows if r["loss"] == "gce"][0]
+    assert gce["test"] == "paired t"
+    assert gce["detectable_diff"] == "" and gce["n_needed"] == ""  # nothing below 3 pairs

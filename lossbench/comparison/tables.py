@@ -85,11 +85,13 @@ def reference_name(block: Block, notes: Notes) -> str:
     return f"vs {notes.baseline}" if notes.baseline else "vs top"
 
 
-def table_header(block: Block, notes: Notes) -> list[str]:
+def table_header(block: Block, notes: Notes, compact: bool = False) -> list[str]:
+    """compact (the terminal): the 95% CI of the sort metric only."""
     show = extras(block)
     header = [""] + block.columns + (["corruption"] if show["corruption"] else [])
     for m in block.metrics:
-        header += [f"{m} mean ± std", f"{m} 95% CI"]
+        header += [f"{m} mean ± std"] + (
+            [f"{m} 95% CI"] if not compact or m == block.metric else [])
     ref = reference_name(block, notes)
     header += [f"{ref}: test", f"Δ {block.metric} [95% CI]", "p (Holm)", "P(better) [95% CI]"]
     if show["mde"]:
@@ -106,13 +108,15 @@ def table_header(block: Block, notes: Notes) -> list[str]:
     return header
 
 
-def table_cells(block: Block, row: Row, notes: Notes, digits: int = 4) -> list[str]:
+def table_cells(block: Block, row: Row, notes: Notes, digits: int = 4, compact: bool = False
+                ) -> list[str]:
     show = extras(block)
     cells = [row.mark] + [fmt_value(row.labels.get(c)) for c in block.columns]
     if show["corruption"]:
         cells.append(corruption_text(row))
     for m in block.metrics:
-        cells += [mean_std(row.stats[m], digits), ci_text(row.stats[m], digits)]
+        cells += [mean_std(row.stats[m], digits)] + (
+            [ci_text(row.stats[m], digits)] if not compact or m == block.metric else [])
     c = row.reference
     if c is None:
         cells += ["", "", "", ""]
@@ -257,13 +261,14 @@ def comparison_fields(c: Comparison | None) -> dict[str, Any]:
     if c is None:
         return dict(reference="", test="", n_compared="", diff=nan, diff_ci95_low=nan,
                     diff_ci95_high=nan, p_value=nan, p_holm=nan, p_better=nan,
-                    p_better_ci95_low=nan, p_better_ci95_high=nan, detectable_diff=nan,
+                    p_better_ci95_low=nan, p_better_ci95_high=nan, detectable_diff="",
                     n_needed="")
     i = c.improvement
     return dict(reference=c.b.label, test=c.test, n_compared=c.n, diff=c.diff,
                 diff_ci95_low=c.diff_low, diff_ci95_high=c.diff_high, p_value=c.p,
                 p_holm=c.p_holm, p_better=i.p, p_better_ci95_low=i.ci_low,
-                p_better_ci95_high=i.ci_high, detectable_diff=c.mde,
+                p_better_ci95_high=i.ci_high,
+                detectable_diff="" if math.isnan(c.mde) else c.mde,
                 n_needed="" if c.n_needed is None else c.n_needed)
 
 
@@ -289,11 +294,12 @@ def print_table(blocks: Sequence[Block], failed: Sequence[Run], notes: Notes) ->
     console = Console()
     for block in blocks:
         table = Table(title=block.title)
-        for i, name in enumerate(table_header(block, notes)):
-            table.add_column(name, justify="left" if i <= len(block.columns) else "right")
+        for i, name in enumerate(table_header(block, notes, compact=True)):
+            table.add_column(name, justify="left" if i <= len(block.columns) else "right",
+                             no_wrap=i == 0)
         for row in block.rows:
             style = "bold green" if row.mark in ("best", "better") else None
-            table.add_row(*table_cells(block, row, notes, digits=3), style=style)
+            table.add_row(*table_cells(block, row, notes, digits=3, compact=True), style=style)
         console.print(table)
         if block.rate_key:
             header, body = rate_table(block, digits=3)
