@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -415,3 +416,152 @@ def test_too_few_seeds_say_what_they_cannot_show(tmp_path, cli):
     gce = [r for r in rows if r["loss"] == "gce"][0]
     assert gce["test"] == "paired t"
     assert gce["detectable_diff"] == "" and gce["n_needed"] == ""  # nothing below 3 pairs
+
+
+# --- best and last, corruption, warnings, grouping, rate curves, LaTeX -----------------------
+
+
+def at_fields(best: float, last: float, epochs_run: int = 30) -> dict:
+    return {"test_at": {"best": {"accuracy": best, "macro_f1": best},
+                        "last": {"accuracy": last, "macro_f1": last}},
+            "budget": {"epochs": 30, "epochs_run": epochs_run, "steps_run": 10 * epochs_run,
+                       "early_stopping": epochs_run < 30}}
+
+
+def test_at_last_reads_last_epoch_metrics_and_refuses_unequal_budgets(tmp_path, cli):
+    for seed in range(3):
+        fake_run(tmp_path / "s" / f"ce{seed}", loss="ce", seed=seed, test={"accuracy": 0.9},
+                 **at_fields(0.9 + 0.01 * seed, 0.6 + 0.01 * seed))
+        fake_run(tmp_path / "s" / f"gce{seed}", loss="gce", seed=seed, test={"accuracy": 0.8},
+                 **at_fields(0.8 + 0.01 * seed, 0.75 + 0.01 * seed))
+    best = {r["loss"]: r for r in csv.DictReader(
+        cli("compare", "s", "--format", "csv").stdout.splitlines())}
+    last = {r["loss"]: r for r in csv.DictReader(
+        cli("compare", "s", "--at", "last", "--format", "csv").stdout.splitlines())}
+    assert float(best["ce"]["accuracy_mean"]) == pytest.approx(0.91) and best["ce"]["at"] == "best"
+    assert float(last["ce"]["accuracy_mean"]) == pytest.approx(0.61)
+    assert float(last["gce"]["accuracy_mean"]) == pytest.approx(0.76)
+    assert next(iter(last)) == "gce" and last["gce"]["at"] == "last"  # order flips at the end
+    md = cli("compare", "s", "--at", "last", "--format", "markdown").stdout
+    assert "Test metrics at the last epoch of the training budget" in md
+
+    # one ce seed stopped early at epoch 12: its last epoch is not the others'
+    metrics = json.loads((tmp_path / "s" / "ce1" / "metrics.json").read_text())
+    metrics.update(at_fields(0.91, 0.61, epochs_run=12))
+    (tmp_path / "s" / "ce1" / "metrics.json").write_text(json.dumps(metrics))
+    proc = cli("compare", "s", "--at", "last", "--out", "report")
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "different budgets" in proc.stderr and "12 epochs" in proc.stderr
+    assert not (tmp_path / "report").exists()
+    assert cli("compare", "s", "--at", "best", "--out", "report").returncode == 0
+
+    # a run recorded before last-epoch metrics existed
+    fake_run(tmp_path / "old" / "r0", loss="ce", seed=0, test={"accuracy": 0.9})
+    old = cli("compare", "old", "--at", "last")
+    assert old.returncode == 2 and "no last-epoch test metrics" in old.stderr
+    assert len(old.stderr.strip().splitlines()) == 1
+
+
+def test_corruption_memorisation_warnings_and_privileged_selection_columns(tmp_path, cli):
+    for seed in range(2):
+        data = {"noise": {"kind": "symmetric", "rate": 0.4,
+                          "realised_rate": {"train": 0.38 + 0.02 * seed, "val": 0.4,
+                                            "train_and_val": 0.39 + 0.02 * seed}},
+                "imbalance": {"kind": "longtail", "ratio": 10}}
+        fake_run(tmp_path / "s" / f"ce{seed}", loss="ce", seed=seed,
+                 test={"accuracy": 0.34, "macro_f1": 0.2}, data=data,
+                 memorisation={"flipped": 40, "best": {"memorised": 0.2 + 0.1 * seed,
+                                                       "true": 0.5},
+                               "last": {"memorised": 0.9, "true": 0.05}},
+                 warnings=[{"kind": "near_chance", "message": "accuracy 0.34 ~ chance 0.33"}])
+        fake_run(tmp_path / "s" / f"gce{seed}", loss="gce", seed=seed,
+                 test={"accuracy": 0.8, "macro_f1": 0.8}, data=data,
+                 selection={"metric": "val_accuracy", "tie_break": "val_nll",
+                            "labels": "clean", "privileged": True})
+    rows = {r["loss"]: r for r in csv.DictReader(
+        cli("compare", "s", "--format", "csv").stdout.splitlines())}
+    ce, gce = rows["ce"], rows["gce"]
+    assert (ce["noise_kind"], ce["noise_rate"], ce["imbalance_kind"], ce["imbalance_ratio"]) == (
+        "symmetric", "0.4", "longtail", "10")
+    assert float(ce["noise_realised_rate"]) == pytest.approx(0.40)
+    assert float(ce["memorised"]) == pytest.approx(0.25)
+    assert ce["warnings"] == "near_chance (2/2)" and gce["warnings"] == ""
+    assert gce["selection"] == "clean (privileged)" and ce["selection"] == "noisy"
+    md = cli("compare", "s", "--format", "markdown").stdout
+    assert "symmetric 0.4 (realised 0.400); longtail ratio 10" in md
+    assert "⚠ near_chance (2/2)" in md and "clean labels (privileged)" in md
+    assert "privileged information" in md
+    last = {r["loss"]: r for r in csv.DictReader(
+        cli("compare", "s", "--format", "csv", "--at", "best").stdout.splitlines())}
+    assert float(last["ce"]["memorised"]) == pytest.approx(0.25)
+
+
+def test_rows_ignore_only_keys_that_cannot_change_results(tmp_path, cli):
+    for seed in range(2):
+        # print_config, the logger, plots: same configuration, one row
+        fake_run(tmp_path / "s" / f"a{seed}", loss="ce", seed=seed, test={"accuracy": 0.9},
+                 config={"print_config": True, "logger._target_": "lossbench.tracking.Null",
+                         "trainer.plots": True, "trainer.device": "cpu"})
+        fake_run(tmp_path / "s" / f"b{seed}", loss="ce", seed=seed, test={"accuracy": 0.9},
+                 config={"print_config": False, "logger._target_": "lossbench.tracking.MLflow",
+                         "logger.uri": "file:./mlruns", "trainer.plots": False,
+                         "trainer.device": "cpu"})
+        # the device can change results: its own row
+        fake_run(tmp_path / "s" / f"c{seed}", loss="ce", seed=seed, test={"accuracy": 0.8},
+                 config={"print_config": True, "trainer.device": "cuda"})
+    rows = list(csv.DictReader(cli("compare", "s", "--format", "csv").stdout.splitlines()))
+    assert sorted((r["trainer.device"], r["n_runs"]) for r in rows) == [("cpu", "4"),
+                                                                       ("cuda", "2")]
+
+
+def rate_sweep(root: Path) -> None:
+    for rate in (0.0, 0.2, 0.4):
+        for loss, slope in (("ce", 0.8), ("gce", 0.3)):
+            for seed in range(3):
+                acc = 0.95 - slope * rate + 0.01 * seed
+                fake_run(root / f"{loss}-{rate}-{seed}", loss=loss, seed=seed, noise=rate,
+                         test={"accuracy": acc, "macro_f1": acc}, pairing=pairing(seed))
+
+
+def test_a_noise_rate_sweep_compares_as_loss_by_rate_with_a_rate_curve(tmp_path, cli):
+    import matplotlib.image
+
+    rate_sweep(tmp_path / "s")
+    proc = cli("compare", "s", "--baseline", "ce", "--format", "markdown")
+    assert proc.returncode == 0, proc.stderr
+    assert "Test accuracy (mean ± std) against dataset.noise.rate:" in proc.stdout
+    table = proc.stdout.split("against dataset.noise.rate:")[1]
+    assert "| loss | rate 0 | rate 0.2 | rate 0.4 |" in table
+    assert "| ce | 0.9600 ± 0.0100 | 0.8000 ± 0.0100 | 0.6400 ± 0.0100 |" in table
+    assert "| gce | 0.9600 ± 0.0100 | 0.9000 ± 0.0100 | 0.8400 ± 0.0100 |" in table
+    # one family per rate: gce against ce at 0.2 and 0.4 (each alone in its family)
+    rows = list(csv.DictReader((tmp_path / "s" / "comparison.csv").read_text().splitlines()))
+    gce = {r["dataset.noise.rate"]: r for r in rows if r["loss"] == "gce"}
+    assert gce["0.4"]["mark"] == "better" and gce["0.4"]["test"] == "paired t"
+    assert gce["0"]["mark"] == "not separated (n = 3)"
+    png = tmp_path / "s" / "rates.png"
+    assert_png(png)
+    pixels = matplotlib.image.imread(png)
+    assert pixels.shape[1] > pixels.shape[0] * 1.2  # one landscape panel: a single dataset
+
+
+def test_latex_booktabs_table_bolds_the_best_and_names_the_test(tmp_path, cli):
+    paired_sweep(tmp_path / "s", {"ce": CE, "gce": GCE})
+    proc = cli("compare", "s", "--baseline", "ce", "--format", "latex")
+    assert proc.returncode == 0, proc.stderr
+    tex = proc.stdout
+    assert tex == (tmp_path / "s" / "comparison.tex").read_text()
+    for command in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}{lrr}"):
+        assert command in tex
+    mean, std = np.mean(GCE), np.std(GCE, ddof=1)
+    assert rf"gce & \textbf{{{mean:.3f}}} $\pm$ {std:.3f}" in tex
+    assert rf"ce & {np.mean(CE):.3f} $\pm$ {np.std(CE, ddof=1):.3f}" in tex
+    assert "paired $t$-test" in tex and "Holm" in tex and r"macro\_f1" in tex
+    if shutil.which("pdflatex"):
+        doc = ("\\documentclass{article}\\usepackage{booktabs}\\begin{document}\n" + tex
+               + "\\end{document}\n")
+        (tmp_path / "t.tex").write_text(doc)
+        built = subprocess.run(["pdflatex", "-interaction=nonstopmode", "t.tex"],
+                               cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert built.returncode == 0, built.stdout[-2000:]

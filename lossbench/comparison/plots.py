@@ -128,8 +128,8 @@ def rates_plot(blocks: Sequence[Block]) -> bytes:
             ax.errorbar(xs, means, yerr=[low, high], marker="o", capsize=3, label=name)
         ax.set_xlabel(key)
         ax.set_ylabel(f"test {block.metric} (mean, 95% CI over seeds)")
-        ax.set_title(f"{block.dataset} ({block.task}): test {block.metric} against "
-                     f"{key.rsplit('.', 1)[-1]}")
+        swept = " ".join(key.split(".")[-2:])  # "noise rate", "imbalance ratio"
+        ax.set_title(f"{block.dataset} ({block.task}): test {block.metric} against {swept}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     fig.tight_layout()
