@@ -30,10 +30,11 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> Path:
-    """A real 2-loss × 2-seed smoke sweep, shared by the tests of this module."""
+    """A real 2-loss × 2-seed smoke sweep under label noise, shared by the tests of this module."""
     root = tmp_path_factory.mktemp("compare")
     proc = run_cli("train", "-m", "loss=ce,bce", "seed=0,1", "trainer=smoke", "model=linear",
-                   "dataset=iris", f"hydra.sweep.dir={root / 'sweep'}", cwd=root)
+                   "dataset=iris", "dataset.noise.kind=symmetric", "dataset.noise.rate=0.2",
+                   f"hydra.sweep.dir={root / 'sweep'}", cwd=root)
     assert proc.returncode == 0, proc.stderr
     return root / "sweep"
 
@@ -83,6 +84,10 @@ def test_compare_sweep_writes_table_csv_markdown_and_plots(sweep, tmp_path):
         assert float(row["macro_f1_mean"]) == pytest.approx(f1)
         epochs = np.mean([m["best_epoch"] for m in runs])
         assert float(row["best_epoch_mean"]) == pytest.approx(epochs)
+        # the corruption the runs recorded
+        realised = np.mean([m["data"]["noise"]["realised_rate"]["train_and_val"] for m in runs])
+        assert (row["noise_kind"], row["noise_rate"]) == ("symmetric", "0.2")
+        assert float(row["noise_realised_rate"]) == pytest.approx(realised)
     means = [float(r["accuracy_mean"]) for r in rows]
     assert means == sorted(means, reverse=True)
     assert rows[0]["mark"] in ("best", "top")

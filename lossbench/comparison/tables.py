@@ -380,10 +380,10 @@ def to_latex(blocks: Sequence[Block], notes: Notes, digits: int = 3) -> str:
                  "Welch": "Welch's $t$-test"}
         used = " and ".join(tests[t] for t in block.tests) or "no test (one configuration)"
         against = f"against {latex_escape(notes.baseline)}" if notes.baseline else "all pairs"
+        sizes = sorted({len(r.runs) for r in block.rows})
+        seeds = str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}--{sizes[-1]}"
         foot = (rf"\par\smallskip{{\footnotesize Bold: best mean in its group. Test: {used}, "
-                rf"{against}, Holm-adjusted, $\alpha={notes.alpha:g}$; "
-                rf"n = {min((len(r.runs) for r in block.rows), default=0)}--"
-                rf"{max((len(r.runs) for r in block.rows), default=0)} seeds.")
+                rf"{against}, Holm-adjusted, $\alpha={notes.alpha:g}$; n = {seeds} seeds.")
         if any(r.warnings for r in block.rows):
             foot += r" $^\dagger$: a run carries a warning (near chance or majority rate)."
         lines += [foot + "}", r"\end{table}", ""]
