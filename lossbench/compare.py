@@ -32,19 +32,21 @@ from lossbench.comparison.rows import (HEADLINE, Block, block_values, config_key
 from lossbench.errors import UserError
 from lossbench.rundir import write_bytes_atomic, write_csv_atomic, write_text_atomic
 
+# Config keys that cannot change a result: the seeds (what is averaged over), whether the config
+# is printed, the trackers, plots, checkpoint cadence, where files go. Everything else (device,
+# precision, compile, batch sizes, ...) can, and splits rows.
 DEFAULT_IGNORE = ("seed", "data_seed", "train_seed", "run_dir", "resume", "print_config",
                   "logger", "trainer.plots", "trainer.checkpoint_every", "hydra")
-
 FORMATS = ("table", "markdown", "csv", "json", "latex")
-
+# The keys whose sweep draws a rate curve (metric against rate, one line per loss).
 RATE_KEYS = ("dataset.noise.rate", "dataset.imbalance.ratio")
-
 
 
 def build_blocks(runs: Sequence[Run], metric: str | None, mode: str | None, alpha: float,
                  group_by: Sequence[str] | None, ignore: Sequence[str], at: str = "best",
                  baseline: str | None = None, mde: float | None = None,
                  confidence: float = 0.95) -> list[Block]:
+    """One block per (dataset, task): its rows sorted by the metric, split into families."""
     completed = [r for r in runs if r.status == "completed" and r.test_metrics(at) is not None]
     if at == "last":
         no_last = [r for r in runs if r.status == "completed" and r.test_metrics(at) is None]
@@ -103,7 +105,7 @@ def build_blocks(runs: Sequence[Run], metric: str | None, mode: str | None, alph
         rate_keys = [k for k in RATE_KEYS if k in columns]
         block.rate_key = rate_keys[0] if rate_keys and "loss" in columns else None
         blocks.append(block)
-    parsed = parse_baseline(baseline, [])
+    parsed = parse_baseline(baseline)
     if parsed and not any(fmt_value(r.labels.get(parsed[0])) == parsed[1]
                           for b in blocks for r in b.rows):
         choices = sorted({fmt_value(r.labels.get(parsed[0])) for b in blocks for r in b.rows}

@@ -80,16 +80,16 @@ def paired_runs(a: Row, b: Row) -> bool:
     return True
 
 
-def worst_value(metric: str, mode: str, block_values: Sequence[float]) -> float:
+def worst_value(metric: str, mode: str, values: Sequence[float]) -> float:
     """What a lost seed scores in a t-test: the worst value the metric can take where it is
     bounded (accuracy 0), else the worst value any run of the block reached."""
     low, high = stats.metric_range(metric)
     bound = high if mode == "min" else low
     if math.isfinite(bound):
         return bound
-    if not block_values:
+    if not values:
         return float("nan")
-    return max(block_values) if mode == "min" else min(block_values)
+    return max(values) if mode == "min" else min(values)
 
 
 def compare_rows(a: Row, b: Row, metric: str, mode: str, at: str, worst: float,
@@ -142,7 +142,8 @@ def sample_size_figures(comparison: Comparison, alpha: float, mde: float | None)
         comparison.n_needed = stats.sample_size(mde, comparison.sd, alpha, POWER, paired)
 
 
-def parse_baseline(text: str | None, columns: Sequence[str]) -> tuple[str, str] | None:
+def parse_baseline(text: str | None) -> tuple[str, str] | None:
+    """`--baseline ce` is loss=ce; `--baseline optimizer=sgd` names another key."""
     if not text:
         return None
     key, sep, value = text.partition("=")
