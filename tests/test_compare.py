@@ -570,3 +570,20 @@ def test_latex_booktabs_table_bolds_the_best_and_names_the_test(tmp_path, cli):
         built = subprocess.run(["pdflatex", "-interaction=nonstopmode", "t.tex"],
                                cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert built.returncode == 0, built.stdout[-2000:]
+
+
+def test_a_fixed_seed_with_swept_training_seeds_still_pairs(tmp_path, cli):
+    # seed=0 for every run, train_seed 0..3 varies initial weights and batch order: 4 pairs
+    for loss, accs in (("ce", CE[:4]), ("gce", GCE[:4])):
+        for train_seed, acc in enumerate(accs):
+            record = {"data_seed": 0, "train_seed": train_seed,
+                      "init_hash": f"i{train_seed}", "order_hash": f"o{train_seed}"}
+            fake_run(tmp_path / "s" / f"{loss}{train_seed}", loss=loss, seed=0,
+                     test={"accuracy": acc, "macro_f1": acc}, pairing=record,
+                     config={"train_seed": train_seed})
+    rows = {r["loss"]: r for r in csv.DictReader(
+        cli("compare", "s", "--baseline", "ce", "--format", "csv").stdout.splitlines())}
+    assert rows["ce"]["n_runs"] == "4"  # train_seed, like seed, is what is averaged over
+    assert rows["gce"]["test"] == "paired t" and rows["gce"]["n_compared"] == "4"
+    assert float(rows["gce"]["p_value"]) == pytest.approx(
+        stats.ttest_rel(GCE[:4], CE[:4]).pvalue)

@@ -4,7 +4,6 @@ or Welch t-tests, Holm's adjustment, probability of improvement and sample-size 
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,7 +53,7 @@ def seed_scores(row: Row, metric: str, at: str) -> dict[Any, float | None] | Non
     """{seed: value, or None for a lost seed}; None if a seed appears twice (not pairable)."""
     scores: dict[Any, float | None] = {}
     for run in row.runs + row.lost:
-        seed = json.dumps(run.seed, default=str)
+        seed = run.replicate
         if seed in scores:
             return None
         scores[seed] = None if run.lost else run.test_metric(metric, at)
@@ -64,8 +63,8 @@ def seed_scores(row: Row, metric: str, at: str) -> dict[Any, float | None] | Non
 def paired_runs(a: Row, b: Row) -> bool:
     """Every seed in both rows, once each, with equal pairing records (a lost run may lack
     one: it failed before writing it), and at least two seeds."""
-    seeds_a = {json.dumps(r.seed, default=str): r for r in a.runs + a.lost}
-    seeds_b = {json.dumps(r.seed, default=str): r for r in b.runs + b.lost}
+    seeds_a = {r.replicate: r for r in a.runs + a.lost}
+    seeds_b = {r.replicate: r for r in b.runs + b.lost}
     if len(seeds_a) != len(a.runs + a.lost) or len(seeds_b) != len(b.runs + b.lost):
         return False
     if set(seeds_a) != set(seeds_b) or len(seeds_a) < 2:

@@ -118,9 +118,13 @@ def rates_plot(blocks: Sequence[Block]) -> bytes:
         for row in block.rows:
             name = ", ".join(fmt_value(v) for k, v in row.labels.items() if k != key)
             lines.setdefault(name, []).append((float(row.labels.get(key) or 0), row))
-        for name, points in lines.items():
+        rates = [x for points in lines.values() for x, _ in points]
+        span = (max(rates) - min(rates)) or 1.0
+        for j, (name, points) in enumerate(lines.items()):
             points.sort(key=lambda p: p[0])
-            xs = [x for x, _ in points]
+            # lines side by side by 1.5% of the axis, so that overlapping intervals stay apart
+            dodge = (j - (len(lines) - 1) / 2) * 0.015 * span
+            xs = [x + dodge for x, _ in points]
             stats = [row.stats[block.metric] for _, row in points]
             means = [s.mean for s in stats]
             low = [0.0 if s.n < 2 else s.mean - s.ci_low for s in stats]

@@ -60,6 +60,16 @@ class Run:
         return self.metrics.get("seed", self.config.get("seed"))
 
     @property
+    def replicate(self) -> str:
+        """Which replicate of its configuration this run is: the seed, and the data and
+        training seeds where they are set apart (data_seed held fixed, train_seed swept)."""
+        record = self.section("pairing")
+        # a run that failed before recording them used the config's (by default: the seed)
+        seeds = [record.get(k, self.config.get(k)) for k in ("data_seed", "train_seed")]
+        return json.dumps([self.seed] + [self.seed if s is None else s for s in seeds],
+                          default=str)
+
+    @property
     def lost(self) -> bool:
         """Failed or diverged: for its seed, a loss against any run that completed."""
         return self.status in ("failed", "diverged") and self.metrics.get("stopped") not in (

@@ -46,12 +46,14 @@ def has_corruption(block: Block) -> bool:
                != "none" for r in block.rows)
 
 
-def corruption_text(row: Row) -> str:
+def corruption_text(row: Row, compact: bool = False) -> str:
+    """"symmetric 0.4 (realised 0.394); longtail ratio 10"; compact drops the word realised."""
     c = row.corruption
     parts = []
     if c.get("noise_kind") != "none":
         realised = c.get("noise_realised")
-        real = "" if realised is None or math.isnan(realised) else f" (realised {realised:.3f})"
+        word = "" if compact else "realised "
+        real = "" if realised is None or math.isnan(realised) else f" ({word}{realised:.3f})"
         parts.append(f"{c['noise_kind']} {fmt_value(c.get('noise_rate'))}{real}")
     if c.get("imbalance_kind") != "none":
         parts.append(f"{c['imbalance_kind']} ratio {fmt_value(c.get('imbalance_ratio'))}")
@@ -113,7 +115,7 @@ def table_cells(block: Block, row: Row, notes: Notes, digits: int = 4, compact: 
     show = extras(block)
     cells = [row.mark] + [fmt_value(row.labels.get(c)) for c in block.columns]
     if show["corruption"]:
-        cells.append(corruption_text(row))
+        cells.append(corruption_text(row, compact))
     for m in block.metrics:
         cells += [mean_std(row.stats[m], digits)] + (
             [ci_text(row.stats[m], digits)] if not compact or m == block.metric else [])
@@ -362,7 +364,7 @@ def to_latex(blocks: Sequence[Block], notes: Notes, digits: int = 3) -> str:
             for row in family.rows:
                 cells = [latex_escape(fmt_value(row.labels.get(c))) for c in block.columns]
                 if show_corruption:
-                    cells.append(latex_escape(corruption_text(row)))
+                    cells.append(latex_escape(corruption_text(row, compact=True)))
                 for m in block.metrics:
                     s = row.stats[m]
                     if not s.n:
