@@ -542,6 +542,7 @@ def test_a_noise_rate_sweep_compares_as_loss_by_rate_with_a_rate_curve(tmp_path,
     assert "| gce | 0.9600 ± 0.0100 | 0.9000 ± 0.0100 | 0.8400 ± 0.0100 |" in table
     # one family per rate: gce against ce at 0.2 and 0.4 (each alone in its family)
     rows = list(csv.DictReader((tmp_path / "s" / "comparison.csv").read_text().splitlines()))
+    assert [r["dataset.noise.rate"] for r in rows] == ["0", "0", "0.2", "0.2", "0.4", "0.4"]
     gce = {r["dataset.noise.rate"]: r for r in rows if r["loss"] == "gce"}
     assert gce["0.4"]["mark"] == "better" and gce["0.4"]["test"] == "paired t"
     assert gce["0"]["mark"] == "not separated (n = 3)"

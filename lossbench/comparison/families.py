@@ -161,7 +161,16 @@ def build_families(block: Block, baseline: tuple[str, str] | None, at: str, alph
         groups.setdefault(key, []).append(row)
     values = [v for r in block.rows for v in block_values(r, block.metric, at)]
     worst = worst_value(block.metric, block.mode, values)
-    for key, rows in groups.items():
+    def natural(key: tuple) -> tuple:  # rate 0, 0.2, 0.4 in that order, names alphabetically
+        order = []
+        for value in key:
+            try:
+                order.append((0, float(value), ""))
+            except ValueError:
+                order.append((1, 0.0, value))
+        return tuple(order)
+
+    for key, rows in sorted(groups.items(), key=lambda item: natural(item[0])):
         reference = None
         if baseline:
             matches = [r for r in rows if fmt_value(r.labels.get(baseline[0])) == baseline[1]]
