@@ -382,6 +382,12 @@ def test_baseline_paired_tests_holm_and_a_failed_seed_that_counts_as_a_loss(tmp_
     n = int(gce["n_needed"])
     assert power_by_nct(0.01, sd, n, 0.025, True) >= 0.8 > power_by_nct(0.01, sd, n - 1,
                                                                           0.025, True)
+    as_json = json.loads(cli("compare", "s", "--baseline", "ce", "--format", "json",
+                             "--no-plots").stdout)
+    [family] = as_json["families"]
+    assert family["alpha_adjusted"] == pytest.approx(0.025)
+    assert sorted((c["a"], c["b"]) for c in family["comparisons"]) == [
+        ("loss=gce", "loss=ce"), ("loss=mae", "loss=ce")]
     table = cli("compare", "s", "--baseline", "ce", "--no-plots")
     assert "paired t-test" in table.stdout and "not separated (n = 6)" in table.stdout
     assert "tied" not in table.stdout
