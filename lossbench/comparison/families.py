@@ -149,6 +149,17 @@ def parse_baseline(text: str | None) -> tuple[str, str] | None:
     return (key, value) if sep else ("loss", text)
 
 
+def condition_order(key: tuple[str, ...]) -> tuple:
+    """Noise rates 0, 0.2, 0.4 in that order (numbers by value), names alphabetically."""
+    order = []
+    for value in key:
+        try:
+            order.append((0, float(value), ""))
+        except ValueError:
+            order.append((1, 0.0, value))
+    return tuple(order)
+
+
 def build_families(block: Block, baseline: tuple[str, str] | None, at: str, alpha: float,
                    mde: float | None, confidence: float) -> None:
     """Split the block's rows by condition, and test inside each family (Holm)."""
@@ -161,16 +172,7 @@ def build_families(block: Block, baseline: tuple[str, str] | None, at: str, alph
         groups.setdefault(key, []).append(row)
     values = [v for r in block.rows for v in block_values(r, block.metric, at)]
     worst = worst_value(block.metric, block.mode, values)
-    def natural(key: tuple) -> tuple:  # rate 0, 0.2, 0.4 in that order, names alphabetically
-        order = []
-        for value in key:
-            try:
-                order.append((0, float(value), ""))
-            except ValueError:
-                order.append((1, 0.0, value))
-        return tuple(order)
-
-    for key, rows in sorted(groups.items(), key=lambda item: natural(item[0])):
+    for key, rows in sorted(groups.items(), key=lambda item: condition_order(item[0])):
         reference = None
         if baseline:
             matches = [r for r in rows if fmt_value(r.labels.get(baseline[0])) == baseline[1]]
@@ -207,21 +209,22 @@ def mark_rows(family: Family, against_baseline: bool, alpha: float, mode: str) -
         if comparison.a is reference:  # keep "row against reference" as the recorded direction
             comparison = flipped(comparison)
         row.reference = comparison
+        better = comparison.diff < 0 if mode == "min" else comparison.diff > 0
         if not comparison.separated(alpha):
             row.mark = f"not separated (n = {comparison.n})"
         elif against_baseline:
-            better = comparison.diff < 0 if mode == "min" else comparison.diff > 0
             row.mark = "better" if better else "worse"
-        else:
-            row.mark = "worse than best"
-    if not against_baseline and any(r.mark.startswith("not separated") or r.mark == ""
+        else:  # better than the top mean only when the top row lost seeds the other did not
+            row.mark = "better than top" if better else "worse than best"
+    if not against_baseline and any(r.mark != "worse than best"
                                     for r in family.rows if r is not reference):
         reference.mark = "top"  # highest mean, but not separated from every other row
 
 
 def flipped(c: Comparison) -> Comparison:
     i = c.improvement
-    return Comparison(c.b, c.a, c.test, c.n, c.n_min, -c.diff, -c.diff_high, -c.diff_low, c.p,
+    n = " + ".join(reversed(c.n.split(" + ")))  # Welch's "3 + 4" is a's runs + b's
+    return Comparison(c.b, c.a, c.test, n, c.n_min, -c.diff, -c.diff_high, -c.diff_low, c.p,
                       Improvement(1 - i.p, i.n - i.wins, i.n, 1 - i.ci_high, 1 - i.ci_low),
                       c.sd, c.p_holm, c.mde, c.n_needed)
 
