@@ -26,9 +26,9 @@ from pathlib import Path
 from lossbench import stats
 from lossbench.comparison.families import build_families, check_last_budgets, parse_baseline
 from lossbench.comparison.records import Run, find_runs
-from lossbench.comparison.rows import (HEADLINE, Block, block_values, config_key, describe_row,
-                                       fmt_value, group_runs, label_rows, lower_is_better,
-                                       mean_of, task_kind)
+from lossbench.comparison.rows import (HEADLINE, IMBALANCE_COLUMNS, Block, block_values,
+                                       config_key, describe_row, fmt_value, group_runs,
+                                       label_rows, lower_is_better, mean_of, task_kind)
 from lossbench.errors import UserError
 from lossbench.rundir import write_bytes_atomic, write_csv_atomic, write_text_atomic
 
@@ -74,6 +74,8 @@ def build_blocks(runs: Sequence[Run], metric: str | None, mode: str | None, alph
         block_mode = mode if chosen == metric and mode else (
             "min" if lower_is_better(chosen) else "max")
         metrics = [chosen] + [m for m in headline if m != chosen]
+        if any({"imbalance", "resample"} & set(r.section("data")) for r in members):
+            metrics += [m for m in IMBALANCE_COLUMNS if m not in metrics and has(members, m)]
         # keys that follow the seed (a dataset's `random_state: ${seed}`) vary with it
         keys = {k for r in members for k in r.config}
         ignore_here = list(ignore) + sorted(

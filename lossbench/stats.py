@@ -34,7 +34,9 @@ NAN = float("nan")
 UNIT = (0.0, 1.0)
 METRIC_RANGE = {
     "accuracy": UNIT, "macro_f1": UNIT, "f1": UNIT, "precision": UNIT, "recall": UNIT,
-    "ece": UNIT, "auroc": UNIT, "roc_auc": UNIT, "balanced_accuracy": UNIT, "memorised": UNIT,
+    "ece": UNIT, "auroc": UNIT, "roc_auc": UNIT, "pair_roc_auc": UNIT, "weighted_f1": UNIT,
+    "balanced_accuracy": UNIT, "robust_accuracy": UNIT, "worst_class_recall": UNIT,
+    "few_shot_accuracy": UNIT, "prior_accuracy": UNIT, "memorised": UNIT,
     "brier": (0.0, 2.0),  # multiclass Brier score Σ_k (p_k − y_k)², at most 2
     "nll": (0.0, INF), "loss": (0.0, INF), "rmse": (0.0, INF), "mse": (0.0, INF),
     "mae": (0.0, INF), "r2": (-INF, 1.0),

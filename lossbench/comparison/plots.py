@@ -21,27 +21,61 @@ def _png_bytes(fig) -> bytes:
     return buf.getvalue()
 
 
-def comparison_plot(blocks: Sequence[Block]) -> bytes:
-    """The sort metric per configuration: mean with its 95% CI as error bars."""
-    from matplotlib.figure import Figure  # Agg canvas; no pyplot, no display needed
+def _plot_label(label: str, width: int = 38) -> str:
+    """A configuration's label on lines of at most `width` characters, broken between its
+    overrides: a mixed folder's labels run to 150 characters."""
+    import textwrap
 
-    height = max(2.5, 0.45 * max(len(b.rows) for b in blocks) + 1.2)
-    fig = Figure(figsize=(7, height * len(blocks)))
+    return "\n".join(textwrap.wrap(label, width, break_long_words=False,
+                                    break_on_hyphens=False)) or label
+
+
+def _row_colour(index: int) -> str:
+    """The colour of a block's index-th configuration, the same in comparison.png and
+    curves.png (matplotlib's default cycle)."""
+    return f"C{index % 10}"
+
+
+# marker of a row by its mark: the best (or better than the baseline), and those not separated
+MARKERS = (("best", "*", "best, or better than the baseline"),
+           ("not separated", "D", "not separated from the reference"))
+
+
+def _marker(mark: str) -> str:
+    if mark in ("best", "better"):
+        return "*"
+    return "D" if mark.startswith("not separated") else "o"
+
+
+def comparison_plot(blocks: Sequence[Block]) -> bytes:
+    """The sort metric per configuration: mean with its 95% CI (inside the metric's range);
+    each configuration in its curves.png colour, its mark by marker."""
+    from matplotlib.figure import Figure  # Agg canvas; no pyplot, no display needed
+    from matplotlib.lines import Line2D
+
+    lines = max(sum(_plot_label(row.label).count("\n") + 1 for row in b.rows) for b in blocks)
+    height = max(2.5, 0.35 * lines + 1.6)
+    fig = Figure(figsize=(8, height * len(blocks)), layout="constrained")
     for i, block in enumerate(blocks):
         ax = fig.add_subplot(len(blocks), 1, i + 1)
         ys = list(range(len(block.rows)))[::-1]  # best on top
-        for y, row in zip(ys, block.rows):
+        for index, (y, row) in enumerate(zip(ys, block.rows)):
             s = row.stats[block.metric]
-            err = 0.0 if s.n < 2 else s.ci_high - s.mean
-            color = "tab:green" if row.mark in ("best", "better") else (
-                "tab:olive" if row.mark.startswith("not separated") else "tab:blue")
-            ax.errorbar([s.mean], [y], xerr=[[err], [err]], fmt="o", color=color, capsize=4)
+            low, high = (s.mean, s.mean) if s.n < 2 else (s.ci_low, s.ci_high)
+            marker = _marker(row.mark)
+            ax.errorbar([s.mean], [y], xerr=[[s.mean - low], [high - s.mean]], fmt=marker,
+                        color=_row_colour(index), capsize=4, markersize=11 if marker == "*" else 7)
         ax.set_yticks(ys)
-        ax.set_yticklabels([row.label for row in block.rows])
+        ax.set_yticklabels([_plot_label(row.label) for row in block.rows], fontsize="small")
         ax.set_xlabel(f"test {block.metric} (mean, 95% CI over seeds)")
         ax.set_title(f"{block.dataset} ({block.task})")
         ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
+        shown = {_marker(row.mark) for row in block.rows}
+        handles = [Line2D([], [], color="grey", linestyle="none", marker=marker, label=label)
+                   for _, marker, label in MARKERS if marker in shown]
+        if handles:
+            ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                      fontsize="small", frameon=False)
     return _png_bytes(fig)
 
 
@@ -76,12 +110,13 @@ def curve_column(block: Block, histories: Sequence[list[dict[str, float]]], runs
 def curves_plot(blocks: Sequence[Block]) -> bytes:
     """Validation metric per epoch, mean over seeds, one line per configuration."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
-    fig = Figure(figsize=(7, 3.6 * len(blocks)))
+    fig = Figure(figsize=(10, 3.6 * len(blocks)), layout="constrained")
     for i, block in enumerate(blocks):
         ax = fig.add_subplot(len(blocks), 1, i + 1)
         column = None
-        for row in block.rows:
+        for index, row in enumerate(block.rows):
             histories = [read_history(r.path) for r in row.runs]
             column = column or curve_column(block, histories, row.runs)
             if column is None:
@@ -93,14 +128,16 @@ def curves_plot(blocks: Sequence[Block]) -> bytes:
                         per_epoch.setdefault(entry["epoch"], []).append(entry[column])
             epochs = sorted(per_epoch)
             means = [math.fsum(per_epoch[e]) / len(per_epoch[e]) for e in epochs]
-            ax.plot(epochs, means, marker="o", markersize=3, label=row.label)
+            ax.plot(epochs, means, marker="o", markersize=3, label=_plot_label(row.label),
+                    color=_row_colour(index))
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"{column or 'validation metric'} (mean over seeds)")
         ax.set_title(f"{block.dataset} ({block.task})")
         ax.grid(alpha=0.3)
-        if block.rows:
-            ax.legend(fontsize="small")
-    fig.tight_layout()
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
+        if block.rows:  # beside the axes, never over the curves
+            ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                      frameon=False)
     return _png_bytes(fig)
 
 

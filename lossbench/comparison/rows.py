@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     from lossbench.comparison.families import Comparison, Family
 
 HEADLINE = {"classification": ("accuracy", "macro_f1"), "regression": ("rmse", "r2")}
+# Columns added for runs trained on an imbalanced or re-sampled split
+IMBALANCE_COLUMNS = ("balanced_accuracy", "worst_class_recall", "few_shot_accuracy",
+                     "prior_accuracy")
 
 LOWER_IS_BETTER = {"rmse", "mse", "mae", "loss", "nll", "brier", "ece", "error"}
 
