@@ -68,7 +68,8 @@ def improvement_text(c: Comparison, digits: int = 2) -> str:
 
 
 def diff_text(c: Comparison, digits: int = 4) -> str:
-    ci = "" if math.isnan(c.diff_low) else f" [{_num(c.diff_low, digits)}, {_num(c.diff_high, digits)}]"
+    ci = "" if math.isnan(c.diff_low) else \
+        f" [{_num(c.diff_low, digits)}, {_num(c.diff_high, digits)}]"
     return f"{c.diff:+.{digits}f}{ci}"
 
 
