@@ -56,7 +56,9 @@ def assert_png(path: Path) -> None:
 def test_compare_sweep_writes_table_csv_markdown_and_plots(sweep, tmp_path):
     proc = run_cli("compare", str(sweep), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    table_rows = [line for line in proc.stdout.splitlines() if line.startswith("│")]
+    # a row's first line names its loss; a wrapped cell continues on lines with that cell empty
+    table_rows = [line for line in proc.stdout.splitlines()
+                  if line.startswith("│") and line.split("│")[2].strip()]
     assert len(table_rows) == 2
     assert {row.split("│")[2].strip() for row in table_rows} == {"ce", "bce"}
 
@@ -91,7 +93,16 @@ def test_compare_sweep_writes_table_csv_markdown_and_plots(sweep, tmp_path):
     means = [float(r["accuracy_mean"]) for r in rows]
     assert means == sorted(means, reverse=True)
     assert rows[0]["mark"] in ("best", "top")
-    assert rows[1]["test"] == "Welch"  # these runs record no pairing hashes
+    # paired when every run records pairing hashes and the two losses' runs of a seed share
+    # them; runs recorded without them are compared unpaired
+    records: dict[int, set] = {}
+    for run in run_dirs(sweep):
+        metrics = read_metrics(run)
+        record = metrics.get("pairing") or {}
+        records.setdefault(metrics["seed"], set()).add(json.dumps(
+            [record.get(k) for k in ("data_seed", "init_hash", "order_hash")]))
+    paired = all(len(r) == 1 and "null" not in next(iter(r)) for r in records.values())
+    assert rows[1]["test"] == ("paired t" if paired else "Welch")
     assert rows[1]["reference"] == f"loss={rows[0]['loss']}"
 
     markdown = (sweep / "comparison.md").read_text()
