@@ -169,14 +169,38 @@ def job_status(job_dir: Path) -> str:
         return "unfinished"
 
 
+def job_warnings(job_dir: Path) -> list[str]:
+    """The kinds of warning a completed job's metrics.json carries (near_chance, ...)."""
+    try:
+        found = read_json(job_dir / "metrics.json").get("warnings")
+    except (OSError, ValueError, AttributeError):
+        return []
+    if not isinstance(found, list):
+        return []
+    return [str(w.get("kind", "warning")) if isinstance(w, dict) else str(w) for w in found]
+
+
+def warnings_note(jobs: list[Path]) -> str:
+    """'; 2 jobs carry warnings (near_chance): <dirs>', so a suspicious sweep never ends on a
+    plain "all completed"."""
+    warned = {job: kinds for job in jobs if (kinds := job_warnings(job))}
+    if not warned:
+        return ""
+    kinds = ", ".join(dict.fromkeys(k for found in warned.values() for k in found))
+    dirs = " ".join(str(job) for job in warned)
+    return f"; {len(warned)} {'job carries' if len(warned) == 1 else 'jobs carry'} " \
+           f"warnings ({kinds}): {dirs}"
+
+
 def summary_line(sweep_dir: Path, jobs: list[Path], since: float) -> tuple[str, list[Path]]:
     failed = [job for job in jobs if job_status(job) != "completed"]
+    note = warnings_note([job for job in jobs if job not in failed])
     if failed:
         dirs = " ".join(str(job) for job in failed)
-        return f"lossbench: {len(failed)} of {len(jobs)} jobs failed: {dirs}", failed
+        return f"lossbench: {len(failed)} of {len(jobs)} jobs failed: {dirs}{note}", failed
     reused = sum(1 for job in jobs if (job / "metrics.json").stat().st_mtime < since)
     skipped = f" ({reused} skipped: already completed)" if reused else ""
-    return f"lossbench: all {len(jobs)} jobs completed{skipped} in {sweep_dir}", failed
+    return f"lossbench: all {len(jobs)} jobs completed{skipped} in {sweep_dir}{note}", failed
 
 
 def summary_after_error(err: BaseException) -> bool:

@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,10 +30,11 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> Path:
-    """A real 2-loss × 2-seed smoke sweep, shared by the tests of this module."""
+    """A real 2-loss × 2-seed smoke sweep under label noise, shared by the tests of this module."""
     root = tmp_path_factory.mktemp("compare")
     proc = run_cli("train", "-m", "loss=ce,bce", "seed=0,1", "trainer=smoke", "model=linear",
-                   "dataset=iris", f"hydra.sweep.dir={root / 'sweep'}", cwd=root)
+                   "dataset=iris", "dataset.noise.kind=symmetric", "dataset.noise.rate=0.2",
+                   f"hydra.sweep.dir={root / 'sweep'}", cwd=root)
     assert proc.returncode == 0, proc.stderr
     return root / "sweep"
 
@@ -54,7 +56,9 @@ def assert_png(path: Path) -> None:
 def test_compare_sweep_writes_table_csv_markdown_and_plots(sweep, tmp_path):
     proc = run_cli("compare", str(sweep), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    table_rows = [line for line in proc.stdout.splitlines() if line.startswith("│")]
+    # a row's first line names its loss; a wrapped cell continues on lines with that cell empty
+    table_rows = [line for line in proc.stdout.splitlines()
+                  if line.startswith("│") and line.split("│")[2].strip()]
     assert len(table_rows) == 2
     assert {row.split("│")[2].strip() for row in table_rows} == {"ce", "bce"}
 
@@ -63,7 +67,8 @@ def test_compare_sweep_writes_table_csv_markdown_and_plots(sweep, tmp_path):
     columns = set(rows[0])
     assert {"dataset", "task", "loss", "n_runs", "accuracy_mean", "accuracy_std",
             "accuracy_ci95_low", "accuracy_ci95_high", "macro_f1_mean", "macro_f1_std",
-            "best_epoch_mean", "train_time_s_mean", "mark", "p_value_vs_best"} <= columns
+            "best_epoch_mean", "train_time_s_mean", "mark", "test", "p_value", "p_holm",
+            "p_better", "noise_kind", "noise_rate", "imbalance_ratio", "memorised"} <= columns
     assert "seed" not in columns  # the seed is what is averaged over
     for row in rows:
         assert row["dataset"] == "iris" and row["task"] == "multiclass"
@@ -74,17 +79,34 @@ def test_compare_sweep_writes_table_csv_markdown_and_plots(sweep, tmp_path):
         half = stats.t.ppf(0.975, 1) * acc.std(ddof=1) / math.sqrt(2)
         assert float(row["accuracy_mean"]) == pytest.approx(acc.mean())
         assert float(row["accuracy_std"]) == pytest.approx(acc.std(ddof=1))
-        assert float(row["accuracy_ci95_low"]) == pytest.approx(acc.mean() - half)
+        # the t interval, clipped to accuracy's range [0, 1]
+        assert float(row["accuracy_ci95_low"]) == pytest.approx(max(0.0, acc.mean() - half))
+        assert float(row["accuracy_ci95_high"]) == pytest.approx(min(1.0, acc.mean() + half))
         f1 = np.mean([m["test"]["macro_f1"] for m in runs])
         assert float(row["macro_f1_mean"]) == pytest.approx(f1)
         epochs = np.mean([m["best_epoch"] for m in runs])
         assert float(row["best_epoch_mean"]) == pytest.approx(epochs)
+        # the corruption the runs recorded
+        realised = np.mean([m["data"]["noise"]["realised_rate"]["train_and_val"] for m in runs])
+        assert (row["noise_kind"], row["noise_rate"]) == ("symmetric", "0.2")
+        assert float(row["noise_realised_rate"]) == pytest.approx(realised)
     means = [float(r["accuracy_mean"]) for r in rows]
     assert means == sorted(means, reverse=True)
-    assert rows[0]["mark"] == "best"
+    assert rows[0]["mark"] in ("best", "top")
+    # paired when every run records pairing hashes and the two losses' runs of a seed share
+    # them; runs recorded without them are compared unpaired
+    records: dict[int, set] = {}
+    for run in run_dirs(sweep):
+        metrics = read_metrics(run)
+        record = metrics.get("pairing") or {}
+        records.setdefault(metrics["seed"], set()).add(json.dumps(
+            [record.get(k) for k in ("data_seed", "init_hash", "order_hash")]))
+    paired = all(len(r) == 1 and "null" not in next(iter(r)) for r in records.values())
+    assert rows[1]["test"] == ("paired t" if paired else "Welch")
+    assert rows[1]["reference"] == f"loss={rows[0]['loss']}"
 
     markdown = (sweep / "comparison.md").read_text()
-    assert "| **best** |" in markdown and "| ce |" in markdown and "| bce |" in markdown
+    assert "| ce |" in markdown and "| bce |" in markdown
     assert_png(sweep / "comparison.png")
     assert_png(sweep / "curves.png")
 
@@ -130,15 +152,23 @@ def test_compare_without_runs_is_a_user_error(tmp_path):
 
 def fake_run(path: Path, *, loss: str, seed: int, test: dict[str, float], dataset: str = "wine",
              task: str = "multiclass", noise: float = 0.0, status: str = "completed",
-             history: list[float] | None = None) -> Path:
+             history: list[float] | None = None, **fields) -> Path:
+    """A run directory as `lossbench train` writes it; `fields` are extra metrics.json keys
+    (test_at, budget, pairing, warnings, ...) and `config=` entries merge into the config."""
     config = {"seed": seed, "loss": {"_target_": f"lossbench.losses.{loss}"},
               "dataset": {"_target_": f"data.{dataset}", "noise": {"rate": noise}}}
+    for key, value in fields.pop("config", {}).items():
+        *parents, leaf = key.split(".")
+        node = config
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
     metrics = {"status": status, "task": task, "dataset": dataset, "seed": seed,
                "choices": {"loss": loss, "dataset": dataset}, "monitor": "val_accuracy",
-               "best_epoch": 2, "wall_time_s": 1.5, "test": test, "config": config}
+               "best_epoch": 2, "wall_time_s": 1.5, "test": test, "config": config, **fields}
     if status != "completed":
         metrics = {"status": status, "error": "ValueError: boom", "seed": seed,
-                   "choices": {"loss": loss, "dataset": dataset}, "config": config}
+                   "choices": {"loss": loss, "dataset": dataset}, "config": config, **fields}
     (path / ".hydra").mkdir(parents=True)
     (path / "metrics.json").write_text(json.dumps(metrics))
     (path / ".hydra" / "overrides.yaml").write_text(
@@ -149,7 +179,7 @@ def fake_run(path: Path, *, loss: str, seed: int, test: dict[str, float], datase
     return path
 
 
-def test_best_tied_and_worse_configurations_are_marked(tmp_path, cli):
+def test_all_pairs_with_holm_mark_top_not_separated_and_worse(tmp_path, cli):
     accuracies = {"ce": [0.90, 0.92, 0.91], "gce": [0.905, 0.915, 0.90], "mae": [0.50, 0.52, 0.51]}
     n = 0
     for loss, values in accuracies.items():
@@ -157,17 +187,30 @@ def test_best_tied_and_worse_configurations_are_marked(tmp_path, cli):
             fake_run(tmp_path / "sweep" / str(n), loss=loss, seed=seed,
                      test={"accuracy": acc, "macro_f1": acc - 0.05})
             n += 1
-    fake_run(tmp_path / "sweep" / str(n), loss="ce", seed=3, test={}, status="failed")
+    # interrupted (not failed): listed, neither averaged nor counted as a loss
+    fake_run(tmp_path / "sweep" / str(n), loss="ce", seed=3, test={}, status="interrupted")
     proc = cli("compare", "sweep")
     assert proc.returncode == 0, proc.stderr
     rows = {r["loss"]: r for r in read_csv(tmp_path / "sweep" / "comparison.csv")}
-    assert rows["ce"]["mark"] == "best"
-    assert rows["gce"]["mark"] == "tied"
-    assert rows["mae"]["mark"] == ""
-    # Welch's t-test against the best, as scipy computes it
-    p = stats.ttest_ind(accuracies["ce"], accuracies["gce"], equal_var=False).pvalue
-    assert float(rows["gce"]["p_value_vs_best"]) == pytest.approx(p)
-    assert float(rows["mae"]["p_value_vs_best"]) < 0.05
+    # ce has the highest mean but is not separated from gce: no "best", and never "tied"
+    assert rows["ce"]["mark"] == "top"
+    assert rows["gce"]["mark"] == "not separated (n = 3 + 3)"
+    assert rows["mae"]["mark"] == "worse than best"
+    # Welch's t-test against the top row, as scipy computes it, Holm over all 3 pairs
+    pairs = [("gce", "ce"), ("mae", "ce"), ("gce", "mae")]
+    raw = [stats.ttest_ind(accuracies[a], accuracies[b], equal_var=False).pvalue
+           for a, b in pairs]
+    order = np.argsort(raw)
+    holm = np.empty(3)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, raw[i] * (3 - rank)))
+        holm[i] = running
+    assert float(rows["gce"]["p_value"]) == pytest.approx(raw[0])
+    assert float(rows["gce"]["p_holm"]) == pytest.approx(holm[0])
+    assert float(rows["mae"]["p_holm"]) == pytest.approx(holm[1]) and holm[1] < 0.05
+    assert {r["test"] for r in rows.values()} == {"", "Welch"}
+    assert "tied" not in proc.stdout
     # the failed run is listed, not averaged
     assert rows["ce"]["n_runs"] == "3"
     assert float(rows["ce"]["accuracy_mean"]) == pytest.approx(np.mean(accuracies["ce"]))
@@ -175,10 +218,10 @@ def test_best_tied_and_worse_configurations_are_marked(tmp_path, cli):
     assert failed_dir in proc.stdout.replace("\n", "")
     markdown = (tmp_path / "sweep" / "comparison.md").read_text()
     assert "Failed or unfinished runs" in markdown and "ValueError: boom" in markdown
-    # at alpha = 0.99 the same small difference counts as significant: no tie
+    # at alpha = 0.99 the same small difference separates: ce is best, above every other row
     loose = cli("compare", "sweep", "--alpha", "0.99", "--format", "csv")
     marks = {r["loss"]: r["mark"] for r in csv.DictReader(loose.stdout.splitlines())}
-    assert marks == {"ce": "best", "gce": "", "mae": ""}
+    assert marks == {"ce": "best", "gce": "worse than best", "mae": "worse than best"}
 
 
 def test_datasets_and_tasks_are_never_averaged_together(tmp_path, cli):
@@ -282,3 +325,283 @@ def test_runs_without_a_config_in_metrics_are_grouped_by_hydra_config_yaml(tmp_p
                 f"seed: {seed}\nloss:\n  _target_: x.CE\noptimizer:\n  lr: {lr}\n")
     rows = list(csv.DictReader(cli("compare", "old", "--format", "csv").stdout.splitlines()))
     assert [(r["optimizer.lr"], r["n_runs"]) for r in rows] == [("0.1", "2"), ("0.01", "2")]
+
+
+# --- pairing, baselines, Holm, P(better), sample sizes ---------------------------------------
+
+
+def pairing(seed: int, init: str = "i") -> dict:
+    return {"data_seed": seed, "train_seed": seed, "init_hash": f"{init}{seed}",
+            "order_hash": f"o{seed}"}
+
+
+def paired_sweep(root: Path, values: dict[str, list[float | None]], init: dict | None = None
+                 ) -> None:
+    """One run per loss and seed, paired by seed; None is a seed that failed."""
+    for loss, accs in values.items():
+        for seed, acc in enumerate(accs):
+            fake_run(root / f"{loss}{seed}", loss=loss, seed=seed,
+                     test={"accuracy": acc, "macro_f1": acc} if acc is not None else {},
+                     status="completed" if acc is not None else "failed",
+                     pairing=pairing(seed, (init or {}).get(loss, "i")))
+
+
+CE = [0.80, 0.82, 0.81, 0.83, 0.79, 0.80]
+GCE = [c + d for c, d in zip(CE, [0.02, 0.03, 0.01, 0.02, 0.025, 0.015])]
+MAE = [0.805, 0.81, 0.815, 0.82, 0.79, None]  # seed 5 failed: a loss, not a dropped pair
+
+
+def test_baseline_paired_tests_holm_and_a_failed_seed_that_counts_as_a_loss(tmp_path, cli):
+    from test_stats import power_by_nct
+
+    paired_sweep(tmp_path / "s", {"ce": CE, "gce": GCE, "mae": MAE})
+    proc = cli("compare", "s", "--baseline", "ce", "--mde", "0.01", "--format", "csv")
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["loss"]: r for r in csv.DictReader(proc.stdout.splitlines())}
+    assert rows["ce"]["mark"] == "baseline" and rows["ce"]["test"] == ""
+    gce, mae = rows["gce"], rows["mae"]
+    assert gce["test"] == mae["test"] == "paired t"
+    assert gce["reference"] == mae["reference"] == "loss=ce"
+    mae_scored = [v if v is not None else 0.0 for v in MAE]  # worst accuracy for the lost seed
+    p = [stats.ttest_rel(GCE, CE).pvalue, stats.ttest_rel(mae_scored, CE).pvalue]
+    assert float(gce["p_value"]) == pytest.approx(p[0])
+    assert float(mae["p_value"]) == pytest.approx(p[1])
+    # Holm over the k - 1 = 2 tests against the baseline
+    low, high = sorted(p)
+    holm = {low: 2 * low, high: max(2 * low, high)}
+    assert float(gce["p_holm"]) == pytest.approx(holm[p[0]])
+    assert float(mae["p_holm"]) == pytest.approx(min(1.0, holm[p[1]]))
+    assert gce["mark"] == "better"
+    assert mae["mark"] == "not separated (n = 6)"
+    assert mae["n_compared"] == "6" and mae["n_lost"] == "1" and mae["n_runs"] == "5"
+    # P(better): gce wins 6 of 6 seeds; mae loses seed 5 (failed), exact intervals
+    assert float(gce["p_better"]) == 1.0
+    ref = stats.binomtest(6, 6).proportion_ci(method="exact")
+    assert float(gce["p_better_ci95_low"]) == pytest.approx(ref.low)
+    mae_wins = sum(m is not None and m > c for m, c in zip(MAE, CE))
+    ties = sum(m == c for m, c in zip(MAE, CE))  # seed 4: 0.79 both, half a win
+    assert ties == 1
+    assert float(mae["p_better"]) == pytest.approx((mae_wins + 0.5 * ties) / 6)
+    # the paired difference and its bootstrap interval
+    diffs = np.array(GCE) - np.array(CE)
+    assert float(gce["diff"]) == pytest.approx(diffs.mean())
+    assert float(gce["diff_ci95_low"]) < diffs.mean() < float(gce["diff_ci95_high"])
+    assert diffs.min() <= float(gce["diff_ci95_low"])
+    # sample sizes at power 0.8 and alpha / 2 (two tests), from the sd of the differences
+    sd = diffs.std(ddof=1)
+    assert power_by_nct(float(gce["detectable_diff"]), sd, 6, 0.025, True) == pytest.approx(0.8)
+    n = int(gce["n_needed"])
+    assert power_by_nct(0.01, sd, n, 0.025, True) >= 0.8 > power_by_nct(0.01, sd, n - 1,
+                                                                          0.025, True)
+    as_json = json.loads(cli("compare", "s", "--baseline", "ce", "--format", "json",
+                             "--no-plots").stdout)
+    [family] = as_json["families"]
+    assert family["alpha_adjusted"] == pytest.approx(0.025)
+    assert sorted((c["a"], c["b"]) for c in family["comparisons"]) == [
+        ("loss=gce", "loss=ce"), ("loss=mae", "loss=ce")]
+    table = cli("compare", "s", "--baseline", "ce", "--no-plots")
+    assert "paired t-test" in table.stdout and "not separated (n = 6)" in table.stdout
+    assert "tied" not in table.stdout
+
+
+def test_unequal_pairing_hashes_fall_back_to_welch(tmp_path, cli):
+    # gce's initial weights differ (another head): the same seed is no longer a pair
+    paired_sweep(tmp_path / "s", {"ce": CE, "gce": GCE}, init={"gce": "other"})
+    rows = {r["loss"]: r for r in csv.DictReader(
+        cli("compare", "s", "--baseline", "ce", "--format", "csv").stdout.splitlines())}
+    assert rows["gce"]["test"] == "Welch" and rows["gce"]["n_compared"] == "6 + 6"
+    assert float(rows["gce"]["p_value"]) == pytest.approx(
+        stats.ttest_ind(GCE, CE, equal_var=False).pvalue)
+    mw = stats.mannwhitneyu(GCE, CE).statistic / 36
+    assert float(rows["gce"]["p_better"]) == pytest.approx(mw)
+
+
+def test_unknown_baseline_is_one_line_exit_2(tmp_path, cli):
+    paired_sweep(tmp_path / "s", {"ce": CE[:3], "gce": GCE[:3]})
+    proc = cli("compare", "s", "--baseline", "focal")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "lossbench: error: --baseline focal: no configuration has loss=focal; "
+        "choose from: ce, gce"]
+    assert not (tmp_path / "s" / "comparison.csv").exists()
+    bad = cli("compare", "s", "--mde", "-0.01")
+    assert bad.returncode == 2 and "--mde" in bad.stderr
+
+
+def test_too_few_seeds_say_what_they_cannot_show(tmp_path, cli):
+    paired_sweep(tmp_path / "five", {"ce": CE[:5], "gce": GCE[:5]})
+    proc = cli("compare", "five", "--baseline", "ce", "--format", "markdown", "--mde", "0.01")
+    assert "even 5 of 5 gives a lower bound of 0.478; 6 seeds can" in proc.stdout
+    paired_sweep(tmp_path / "two", {"ce": CE[:2], "gce": GCE[:2]})
+    rows = list(csv.DictReader(cli("compare", "two", "--baseline", "ce", "--mde", "0.01",
+                                   "--format", "csv").stdout.splitlines()))
+    gce = [r for r in rows if r["loss"] == "gce"][0]
+    assert gce["test"] == "paired t"
+    assert gce["detectable_diff"] == "" and gce["n_needed"] == ""  # nothing below 3 pairs
+
+
+# --- best and last, corruption, warnings, grouping, rate curves, LaTeX -----------------------
+
+
+def at_fields(best: float, last: float, epochs_run: int = 30) -> dict:
+    return {"test_at": {"best": {"accuracy": best, "macro_f1": best},
+                        "last": {"accuracy": last, "macro_f1": last}},
+            "budget": {"epochs": 30, "epochs_run": epochs_run, "steps_run": 10 * epochs_run,
+                       "early_stopping": epochs_run < 30}}
+
+
+def test_at_last_reads_last_epoch_metrics_and_refuses_unequal_budgets(tmp_path, cli):
+    for seed in range(3):
+        fake_run(tmp_path / "s" / f"ce{seed}", loss="ce", seed=seed, test={"accuracy": 0.9},
+                 **at_fields(0.9 + 0.01 * seed, 0.6 + 0.01 * seed))
+        fake_run(tmp_path / "s" / f"gce{seed}", loss="gce", seed=seed, test={"accuracy": 0.8},
+                 **at_fields(0.8 + 0.01 * seed, 0.75 + 0.01 * seed))
+    best = {r["loss"]: r for r in csv.DictReader(
+        cli("compare", "s", "--format", "csv").stdout.splitlines())}
+    last = {r["loss"]: r for r in csv.DictReader(
+        cli("compare", "s", "--at", "last", "--format", "csv").stdout.splitlines())}
+    assert float(best["ce"]["accuracy_mean"]) == pytest.approx(0.91) and best["ce"]["at"] == "best"
+    assert float(last["ce"]["accuracy_mean"]) == pytest.approx(0.61)
+    assert float(last["gce"]["accuracy_mean"]) == pytest.approx(0.76)
+    assert next(iter(last)) == "gce" and last["gce"]["at"] == "last"  # order flips at the end
+    md = cli("compare", "s", "--at", "last", "--format", "markdown").stdout
+    assert "Test metrics at the last epoch of the training budget" in md
+
+    # one ce seed stopped early at epoch 12: its last epoch is not the others'
+    metrics = json.loads((tmp_path / "s" / "ce1" / "metrics.json").read_text())
+    metrics.update(at_fields(0.91, 0.61, epochs_run=12))
+    (tmp_path / "s" / "ce1" / "metrics.json").write_text(json.dumps(metrics))
+    proc = cli("compare", "s", "--at", "last", "--out", "report")
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "different budgets" in proc.stderr and "12 epochs" in proc.stderr
+    assert not (tmp_path / "report").exists()
+    assert cli("compare", "s", "--at", "best", "--out", "report").returncode == 0
+
+    # a run recorded before last-epoch metrics existed
+    fake_run(tmp_path / "old" / "r0", loss="ce", seed=0, test={"accuracy": 0.9})
+    old = cli("compare", "old", "--at", "last")
+    assert old.returncode == 2 and "no last-epoch test metrics" in old.stderr
+    assert len(old.stderr.strip().splitlines()) == 1
+
+
+def test_corruption_memorisation_warnings_and_privileged_selection_columns(tmp_path, cli):
+    for seed in range(2):
+        data = {"noise": {"kind": "symmetric", "rate": 0.4,
+                          "realised_rate": {"train": 0.38 + 0.02 * seed, "val": 0.4,
+                                            "train_and_val": 0.39 + 0.02 * seed}},
+                "imbalance": {"kind": "longtail", "ratio": 10}}
+        fake_run(tmp_path / "s" / f"ce{seed}", loss="ce", seed=seed,
+                 test={"accuracy": 0.34, "macro_f1": 0.2}, data=data,
+                 memorisation={"flipped": 40, "best": {"memorised": 0.2 + 0.1 * seed,
+                                                       "true": 0.5},
+                               "last": {"memorised": 0.9, "true": 0.05}},
+                 warnings=[{"kind": "near_chance", "message": "accuracy 0.34 ~ chance 0.33"}])
+        fake_run(tmp_path / "s" / f"gce{seed}", loss="gce", seed=seed,
+                 test={"accuracy": 0.8, "macro_f1": 0.8}, data=data,
+                 selection={"metric": "val_accuracy", "tie_break": "val_nll",
+                            "labels": "clean", "privileged": True})
+    rows = {r["loss"]: r for r in csv.DictReader(
+        cli("compare", "s", "--format", "csv").stdout.splitlines())}
+    ce, gce = rows["ce"], rows["gce"]
+    assert (ce["noise_kind"], ce["noise_rate"], ce["imbalance_kind"], ce["imbalance_ratio"]) == (
+        "symmetric", "0.4", "longtail", "10")
+    assert float(ce["noise_realised_rate"]) == pytest.approx(0.40)
+    assert float(ce["memorised"]) == pytest.approx(0.25)
+    assert ce["warnings"] == "near_chance (2/2)" and gce["warnings"] == ""
+    assert gce["selection"] == "clean (privileged)" and ce["selection"] == "noisy"
+    md = cli("compare", "s", "--format", "markdown").stdout
+    assert "symmetric 0.4 (realised 0.400); longtail ratio 10" in md
+    assert "⚠ near_chance (2/2)" in md and "clean labels (privileged)" in md
+    assert "privileged information" in md
+    last = {r["loss"]: r for r in csv.DictReader(
+        cli("compare", "s", "--format", "csv", "--at", "best").stdout.splitlines())}
+    assert float(last["ce"]["memorised"]) == pytest.approx(0.25)
+
+
+def test_rows_ignore_only_keys_that_cannot_change_results(tmp_path, cli):
+    for seed in range(2):
+        # print_config, the logger, plots: same configuration, one row
+        fake_run(tmp_path / "s" / f"a{seed}", loss="ce", seed=seed, test={"accuracy": 0.9},
+                 config={"print_config": True, "logger._target_": "lossbench.tracking.Null",
+                         "trainer.plots": True, "trainer.device": "cpu"})
+        fake_run(tmp_path / "s" / f"b{seed}", loss="ce", seed=seed, test={"accuracy": 0.9},
+                 config={"print_config": False, "logger._target_": "lossbench.tracking.MLflow",
+                         "logger.uri": "file:./mlruns", "trainer.plots": False,
+                         "trainer.device": "cpu"})
+        # the device can change results: its own row
+        fake_run(tmp_path / "s" / f"c{seed}", loss="ce", seed=seed, test={"accuracy": 0.8},
+                 config={"print_config": True, "trainer.device": "cuda"})
+    rows = list(csv.DictReader(cli("compare", "s", "--format", "csv").stdout.splitlines()))
+    assert sorted((r["trainer.device"], r["n_runs"]) for r in rows) == [("cpu", "4"),
+                                                                       ("cuda", "2")]
+
+
+def rate_sweep(root: Path) -> None:
+    for rate in (0.0, 0.2, 0.4):
+        for loss, slope in (("ce", 0.8), ("gce", 0.3)):
+            for seed in range(3):
+                acc = 0.95 - slope * rate + 0.01 * seed
+                fake_run(root / f"{loss}-{rate}-{seed}", loss=loss, seed=seed, noise=rate,
+                         test={"accuracy": acc, "macro_f1": acc}, pairing=pairing(seed))
+
+
+def test_a_noise_rate_sweep_compares_as_loss_by_rate_with_a_rate_curve(tmp_path, cli):
+    import matplotlib.image
+
+    rate_sweep(tmp_path / "s")
+    proc = cli("compare", "s", "--baseline", "ce", "--format", "markdown")
+    assert proc.returncode == 0, proc.stderr
+    assert "Test accuracy (mean ± std) against dataset.noise.rate:" in proc.stdout
+    table = proc.stdout.split("against dataset.noise.rate:")[1]
+    assert "| loss | rate 0 | rate 0.2 | rate 0.4 |" in table
+    assert "| ce | 0.9600 ± 0.0100 | 0.8000 ± 0.0100 | 0.6400 ± 0.0100 |" in table
+    assert "| gce | 0.9600 ± 0.0100 | 0.9000 ± 0.0100 | 0.8400 ± 0.0100 |" in table
+    # one family per rate: gce against ce at 0.2 and 0.4 (each alone in its family)
+    rows = list(csv.DictReader((tmp_path / "s" / "comparison.csv").read_text().splitlines()))
+    assert [r["dataset.noise.rate"] for r in rows] == ["0", "0", "0.2", "0.2", "0.4", "0.4"]
+    gce = {r["dataset.noise.rate"]: r for r in rows if r["loss"] == "gce"}
+    assert gce["0.4"]["mark"] == "better" and gce["0.4"]["test"] == "paired t"
+    assert gce["0"]["mark"] == "not separated (n = 3)"
+    png = tmp_path / "s" / "rates.png"
+    assert_png(png)
+    pixels = matplotlib.image.imread(png)
+    assert pixels.shape[1] > pixels.shape[0] * 1.2  # one landscape panel: a single dataset
+
+
+def test_latex_booktabs_table_bolds_the_best_and_names_the_test(tmp_path, cli):
+    paired_sweep(tmp_path / "s", {"ce": CE, "gce": GCE})
+    proc = cli("compare", "s", "--baseline", "ce", "--format", "latex")
+    assert proc.returncode == 0, proc.stderr
+    tex = proc.stdout
+    assert tex == (tmp_path / "s" / "comparison.tex").read_text()
+    for command in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}{lrr}"):
+        assert command in tex
+    mean, std = np.mean(GCE), np.std(GCE, ddof=1)
+    assert rf"gce & \textbf{{{mean:.3f}}} $\pm$ {std:.3f}" in tex
+    assert rf"ce & {np.mean(CE):.3f} $\pm$ {np.std(CE, ddof=1):.3f}" in tex
+    assert "paired $t$-test" in tex and "Holm" in tex and r"macro\_f1" in tex
+    if shutil.which("pdflatex"):
+        doc = ("\\documentclass{article}\\usepackage{booktabs}\\begin{document}\n" + tex
+               + "\\end{document}\n")
+        (tmp_path / "t.tex").write_text(doc)
+        built = subprocess.run(["pdflatex", "-interaction=nonstopmode", "t.tex"],
+                               cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert built.returncode == 0, built.stdout[-2000:]
+
+
+def test_a_fixed_seed_with_swept_training_seeds_still_pairs(tmp_path, cli):
+    # seed=0 for every run, train_seed 0..3 varies initial weights and batch order: 4 pairs
+    for loss, accs in (("ce", CE[:4]), ("gce", GCE[:4])):
+        for train_seed, acc in enumerate(accs):
+            record = {"data_seed": 0, "train_seed": train_seed,
+                      "init_hash": f"i{train_seed}", "order_hash": f"o{train_seed}"}
+            fake_run(tmp_path / "s" / f"{loss}{train_seed}", loss=loss, seed=0,
+                     test={"accuracy": acc, "macro_f1": acc}, pairing=record,
+                     config={"train_seed": train_seed})
+    rows = {r["loss"]: r for r in csv.DictReader(
+        cli("compare", "s", "--baseline", "ce", "--format", "csv").stdout.splitlines())}
+    assert rows["ce"]["n_runs"] == "4"  # train_seed, like seed, is what is averaged over
+    assert rows["gce"]["test"] == "paired t" and rows["gce"]["n_compared"] == "4"
+    assert float(rows["gce"]["p_value"]) == pytest.approx(
+        stats.ttest_rel(GCE[:4], CE[:4]).pvalue)

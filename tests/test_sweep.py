@@ -16,10 +16,14 @@ from conftest import read_metrics, run_dirs
 TINY = ("trainer=smoke", "model=linear", "dataset=iris")
 
 
-def summary_lines(proc) -> list[str]:
+def summary_lines(proc, warnings: bool = False) -> list[str]:
+    """The end-of-sweep lines; without `warnings`, less the note on runs that carry warnings
+    (smoke runs may end near chance, which is not what these tests are about)."""
     text = proc.stdout + proc.stderr
-    return [line for line in text.splitlines()
-            if re.match(r"lossbench: (all \d+ jobs completed|\d+ of \d+ jobs failed)", line)]
+    lines = [line for line in text.splitlines()
+             if re.match(r"lossbench: (all \d+ jobs completed|\d+ of \d+ jobs failed)", line)]
+    return lines if warnings else [re.sub(r"; \d+ jobs? carr(y|ies) warnings .*$", "", line)
+                                   for line in lines]
 
 
 @pytest.mark.parametrize("launcher", [(), ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2")],
@@ -206,3 +210,26 @@ def test_search_whose_trials_all_fail_ends_with_the_summary_not_a_traceback(cli,
     assert all(read_metrics(run)["status"] == "failed" for run in run_dirs(sweep))
     assert summary_lines(proc) == [f"lossbench: 2 of 2 jobs failed: {sweep / '0'} {sweep / '1'}"]
     assert "lossbench: the sweep stopped: ValueError: No trials are completed yet." in proc.stderr
+
+
+def test_a_sweep_whose_runs_carry_warnings_says_so_in_its_last_line(cli, tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ("train", "-m", "seed=0,1", *TINY, f"hydra.sweep.dir={sweep}")
+    assert cli(*args).returncode == 0
+    # job 1 completed with a warning in its record (as a run near chance accuracy writes it);
+    # resuming the sweep skips both jobs and still reports the warning at the end
+    metrics = read_metrics(sweep / "1")
+    metrics["warnings"] = [{"kind": "near_chance", "message": "test accuracy 0.33 ~ chance"}]
+    (sweep / "1" / "metrics.json").write_text(json.dumps(metrics))
+    proc = cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    # job 0 may warn by itself (a 2-epoch smoke run can end near chance)
+    warned = [sweep / job for job in ("0", "1") if read_metrics(sweep / job).get("warnings")]
+    assert sweep / "1" in warned
+    kinds = list(dict.fromkeys(w["kind"] for job in warned
+                               for w in read_metrics(job)["warnings"]))
+    jobs = "1 job carries" if len(warned) == 1 else f"{len(warned)} jobs carry"
+    assert summary_lines(proc, warnings=True) == [
+        f"lossbench: all 2 jobs completed (2 skipped: already completed) in {sweep}; "
+        f"{jobs} warnings ({', '.join(kinds)}): {' '.join(map(str, warned))}"]
+    assert "near_chance" in kinds
