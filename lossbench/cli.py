@@ -53,6 +53,18 @@ def console_main() -> None:
     except SystemExit:
         gc.freeze()
         raise
+    except BrokenPipeError:  # `lossbench ... | head` read what it wanted and closed the pipe
+        stdout_closed_by_reader()
+        sys.exit(141)  # 128 + SIGPIPE, what a shell reports for a command killed by it
+
+
+def stdout_closed_by_reader() -> None:
+    """The reader of our stdout (head, less, grep -m1) has gone: end quietly. Whatever is still
+    buffered for stdout goes to /dev/null, so the interpreter's last flush at exit cannot raise
+    a second BrokenPipeError and print "Exception ignored" on stderr."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -98,7 +110,6 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(err, Interrupted):  # the run saved a checkpoint; its message says so
             print(f"lossbench: {err}", file=sys.stderr)
             sys.exit(err.exit_code)
-        print("lossbench: stopped at once by Ctrl-C; a run directory keeps its last "
-              "checkpoint.pt", file=sys.stderr)
+        print("lossbench: stopped by Ctrl-C", file=sys.stderr)  # before any run began
         sys.exit(130)
     sys.exit(code or 0)

@@ -434,10 +434,11 @@ def to_json(blocks: Sequence[Block], failed: Sequence[Run]) -> str:
 
 
 def print_table(blocks: Sequence[Block], failed: Sequence[Run], alpha: float) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    from lossbench.console import output_console
+
+    console = output_console()
     for block in blocks:
         table = Table(title=block.title)
         for i, name in enumerate(table_header(block)):

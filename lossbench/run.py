@@ -26,6 +26,8 @@ from lossbench import distributed
 from lossbench import report as rep
 from lossbench import tracking
 from lossbench.data import RawData, Splits, prepare_data
+from lossbench.data.noise import describe_corruption
+from lossbench.console import output_console
 from lossbench.checkpoint import CHECKPOINT, StopOnSignal, resume_state, save_checkpoint
 from lossbench.errors import Diverged, Interrupted, UserError
 from lossbench.evaluate import loader_options, predict, robust_accuracy
@@ -34,6 +36,7 @@ from lossbench.progress import EpochProgress
 from lossbench.rundir import save_torch_atomic, write_csv_atomic, write_json_atomic, write_text_atomic
 from lossbench.schema import check_config
 from lossbench.sweep import resolved_config
+from lossbench.sweep_console import in_sweep
 from lossbench.train import autocast, autocast_dtype, fit, resolve_monitor, training_model
 
 log = logging.getLogger("lossbench")
@@ -205,7 +208,8 @@ def _run_in(cfg: DictConfig, resume: dict[str, Any] | None = None) -> float:
     main = distributed.current().is_main
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-    console = Console(quiet=not main)
+    # a sweep's console shows one line per job (lossbench/sweep_console.py): details go to files
+    console = output_console(quiet=not main or in_sweep())
     handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8", delay=True)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     if main:
@@ -458,8 +462,6 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float,
          resume: dict[str, Any] | None = None) -> float:
     trainer = cfg.trainer
     picked = resume["choices"] if resume is not None else choices(cfg)
-    if shows_config(cfg):
-        console.print(config_tree(cfg, picked), highlight=False)
     seed_everything(cfg.seed, trainer.deterministic)
     dist = distributed.current()
     device = distributed.rank_device(pick_device(trainer.device), dist.local_rank,
@@ -504,15 +506,20 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float,
     tracker = tracking.build_tracker(cfg.get("logger")) if dist.is_main else tracking.NoTracker()
 
     # Everything the user could have got wrong has been checked: from here on, files are written.
+    # The config tree comes only now, so that a user error is all the console shows.
+    if shows_config(cfg):
+        console.print(config_tree(cfg, picked), highlight=False)
     log.info("run directory %s, device %s, torch threads %d, choices %s", run_dir, device,
              torch.get_num_threads(), picked)
     log.info("optimizer %s, %s", type(optimizer).__name__, optimizer_kernel(optimizer))
     tracker.start(run_dir, OmegaConf.to_container(cfg, resolve=True), picked)
+    corruption = describe_corruption(splits.info)  # noise, imbalance: '' for clean data
     generator = torch.Generator(device=device if device.type == "cuda" else "cpu")
     generator.manual_seed(cfg.seed)
     console.print(f"[bold]lossbench[/] loss={picked.get('loss')} dataset={splits.name} "
                   f"({splits.task}, {len(splits.train)}/{len(splits.val)}/{len(splits.test)} "
-                  f"train/val/test) model={picked.get('model')} device={device}", highlight=False)
+                  f"train/val/test) model={picked.get('model')} device={device}"
+                  f"{', ' + corruption if corruption else ''}", highlight=False)
 
     # 4. train and validate, keeping the best weights; checkpoint.pt lets a stopped run go on
     saved_config = resolved_config(cfg)
@@ -552,12 +559,14 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float,
 
     # 5. test the best weights once
     title = (f"Test split: loss={picked.get('loss')} dataset={splits.name}, best epoch "
-             f"{result.best_epoch} ({monitor}={result.best_value:.4f})")
+             f"{result.best_epoch} ({monitor}={result.best_value:.4f})"
+             f"{'; ' + corruption if corruption else ''}")
     pred, test = test_report(model, loss_fn, splits, head, trainer, device, amp, console, title)
     write_text_atomic(run_dir / "report.txt", rep.report_text(splits.task, test, "test", title))
     if trainer.get("plots", True):
         write_plots(run_dir, console, task=splits.task,
-                    label=f"loss={picked.get('loss')} dataset={splits.name}",
+                    label=f"loss={picked.get('loss')} dataset={splits.name}"
+                          f"{', ' + corruption if corruption else ''}",
                     history=result.history, monitor=monitor, best_epoch=result.best_epoch,
                     y_true=pred.y_true, y_pred=pred.y_pred, scores=pred.scores, test_metrics=test)
 
