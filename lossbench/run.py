@@ -320,18 +320,9 @@ def config_tree(cfg: DictConfig, picked: dict[str, str] | None = None) -> Tree:
 
 
 def shows_config(cfg: DictConfig) -> bool:
-    """`print_config`: every single run prints its config; a sweep prints it for its first job
-    only, since its other jobs differ just by the overrides their header line names."""
-    if not cfg.get("print_config", True):
-        return False
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        hydra_cfg = HydraConfig.get()
-    except ValueError:  # called without Hydra
-        return True
-    return hydra_cfg.mode != RunMode.MULTIRUN or hydra_cfg.job.num == 0
+    """`print_config`: every single run prints its config; a sweep's jobs do not (their
+    console is one line each, and each job's config is in its .hydra/config.yaml)."""
+    return bool(cfg.get("print_config", True)) and not in_sweep()
 
 
 def write_plots(run_dir: Path, console: Console, **kwargs: Any) -> list[Path]:
