@@ -20,12 +20,14 @@ commands:
   eval      evaluate a finished run's best weights on its test split (or another dataset)
   compare   aggregate runs into one table: which loss is best here?
   losses    table of every loss: tasks, hyperparameters, reference
-  list      list datasets, models, losses or optimizers
+  list      list the options of every config group (datasets, models, losses, ...)
+  plot-losses  draw losses and their gradients against the true-class probability
 
 examples:
   lossbench train loss=bce optimizer=adam
   lossbench train -m loss=ce,gce,sce dataset.noise.rate=0.4 seed=0,1,2
   lossbench compare outputs/multirun/2026-01-01/12-00-00
+  lossbench plot-losses ce,gce,mae,sce --out anatomy.png
 
 `lossbench train --help` shows the config groups and their options.
 """
@@ -84,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         "eval": "lossbench.eval_command:eval_command",
         "losses": "lossbench.losses_table:func",
         "list": "lossbench.listing:func",
+        "plot-losses": "lossbench.loss_anatomy:plot_losses_command",
         "-sc": "lossbench.completion:func",  # what `lossbench train -sc install=bash` calls on <TAB>
     }
     if command not in commands:
