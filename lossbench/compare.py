@@ -466,27 +466,64 @@ def _png_bytes(fig) -> bytes:
     return buf.getvalue()
 
 
-def comparison_plot(blocks: Sequence[Block]) -> bytes:
-    """The sort metric per configuration: mean with its 95% CI as error bars."""
-    from matplotlib.figure import Figure  # Agg canvas; no pyplot, no display needed
+# Test metrics that live in [0, 1]: their intervals are drawn inside it.
+UNIT_RANGE = ("accuracy", "macro_f1", "weighted_f1", "balanced_accuracy", "ece",
+              "robust_accuracy", "pair_roc_auc", "roc_auc")
 
-    height = max(2.5, 0.45 * max(len(b.rows) for b in blocks) + 1.2)
-    fig = Figure(figsize=(7, height * len(blocks)))
+
+def _plot_label(label: str, width: int = 38) -> str:
+    """A configuration's label on lines of at most `width` characters, broken between its
+    overrides: a mixed folder's labels run to 150 characters."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(label, width, break_long_words=False,
+                                    break_on_hyphens=False)) or label
+
+
+def _row_colour(index: int) -> str:
+    """The colour of a block's index-th configuration, the same in comparison.png and
+    curves.png (matplotlib's default cycle)."""
+    return f"C{index % 10}"
+
+
+def comparison_plot(blocks: Sequence[Block]) -> bytes:
+    """The sort metric per configuration: mean with its 95% CI, clipped to the metric's range;
+    each configuration in its curves.png colour, the best and those tied with it by marker."""
+    from matplotlib.figure import Figure  # Agg canvas; no pyplot, no display needed
+    from matplotlib.lines import Line2D
+
+    lines = max(sum(_plot_label(row.label).count("\n") + 1 for row in b.rows) for b in blocks)
+    height = max(2.5, 0.35 * lines + 1.6)
+    fig = Figure(figsize=(8, height * len(blocks)), layout="constrained")
+    markers = {"best": "*", "tied": "D"}
     for i, block in enumerate(blocks):
         ax = fig.add_subplot(len(blocks), 1, i + 1)
         ys = list(range(len(block.rows)))[::-1]  # best on top
-        for y, row in zip(ys, block.rows):
+        bounded = block.metric in UNIT_RANGE
+        for index, (y, row) in enumerate(zip(ys, block.rows)):
             s = row.stats[block.metric]
-            err = 0.0 if s.n < 2 else s.ci_high - s.mean
-            color = "tab:green" if row.mark == "best" else (
-                "tab:olive" if row.mark == "tied" else "tab:blue")
-            ax.errorbar([s.mean], [y], xerr=[[err], [err]], fmt="o", color=color, capsize=4)
+            low, high = (s.mean, s.mean) if s.n < 2 else (s.ci_low, s.ci_high)
+            if bounded:  # a t interval knows nothing of [0, 1]; the metric does
+                low, high = max(low, 0.0), min(high, 1.0)
+            ax.errorbar([s.mean], [y], xerr=[[s.mean - low], [high - s.mean]],
+                        fmt=markers.get(row.mark, "o"), color=_row_colour(index), capsize=4,
+                        markersize=11 if row.mark == "best" else 7)
+        if bounded:
+            left, right = ax.get_xlim()
+            ax.set_xlim(max(left, -0.02), min(right, 1.02))
         ax.set_yticks(ys)
-        ax.set_yticklabels([row.label for row in block.rows])
+        ax.set_yticklabels([_plot_label(row.label) for row in block.rows], fontsize="small")
         ax.set_xlabel(f"test {block.metric} (mean, 95% CI over seeds)")
         ax.set_title(f"{block.dataset} ({block.task})")
         ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
+        marks = {row.mark for row in block.rows}
+        handles = [Line2D([], [], color="grey", linestyle="none", marker=markers[m],
+                          label=label) for m, label in
+                   (("best", "best"), ("tied", "not significantly different from best"))
+                   if m in marks]
+        if handles:
+            ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                      fontsize="small", frameon=False)
     return _png_bytes(fig)
 
 
@@ -522,11 +559,11 @@ def curves_plot(blocks: Sequence[Block]) -> bytes:
     """Validation metric per epoch, mean over seeds, one line per configuration."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7, 3.6 * len(blocks)))
+    fig = Figure(figsize=(10, 3.6 * len(blocks)), layout="constrained")
     for i, block in enumerate(blocks):
         ax = fig.add_subplot(len(blocks), 1, i + 1)
         column = None
-        for row in block.rows:
+        for index, row in enumerate(block.rows):
             histories = [read_history(r.path) for r in row.runs]
             column = column or curve_column(block, histories, row.runs)
             if column is None:
@@ -538,14 +575,18 @@ def curves_plot(blocks: Sequence[Block]) -> bytes:
                         per_epoch.setdefault(entry["epoch"], []).append(entry[column])
             epochs = sorted(per_epoch)
             means = [math.fsum(per_epoch[e]) / len(per_epoch[e]) for e in epochs]
-            ax.plot(epochs, means, marker="o", markersize=3, label=row.label)
+            ax.plot(epochs, means, marker="o", markersize=3, label=_plot_label(row.label),
+                    color=_row_colour(index))
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"{column or 'validation metric'} (mean over seeds)")
         ax.set_title(f"{block.dataset} ({block.task})")
         ax.grid(alpha=0.3)
-        if block.rows:
-            ax.legend(fontsize="small")
-    fig.tight_layout()
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
+        if block.rows:  # beside the axes, never over the curves
+            ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                      frameon=False)
     return _png_bytes(fig)
 
 
