@@ -177,3 +177,12 @@ def test_list_shows_every_group(cli):
                    "loggers (", "trainers (", "searches (", "launchers ("):
         assert header in out, header
     assert "  parallel " in out and "  sce " in out
+
+
+def test_a_target_hydra_refuses_is_one_line_for_train_too(cli, tmp_path):
+    """The path `resume=` takes as well: the saved config is built by the same run()."""
+    proc = cli("train", *TINY, "loss._target_=os.system")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("lossbench: error: Target 'os.system' is blocklisted")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "outputs").exists()
