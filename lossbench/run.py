@@ -27,8 +27,8 @@ from lossbench import report as rep
 from lossbench import tracking
 from lossbench.data import RawData, Splits, prepare_data
 from lossbench.data.noise import describe_corruption
-from lossbench.console import output_console
 from lossbench.checkpoint import CHECKPOINT, StopOnSignal, resume_state, save_checkpoint
+from lossbench.console import output_console
 from lossbench.errors import Diverged, Interrupted, UserError
 from lossbench.evaluate import loader_options, predict, robust_accuracy
 from lossbench.optim import build_optimizer, optimizer_kernel
