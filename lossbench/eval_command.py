@@ -105,6 +105,20 @@ def apply_overrides(cfg: DictConfig, overrides: list[str], run_dir: Path,
     return cfg
 
 
+def switch_off_corruption(cfg: DictConfig) -> None:
+    """`dataset.noise.kind=none` on a noisy run means "score against the clean labels": the
+    run's own rate (or imbalance ratio) is left over, not a setting that would do nothing, so it
+    goes with its kind. (train refuses a rate without a kind; see data/noise.py.)"""
+    data = cfg.get("dataset") or {}
+    noise, imbalance = data.get("noise"), data.get("imbalance")
+    if noise is not None and noise.get("kind", "none") == "none":
+        for key, off in (("rate", 0.0), ("preset", None), ("mapping", None)):
+            if key in noise:
+                noise[key] = off
+    if imbalance is not None and imbalance.get("kind", "none") == "none" and "ratio" in imbalance:
+        imbalance.ratio = None
+
+
 def compose_with(run_dir: Path, overrides: list[str]) -> DictConfig:
     """The root config composed as `train` would from the run's overrides plus these."""
     from hydra import compose, initialize_config_module
@@ -133,6 +147,7 @@ def evaluate_run(run_dir: Path, overrides: list[str], split: str = "test"
         raise UserError(f"{run_dir} has no model.pt: the run did not complete ({record})")
     picked = saved_choices(run_dir)
     cfg = apply_overrides(saved_config(run_dir), overrides, run_dir, picked)
+    switch_off_corruption(cfg)
 
     import pickle
 

@@ -5,7 +5,8 @@ jobs would show that six times (about 500 lines), burying which job failed. In a
 run's console is quiet (`in_sweep`), its details stay in the job's train.log, report.txt and
 metrics.json, and `job_line` reports each job once it ends:
 
-    lossbench: job 3 [loss=gce seed=1] completed: test accuracy 0.9611 (12.3 s)
+    lossbench: job 3 [loss=gce seed=1] completed: test accuracy 0.9611 (12.3 s; run directory:
+    outputs/multirun/2026-01-01/12-00-00/3)
 """
 
 from __future__ import annotations
@@ -56,4 +57,5 @@ def job_line(label: str, run_dir: Path, seconds: float, error: str | None = None
         metrics = {}
     status = str(metrics.get("status", "completed"))
     shown = headline(metrics)
-    return f"lossbench: {label} {status}{': ' + shown if shown else ''} ({seconds:.1f} s)"
+    return (f"lossbench: {label} {status}{': ' + shown if shown else ''} ({seconds:.1f} s; "
+            f"run directory: {shown_path(run_dir)})")

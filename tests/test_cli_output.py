@@ -104,7 +104,10 @@ def test_a_sweep_prints_one_line_per_job_and_the_summary(cli, tmp_path):
     done = [ln for ln in lines if " completed: test accuracy " in ln]
     failed = [ln for ln in lines if "] failed: " in ln]
     assert len(done) == 2 and len(failed) == 2
-    assert all(ln.startswith("lossbench: job ") and ln.endswith(" s)") for ln in done)
+    import re
+
+    assert all(re.fullmatch(r"lossbench: job \d \[.*\] completed: test accuracy [\d.]+ "
+                            r"\([\d.]+ s; run directory: sweep/\d\)", ln) for ln in done), done
     assert "reduction must be one of" in failed[0]
     assert lines[-1].startswith("lossbench: 2 of 4 jobs failed")
     for job in run_dirs(sweep):  # the details went to each job's own files
