@@ -71,3 +71,19 @@ def test_the_corruption_is_named_in_header_report_and_plots(cli, tmp_path):
     clean = cli("train", *TINY, f"hydra.run.dir={tmp_path / 'clean'}", check=True)
     header = next(ln for ln in clean.stdout.splitlines() if ln.startswith("lossbench loss="))
     assert "noise=" not in header and "imbalance=" not in header
+
+
+def test_eval_with_noise_switched_off_scores_the_clean_labels(cli, tmp_path):
+    """The run's rate is left over once eval sets kind=none: not a setting that does nothing."""
+    run = tmp_path / "noisy"
+    cli("train", *TINY, "trainer.plots=false", "dataset.noise.kind=symmetric",
+        "dataset.noise.rate=0.4", f"hydra.run.dir={run}", check=True)
+    out = tmp_path / "clean.json"
+    proc = cli("eval", str(run), "--split", "val", "dataset.noise.kind=none", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    noisy = json.loads((run / "metrics.json").read_text())
+    assert noisy["data"]["noise"]["realised_rate"]["val"] > 0.3
+    assert "noise=" not in proc.stdout  # evaluated on clean validation labels
+    assert 0.0 <= json.loads(out.read_text())["val"]["accuracy"] <= 1.0
