@@ -47,7 +47,14 @@ def config_error_message(err: BaseException) -> str | None:
         if not options:
             return " ".join(head.split())
         group, _, names = options.partition(":")
-        return f"{head}\navailable options in{group}: {', '.join(names.split())}"
+        return (f"{head}{did_you_mean(head, names.split())}\n"
+                f"available options in{group}: {', '.join(names.split())}")
+    if "Ambiguous value for argument" in str(err):
+        # Hydra's hint ends "add --multirun": its third line, which two lines cut off
+        override = str(err).split("'", 2)[1] if str(err).count("'") >= 2 else "key=a,b"
+        return (f"{override} gives several values: to run one job per value, use "
+                f"lossbench train -m {override}\n"
+                f"(a list is key=[a,b]; a string with a comma is quoted: key=\\'a,b\\')")
     if isinstance(err, OverrideParseException):
         return f"cannot parse the override: {'; '.join(lines(err))}"
     if isinstance(err, ConfigCompositionException) and isinstance(err.__cause__,
@@ -64,7 +71,17 @@ def config_error_message(err: BaseException) -> str | None:
     return None
 
 
-def _instantiation_mistake(err: BaseException) -> str | None:
+def did_you_mean(head: str, options: list[str]) -> str:
+    """' (did you mean sce?)' for "Could not find 'loss/sec'", '' without a close option."""
+    import difflib
+    import re
+
+    found = re.search(r"Could not find '(?:[^']*/)?([^'/]+)'", head)
+    close = difflib.get_close_matches(found.group(1), options, n=1) if found else []
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def instantiation_mistake(err: BaseException) -> str | None:
     """A config object that could not be built because of its config (an unknown `_target_`, a
     wrong or invalid argument): one line, else None (a bug keeps its traceback)."""
     from hydra.errors import InstantiationException
@@ -72,6 +89,10 @@ def _instantiation_mistake(err: BaseException) -> str | None:
     if not isinstance(err, InstantiationException):
         return None
     cause = err.__cause__
+    if cause is None and "full_key" in str(err):
+        # Hydra refused the target itself (its blocklist of targets that run code, e.g.
+        # os.system): what the config asked for is the mistake; say it on one line
+        return " ".join(str(err).split("full_key:")[0].split()).rstrip(".")
     if not ("Error locating target" in str(err)
             or isinstance(cause, (TypeError, ValueError, ImportError))):
         return None
@@ -95,16 +116,34 @@ def _discard_empty_run_dir(run_dir: Path, user_dir: Path) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
     if run_dir.exists():
         return
+    discard_empty_folders(run_dir.parent, user_dir)
+
+
+def discard_empty_folders(folder: Path, user_dir: Path) -> None:
+    """Remove `folder` and the folders above it while they are empty, up to user_dir."""
     # Hydra made the run directory with mkdir(parents=True), so the empty folders between it and
     # user_dir are Hydra's. A run directory outside user_dir (hydra.run.dir=/elsewhere/...) keeps
     # its parents: they may be the user's. rmdir refuses a folder that holds anything.
-    parent = run_dir.parent
+    parent, user_dir = folder.resolve(), user_dir.resolve()
     while user_dir in parent.parents:
         try:
             parent.rmdir()
         except OSError:  # not empty (an older run, the user's files) or not ours to remove
             break
         parent = parent.parent
+
+
+def interrupted_message(run_dir: Path) -> str:
+    """What a Ctrl-C outside the training loop left: nothing, a checkpoint to resume from, or a
+    run directory with what was written so far."""
+    from lossbench.checkpoint import CHECKPOINT
+
+    if not run_dir.exists():
+        return "stopped by Ctrl-C before the run started; nothing was written"
+    if (run_dir / CHECKPOINT).is_file():
+        return (f"stopped by Ctrl-C; {run_dir / CHECKPOINT} is kept. Continue with: "
+                f"lossbench train resume={run_dir}")
+    return f"stopped by Ctrl-C; {run_dir} holds what was written so far (no checkpoint)"
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -135,8 +174,16 @@ def _train(cfg: DictConfig) -> float | None:
             raise
         print(f"lossbench: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        # Ctrl-C outside the training loop (which stops after its step and saves a checkpoint,
+        # raising Interrupted): during start-up, nothing worth keeping was written
+        if hydra_cfg.verbose or _debug():
+            raise
+        _discard_empty_run_dir(output_dir, user_dir)
+        print(f"lossbench: {interrupted_message(output_dir)}", file=sys.stderr)
+        sys.exit(130)
     except Exception as err:
-        mistake = str(err) if isinstance(err, UserError) else _instantiation_mistake(err)
+        mistake = str(err) if isinstance(err, UserError) else instantiation_mistake(err)
         if mistake is None or hydra_cfg.verbose or _debug():
             raise
         _discard_empty_run_dir(output_dir, user_dir)
@@ -169,6 +216,7 @@ def train_command(argv: list[str]) -> int:
             config_error_message(err))
         if message is None:
             raise
+        sweep.discard_unstarted_sweep()  # a typo in a sweep value: no sweep was run
         raise UserError(message) from None
     finally:
         if user_full_error is None:

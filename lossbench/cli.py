@@ -20,12 +20,14 @@ commands:
   eval      evaluate a finished run's best weights on its test split (or another dataset)
   compare   aggregate runs into one table: which loss is best here?
   losses    table of every loss: tasks, hyperparameters, reference
-  list      list datasets, models, losses or optimizers
+  list      list the options of every config group (datasets, models, losses, ...)
+  plot-losses  draw losses and their gradients against the true-class probability
 
 examples:
   lossbench train loss=bce optimizer=adam
   lossbench train -m loss=ce,gce,sce dataset.noise.rate=0.4 seed=0,1,2
   lossbench compare outputs/multirun/2026-01-01/12-00-00
+  lossbench plot-losses ce,gce,mae,sce --out anatomy.png
 
 `lossbench train --help` shows the config groups and their options.
 """
@@ -53,6 +55,18 @@ def console_main() -> None:
     except SystemExit:
         gc.freeze()
         raise
+    except BrokenPipeError:  # `lossbench ... | head` read what it wanted and closed the pipe
+        stdout_closed_by_reader()
+        sys.exit(141)  # 128 + SIGPIPE, what a shell reports for a command killed by it
+
+
+def stdout_closed_by_reader() -> None:
+    """The reader of our stdout (head, less, grep -m1) has gone: end quietly. Whatever is still
+    buffered for stdout goes to /dev/null, so the interpreter's last flush at exit cannot raise
+    a second BrokenPipeError and print "Exception ignored" on stderr."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -72,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         "eval": "lossbench.eval_command:eval_command",
         "losses": "lossbench.losses_table:func",
         "list": "lossbench.listing:func",
+        "plot-losses": "lossbench.loss_anatomy:plot_losses_command",
         "-sc": "lossbench.completion:func",  # what `lossbench train -sc install=bash` calls on <TAB>
     }
     if command not in commands:
@@ -98,7 +113,6 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(err, Interrupted):  # the run saved a checkpoint; its message says so
             print(f"lossbench: {err}", file=sys.stderr)
             sys.exit(err.exit_code)
-        print("lossbench: stopped at once by Ctrl-C; a run directory keeps its last "
-              "checkpoint.pt", file=sys.stderr)
+        print("lossbench: stopped by Ctrl-C", file=sys.stderr)  # before any run began
         sys.exit(130)
     sys.exit(code or 0)

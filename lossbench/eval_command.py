@@ -41,7 +41,12 @@ def saved_config(run_dir: Path) -> DictConfig:
     """The config the run was trained with: .hydra/config.yaml, else metrics.json's copy."""
     path = run_dir / ".hydra" / "config.yaml"
     if path.is_file():
-        return OmegaConf.load(path)
+        try:
+            return OmegaConf.load(path)
+        except Exception as err:  # yaml's parser errors, OmegaConf's: the file is damaged
+            detail = " ".join(str(err).split())[:200]
+            raise UserError(f"{path} cannot be read as a config ({type(err).__name__}: "
+                            f"{detail})") from None
     try:
         config = read_json(run_dir / "metrics.json").get("config")
     except (OSError, ValueError, AttributeError):
@@ -100,6 +105,20 @@ def apply_overrides(cfg: DictConfig, overrides: list[str], run_dir: Path,
     return cfg
 
 
+def switch_off_corruption(cfg: DictConfig) -> None:
+    """`dataset.noise.kind=none` on a noisy run means "score against the clean labels": the
+    run's own rate (or imbalance ratio) is left over, not a setting that would do nothing, so it
+    goes with its kind. (train refuses a rate without a kind; see data/noise.py.)"""
+    data = cfg.get("dataset") or {}
+    noise, imbalance = data.get("noise"), data.get("imbalance")
+    if noise is not None and noise.get("kind", "none") == "none":
+        for key, off in (("rate", 0.0), ("preset", None), ("mapping", None)):
+            if key in noise:
+                noise[key] = off
+    if imbalance is not None and imbalance.get("kind", "none") == "none" and "ratio" in imbalance:
+        imbalance.ratio = None
+
+
 def compose_with(run_dir: Path, overrides: list[str]) -> DictConfig:
     """The root config composed as `train` would from the run's overrides plus these."""
     from hydra import compose, initialize_config_module
@@ -123,17 +142,19 @@ def evaluate_run(run_dir: Path, overrides: list[str], split: str = "test"
         raise UserError(f"{run_dir} is not a directory")
     weights = run_dir / "model.pt"
     if not weights.is_file():
-        raise UserError(f"{run_dir} has no model.pt: the run did not complete (see its "
-                        "metrics.json)")
+        record = ("see its metrics.json" if (run_dir / "metrics.json").is_file()
+                  else "it stopped before writing any result")
+        raise UserError(f"{run_dir} has no model.pt: the run did not complete ({record})")
     picked = saved_choices(run_dir)
     cfg = apply_overrides(saved_config(run_dir), overrides, run_dir, picked)
+    switch_off_corruption(cfg)
 
     import pickle
 
     import torch
-    from rich.console import Console
 
     from lossbench import run as workflow
+    from lossbench.console import output_console
     from lossbench.schema import check_config
     from lossbench.train import autocast, autocast_dtype
 
@@ -141,10 +162,18 @@ def evaluate_run(run_dir: Path, overrides: list[str], split: str = "test"
     trainer = cfg.trainer
     workflow.seed_everything(cfg.seed, trainer.deterministic)  # the same seed: the same split
     device = workflow.pick_device(trainer.device)
-    splits = workflow.load_data(cfg)
-    workflow.data_to_device(splits, device, trainer.get("num_workers", "auto"))
-    loss_fn, model, head, _ = workflow.build_loss_and_model(cfg, splits, device,
-                                                            picked.get("loss", "?"))
+    try:
+        splits = workflow.load_data(cfg)
+        workflow.data_to_device(splits, device, trainer.get("num_workers", "auto"))
+        loss_fn, model, head, _ = workflow.build_loss_and_model(cfg, splits, device,
+                                                                picked.get("loss", "?"))
+    except Exception as err:  # a saved config naming a target that cannot or may not be built
+        from lossbench.app import instantiation_mistake
+
+        mistake = instantiation_mistake(err)
+        if mistake is None:
+            raise
+        raise UserError(f"{run_dir}'s config: {mistake}") from None
     try:
         state = torch.load(weights, map_location=device, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
@@ -156,7 +185,7 @@ def evaluate_run(run_dir: Path, overrides: list[str], split: str = "test"
         first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
         raise UserError(f"{weights} does not fit the model built from the config ({first}); "
                         "overrides may change the data, not the model's shape") from None
-    console = Console()
+    console = output_console()
     loss_weights = run_dir / "loss.pt"
     if loss_weights.is_file():  # the loss's own layers or learned parameters (train saves them)
         try:

@@ -19,7 +19,11 @@ from lossbench.errors import UserError
 # What the user types -> the config group it lists.
 GROUPS = {"datasets": "dataset", "models": "model", "losses": "loss", "optimizers": "optimizer",
           "schedulers": "scheduler", "loggers": "logger", "trainers": "trainer"}
-DEFAULT_GROUPS = ("datasets", "models", "losses", "optimizers")
+# Groups whose options are described by their file's header comment (no `_target_` of their
+# own: an Optuna search, a Hydra launcher).
+COMMENTED_GROUPS = {"searches": "hparams_search", "launchers": "hydra/launcher"}
+GROUPS.update(COMMENTED_GROUPS)
+DEFAULT_GROUPS = tuple(GROUPS)  # `lossbench list`: every group, every option
 MAX_SUMMARY = 80  # characters of a description: one line each, even in a narrow terminal
 
 
@@ -61,6 +65,18 @@ def summary(target: str | None) -> str:
     if not doc:
         return target
     first = " ".join(doc.strip().split("\n\n")[0].split()).split(". ")[0].rstrip(".")
+    return first if len(first) <= MAX_SUMMARY else first[:MAX_SUMMARY - 1].rstrip() + "…"
+
+
+def header_comment(text: str) -> str:
+    """The first sentence of a config file's header comment (after `# @package ...`)."""
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        if not line.startswith("# @package"):
+            lines.append(line.lstrip("# ").strip())
+    first = " ".join(" ".join(lines).split(". ")[0].split()).rstrip(".,:")
     return first if len(first) <= MAX_SUMMARY else first[:MAX_SUMMARY - 1].rstrip() + "…"
 
 
@@ -106,6 +122,14 @@ def group_lines(name: str) -> list[tuple[str, str, str]]:
                  + (f"; {e.reference}" if e.reference else ""))
                 for e in loss_catalogue()]
     rows = []
+    if name in COMMENTED_GROUPS:
+        from lossbench.catalogue import conf_dir
+
+        rows = [("basic", "any", "one job after the other, in this process (the default)")
+                ] if group == "hydra/launcher" else []
+        for path in sorted((conf_dir() / group).glob("*.yaml")):
+            rows.append((path.stem, "any", header_comment(path.read_text(encoding="utf-8"))))
+        return rows
     for option, node in group_options(group).items():
         target = node.get("_target_")
         if group == "dataset":

@@ -48,7 +48,7 @@ def func(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.task is not None and args.task not in TASK_ORDER:
         raise UserError(f"--task {args.task} is not a task; choose from {', '.join(TASK_ORDER)}")
-    from rich.console import Console
+    from lossbench.console import output_console
 
-    Console().print(losses_table(args.task))
+    output_console().print(losses_table(args.task))
     return 0

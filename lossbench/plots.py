@@ -30,10 +30,28 @@ def _figure(width: float, height: float):
     return fig
 
 
+def wrap_title(text: str, width_in: float) -> str:
+    """A title broken into lines that fit a figure `width_in` inches wide (at matplotlib's
+    default 12 pt title, about 9 characters an inch): a long run label (overrides, noise,
+    imbalance) is wrapped, never clipped at the figure's edges."""
+    import textwrap
+
+    chars = max(20, int(width_in * 9))
+    return "\n".join(textwrap.fill(line, chars, break_on_hyphens=False)
+                     for line in text.split("\n"))
+
+
+def figure_title(fig) -> str:
+    """The figure's title as drawn (suptitle, else its first axes' title), one line."""
+    title = fig.get_suptitle() or next((ax.get_title() for ax in fig.axes if ax.get_title()), "")
+    return " ".join(title.split())
+
+
 def save_png(fig, path: str | Path) -> Path:
-    """Render a figure to PNG bytes and write them atomically."""
+    """Render a figure to PNG bytes and write them atomically. The title goes into the PNG's
+    Title field too, so tools (and tests) can read what a picture shows without OCR."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", metadata={"Title": figure_title(fig)})
     write_bytes_atomic(path, buf.getvalue())
     return Path(path)
 
@@ -43,10 +61,14 @@ def curves_figure(history: Sequence[dict[str, Any]], monitor: str, best_epoch: i
     """Train and validation loss per epoch (left), the monitored validation metric (middle)
     and, when labels were flipped on purpose, what the network memorises (right): the share of
     flipped training samples predicted as their wrong label and as their true one."""
+    from matplotlib.ticker import MaxNLocator
+
     memorises = bool(history) and "flipped_memorised" in history[-1]
     fig = _figure(15 if memorises else 10, 4)
-    fig.suptitle(f"Learning curves: {label}")
+    fig.suptitle(wrap_title(f"Learning curves: {label}", 15 if memorises else 10))
     loss_ax, metric_ax, *memo_ax = fig.subplots(1, 3 if memorises else 2)
+    for ax in (loss_ax, metric_ax, *memo_ax):  # epochs are whole: no tick at 1.2 in a two-epoch run
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     epochs = [row["epoch"] for row in history]
     marker = "o" if len(epochs) <= 30 else None  # a two-epoch smoke run still shows points
     for key, name in (("train_loss", "train"), ("val_loss", "validation")):
@@ -114,7 +136,8 @@ def confusion_figure(matrix: Sequence[Sequence[int]], class_names: Sequence[str]
                         color="white" if value > 0.5 else "black")
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
-    ax.set_title(f"Confusion matrix (test, normalised by true class)\n{label}")
+    ax.set_title(wrap_title(f"Confusion matrix (test, normalised by true class)\n{label}",
+                            side + 1.5))
     return fig
 
 
@@ -135,7 +158,7 @@ def pred_vs_true_figure(y_true: np.ndarray, y_pred: np.ndarray, label: str,
     summary = ""
     if metrics:
         summary = f"\nRMSE {metrics['rmse']:.4g}, R² {metrics['r2']:.4f}"
-    ax.set_title(f"Predicted vs true (test): {label}{summary}")
+    ax.set_title(wrap_title(f"Predicted vs true (test): {label}{summary}", 6))
     ax.legend()
     ax.grid(alpha=0.3)
     return fig
@@ -165,10 +188,12 @@ def reliability_figure(scores: np.ndarray, y_true: np.ndarray, label: str, n_bin
     acc_ax.set_xlim(0, 1)
     acc_ax.set_ylim(0, 1)
     acc_ax.set_ylabel("accuracy")
-    acc_ax.set_title(f"Reliability diagram (test, {n_bins} bins): {label}\n"
-                     f"ECE {summary['ece']:.4f}, NLL {summary['nll']:.4f}, "
-                     f"Brier {summary['brier']:.4f}")
-    acc_ax.legend(loc="upper left")
+    acc_ax.set_title(wrap_title(f"Reliability diagram (test, {n_bins} bins): {label}\n"
+                                f"ECE {summary['ece']:.4f}, NLL {summary['nll']:.4f}, "
+                                f"Brier {summary['brier']:.4f}", 6))
+    # bars can reach any corner of the axes: the legend goes below the figure, never over them
+    fig.legend(*acc_ax.get_legend_handles_labels(), loc="outside lower center", ncol=3,
+               fontsize="small", frameon=False)
     count_ax.bar(centers, bins["count"], width=width, edgecolor="black", color="tab:grey")
     count_ax.set_xlabel("confidence (max class probability)")
     count_ax.set_ylabel("samples")

@@ -26,7 +26,9 @@ from lossbench import distributed
 from lossbench import report as rep
 from lossbench import tracking
 from lossbench.data import RawData, Splits, prepare_data
+from lossbench.data.noise import describe_corruption
 from lossbench.checkpoint import CHECKPOINT, StopOnSignal, resume_state, save_checkpoint
+from lossbench.console import output_console
 from lossbench.errors import Diverged, Interrupted, UserError
 from lossbench.evaluate import loader_options, predict, robust_accuracy
 from lossbench.optim import build_optimizer, optimizer_kernel
@@ -34,6 +36,7 @@ from lossbench.progress import EpochProgress
 from lossbench.rundir import save_torch_atomic, write_csv_atomic, write_json_atomic, write_text_atomic
 from lossbench.schema import check_config
 from lossbench.sweep import resolved_config
+from lossbench.sweep_console import in_sweep
 from lossbench.train import (Settings, autocast, autocast_dtype, describe_selection, fit,
                              planned_epochs, resolve_monitor, selection_rule, steps_per_epoch,
                              training_model)
@@ -239,7 +242,8 @@ def _run_in(cfg: DictConfig, resume: dict[str, Any] | None = None) -> float:
     main = distributed.current().is_main
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-    console = Console(quiet=not main)
+    # a sweep's console shows one line per job (lossbench/sweep_console.py): details go to files
+    console = output_console(quiet=not main or in_sweep())
     handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8", delay=True)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     if main:
@@ -350,18 +354,9 @@ def config_tree(cfg: DictConfig, picked: dict[str, str] | None = None) -> Tree:
 
 
 def shows_config(cfg: DictConfig) -> bool:
-    """`print_config`: every single run prints its config; a sweep prints it for its first job
-    only, since its other jobs differ just by the overrides their header line names."""
-    if not cfg.get("print_config", True):
-        return False
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        hydra_cfg = HydraConfig.get()
-    except ValueError:  # called without Hydra
-        return True
-    return hydra_cfg.mode != RunMode.MULTIRUN or hydra_cfg.job.num == 0
+    """`print_config`: every single run prints its config; a sweep's jobs do not (their
+    console is one line each, and each job's config is in its .hydra/config.yaml)."""
+    return bool(cfg.get("print_config", True)) and not in_sweep()
 
 
 def write_plots(run_dir: Path, console: Console, **kwargs: Any) -> list[Path]:
@@ -495,8 +490,6 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float,
          resume: dict[str, Any] | None = None) -> float:
     trainer = cfg.trainer
     picked = resume["choices"] if resume is not None else choices(cfg)
-    if shows_config(cfg):
-        console.print(config_tree(cfg, picked), highlight=False)
     data_seed, train_seed = run_seeds(cfg)
     # the global generators serve initial weights and dropout: the training side of the seeds
     seed_everything(train_seed, trainer.deterministic)
@@ -547,16 +540,21 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float,
     tracker = tracking.build_tracker(cfg.get("logger")) if dist.is_main else tracking.NoTracker()
 
     # Everything the user could have got wrong has been checked: from here on, files are written.
+    # The config tree comes only now, so that a user error is all the console shows.
+    if shows_config(cfg):
+        console.print(config_tree(cfg, picked), highlight=False)
     log.info("run directory %s, device %s, torch threads %d, choices %s", run_dir, device,
              torch.get_num_threads(), picked)
     log.info("optimizer %s, %s", type(optimizer).__name__, optimizer_kernel(optimizer))
     tracker.start(run_dir, OmegaConf.to_container(cfg, resolve=True), picked)
+    corruption = describe_corruption(splits.info)  # noise, imbalance: '' for clean data
     generator = torch.Generator(device=device if device.type == "cuda" else "cpu")
     generator.manual_seed(train_seed)
     pairing["order_hash"] = order_hash(generator, len(splits.train))
     console.print(f"[bold]lossbench[/] loss={picked.get('loss')} dataset={splits.name} "
                   f"({splits.task}, {len(splits.train)}/{len(splits.val)}/{len(splits.test)} "
-                  f"train/val/test) model={picked.get('model')} device={device}", highlight=False)
+                  f"train/val/test) model={picked.get('model')} device={device}"
+                  f"{', ' + corruption if corruption else ''}", highlight=False)
     selection["noise_injected"] = splits.val.y_clean is not None
     console.print(f"{describe_selection(selection)}; budget {epochs} epochs × {per_epoch} "
                   f"steps", highlight=False)
@@ -595,6 +593,8 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float,
                        f"epoch {result.best_epoch} ({sel}, chosen on validation, not on test)"),
               "last": (f"Test split: loss={picked.get('loss')} dataset={splits.name}, last "
                        f"epoch {last_epoch} of {epochs} planned")}
+    if corruption:
+        titles = {at: f"{title}; {corruption}" for at, title in titles.items()}
     quiet = Console(quiet=True)
 
     # 5. test the selected weights and the last ones; `trainer.keep` picks the headline and
@@ -657,7 +657,8 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float,
                       rep.report_text(splits.task, test, "test", titles[keep], notes))
     if trainer.get("plots", True):
         write_plots(run_dir, console, task=splits.task,
-                    label=f"loss={picked.get('loss')} dataset={splits.name}",
+                    label=f"loss={picked.get('loss')} dataset={splits.name}"
+                          f"{', ' + corruption if corruption else ''}",
                     history=result.history, monitor=selection["column"],
                     best_epoch=result.best_epoch, y_true=pred.y_true, y_pred=pred.y_pred,
                     scores=pred.scores, test_metrics=test)

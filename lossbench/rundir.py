@@ -13,6 +13,13 @@ from pathlib import Path
 from typing import Any
 
 
+def current_umask() -> int:
+    """The process's umask (reading it means setting it: set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_bytes_atomic(path: str | Path, data: bytes, sync: bool = True) -> None:
     """Write `data` to a temporary file beside `path` and rename it into place. `sync` also
     flushes it to the disk first, so that it survives a power cut, not only a process crash
@@ -21,6 +28,9 @@ def write_bytes_atomic(path: str | Path, data: bytes, sync: bool = True) -> None
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file 0600; results are meant to be read by colleagues, so the file
+        # gets the mode open() would give it: 0666 less the umask
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -126,8 +126,10 @@ def run_sweep_job(cfg: DictConfig, hydra_cfg: DictConfig, run: Callable[[DictCon
     label = f"job {hydra_cfg.job.num} [{' '.join(hydra_cfg.overrides.task)}]"
     done = completed_run(cfg, run_dir)
     if done is not None:
-        print(f"lossbench: {label} already completed: skipped (run directory: {run_dir})",
-              flush=True)
+        from lossbench.sweep_console import shown_path
+
+        print(f"lossbench: {label} already completed: skipped (run directory: "
+              f"{shown_path(run_dir)})", flush=True)
         return done.get("best_val")
     threads = threads_per_job(hydra_cfg)
     if threads is not None:
@@ -135,15 +137,20 @@ def run_sweep_job(cfg: DictConfig, hydra_cfg: DictConfig, run: Callable[[DictCon
 
         torch.set_num_threads(threads)
     started = time.time()  # wall clock: compared with file mtimes
+    from lossbench.sweep_console import job_line
+
     try:
-        return run(cfg)
+        value = run(cfg)
+        print(job_line(label, run_dir, time.time() - started), flush=True)
+        return value
     except Exception as err:
         try:
             picked = choices(cfg)
         except Exception:
             picked = {}
         record_failure(run_dir, cfg, err, picked, started)
-        print(f"lossbench: {label} failed: {error_line(err)}", file=sys.stderr, flush=True)
+        print(job_line(label, run_dir, time.time() - started, error_line(err)),
+              file=sys.stderr, flush=True)
         if os.environ.get("LOSSBENCH_DEBUG", "") not in ("", "0"):
             traceback.print_exception(err)
         return None
@@ -217,6 +224,24 @@ def summary_after_error(err: BaseException) -> bool:
     print(f"lossbench: the sweep stopped: {error_line(err)}", file=sys.stderr, flush=True)
     print(line, file=sys.stderr, flush=True)
     return True
+
+
+def discard_unstarted_sweep() -> None:
+    """A sweep that stopped on a config mistake before its first job leaves nothing behind:
+    its start marker and Hydra's multirun.yaml go, and the sweep directory if that empties it."""
+    global _started
+    if _started is None:
+        return
+    sweep_dir, _ = _started
+    _started = None
+    if not sweep_dir.is_dir() or {p.name for p in sweep_dir.iterdir()} - {
+            START_MARKER, "multirun.yaml"}:
+        return  # jobs of an earlier invocation live there: keep its record
+    for name in (START_MARKER, "multirun.yaml"):
+        (sweep_dir / name).unlink(missing_ok=True)
+    from lossbench.app import discard_empty_folders
+
+    discard_empty_folders(sweep_dir, Path.cwd())
 
 
 class SweepSummary(Callback):

@@ -1,4 +1,4 @@
-"""Experiment trackers: the `logger` config group (`none`, `tensorboard`, `mlflow`).
+"""Experiment trackers: the `logger` config group (`none`, `tensorboard`, `mlflow`, `wandb`).
 
 A tracker mirrors what the run directory already holds into a tool people browse runs with; the
 run directory's own files are written whatever the logger. The run calls, in order:
@@ -10,7 +10,7 @@ run directory's own files are written whatever the logger. The run calls, in ord
     tracker.finish(run_dir, metrics)              # metrics.json's dict; logs files as artifacts
     tracker.fail(interrupted)                     # instead of finish when the run raised
 
-The heavy packages (tensorboard, mlflow) are imported only by the tracker that uses them.
+The heavy packages (tensorboard, mlflow, wandb) are imported only by the tracker that uses them.
 """
 
 from __future__ import annotations
@@ -305,6 +305,97 @@ class MLflowTracker(NoTracker):
     def fail(self, interrupted: bool = False) -> None:
         if self.run_id is not None:
             self.client.set_terminated(self.run_id, "KILLED" if interrupted else "FAILED")
+
+
+def wandb_logged_in() -> bool:
+    """Whether Weights & Biases has a login to use: an API key in the environment or in the
+    netrc file `wandb login` writes. Without one, runs are kept offline (never a prompt)."""
+    import netrc
+    import os
+
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].rstrip("/")
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+class WandbTracker(NoTracker):
+    """One Weights & Biases run per job (`logger=wandb`; needs `pip install 'lossbench[wandb]'`).
+
+    The resolved config is the run's config; every epoch's row is logged at step = epoch; the
+    test metrics and the run's summary (`test_<name>`, best_epoch, ...) are the run's summary;
+    report.txt, history.csv and the plots are saved as run files (model.pt too with
+    `logger.log_model=true`). The jobs of a sweep share one group, named after
+    the sweep directory. `mode: null` (the default) is online when a login is configured
+    (`wandb login` or WANDB_API_KEY) and offline otherwise; WANDB_MODE, when set, decides. Offline
+    runs are written under `<run dir>/wandb/` and can be uploaded later with `wandb sync`.
+    """
+
+    def __init__(self, project: str = "lossbench", entity: str | None = None,
+                 mode: str | None = None, group: str | None = None,
+                 tags: list[str] | None = None, log_model: bool = False):
+        try:
+            import wandb
+        except ImportError:
+            raise UserError("logger=wandb needs the wandb package: "
+                            "pip install 'lossbench[wandb]'") from None
+        if mode not in (None, "online", "offline", "disabled"):
+            raise UserError(f"logger.mode={mode} is not a W&B mode; choose online, offline, "
+                            "disabled or null (online when logged in, else offline)")
+        self._wandb = wandb
+        self.project, self.entity, self.group = project, entity, group
+        self.tags = list(tags or [])
+        self.mode = mode
+        self.log_model = log_model
+        self.run = None
+
+    def resolved_mode(self) -> str:
+        import os
+
+        if self.mode is not None:
+            return self.mode
+        if os.environ.get("WANDB_MODE"):
+            return os.environ["WANDB_MODE"]
+        return "online" if wandb_logged_in() else "offline"
+
+    def start(self, run_dir: Path, config: Mapping[str, Any], choices: Mapping[str, str]) -> None:
+        import os
+
+        os.environ.setdefault("WANDB_SILENT", "true")  # lossbench's console is its own
+        context = sweep_context()
+        group = self.group or (f"sweep {context['sweep_dir']}" if context else None)
+        settings = self._wandb.Settings(console="off", quiet=True, x_disable_stats=True,
+                                        disable_git=True, save_code=False)
+        self.run = self._wandb.init(
+            project=self.project, entity=self.entity, dir=str(run_dir), mode=self.resolved_mode(),
+            config=dict(config), group=group, name=run_label(choices, context),
+            tags=self.tags + [f"{k}={v}" for k, v in choices.items()][:60],
+            job_type="sweep-job" if context else "run", reinit="create_new", settings=settings)
+        _open.append(self)
+
+    def log_epoch(self, row: Mapping[str, Any]) -> None:
+        values = {k: v for k, v in scalar_items(row) if k != "epoch"}
+        self.run.log(values, step=int(row["epoch"]))
+
+    def finish(self, run_dir: Path, metrics: Mapping[str, Any]) -> None:
+        run_dir = Path(run_dir)
+        self.run.summary.update({**final_scalars(metrics),
+                                 "status": str(metrics.get("status", ""))})
+        for path in run_files(run_dir, self.log_model):
+            # offline, wandb keeps copies under <run dir>/wandb/: a second metrics.json or
+            # .hydra/ there would count as another run for `compare` and the sweep summary
+            # (the config and the summary carry their contents anyway)
+            if path.name != "metrics.json" and ".hydra" not in path.relative_to(run_dir).parts:
+                self.run.save(str(path), base_path=str(run_dir), policy="now")
+        self.run.finish()
+        _open.remove(self)
+
+    def fail(self, interrupted: bool = False) -> None:
+        if self.run is not None:
+            self.run.finish(exit_code=130 if interrupted else 1)
 
 
 def build_tracker(logger_cfg: Any) -> NoTracker:

@@ -21,7 +21,8 @@ CASES = [
     (["seed=abc"], r"seed=abc.*converted to Integer"),
     (["seedd=1"], r"'seedd'"),
     (["loss=foo"], r"Could not find 'loss/foo'\navailable options in 'loss': .*\bce\b"),
-    (["optimizer=adamm"], r"Could not find 'optimizer/adamm'\n.*\badam, adamw\b"),
+    (["optimizer=adamm"], r"Could not find 'optimizer/adamm' \(did you mean adam\?\)\n"
+                          r".*\badam, adamw\b"),
     (["trainer.epochs=[1,"], r"cannot parse the override"),
     # values of the right type that cannot work: checked before torch is imported
     (["trainer.epochs=0"], r"trainer\.epochs=0 must be at least 1"),

@@ -127,7 +127,9 @@ def test_multirun_runs_all_four_seed_losses(cli, tmp_path):
     losses = [read_metrics(d)["choices"]["loss"] for d in dirs]
     assert losses == ["ce", "bce", "mse", "contrastive"]
     assert all(read_metrics(d)["status"] == "completed" for d in dirs)
-    assert proc.stdout.count("Confusion matrix") == 4
+    # one console line per job; each job's report is in its own report.txt
+    assert proc.stdout.count("] completed: test accuracy ") == 4
+    assert all("precision" in (d / "report.txt").read_text() for d in dirs)
 
 
 def test_default_output_layout_is_dated(cli, tmp_path):

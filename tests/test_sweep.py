@@ -106,8 +106,9 @@ def test_resumed_sweep_skips_completed_jobs_and_reruns_the_failed_one(cli, tmp_p
     second = cli(*args, env={"LB_TEST_REDUCTION": "sum"})
     assert second.returncode == 0, second.stderr
     out = second.stdout + second.stderr
+    # the run directory as the user would type it: relative to where lossbench runs
     assert re.search(r"job 0 \[.*\] already completed: skipped \(run directory: "
-                     + re.escape(str(sweep / "0")) + r"\)",
+                     + re.escape(str(sweep.relative_to(tmp_path) / "0")) + r"\)",
                      out)
     assert not re.search(r"job 1 \[.*\] already completed", out)
     assert (sweep / "0" / "metrics.json").read_bytes() == job0

@@ -291,10 +291,10 @@ def to_json(blocks: Sequence[Block], failed: Sequence[Run], at: str) -> str:
 
 
 def print_table(blocks: Sequence[Block], failed: Sequence[Run], notes: Notes) -> None:
-    from rich.console import Console
+    from lossbench.console import output_console
     from rich.table import Table
 
-    console = Console()
+    console = output_console()
     for block in blocks:
         table = Table(title=block.title)
         for i, name in enumerate(table_header(block, notes, compact=True)):

@@ -34,6 +34,26 @@ def target_counts(counts: np.ndarray, kind: str, ratio: float) -> np.ndarray:
     return np.clip(np.minimum(wanted, counts), 1, None)
 
 
+# The ratio a kind uses when the config gives none (`ratio: null`, the default).
+DEFAULT_RATIO = 10.0
+
+
+def check_imbalance_used(cfg: Any) -> None:
+    """A ratio without a kind would do nothing: a mistake, named with its fix."""
+    if cfg is None:
+        return
+    if cfg.get("kind", "none") == "none" and cfg.get("ratio") is not None:
+        raise UserError(f"dataset.imbalance.ratio={cfg.get('ratio')} does nothing with "
+                        f"dataset.imbalance.kind=none; add dataset.imbalance.kind=longtail "
+                        f"(or step)")
+
+
+def describe_imbalance(info: dict[str, Any]) -> str:
+    """'imbalance=longtail ratio=20 (realised 20.0)' for headers, reports and plot titles."""
+    return (f"imbalance={info['kind']} ratio={info['ratio']:g} "
+            f"(realised {info['realised_ratio']:.1f})")
+
+
 def apply_imbalance(parts: dict[str, tuple[np.ndarray, np.ndarray]], raw: RawData, cfg: Any,
                     seed: int) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, Any]]:
     """Subsample the training part to an imbalanced class distribution; returns the new parts and
@@ -46,7 +66,7 @@ def apply_imbalance(parts: dict[str, tuple[np.ndarray, np.ndarray]], raw: RawDat
         raise UserError(f"dataset.imbalance.kind={kind} needs classes, but dataset {raw.name} is "
                         "a regression task")
     try:
-        ratio = float(cfg.get("ratio", 10))
+        ratio = float(DEFAULT_RATIO if cfg.get("ratio") is None else cfg.get("ratio"))
     except (TypeError, ValueError):
         raise UserError(f"dataset.imbalance.ratio={cfg.get('ratio')} is not a number") from None
     if not ratio >= 1.0:

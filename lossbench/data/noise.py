@@ -95,6 +95,49 @@ def check_noise_config(cfg: Any, raw: RawData) -> tuple[str, float]:
     return kind, rate
 
 
+def check_noise_used(cfg: Any) -> None:
+    """A noise setting that would do nothing is a mistake, not a clean run: `rate: 0.4` with
+    `kind: none`, or a preset or mapping without a kind that flips by it. `rate: 0` with a kind
+    is the clean point of a rate sweep, and fine."""
+    if cfg is None:
+        return
+    kind = cfg.get("kind", "none")
+    try:
+        rate = float(cfg.get("rate") or 0.0)
+    except (TypeError, ValueError):
+        return  # check_noise_config names the bad rate
+    if kind == "none" and rate != 0.0:
+        raise UserError(f"dataset.noise.rate={rate:g} does nothing with dataset.noise.kind=none; "
+                        f"add dataset.noise.kind=symmetric (or asymmetric, pairflip)")
+    for key in ("preset", "mapping"):
+        if cfg.get(key) is not None and kind != "asymmetric":
+            raise UserError(f"dataset.noise.{key} does nothing with dataset.noise.kind={kind}; "
+                            f"add dataset.noise.kind=asymmetric")
+
+
+def describe_noise(info: dict[str, Any]) -> str:
+    """'noise=symmetric rate=0.4 (realised 0.401)': the label noise a run used, as the header
+    line, report.txt and the plot titles name it. Asymmetric rates apply per source class, so
+    the realised overall rate (train and val) is the number to read."""
+    realised = info.get("realised_rate", {}).get("train_and_val")
+    text = f"noise={info['kind']} rate={info['rate']:g}"
+    if info["kind"] == "asymmetric":
+        text += " per mapped class"
+    return text + (f" (realised {realised:.3f})" if realised is not None else "")
+
+
+def describe_corruption(info: dict[str, Any]) -> str:
+    """The corruption applied on purpose (noise, imbalance) in one phrase, '' when none."""
+    parts = []
+    if info.get("noise"):
+        parts.append(describe_noise(info["noise"]))
+    if info.get("imbalance"):
+        from lossbench.data.imbalance import describe_imbalance
+
+        parts.append(describe_imbalance(info["imbalance"]))
+    return ", ".join(parts)
+
+
 def symmetric_noise(y: np.ndarray, rate: float, num_classes: int,
                     rng: np.random.Generator) -> np.ndarray:
     """Exactly round(rate · n) labels moved to a uniformly drawn other class."""

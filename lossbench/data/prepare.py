@@ -75,6 +75,11 @@ def prepare_data(raw: RawData, split: Any, noise: Any = None, imbalance: Any = N
     label noise then touches train and validation, never test. augment: crop_padding / hflip for
     image training data, which the training loop then reads through a DataLoader.
     """
+    from lossbench.data.imbalance import check_imbalance_used
+    from lossbench.data.noise import check_noise_used
+
+    check_noise_used(noise)  # before the split: a setting that does nothing stops the run
+    check_imbalance_used(imbalance)
     parts = split_dataset(raw, float(split["train"]), float(split["val"]), float(split["test"]),
                           seed=seed)
     info: dict[str, Any] = {}

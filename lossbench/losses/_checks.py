@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 REDUCTIONS = ("none", "mean", "sum")
 
 
@@ -54,6 +56,26 @@ def check_int(name: str, value: int, low: int) -> int:
     if isinstance(value, bool) or int(value) != value or value < low:
         raise ValueError(f"{name} must be an integer in [{low}, inf), got {value!r}")
     return int(value)
+
+
+def check_same_shape(input, target) -> None:
+    """Raise ValueError unless a regression target has the prediction's shape. Broadcasting a
+    (N, 1) target against (N,) predictions would compare every prediction with every target,
+    an (N, N) loss that trains without complaint and learns the mean."""
+    if input.shape != target.shape:
+        raise ValueError(f"input and target must have the same shape, got input "
+                         f"{tuple(input.shape)} and target {tuple(target.shape)}")
+
+
+def check_binary_target(target) -> None:
+    """Raise ValueError unless every target of a one-logit (binary) loss is 0 or 1: another value
+    is no label of a binary task, and the focal formula turns it into a negative loss."""
+    if torch.compiler.is_compiling():  # a data-dependent check would break the graph
+        return
+    bad = (target != 0) & (target != 1)
+    if bool(bad.any()):
+        value = target[bad][0].item()
+        raise ValueError(f"target of a one-logit (binary) loss must be 0 or 1, got {value:g}")
 
 
 def squeeze_output(out):

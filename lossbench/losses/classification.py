@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lossbench.losses._checks import check_bool, check_range, check_reduction, reduce
+from lossbench.losses._checks import (check_binary_target, check_bool, check_range,
+                                      check_reduction, reduce)
 
 
 def target_log_prob(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -94,6 +95,7 @@ class FocalLoss(nn.Module):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if input.dim() == 1:  # (N,) sigmoid focal
+            check_binary_target(target)
             t = target.to(input.dtype)
             signed = torch.where(target.bool(), input, -input)  # z_t: log p_t = log σ(z_t)
             log_pt = F.logsigmoid(signed)
@@ -165,6 +167,7 @@ class BCEWithLogitsLoss(nn.Module):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if input.dim() == 1:  # (N,) binary
+            check_binary_target(target)
             t = target.to(input.dtype)
             per_sample = F.binary_cross_entropy_with_logits(input, t, reduction="none")
         else:  # (N, K) one-vs-rest

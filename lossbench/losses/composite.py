@@ -63,7 +63,8 @@ class MixedLoss(nn.Module):
     contrastive, samples for ce), so the mixed loss always returns a scalar.
 
     Shapes: as its terms (input (B, K) logits or (B, D) embeddings, target (B,)).
-    Hyperparameters: losses (name → loss), weights w_i ∈ [0, ∞) (default 1), weighting ∈
+    Hyperparameters: losses (name → loss), weights w_i ∈ [0, ∞) (default 1; > 0 with
+    uncertainty weighting, where a zero weight leaves only the term s_i, unbounded below), weighting ∈
     {fixed, uncertainty}, embedding_dim (D, ≥ 1, needed for a shared embedding).
     """
 
@@ -89,6 +90,13 @@ class MixedLoss(nn.Module):
         self.weights = {name: check_range(f"weights.{name}", weights.get(name, 1.0), low=0.0)
                         for name in self.losses}
         self.weighting = check_choice("weighting", weighting, WEIGHTINGS)
+        if self.weighting == "uncertainty":
+            # e^{-s}·0·L + s has the constant gradient 1 in s: s runs to -inf and so does L
+            zero = [name for name, w in self.weights.items() if w == 0]
+            if zero:
+                raise ValueError(f"weights.{zero[0]}=0 with weighting=uncertainty leaves that "
+                                 f"term's log-variance unbounded below (the loss has no minimum); "
+                                 f"drop the term or use weighting=fixed")
         common = set.intersection(*(set(getattr(loss, "tasks", ())) for loss in self.losses.values()))
         if not common:
             raise ValueError(f"losses {sorted(self.losses)} fit no common task")

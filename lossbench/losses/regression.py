@@ -12,10 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lossbench.losses._checks import check_bool, check_range, check_reduction, reduce
+from lossbench.losses._checks import (check_bool, check_range, check_reduction, check_same_shape,
+                                      reduce)
 
 
 def _residual(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """ŷ − y, per sample: input and target of one shape, never broadcast against each other."""
+    check_same_shape(input, target)
     return input - target.to(input.dtype)
 
 
@@ -44,7 +47,7 @@ class MSELoss(nn.Module):
             t = F.one_hot(target.long(), input.shape[-1]).to(input.dtype)
             per_sample = (input - t).pow(2).mean(-1)
         else:
-            per_sample = (input - target.to(input.dtype)).pow(2)
+            per_sample = _residual(input, target).pow(2)
         return reduce(per_sample, self.reduction)
 
 
@@ -166,7 +169,7 @@ class QuantileLoss(nn.Module):
         self.reduction = check_reduction(reduction)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        e = target.to(input.dtype) - input
+        e = -_residual(input, target)  # y − ŷ
         per_sample = torch.maximum(self.tau * e, (self.tau - 1) * e)
         return reduce(per_sample, self.reduction)
 

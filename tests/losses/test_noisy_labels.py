@@ -37,7 +37,7 @@ def reference(name, x, y, **hp):
         ce = -math.log(p[c])
         nce = ce / sum(-math.log(v) for v in p)
         # reverse cross-entropy −Σ_k p_k log q_k, q = one-hot label with log 0 := A
-        a = hp.get("log_zero", -4.0)
+        a = hp.get("log_zero", math.log(1e-4))  # log(1e-4), as in the authors' code
         rce = -sum(pk * (0.0 if k == c else a) for k, pk in enumerate(p))
         mae = 1 - p[c]
         out.append({
@@ -84,7 +84,7 @@ def test_gce_tends_to_cross_entropy_and_equals_mae_at_q_one():
 
 def test_published_defaults():
     assert GCELoss().q == 0.7
-    assert (SCELoss().alpha, SCELoss().beta, SCELoss().log_zero) == (0.01, 1.0, -4.0)
+    assert (SCELoss().alpha, SCELoss().beta, SCELoss().log_zero) == (0.01, 1.0, math.log(1e-4))
     assert (NCERCELoss().alpha, NCERCELoss().beta) == (1.0, 10.0)
     assert (NCEMAELoss().alpha, NCEMAELoss().beta) == (1.0, 10.0)
 

@@ -1,0 +1,36 @@
+"""The rich console lossbench prints through.
+
+Rich sizes its output to the terminal, and to 80 columns when stdout is not one (a CI log, a
+file, `| tee`): tables were cut to fit, headers and values ending in "…". Output that is kept
+should be whole, so off a terminal the console is as wide as its widest line, unless the user
+set COLUMNS.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+# Wide enough for any table lossbench prints; rich pads nothing to this width (tables and text
+# take the width of their content), it only stops cutting.
+UNCUT_WIDTH = 10_000
+
+
+def console_width() -> int | None:
+    """None (rich's own choice) on a terminal or when COLUMNS is set; else UNCUT_WIDTH."""
+    if os.environ.get("COLUMNS", "").isdigit():
+        return None
+    try:
+        if sys.stdout.isatty():
+            return None
+    except (AttributeError, ValueError):  # a replaced or closed stdout
+        pass
+    return UNCUT_WIDTH
+
+
+def output_console(**kwargs: Any):
+    """A rich Console for lossbench's output, uncut off a terminal (see the module docstring)."""
+    from rich.console import Console
+
+    return Console(width=console_width(), **kwargs)

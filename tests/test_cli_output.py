@@ -1,0 +1,191 @@
+"""What a user sees and keeps: errors first, pipes that close early, whole tables in logs, files
+colleagues can read, one line per sweep job, damaged run directories, Ctrl-C at start-up and
+the hints a mistyped command gets."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import lossbench_cmd, read_metrics, run_dirs
+
+TINY = ("dataset=iris", "trainer=smoke", "trainer.plots=false")
+
+
+def test_a_user_error_is_all_the_console_shows(cli, tmp_path):
+    """Wrong loss for the task, bad device: the one line, no config tree before it."""
+    for args in (("dataset=diabetes", "loss=ce"), ("trainer.device=cuda:7",)):
+        proc = cli("train", "trainer=smoke", *args)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stdout == ""  # the config tree used to come first
+        assert proc.stderr.startswith("lossbench: error: ")
+        assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "outputs").exists()
+
+
+def _closed_pipe(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """Run lossbench with a stdout whose reader has already gone, as `| head -0` leaves it."""
+    read, write = os.pipe()
+    os.close(read)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("COLUMNS", None)
+    try:
+        return subprocess.run([*lossbench_cmd(), *args], cwd=cwd, stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=300, env=env)
+    finally:
+        os.close(write)
+
+
+@pytest.mark.parametrize("args", [["list"], ["losses"], ["--help"], ["train", *TINY]],
+                         ids=["list", "losses", "help", "train"])
+def test_piping_into_a_reader_that_stops_ends_quietly(tmp_path, args):
+    proc = _closed_pipe(args, tmp_path)
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+    assert proc.stderr == ""
+    assert proc.returncode in (0, 1, 141)
+
+
+def test_compare_into_head_ends_quietly(cli, tmp_path):
+    cli("train", "-m", "loss=ce,mae", *TINY, f"hydra.sweep.dir={tmp_path / 's'}", check=True)
+    shell = subprocess.run(
+        f"{' '.join(lossbench_cmd())} compare {tmp_path / 's'} | head -1", shell=True,
+        cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert shell.stderr == "" and shell.stdout.strip()
+
+
+def test_result_files_honour_the_umask(tmp_path):
+    script = ("import os, sys; os.umask(0o022); sys.argv = ['lossbench', 'train', "
+              + ", ".join(repr(a) for a in (*TINY[:2], "trainer.plots=true", "hydra.run.dir=run"))
+              + "]; from lossbench.cli import console_main; console_main()")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    files = [p for p in (tmp_path / "run").iterdir() if p.is_file()]
+    names = {p.name for p in files}
+    assert {"metrics.json", "report.txt", "history.csv", "model.pt", "train.log",
+            "curves.png"} <= names
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path.name
+
+
+def test_tables_are_whole_when_stdout_is_not_a_terminal(cli, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    proc = subprocess.run([*lossbench_cmd(), "losses"], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 0
+    assert "…" not in proc.stdout
+    assert "learn_alpha=true" in proc.stdout and "Kendall, Gal & Cipolla 2018" in proc.stdout
+    run = subprocess.run([*lossbench_cmd(), "train", *TINY, "print_config=false",
+                          "hydra.run.dir=run"], capture_output=True, text=True, env=env,
+                         cwd=tmp_path, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "…" not in run.stdout
+    assert "┃ precision ┃ recall ┃ f1-score ┃ support ┃" in run.stdout
+    header = [ln for ln in run.stdout.splitlines() if ln.startswith("lossbench loss=")]
+    assert header and header[0].rstrip().endswith("device=cpu")  # one line, not wrapped
+
+
+def test_a_sweep_prints_one_line_per_job_and_the_summary(cli, tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = cli("train", "-m", "loss=ce,mae,bogus_value_for_reduction", "seed=0,1", *TINY,
+               f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 2  # the typo is caught before any job
+    proc = cli("train", "-m", "loss=ce,mae", "+loss.reduction=mean,bogus", "seed=0", *TINY,
+               f"hydra.sweep.dir={sweep}")
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+    assert len(lines) == 5, lines  # 4 jobs + the summary
+    done = [ln for ln in lines if " completed: test accuracy " in ln]
+    failed = [ln for ln in lines if "] failed: " in ln]
+    assert len(done) == 2 and len(failed) == 2
+    import re
+
+    assert all(re.fullmatch(r"lossbench: job \d \[.*\] completed: test accuracy [\d.]+ "
+                            r"\([\d.]+ s; run directory: sweep/\d\)", ln) for ln in done), done
+    assert "reduction must be one of" in failed[0]
+    assert lines[-1].startswith("lossbench: 2 of 4 jobs failed")
+    for job in run_dirs(sweep):  # the details went to each job's own files
+        if read_metrics(job)["status"] == "completed":
+            assert "precision" in (job / "report.txt").read_text()
+            assert "epoch" in (job / "train.log").read_text()
+
+
+def _run_dir(cli, tmp_path) -> Path:
+    run = tmp_path / "run"
+    cli("train", *TINY, "print_config=false", f"hydra.run.dir={run}", check=True)
+    return run
+
+
+def test_eval_of_a_run_whose_config_is_damaged_or_refused_is_one_line(cli, tmp_path):
+    run = _run_dir(cli, tmp_path)
+    config = run / ".hydra" / "config.yaml"
+    good = config.read_text()
+    config.write_text(good + "loss: [unclosed\n")
+    proc = cli("eval", str(run))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"lossbench: error: {config} cannot be read as a config")
+    config.write_text(good.replace("lossbench.losses.CrossEntropyLoss", "os.system"))
+    proc = cli("eval", str(run))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "os.system" in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
+def test_ctrl_c_during_start_up_leaves_nothing_and_says_so(tmp_path):
+    """SIGINT while the run starts (before the training loop): no empty run directory, and no
+    promise of a checkpoint."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("LOSSBENCH_DEBUG", None)
+    # a start-up that takes long enough to interrupt: the data loader sleeps
+    script = ("import time, sys; import lossbench.data.sklearn_datasets as d; f = d.iris; "
+              "d.iris = lambda **k: (print('loading', flush=True), time.sleep(30), f(**k))[2]; "
+              "sys.argv = ['lossbench', 'train', 'dataset=iris', 'trainer=smoke', "
+              "'print_config=false', 'hydra.run.dir=outputs/run']; "
+              "from lossbench.cli import console_main; console_main()")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "loading"
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert err.strip() == "lossbench: stopped by Ctrl-C before the run started; nothing was written"
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_value_list_without_m_says_to_add_it(cli):
+    proc = cli("train", "loss=ce,gce")
+    assert proc.returncode == 2
+    assert "use lossbench train -m loss=ce,gce" in proc.stderr
+
+
+def test_a_typo_in_a_sweep_value_suggests_the_option_and_leaves_nothing(cli, tmp_path):
+    proc = cli("train", "-m", "loss=ce,gce,sec", *TINY)
+    assert proc.returncode == 2
+    assert "Could not find 'loss/sec' (did you mean sce?)" in proc.stderr
+    assert not (tmp_path / "outputs").exists()  # no start marker, no multirun.yaml
+    proc = cli("train", "loss=foca", *TINY)
+    assert "(did you mean focal?)" in proc.stderr
+
+
+def test_list_shows_every_group(cli):
+    out = cli("list", check=True).stdout
+    for header in ("datasets (", "models (", "losses (", "optimizers (", "schedulers (",
+                   "loggers (", "trainers (", "searches (", "launchers ("):
+        assert header in out, header
+    assert "  parallel " in out and "  sce " in out
+
+
+def test_a_target_hydra_refuses_is_one_line_for_train_too(cli, tmp_path):
+    """The path `resume=` takes as well: the saved config is built by the same run()."""
+    proc = cli("train", *TINY, "loss._target_=os.system")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("lossbench: error: Target 'os.system' is blocklisted")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "outputs").exists()
