@@ -66,14 +66,16 @@ class ScaledImages:
 
 
 def prepare_data(raw: RawData, split: Any, noise: Any = None, imbalance: Any = None,
-                 scale: bool = True, seed: int = 0, augment: Any = None) -> Splits:
+                 scale: bool = True, seed: int = 0, augment: Any = None,
+                 resample: str | None = None) -> Splits:
     """Split `raw`, make the training classes imbalanced and the labels noisy as configured,
     scale, and convert to tensors.
 
     split: mapping with train/val/test fractions. noise / imbalance: mappings with `kind`
     (`none` leaves the data alone). Imbalance subsamples the training split by its clean labels;
-    label noise then touches train and validation, never test. augment: crop_padding / hflip for
-    image training data, which the training loop then reads through a DataLoader.
+    label noise then touches train and validation, never test. resample: `none`,
+    `class_balanced` or `sqrt` (lossbench/data/resample.py), after noise. augment:
+    crop_padding / hflip for image training data, which the training loop then reads through a DataLoader.
     """
     parts = split_dataset(raw, float(split["train"]), float(split["val"]), float(split["test"]),
                           seed=seed)
@@ -86,6 +88,18 @@ def prepare_data(raw: RawData, split: Any, noise: Any = None, imbalance: Any = N
         from lossbench.data.noise import apply_label_noise
 
         parts, info["noise"] = apply_label_noise(parts, raw, noise, seed)
+    if resample not in (None, "none"):
+        if raw.task == "regression":
+            from lossbench.errors import UserError
+
+            raise UserError(f"dataset.resample={resample} needs classes, but dataset {raw.name} "
+                            "is a regression task")
+        from lossbench.data.resample import apply_resampling
+
+        parts, info["resample"] = apply_resampling(parts, str(resample), raw.num_classes, seed)
+    if raw.task != "regression":  # what the losses and the imbalance metrics are told
+        info["train_class_counts"] = np.bincount(parts["train"][1].astype(np.int64),
+                                                 minlength=raw.num_classes).tolist()
 
     x_train = parts["train"][0]
     on_disk = isinstance(x_train, ImageFiles)  # read per sample through a DataLoader
