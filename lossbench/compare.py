@@ -30,6 +30,9 @@ from lossbench.errors import UserError
 from lossbench.rundir import read_json, write_bytes_atomic, write_csv_atomic, write_text_atomic
 
 HEADLINE = {"classification": ("accuracy", "macro_f1"), "regression": ("rmse", "r2")}
+# Columns added for runs trained on an imbalanced or re-sampled split (lossbench/imbalance_metrics.py)
+IMBALANCE_COLUMNS = ("balanced_accuracy", "worst_class_recall", "few_shot_accuracy",
+                     "prior_accuracy")
 # Test metrics where lower is better; any other metric is taken as higher-is-better.
 LOWER_IS_BETTER = {"rmse", "mse", "mae", "loss", "nll", "brier", "ece", "error"}
 # Keys that never distinguish configurations: the seed, and where a run lives.
@@ -313,6 +316,8 @@ def build_blocks(runs: Sequence[Run], metric: str | None, mode: str | None, alph
         block_mode = mode if chosen == metric and mode else (
             "min" if lower_is_better(chosen) else "max")
         metrics = [chosen] + [m for m in headline if m != chosen]
+        if any({"imbalance", "resample"} & set(r.metrics.get("data") or {}) for r in members):
+            metrics += [m for m in IMBALANCE_COLUMNS if m not in metrics and has(members, m)]
         # keys that follow the seed (a dataset's `random_state: ${seed}`) vary with it
         keys = {k for r in members for k in r.config}
         ignored = list(ignore) + sorted(

@@ -327,3 +327,19 @@ class LogitAdjustedLoss(ClassCountsLoss):
 
     def report(self) -> dict[str, float]:
         return {}
+
+
+class PosthocLogitAdjustment(torch.nn.Module):
+    r"""A trained model whose logits are adjusted after training (Menon et al. 2021, post-hoc
+    logit adjustment): z_k − τ·log π_k, so that argmax picks the class that would win on
+    balanced data. Used by `lossbench eval RUN --logit-adjust TAU`; the weights are untouched.
+    """
+
+    def __init__(self, model: torch.nn.Module, counts: torch.Tensor, tau: float):
+        super().__init__()
+        self.model = model
+        prior = counts.to(torch.float64) / counts.sum()
+        self.register_buffer("offset", (-float(tau) * torch.log(prior + 1e-12)).float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, ...) -> (B, K)
+        return self.model(x) + self.offset.to(x.device)
