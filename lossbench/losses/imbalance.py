@@ -271,6 +271,10 @@ class LDAMLoss(ClassCountsLoss):
     def class_weights(self) -> torch.Tensor:
         return class_balanced_weights(self.counts(), self.beta)
 
+    def active_weights(self, dtype: torch.dtype) -> torch.Tensor | None:
+        # plain LDAM has no class weights; only DRW switches them on
+        return None if self.drw_start is None else super().active_weights(dtype)
+
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         target = target.long()
         own = F.one_hot(target, input.shape[-1]).to(input.dtype)  # (N, K)
