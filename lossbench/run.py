@@ -605,7 +605,10 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float,
         metrics["loss_params"] = loss_fn.report()
         if metrics["loss_params"]:
             learned = ", ".join(f"{k}={v:.4g}" for k, v in metrics["loss_params"].items())
-            console.print(f"learned loss parameters: {learned}", highlight=False)
+            # margins and class weights are computed from the counts, not learned
+            label = ("loss parameters from the class counts" if needs_class_counts(loss_fn)
+                     else "learned loss parameters")
+            console.print(f"{label}: {learned}", highlight=False)
     write_json_atomic(run_dir / "metrics.json", metrics)
     # a completed run is not resumed: model.pt keeps its best weights, the checkpoint (optimizer
     # moments, a second copy of the weights) would only take disk space in every run of a sweep
