@@ -64,8 +64,13 @@ def _literal(node: ast.AST | None) -> Any:
         return ast.unparse(node)
 
 
-def _parse_class(node: ast.ClassDef) -> LossClass:
+def _parse_class(node: ast.ClassDef, parent: LossClass | None = None) -> LossClass:
+    """A class's attributes and constructor defaults; what it does not set, it inherits from
+    `parent` (its base class among the loss files, if any)."""
     info = LossClass(node.name)
+    if parent is not None:
+        info.tasks, info.head, info.reference = parent.tasks, parent.head, parent.reference
+        info.defaults = dict(parent.defaults)
     for item in node.body:
         if isinstance(item, ast.Assign) and len(item.targets) == 1 and isinstance(item.targets[0], ast.Name):
             key = item.targets[0].id
@@ -79,17 +84,32 @@ def _parse_class(node: ast.ClassDef) -> LossClass:
     return info
 
 
+def _declares_tasks(node: ast.ClassDef) -> bool:
+    return any(isinstance(item, ast.Assign) and any(getattr(t, "id", None) == "tasks"
+                                                    for t in item.targets) for item in node.body)
+
+
 def loss_classes() -> dict[str, LossClass]:
-    """{class name: LossClass} for every nn.Module-style class in lossbench/losses/*.py."""
+    """{class name: LossClass} for every nn.Module-style class in lossbench/losses/*.py: those
+    declaring `tasks`, and their subclasses, which inherit what they do not declare."""
     folder = Path(__file__).resolve().parent / "losses"
-    classes = {}
+    nodes: dict[str, ast.ClassDef] = {}
     for path in sorted(folder.glob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-        for node in tree.body:
-            if isinstance(node, ast.ClassDef) and any(
-                    isinstance(item, ast.Assign) and any(getattr(t, "id", None) == "tasks" for t in item.targets)
-                    for item in node.body):
-                classes[node.name] = _parse_class(node)
+        nodes.update({n.name: n for n in tree.body if isinstance(n, ast.ClassDef)})
+    classes: dict[str, LossClass] = {}
+
+    def resolve(name: str) -> LossClass | None:
+        if name not in classes and name in nodes:
+            node = nodes[name]
+            bases = [b.id for b in node.bases if isinstance(b, ast.Name)]
+            parent = next((p for p in map(resolve, bases) if p is not None), None)
+            if parent is not None or _declares_tasks(node):
+                classes[name] = _parse_class(node, parent)
+        return classes.get(name)
+
+    for name in nodes:
+        resolve(name)
     return classes
 
 

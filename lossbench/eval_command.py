@@ -6,7 +6,12 @@ report is printed. Overrides change what is evaluated, not what was learned, e.g
 
     lossbench eval outputs/2026-01-01/12-00-00 --split val dataset.noise.kind=none
 
-scores the model on the validation split with its labels left clean.
+scores the model on the validation split with its labels left clean, and
+
+    lossbench eval outputs/2026-01-01/12-00-00 --logit-adjust 1.0
+
+scores it with post-hoc logit adjustment (Menon et al. 2021): its logits minus τ·log π, π the
+class prior of its training split, for a model trained on long-tailed data with any softmax loss.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--split", choices=SPLITS, default="test",
                         help="which split to evaluate (default: test)")
     parser.add_argument("--out", metavar="FILE", help="also write the metrics as JSON")
+    parser.add_argument("--logit-adjust", type=float, metavar="TAU", default=None,
+                        help="post-hoc logit adjustment: subtract TAU * log(training class "
+                             "prior) from the logits before predicting (softmax heads only)")
     return parser.parse_intermixed_args(argv)
 
 
@@ -135,9 +143,10 @@ def compose_with(run_dir: Path, overrides: list[str]) -> DictConfig:
         raise UserError(" ".join(str(err).split("Config search path")[0].split())) from None
 
 
-def evaluate_run(run_dir: Path, overrides: list[str], split: str = "test"
-                 ) -> tuple[dict[str, Any], Any]:
-    """Rebuild the run's data and model, load model.pt, print the report; (metrics, splits)."""
+def evaluate_run(run_dir: Path, overrides: list[str], split: str = "test",
+                 logit_adjust: float | None = None) -> tuple[dict[str, Any], Any]:
+    """Rebuild the run's data and model, load model.pt, print the report; (metrics, splits).
+    `logit_adjust` τ: predict from the logits minus τ·log(training prior) (post-hoc)."""
     if not run_dir.is_dir():
         raise UserError(f"{run_dir} is not a directory")
     weights = run_dir / "model.pt"
@@ -197,20 +206,42 @@ def evaluate_run(run_dir: Path, overrides: list[str], split: str = "test"
     elif loss_fn.state_dict():
         console.print("[yellow]note:[/] this run saved no loss.pt; the loss's own parameters "
                       "start from their initial values", highlight=False)
+    if logit_adjust is not None:
+        model = posthoc_adjusted(model, loss_fn, splits, head, logit_adjust, picked)
     amp = autocast(device, autocast_dtype(trainer.get("precision", 32)))
     changed = f" with {' '.join(overrides)}" if overrides else ""
+    if logit_adjust is not None:
+        changed += f", post-hoc logit adjustment tau={logit_adjust:g}"
     title = (f"{split.capitalize()} split: loss={picked.get('loss')} dataset={splits.name}, "
              f"weights of {run_dir}{changed}")
     _, metrics = workflow.test_report(model, loss_fn, splits, head, trainer, device, amp,
                                       console, title, split)
+    if logit_adjust is not None:
+        metrics.pop("loss", None)  # the training loss of adjusted logits means nothing
+        metrics["posthoc_logit_adjustment"] = {"tau": logit_adjust}
     return metrics, splits
+
+
+def posthoc_adjusted(model: Any, loss_fn: Any, splits: Any, head: str, tau: float,
+                     picked: dict[str, str]) -> Any:
+    """The model with its logits adjusted by −τ·log π (π: the training split's class prior)."""
+    from lossbench.data.imbalance import training_class_counts
+    from lossbench.losses.imbalance import PosthocLogitAdjustment
+
+    if not tau >= 0:
+        raise UserError(f"--logit-adjust {tau:g} must be a number >= 0")
+    if splits.task == "regression" or head != "logits" or hasattr(loss_fn, "scores"):
+        raise UserError(f"--logit-adjust needs a softmax classifier; loss="
+                        f"{picked.get('loss', '?')} on the {splits.task} task has head {head}")
+    counts = training_class_counts(splits.train.y, splits.num_classes)
+    return PosthocLogitAdjustment(model, counts, tau)
 
 
 def eval_command(argv: list[str]) -> int:
     """`lossbench eval RUN_DIR [overrides] [--split test|val|train] [--out FILE]`."""
     args = parse_args(argv)
     run_dir = Path(args.run_dir)
-    metrics, splits = evaluate_run(run_dir, list(args.overrides), args.split)
+    metrics, splits = evaluate_run(run_dir, list(args.overrides), args.split, args.logit_adjust)
     if args.out:
         write_json_atomic(args.out, {
             "run": str(run_dir), "split": args.split, "overrides": list(args.overrides),

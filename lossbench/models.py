@@ -118,3 +118,32 @@ def resnet18(input_shape: Sequence[int], num_outputs: int, small_input_stem: boo
     elif channels != 3:
         model.conv1 = nn.Conv2d(channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
     return model
+
+
+class CosineClassifier(nn.Module):
+    r"""A linear classifier on unit vectors: z_k = cos(x, W_k) = x·W_k / (‖x‖ ‖W_k‖) ∈ [−1, 1].
+
+    The last layer of a model whose loss asks for the ``cosine`` head (LDAM): with features and
+    class vectors normalised, a class's score cannot grow with its norm, which the frequent
+    classes would otherwise win (Cao et al. 2019's NormedLinear). No bias. Weight (K, D).
+    """
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features).uniform_(-1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, K)
+        return nn.functional.normalize(x, dim=-1) @ nn.functional.normalize(self.weight, dim=-1).T
+
+
+def with_cosine_head(model: nn.Module) -> nn.Module:
+    """Replace the model's last `nn.Linear` (its classifier) by a `CosineClassifier` of the
+    same size, in place; returns the model."""
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(model).__name__} has no linear layer to make a cosine classifier")
+    name, last = linears[-1]
+    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+    setattr(parent, name.rpartition(".")[2],
+            CosineClassifier(last.in_features, last.out_features).to(last.weight.device))
+    return model

@@ -14,8 +14,11 @@ from lossbench.evaluate import Predictions
 
 
 def classification_metrics(pred: Predictions, class_names: list[str] | None,
-                           num_classes: int) -> dict[str, Any]:
-    """scikit-learn's classification report (as a dict), confusion matrix, accuracy, macro-F1."""
+                           num_classes: int, train_counts: list[int] | None = None
+                           ) -> dict[str, Any]:
+    """scikit-learn's classification report (as a dict), confusion matrix, accuracy, macro-F1;
+    with the training split's class counts, the imbalance metrics too
+    (lossbench/imbalance_metrics.py)."""
     labels = list(range(num_classes))
     names = class_names or [str(k) for k in labels]
     report = skm.classification_report(pred.y_true, pred.y_pred, labels=labels, target_names=names,
@@ -31,6 +34,10 @@ def classification_metrics(pred: Predictions, class_names: list[str] | None,
         "confusion_matrix": skm.confusion_matrix(pred.y_true, pred.y_pred, labels=labels).tolist(),
         "class_names": names,
     }
+    if train_counts is not None and len(pred.y_true):
+        from lossbench.imbalance_metrics import imbalance_metrics
+
+        result.update(imbalance_metrics(pred.y_true, pred.y_pred, train_counts))
     if pred.scores is not None:
         result.update(calibration_metrics(pred.scores, pred.y_true))
     if pred.embeddings is not None:
@@ -234,6 +241,10 @@ def report_text(task: str, metrics: dict[str, Any], split: str, header: str,
     else:
         lines += [metrics["classification_report_text"].rstrip(), "", "Confusion matrix:",
                   confusion_matrix_text(metrics["confusion_matrix"], metrics["class_names"])]
+        if "balanced_accuracy" in metrics:
+            from lossbench.imbalance_metrics import imbalance_summary
+
+            lines += ["", imbalance_summary(metrics)]
         if "ece" in metrics:
             lines += ["", calibration_summary(metrics)]
         if "pair_roc_auc" in metrics:

@@ -30,7 +30,10 @@ from lossbench.data.noise import describe_corruption
 from lossbench.checkpoint import CHECKPOINT, StopOnSignal, resume_state, save_checkpoint
 from lossbench.console import output_console
 from lossbench.errors import Diverged, Interrupted, UserError
+from lossbench.data.imbalance import training_class_counts
 from lossbench.evaluate import loader_options, predict, robust_accuracy
+from lossbench.losses.base import needs_class_counts
+from lossbench.models import with_cosine_head
 from lossbench.optim import build_optimizer, optimizer_kernel
 from lossbench.progress import EpochProgress
 from lossbench.rundir import save_torch_atomic, write_csv_atomic, write_json_atomic, write_text_atomic
@@ -44,7 +47,7 @@ from lossbench.train import (Settings, autocast, autocast_dtype, describe_select
 log = logging.getLogger("lossbench")
 
 # Keys of a dataset config that lossbench applies to any dataset; the rest go to its `_target_`.
-DATA_PREP_KEYS = ("split", "noise", "imbalance", "scale", "augment")
+DATA_PREP_KEYS = ("split", "noise", "imbalance", "resample", "scale", "augment")
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -162,7 +165,8 @@ def load_data(cfg: DictConfig) -> Splits:
         raise TypeError(f"dataset {data_cfg._target_} returned {type(raw).__name__}, not RawData")
     return prepare_data(raw, split=data_cfg.split, noise=data_cfg.get("noise"),
                         imbalance=data_cfg.get("imbalance"), scale=data_cfg.get("scale", True),
-                        seed=run_seeds(cfg)[0], augment=data_cfg.get("augment"))
+                        seed=run_seeds(cfg)[0], augment=data_cfg.get("augment"),
+                        resample=data_cfg.get("resample"))
 
 
 def check_loss_fits(loss_fn: torch.nn.Module, loss_name: str, splits: Splits) -> None:
@@ -394,9 +398,16 @@ def build_loss_and_model(cfg: DictConfig, splits: Splits, device: torch.device, 
     check_loss_fits(loss_fn, loss_name, splits)
     if hasattr(loss_fn, "setup"):  # layers the loss owns, sized by the data (mixed's classifier)
         loss_fn.setup(splits.task, splits.num_classes)
+    if needs_class_counts(loss_fn):  # before the first step (lossbench/losses/base.py)
+        if splits.task == "regression":
+            raise UserError(f"loss={loss_name} needs the class counts of the training split, "
+                            f"but dataset {splits.name} is a regression task")
+        loss_fn.set_class_counts(training_class_counts(splits.train.y, splits.num_classes))
     head = getattr(loss_fn, "head", "logits")
     num_outputs = output_size(head, splits, cfg.embedding_dim)
     model = instantiate(cfg.model, input_shape=list(splits.sample_shape), num_outputs=num_outputs)
+    if head == "cosine":  # the loss asks for a cosine classifier as the last layer (LDAM)
+        model = with_cosine_head(model)
     model.to(device)
     loss_fn.to(device)
     return loss_fn, model, head, num_outputs
@@ -414,11 +425,16 @@ def test_report(model: torch.nn.Module, loss_fn: torch.nn.Module, splits: Splits
         test = rep.regression_metrics(pred)
         console.print(rep.regression_table(test, title))
     else:
-        test = rep.classification_metrics(pred, splits.class_names, splits.num_classes)
+        test = rep.classification_metrics(pred, splits.class_names, splits.num_classes,
+                                          splits.info.get("train_class_counts"))
         console.print(rep.classification_report_table(test["classification_report"],
                                                        title))
         console.print(rep.confusion_matrix_table(test["confusion_matrix"], test["class_names"],
                                                  f"Confusion matrix ({split} split)"))
+        if "balanced_accuracy" in test:
+            from lossbench.imbalance_metrics import imbalance_summary
+
+            console.print(imbalance_summary(test), highlight=False)
         if "ece" in test:
             console.print(rep.calibration_summary(test), highlight=False)
         if "pair_roc_auc" in test:
@@ -573,7 +589,7 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float,
                             elapsed_s=elapsed_before + time.perf_counter() - started,
                             sync=stop.requested is not None)
 
-    with stop, EpochProgress(console, trainer.epochs, monitor,
+    with stop, EpochProgress(console, epochs, monitor,
                              enabled=dist.is_main) as progress:  # no hidden bars on other ranks
         result = fit(training_model(model, device, trainer.get("compile", False)), loss_fn,
                      optimizer, scheduler, splits, head, trainer, device, generator, progress,
@@ -693,11 +709,18 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float,
         "data": splits.info,
         "config": resolved_config(cfg),  # what a resumed sweep compares to skip this job
     }
+    if head == "cosine":
+        metrics["head"] = "cosine classifier (asked for by the loss)"
+    if hasattr(loss_fn, "describe"):
+        metrics["loss_description"] = loss_fn.describe()
     if hasattr(loss_fn, "report"):
         metrics["loss_params"] = loss_fn.report()
         if metrics["loss_params"]:
             learned = ", ".join(f"{k}={v:.4g}" for k, v in metrics["loss_params"].items())
-            console.print(f"learned loss parameters: {learned}", highlight=False)
+            # margins and class weights are computed from the counts, not learned
+            label = ("loss parameters from the class counts" if needs_class_counts(loss_fn)
+                     else "learned loss parameters")
+            console.print(f"{label}: {learned}", highlight=False)
     write_json_atomic(run_dir / "metrics.json", metrics)
     # a completed run is not resumed: model.pt keeps its best weights, the checkpoint (optimizer
     # moments, a second copy of the weights) would only take disk space in every run of a sweep

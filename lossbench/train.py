@@ -20,6 +20,7 @@ from lossbench import distributed
 from lossbench.checkpoint import capture_rng, restore_rng
 from lossbench.data import Split, Splits
 from lossbench.evaluate import class_scores, loader_batches, model_outputs, predict
+from lossbench.losses.base import hook
 from lossbench.errors import UserError
 from lossbench.progress import EpochProgress
 
@@ -514,6 +515,8 @@ def fit(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
         if scaler is not None and resume.get("scaler"):
             scaler.load_state_dict(resume["scaler"])
     every = trainer.get("checkpoint_every", 0) if save is not None else 0
+    # a loss may rule out early epochs (deferred re-weighting: none before its switch)
+    first_selectable = hook(loss_fn, "first_selectable_epoch")(epochs)
     step_stop = stop if not dist.active else None  # ranks must agree: stop at epoch ends there
 
     def loop_state(epoch: int, epoch_rng: dict, losses: list, sizes: list, term_sums: dict
@@ -532,6 +535,7 @@ def fit(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
     for epoch in range(first_epoch, epochs + 1):
         start = time.perf_counter()
         model.train()
+        hook(loss_fn, "on_epoch_start")(epoch, epochs)
         resuming = resume is not None and epoch == first_epoch
         if resuming:  # this epoch's data order, as it was first drawn
             restore_rng(resume["epoch_rng"], generator)
@@ -604,7 +608,10 @@ def fit(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
             break
 
         value, tie = row[column], row[tie_column] if tie_column else float("nan")
-        if epoch == 1 or better(value, tie, result.best_value, result.best_tie):
+        if epoch < first_selectable:  # e.g. before deferred re-weighting switches on
+            pass
+        elif epoch <= max(first_selectable, 1) or better(value, tie, result.best_value,
+                                                         result.best_tie):
             result.best_value, result.best_tie, result.best_epoch, waited = value, tie, epoch, 0
             best_state = {k: v.detach().clone() for k, v in core.state_dict().items()}
             best_loss_state = {k: v.detach().clone() for k, v in loss_fn.state_dict().items()}

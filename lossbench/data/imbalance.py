@@ -5,6 +5,11 @@ Kinds (`dataset.imbalance.kind`, with `ratio` ρ = largest / smallest class size
   class 0 (n_max, the size of the largest class) to class K−1 (n_max / ρ).
 - `step`: the last ⌊K / 2⌋ classes keep ⌊n_max / ρ⌋ samples, the others keep all of theirs.
 
+`order` says which class gets which size: `index` (default) gives the k-th size to class k, so
+class K−1 is the rarest; `random` gives the sizes to a permutation of the classes drawn from the
+run's seed, so that rarity is not confounded with whatever makes the last classes hard (the
+permutation is recorded as `size_order` in metrics.json's data.imbalance).
+
 A class never keeps more samples than it has, nor fewer than one. Validation and test splits are
 left balanced, so their per-class report rows show what the loss did for the rare classes.
 """
@@ -15,15 +20,21 @@ import math
 from typing import Any
 
 import numpy as np
+import torch
+
+from lossbench import distributed
 
 from lossbench.data.raw import RawData
 from lossbench.errors import UserError
 
 KINDS = ("none", "longtail", "step")
+ORDERS = ("index", "random")
 
 
-def target_counts(counts: np.ndarray, kind: str, ratio: float) -> np.ndarray:
-    """Per-class sizes (K,) to keep, given the sizes (K,) available."""
+def target_counts(counts: np.ndarray, kind: str, ratio: float,
+                  order: np.ndarray | None = None) -> np.ndarray:
+    """Per-class sizes (K,) to keep, given the sizes (K,) available. `order` (a permutation of
+    the K classes) lists the classes from the largest size to the smallest; default 0..K−1."""
     k = len(counts)
     n_max = int(counts.max())
     if kind == "longtail":
@@ -31,6 +42,10 @@ def target_counts(counts: np.ndarray, kind: str, ratio: float) -> np.ndarray:
     else:  # step
         wanted = np.full(k, n_max)
         wanted[k - k // 2:] = math.floor(n_max / ratio)
+    if order is not None:  # the i-th size goes to class order[i]
+        placed = np.empty_like(wanted)
+        placed[np.asarray(order)] = wanted
+        wanted = placed
     return np.clip(np.minimum(wanted, counts), 1, None)
 
 
@@ -72,10 +87,17 @@ def apply_imbalance(parts: dict[str, tuple[np.ndarray, np.ndarray]], raw: RawDat
     if not ratio >= 1.0:
         raise UserError(f"dataset.imbalance.ratio={ratio:g} must be at least 1 "
                         "(largest class size / smallest class size)")
+    order_kind = cfg.get("order", "index") or "index"
+    if order_kind not in ORDERS:
+        raise UserError(f"dataset.imbalance.order={order_kind} is not an order; choose from "
+                        f"{', '.join(ORDERS)}")
     x, y = parts["train"]
     num_classes = raw.num_classes
     before = np.bincount(y.astype(np.int64), minlength=num_classes)
-    wanted = np.minimum(target_counts(before, kind, ratio), before)  # absent classes stay absent
+    order = (np.random.default_rng([seed, 7919]).permutation(num_classes)
+             if order_kind == "random" else None)
+    # absent classes stay absent
+    wanted = np.minimum(target_counts(before, kind, ratio, order), before)
     rng = np.random.default_rng([seed, 104729])
     keep = np.concatenate([rng.choice(np.flatnonzero(y == c), size=int(wanted[c]), replace=False)
                            for c in range(num_classes)])
@@ -83,7 +105,23 @@ def apply_imbalance(parts: dict[str, tuple[np.ndarray, np.ndarray]], raw: RawDat
     out = dict(parts)
     out["train"] = (x[keep], y[keep])
     after = np.bincount(y[keep].astype(np.int64), minlength=num_classes)
-    info = {"kind": kind, "ratio": ratio, "class_counts_before": before.tolist(),
+    info = {"kind": kind, "ratio": ratio, "order": order_kind,
+            "size_order": (order if order is not None else np.arange(num_classes)).tolist(),
+            "class_counts_before": before.tolist(),
             "class_counts": after.tolist(),
             "realised_ratio": float(after.max() / max(after[after > 0].min(), 1))}
     return out, info
+
+
+def training_class_counts(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(K,) float64 number of training samples per class, as the loss must see them.
+
+    Under DDP every process holds the whole training split and trains on a shard of it per
+    epoch; each counts a fixed stride of the labels (rank r: samples r, r + W, ...) and the
+    counts are summed over the processes, so that every rank gets the counts of the whole split
+    and a rank that held different data would show in the sum.
+    """
+    dist = distributed.current()
+    own = y[dist.rank::dist.world_size] if dist.active else y
+    counts = torch.bincount(own.long().flatten(), minlength=num_classes).to(torch.float64)
+    return distributed.all_reduce_sum(counts.to(y.device), dist).cpu()

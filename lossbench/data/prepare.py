@@ -66,14 +66,16 @@ class ScaledImages:
 
 
 def prepare_data(raw: RawData, split: Any, noise: Any = None, imbalance: Any = None,
-                 scale: bool = True, seed: int = 0, augment: Any = None) -> Splits:
+                 scale: bool = True, seed: int = 0, augment: Any = None,
+                 resample: str | None = None) -> Splits:
     """Split `raw`, make the training classes imbalanced and the labels noisy as configured,
     scale, and convert to tensors.
 
     split: mapping with train/val/test fractions. noise / imbalance: mappings with `kind`
     (`none` leaves the data alone). Imbalance subsamples the training split by its clean labels;
-    label noise then touches train and validation, never test. augment: crop_padding / hflip for
-    image training data, which the training loop then reads through a DataLoader.
+    label noise then touches train and validation, never test. resample: `none`,
+    `class_balanced` or `sqrt` (lossbench/data/resample.py), after noise. augment:
+    crop_padding / hflip for image training data, which the training loop then reads through a DataLoader.
     """
     from lossbench.data.imbalance import check_imbalance_used
     from lossbench.data.noise import check_noise_used
@@ -94,6 +96,22 @@ def prepare_data(raw: RawData, split: Any, noise: Any = None, imbalance: Any = N
         noisy, info["noise"] = apply_label_noise(parts, raw, noise, seed)
         clean = {name: parts[name][1] for name in noisy if noisy[name] is not parts[name]}
         parts = noisy
+    if resample not in (None, "none"):
+        if raw.task == "regression":
+            from lossbench.errors import UserError
+
+            raise UserError(f"dataset.resample={resample} needs classes, but dataset {raw.name} "
+                            "is a regression task")
+        from lossbench.data.resample import resample_indices
+
+        keep, info["resample"] = resample_indices(parts["train"][1], str(resample),
+                                                  raw.num_classes, seed)
+        parts = {**parts, "train": (parts["train"][0][keep], parts["train"][1][keep])}
+        if "train" in clean:  # the clean labels follow the samples drawn
+            clean["train"] = clean["train"][keep]
+    if raw.task != "regression":  # what the losses and the imbalance metrics are told
+        info["train_class_counts"] = np.bincount(parts["train"][1].astype(np.int64),
+                                                 minlength=raw.num_classes).tolist()
 
     x_train = parts["train"][0]
     on_disk = isinstance(x_train, ImageFiles)  # read per sample through a DataLoader

@@ -1,6 +1,7 @@
 """The loss catalogue, one file per family, re-exported flat.
 
-The loss interface: a loss is an `nn.Module` with `forward(input, target)` (input first, as in
+The loss contract is written down in `lossbench.losses.base` (`Loss`: every attribute and hook
+the runner calls, with defaults). In short: a loss is an `nn.Module` with `forward(input, target)` (input first, as in
 torch) and class attributes that tell lossbench how it fits the data:
 
 - `tasks`: the dataset tasks it fits (`multiclass`, `binary`, `regression`);
@@ -32,6 +33,12 @@ from lossbench.losses.classification import (
     Poly1Loss,
 )
 from lossbench.losses.composite import MixedLoss
+from lossbench.losses.imbalance import (
+    ClassBalancedLoss,
+    LDAMLoss,
+    LogitAdjustedLoss,
+    WeightedCELoss,
+)
 from lossbench.losses.metric import ContrastiveLoss, SupConLoss, TripletLoss
 from lossbench.losses.noisy_labels import (
     GCELoss,
@@ -53,8 +60,9 @@ from lossbench.losses.regression import (
 )
 
 __all__ = [
-    "AdaptiveRobustLoss", "AdversarialLoss", "BCEWithLogitsLoss", "ContrastiveLoss",
-    "CrossEntropyLoss", "FocalLoss", "GCELoss", "HuberLoss", "L1Loss", "LogCoshLoss", "MAELoss",
-    "MSELoss", "MixedLoss", "MultiMarginHingeLoss", "NCELoss", "NCEMAELoss", "NCERCELoss",
-    "Poly1Loss", "QuantileLoss", "RCELoss", "SCELoss", "SmoothL1Loss", "SupConLoss", "TripletLoss",
+    "AdaptiveRobustLoss", "AdversarialLoss", "BCEWithLogitsLoss", "ClassBalancedLoss",
+    "ContrastiveLoss", "CrossEntropyLoss", "FocalLoss", "GCELoss", "HuberLoss", "L1Loss",
+    "LDAMLoss", "LogCoshLoss", "LogitAdjustedLoss", "MAELoss", "MSELoss", "MixedLoss",
+    "MultiMarginHingeLoss", "NCELoss", "NCEMAELoss", "NCERCELoss", "Poly1Loss", "QuantileLoss",
+    "RCELoss", "SCELoss", "SmoothL1Loss", "SupConLoss", "TripletLoss", "WeightedCELoss",
 ]

@@ -1,0 +1,82 @@
+"""The loss contract: everything the runner may ask of a loss, written down once.
+
+A loss is an `nn.Module` with `forward(input, target)` (input first, as in torch). The class
+attributes and hooks below are what `lossbench.run` and the training loop call; `Loss` gives
+every hook a default that does nothing, so a loss overrides only the ones it needs. Losses
+written before this base class declare the same attributes on their own and are read the same
+way (the runner asks for a hook with `getattr(loss, name, default)`).
+
+Attributes
+- `tasks`: the dataset tasks the loss fits (`multiclass`, `binary`, `regression`);
+- `head`: what the model must output for it: `logits` (K scores; 2 for binary data), `sigmoid`
+  (one logit for binary data, K one-vs-rest logits otherwise), `embedding` (`embedding_dim`
+  features), or `cosine` (K cosine similarities from a cosine classifier: the model's last
+  linear layer is replaced by `lossbench.models.CosineClassifier`, and the run records it);
+- `reference`: the paper, shown by `lossbench losses`;
+- `needs_class_counts`: the loss is told the training split's class counts before the first
+  step (`set_class_counts`); a run of such a loss on a regression task is refused.
+
+Hooks, in the order the runner calls them
+1. `setup(task, num_classes)`: size layers the loss owns, once the data is known;
+2. `set_class_counts(counts)`: (K,) float64 tensor, the number of training samples per class
+   after imbalance, noise and re-sampling, summed over every process under DDP;
+3. `on_epoch_start(epoch, epochs)`: before each training epoch (1-based), also when a run
+   resumes from a checkpoint (deferred re-weighting switches its weights here);
+4. `first_selectable_epoch(epochs)`: the first epoch whose weights may be selected as the best
+   (1 for most losses; the switch epoch for deferred re-weighting, so that a run never reports
+   weights trained without the part its name promises);
+5. `model_loss(model, x, y)` replaces `loss(model(x), y)` when present (adversarial training);
+6. `scores(output)`: class probabilities when the head's default (softmax) does not apply;
+7. `describe()`: one line saying what was configured from the data (margins, weights);
+8. `report()`: dict of floats recorded in metrics.json as `loss_params`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+HEADS = ("logits", "sigmoid", "embedding", "cosine")
+
+
+class Loss(nn.Module):
+    """Base class of a lossbench loss: the attributes and hook defaults of the contract above."""
+
+    tasks: tuple[str, ...] = ("multiclass", "binary")
+    head: str = "logits"
+    reference: str = ""
+    needs_class_counts: bool = False
+
+    def setup(self, task: str, num_classes: int) -> None:
+        """Size layers the loss owns (called before the optimizer is built)."""
+
+    def set_class_counts(self, counts: torch.Tensor) -> None:
+        """(K,) training samples per class; called before the first step."""
+
+    def on_epoch_start(self, epoch: int, epochs: int) -> None:
+        """Called before training epoch `epoch` of `epochs` (1-based)."""
+
+    def first_selectable_epoch(self, epochs: int) -> int:
+        """The earliest epoch whose weights may be kept as the best."""
+        return 1
+
+    def describe(self) -> str:
+        return type(self).__name__
+
+    def report(self) -> dict[str, float]:
+        return {}
+
+
+def hook(loss: nn.Module, name: str) -> Any:
+    """The loss's hook `name`, or the contract's default for losses that do not subclass
+    `Loss`: the runner's single way of reaching a hook."""
+    own = getattr(loss, name, None)
+    if own is not None:
+        return own
+    return getattr(Loss, name).__get__(loss)
+
+
+def needs_class_counts(loss: nn.Module) -> bool:
+    return bool(getattr(loss, "needs_class_counts", False))
