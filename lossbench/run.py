@@ -34,6 +34,7 @@ from lossbench.progress import EpochProgress
 from lossbench.rundir import save_torch_atomic, write_csv_atomic, write_json_atomic, write_text_atomic
 from lossbench.schema import check_config
 from lossbench.sweep import resolved_config
+from lossbench.threads import set_threads
 from lossbench.train import autocast, autocast_dtype, fit, resolve_monitor, training_model
 
 log = logging.getLogger("lossbench")
@@ -474,6 +475,8 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float,
     # 2. loss, and the model sized for it
     loss_fn, model, head, num_outputs = build_loss_and_model(cfg, splits, device,
                                                              picked.get("loss", "?"))
+    threads = set_threads(trainer.get("threads", "auto"), model, splits.sample_shape,
+                          trainer.batch_size, device)
 
     # 3. optimizer over the model's and the loss's own parameters (learnable losses)
     params = list(model.parameters()) + list(loss_fn.parameters())
@@ -506,6 +509,7 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float,
     # Everything the user could have got wrong has been checked: from here on, files are written.
     log.info("run directory %s, device %s, torch threads %d, choices %s", run_dir, device,
              torch.get_num_threads(), picked)
+    log.info("torch threads: %s", threads)
     log.info("optimizer %s, %s", type(optimizer).__name__, optimizer_kernel(optimizer))
     tracker.start(run_dir, OmegaConf.to_container(cfg, resolve=True), picked)
     generator = torch.Generator(device=device if device.type == "cuda" else "cpu")

@@ -41,6 +41,7 @@ class TrainerConfig:
     precision: str = "32"  # 32, bf16 or 16
     compile: bool = False
     num_workers: Any = "auto"  # auto or a count (OmegaConf has no Union[int, str])
+    threads: Any = "auto"  # torch's CPU intra-op threads: auto or a count (lossbench/threads.py)
     grad_clip: Optional[float] = None
     early_stopping: bool = True
     monitor: str = "auto"
@@ -167,6 +168,10 @@ def check_config(cfg: Any) -> None:
                         "for no clipping)")
     if trainer.mode not in ("auto", "min", "max"):
         raise UserError(f"trainer.mode={trainer.mode} must be auto, min or max")
+    threads = trainer.get("threads", "auto")
+    if threads != "auto" and (isinstance(threads, bool) or not isinstance(threads, int)
+                              or threads < 1):
+        raise UserError(f"trainer.threads={threads} must be auto or a count of at least 1")
     workers = trainer.num_workers
     if workers != "auto" and (isinstance(workers, bool) or not isinstance(workers, int)
                               or workers < 0):
