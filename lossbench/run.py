@@ -524,13 +524,14 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float,
 
     stop = StopOnSignal(announce=dist.is_main)
 
-    def save(loop: dict[str, Any]) -> None:
+    def save(loop: dict[str, Any], states: dict[str, Any] | None = None) -> None:
         if dist.is_main:  # flushed to the disk when it is the last one (Ctrl-C, SIGTERM)
             save_checkpoint(run_dir / CHECKPOINT, model=model, loss_fn=loss_fn,
                             optimizer=optimizer, scheduler=scheduler, loop=loop,
                             config=saved_config, choices=picked,
                             elapsed_s=elapsed_before + time.perf_counter() - started,
-                            sync=stop.requested is not None)
+                            sync=stop.requested is not None or states is not None,
+                            states=states)
 
     with stop, EpochProgress(console, trainer.epochs, monitor,
                              enabled=dist.is_main) as progress:  # no hidden bars on other ranks
