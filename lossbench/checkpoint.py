@@ -181,10 +181,16 @@ def resume_state(run_dir: str | Path) -> dict[str, Any]:
     return load_checkpoint(run_dir / CHECKPOINT)
 
 
+# Signals that stop a run like Ctrl-C besides SIGINT and SIGTERM: a batch scheduler's warning
+# before it preempts or times out a job (submitit's, see `sweep.run_sweep_job`).
+EXTRA_STOP_SIGNALS: list[int] = []
+
+
 class StopOnSignal:
-    """While active, the first Ctrl-C (SIGINT) or SIGTERM only sets `requested`: the training
-    loop finishes its step, writes a checkpoint and stops. A second one stops at once
-    (KeyboardInterrupt). Outside the main thread signals cannot be caught: then it does nothing.
+    """While active, the first Ctrl-C (SIGINT), SIGTERM or signal of `EXTRA_STOP_SIGNALS` only
+    sets `requested`: the training loop finishes its step, writes a checkpoint and stops. A
+    second one stops at once (KeyboardInterrupt). Outside the main thread signals cannot be
+    caught: then it does nothing.
     """
 
     def __init__(self, announce: bool = True) -> None:
@@ -203,7 +209,7 @@ class StopOnSignal:
 
     def __enter__(self) -> StopOnSignal:
         if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
+            for signum in (signal.SIGINT, signal.SIGTERM, *EXTRA_STOP_SIGNALS):
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 

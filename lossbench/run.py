@@ -170,8 +170,11 @@ def resumed_config(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
     return saved, state
 
 
-def run(cfg: DictConfig) -> float:
+def run(cfg: DictConfig, resume: dict[str, Any] | None = None) -> float:
     """Run one experiment; returns the best value of the monitored validation metric.
+
+    `resume`: a checkpoint of this very config to continue from (a sweep's job that was killed,
+    see `sweep.run_sweep_job`); `resume=<run dir>` in the config loads the run's own.
 
     `trainer.devices=N` (N > 1) runs it in N processes started from here, which share this run
     directory (see `lossbench.distributed`); under torchrun this process is one of them already.
@@ -183,6 +186,7 @@ def run(cfg: DictConfig) -> float:
     check_config(cfg)
     if cfg.get("resume"):
         cfg, resume = resumed_config(cfg)
+    if resume is not None:
         if distributed.launched_by_torchrun():
             raise UserError("resume= under torchrun is not supported; use trainer.devices=N")
         devices = int(cfg.trainer.get("devices", 1) or 1)

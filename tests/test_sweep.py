@@ -6,12 +6,16 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
+import subprocess
+import time
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from lossbench.sweep import threads_per_job
-from conftest import read_metrics, run_dirs
+from conftest import lossbench_cmd, read_metrics, run_dirs
 
 TINY = ("trainer=smoke", "model=linear", "dataset=iris")
 
@@ -207,3 +211,93 @@ def test_search_whose_trials_all_fail_ends_with_the_summary_not_a_traceback(cli,
     assert all(read_metrics(run)["status"] == "failed" for run in run_dirs(sweep))
     assert summary_lines(proc) == [f"lossbench: 2 of 2 jobs failed: {sweep / '0'} {sweep / '1'}"]
     assert "lossbench: the sweep stopped: ValueError: No trials are completed yet." in proc.stderr
+
+
+def _start_sweep(args: list[str], cwd) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+    env.pop("LOSSBENCH_DEBUG", None)
+    return subprocess.Popen([*lossbench_cmd(), "train", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def epoch_lines(text: str) -> list[int]:
+    return [int(m) for m in re.findall(r"^epoch (\d+)/", text, re.MULTILINE)]
+
+
+@pytest.mark.slow
+def test_a_job_killed_outright_continues_from_its_checkpoint(cli, tmp_path):
+    """SIGKILL (the OOM killer, a lost node) in job 1's epoch 8: re-running the sweep skips job
+    0, continues job 1 from the checkpoint of its last epoch instead of epoch 1, says so, and
+    ends exactly as the same run never killed (and as resume= would)."""
+    from test_resume import assert_same_result
+
+    sweep = tmp_path / "sweep"
+    run = ["trainer.device=cpu", "trainer.batch_size=64", "trainer.early_stopping=false",
+           "model.dropout=0.2", "scheduler=onecycle", "print_config=false",
+           "trainer.plots=false", "trainer.epochs=30", "trainer.checkpoint_every=1"]
+    args = ["-m", "seed=0,1", *run, f"hydra.sweep.dir={sweep}"]
+    proc = _start_sweep(args, tmp_path)
+    assert proc.stdout is not None
+    jobs_started = 0
+    for line in proc.stdout:
+        if line.startswith("epoch 1/"):
+            jobs_started += 1
+        if jobs_started == 2 and line.startswith("epoch 8/"):
+            os.killpg(proc.pid, signal.SIGKILL)  # no handler runs, nothing more is written
+            break
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert read_metrics(sweep / "0")["status"] == "completed"
+    assert not (sweep / "1" / "metrics.json").exists()
+    epoch = torch.load(sweep / "1" / "checkpoint.pt", weights_only=True)["loop"]["epoch"]
+    assert 2 <= epoch <= 8  # the epoch a resumed run starts with
+
+    again = cli("train", *args)
+    assert again.returncode == 0, again.stderr
+    assert re.search(r"job 0 \[.*\] already completed", again.stdout)
+    assert re.search(rf"job 1 \[seed=1 [^\]]*\] continues from its checkpoint at epoch {epoch} "
+                     rf"\(run directory: {re.escape(str(sweep / '1'))}\)", again.stdout)
+    assert epoch_lines(again.stdout) == list(range(epoch, 31))  # not from epoch 1
+    metrics = read_metrics(sweep / "1")
+    assert metrics["status"] == "completed" and metrics["epochs_run"] == 30
+    assert not (sweep / "1" / "checkpoint.pt").exists()
+
+    whole = cli("train", "seed=1", *run, f"hydra.run.dir={tmp_path / 'whole'}")
+    assert whole.returncode == 0, whole.stderr
+    assert_same_result(sweep / "1", tmp_path / "whole")
+    assert summary_lines(again) == [
+        f"lossbench: all 2 jobs completed (1 skipped: already completed) in {sweep}"]
+
+
+def test_a_stopped_job_starts_over_when_its_checkpoint_is_of_another_config(tmp_path):
+    """A checkpoint continues only the config it was written for, and only a run that stopped
+    (no metrics.json, or interrupted): a job that failed after its checkpoint starts over."""
+    from lossbench.checkpoint import load_checkpoint
+    from lossbench.sweep import resolved_config, unfinished_checkpoint
+
+    cfg = OmegaConf.create({"seed": 1, "trainer": {"epochs": 5}})
+    run_dir = tmp_path / "job"
+    run_dir.mkdir()
+    assert unfinished_checkpoint(cfg, run_dir) is None  # nothing there
+
+    def write(config):
+        torch.save({"format": 1, "config": config, "loop": {"epoch": 3, "batch": 0}},
+                   run_dir / "checkpoint.pt")
+        os.utime(run_dir / "checkpoint.pt", (time.time(), time.time() + 10))
+
+    write(resolved_config(cfg))
+    assert load_checkpoint(run_dir / "checkpoint.pt")["loop"]["epoch"] == 3
+    assert unfinished_checkpoint(cfg, run_dir)["loop"]["epoch"] == 3  # killed: continues
+    assert unfinished_checkpoint(OmegaConf.create({"seed": 2, "trainer": {"epochs": 5}}),
+                                 run_dir) is None
+    (run_dir / "metrics.json").write_text(json.dumps({"status": "interrupted"}))
+    assert unfinished_checkpoint(cfg, run_dir) is not None
+    (run_dir / "metrics.json").write_text(json.dumps({"status": "failed"}))
+    os.utime(run_dir / "metrics.json", (time.time(), time.time() + 20))  # after the checkpoint
+    assert unfinished_checkpoint(cfg, run_dir) is None
+    write(resolved_config(cfg))  # a newer attempt was killed after writing a checkpoint
+    os.utime(run_dir / "checkpoint.pt", (time.time(), time.time() + 30))
+    assert unfinished_checkpoint(cfg, run_dir) is not None
+    (run_dir / "checkpoint.pt").write_bytes(b"truncated")
+    assert unfinished_checkpoint(cfg, run_dir) is None  # unreadable: starts over
