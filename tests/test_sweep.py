@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -301,3 +302,55 @@ def test_a_stopped_job_starts_over_when_its_checkpoint_is_of_another_config(tmp_
     assert unfinished_checkpoint(cfg, run_dir) is not None
     (run_dir / "checkpoint.pt").write_bytes(b"truncated")
     assert unfinished_checkpoint(cfg, run_dir) is None  # unreadable: starts over
+
+
+def _submitit_task(sweep) -> int | None:
+    """The pid of the submitit task running a job of `sweep` (the process that trains)."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"submitit.core._submit" in args and any(str(sweep).encode() in a for a in args):
+            return int(cmdline.parent.name)
+    return None
+
+
+@pytest.mark.slow
+def test_submitit_job_preempted_writes_its_checkpoint_and_is_requeued(cli, tmp_path):
+    """SIGUSR2, the signal submitit's jobs get before a preemption or their time limit (sent
+    here as SLURM would, 20 epochs into the run): the job stops after its step, writes
+    checkpoint.pt, submitit requeues it, and the new attempt continues from the checkpoint and
+    ends exactly as the run never stopped."""
+    from test_resume import assert_same_result
+
+    sweep = tmp_path / "sweep"
+    run = ["trainer.device=cpu", "trainer.batch_size=64", "trainer.early_stopping=false",
+           "model.dropout=0.2", "scheduler=onecycle", "print_config=false",
+           "trainer.plots=false", "trainer.epochs=200", "seed=3"]
+    proc = _start_sweep(["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5",
+                         *run, f"hydra.sweep.dir={sweep}"], tmp_path)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        out = "".join(p.read_text() for p in sweep.rglob("*_log.out")) if sweep.is_dir() else ""
+        pid = _submitit_task(sweep)
+        if pid is not None and "epoch 20/" in out:
+            os.kill(pid, signal.SIGUSR2)
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the job never reached epoch 20")
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stdout + stderr
+    logs = "".join(p.read_text() for p in (sweep / ".submitit").rglob("*_log.*"))
+    assert re.search(r"interrupted by SIGUSR2 at epoch \d+.*; submitit requeues it", logs)
+    assert "Requeued job" in logs
+    resumed_at = re.findall(r"job 0 \[.*\] continues from its checkpoint at epoch (\d+)", logs)
+    assert len(resumed_at) == 1 and int(resumed_at[0]) >= 20
+    metrics = read_metrics(sweep / "0")
+    assert metrics["status"] == "completed" and metrics["epochs_run"] == 200
+    assert summary_lines(subprocess.CompletedProcess([], 0, stdout, stderr)) == [
+        f"lossbench: all 1 jobs completed in {sweep}"]
+    whole = cli("train", *run, f"hydra.run.dir={tmp_path / 'whole'}")
+    assert whole.returncode == 0, whole.stderr
+    assert_same_result(sweep / "0", tmp_path / "whole")
