@@ -352,3 +352,30 @@ def test_ctrl_c_over_two_processes_then_resume(cli, tmp_path):
     whole = cli("train", *args, "hydra.run.dir=whole")
     assert whole.returncode == 0, whole.stderr
     assert_same_result(tmp_path / "stopped", tmp_path / "whole")
+
+
+def test_the_last_good_state_kept_in_memory_does_not_follow_training():
+    """What a divergence writes is the state at the end of the last good epoch: a copy that the
+    following steps (weights, Adam's moments, its step count) leave alone."""
+    from lossbench.checkpoint import training_states
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)
+
+    def step():
+        model(torch.randn(4, 3)).sum().backward()
+        optimizer.step()
+        scheduler.step()
+
+    step()
+    kept = training_states(model, torch.nn.Identity(), optimizer, scheduler, clone=True)
+    live = training_states(model, torch.nn.Identity(), optimizer, scheduler)
+    before = {k: v.clone() for k, v in kept["model"].items()}
+    moments = kept["optimizer"]["state"][0]["exp_avg"].clone()
+    step()
+    assert all(torch.equal(kept["model"][k], before[k]) for k in before)
+    assert not torch.equal(live["model"]["weight"], before["weight"])
+    assert torch.equal(kept["optimizer"]["state"][0]["exp_avg"], moments)
+    assert int(kept["optimizer"]["state"][0]["step"]) == 1
+    assert kept["scheduler"]["last_epoch"] == 1 and scheduler.state_dict()["last_epoch"] == 2
