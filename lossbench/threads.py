@@ -63,7 +63,7 @@ def step_flops(model: nn.Module, sample_shape: Sequence[int], batch_size: int) -
     was_training = model.training
     try:
         model.eval()  # batch norm on one sample needs eval mode; no running statistics change
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: a lazy layer's weights must stay trainable
             model(torch.zeros(1, *sample_shape, device=device))
     finally:
         for hook in hooks:

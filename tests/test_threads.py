@@ -103,3 +103,13 @@ def test_a_bad_thread_count_is_a_user_error(cli, tmp_path, value):
     assert proc.stderr.strip().lower().splitlines() == [  # YAML's true prints as True
         f"lossbench: error: trainer.threads={value} must be auto or a count of at least 1"]
     assert not (tmp_path / "outputs").exists()
+
+
+def test_counting_leaves_a_lazy_model_trainable():
+    """A model of one's own may build its layers on the first forward pass (nn.LazyLinear):
+    the counting pass builds them as ordinary trainable weights."""
+    model = nn.Sequential(nn.LazyLinear(16), nn.ReLU(), nn.Linear(16, 3))
+    assert step_flops(model, (8,), 32) == 2 * (8 * 16 + 16 * 3) * 32
+    loss = model(torch.randn(4, 8)).sum()
+    loss.backward()
+    assert model[0].weight.grad is not None
