@@ -667,7 +667,7 @@ def print_table(results: dict[str, Any]) -> None:
                          f"{bz['median_s']['idle'][k]:.2f} s idle, "
                          f"{bz['median_s']['busy'][k]:.2f} s busy", f"x{v:.2f}",
                          f"<= 2 {verdict(v, 2.0)}" if k == "lossbench" else "(beside)"))
-    th = results.get("threads")
+    th = results.get("threads_cnn")  # "threads" is the in-process parts' setting
     if th is not None:
         m = th["median_epoch_s"]
         rows.append(("threads: CNN 32x32 epoch, auto vs best fixed",
@@ -731,13 +731,13 @@ def main() -> None:
     if "busy" in parts:
         results["busy"] = bench_busy(1 if q else 3, 60 if q else 120)
     if "threads" in parts:
-        results["threads"] = (bench_threads(1, 4, 512) if q else bench_threads(3, 6, 1024))
+        results["threads_cnn"] = bench_threads(1, 4, 512) if q else bench_threads(3, 6, 1024)
     results["machine"]["load_average_end"] = list(os.getloadavg())
     results["seconds"] = time.perf_counter() - started
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # before the table: kept if it fails
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print()
     print_table(results)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {args.out}; rerun: python benchmarks/run.py --only {','.join(parts)}"
           + (" --quick" if q else "") + (f" --threads {args.threads}" if args.threads != 1 else "")
           + (" --lightning-path DIR" if args.lightning_path else ""))
