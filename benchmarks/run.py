@@ -19,6 +19,17 @@
 4. sweep   an 8-job smoke sweep (4 losses × 2 seeds) with the basic launcher and with joblib
            on 2 jobs (`hydra/launcher=parallel`): wall time and jobs per second.
 5. memory  peak RSS (ru_maxrss of the process) of the default `lossbench train`, and of a smoke run.
+6. whole   the per-epoch cost of whole runs: `lossbench train` (digits MLP, early stopping and
+           plots off) for a long and a short run, the difference divided by the epochs between
+           them, against benchmarks/hand_loop.py (the same experiment in plain PyTorch with
+           per-epoch validation) run the same way. Target ≤ 1.10.
+7. busy    the same default `lossbench train` (120 epochs) idle and beside two CPU-bound
+           neighbour processes that the benchmark starts (`while True: pass`): loaded / idle,
+           target ≤ 2 (a fair share of 2 cores among 3 processes is 1.5); the hand loop and
+           `lossbench train trainer.threads=<cores>` (torch's default count) beside it.
+8. threads a CNN on 32×32 images (dataset=fake_images model=cnn), whole runs with
+           trainer.threads=auto and with each fixed count up to the cores: the median epoch time
+           of each run (its history.csv); target: auto ≤ 1.05 × the best fixed count.
 
 Timings on a shared machine are noisy: every figure is a median of interleaved repetitions, and
 ratios are what counts. Absolute times belong to the machine printed in the header.
@@ -49,7 +60,7 @@ from typing import Any, Callable
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-PARTS = ("loop", "lightning", "startup", "sweep", "memory")
+PARTS = ("loop", "lightning", "startup", "sweep", "memory", "whole", "busy", "threads")
 NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
 
 
@@ -479,6 +490,113 @@ def bench_memory(repeats: int) -> dict[str, Any]:
         shutil.rmtree(work, ignore_errors=True)
 
 
+# --------------------------------------------------------------------------- 6-8. whole runs
+
+HAND_LOOP = str(ROOT / "benchmarks" / "hand_loop.py")
+WHOLE_RUN = ["trainer.early_stopping=false", "trainer.plots=false", "print_config=false"]
+
+
+def run_commands(work: Path) -> dict[str, Callable[[int], list[str]]]:
+    """Command lines by epochs: the default `lossbench train` and the hand loop."""
+    lb = lossbench_cmd()
+    counter = iter(range(100_000))
+    return {
+        "lossbench": lambda epochs: [*lb, "train", f"trainer.epochs={epochs}", *WHOLE_RUN,
+                                     f"hydra.run.dir=r{next(counter)}"],
+        "hand": lambda epochs: [sys.executable, HAND_LOOP, f"--epochs={epochs}"],
+    }
+
+
+def per_epoch(cmds: dict[str, Callable[[int], list[str]]], long: int, short: int, repeats: int,
+              work: Path) -> dict[str, Any]:
+    """Seconds per epoch of each command: (wall of `long` epochs − wall of `short`) / (long −
+    short), so that start-up, data loading and the test cancel out; one per round, the
+    commands interleaved; medians."""
+    variants = {f"{name} {n}": functools.partial(
+        lambda cmd, n: timed_process(cmd(n), work)[0], cmd, n)
+        for name, cmd in cmds.items() for n in (long, short)}
+    times = interleaved(variants, repeats)
+    epoch_s = {name: [(a - b) / (long - short) for a, b in
+                      zip(times[f"{name} {long}"], times[f"{name} {short}"])] for name in cmds}
+    return {"epochs": [long, short], "per_epoch_s": epoch_s,
+            "median_per_epoch_s": {k: median(v) for k, v in epoch_s.items()},
+            "times_s": times}
+
+
+def bench_whole(repeats: int, long: int, short: int) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="lossbench-bench-"))
+    try:
+        result = per_epoch(run_commands(work), long, short, repeats, work)
+        e = result["per_epoch_s"]
+        result["ratio"] = paired_ratio(e["lossbench"], e["hand"])
+        result["command"] = " ".join(run_commands(work)["lossbench"](long)[:-1])
+        return result
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def bench_busy(repeats: int, epochs: int) -> dict[str, Any]:
+    """Whole runs idle, then beside two busy neighbours (started and stopped here)."""
+    work = Path(tempfile.mkdtemp(prefix="lossbench-bench-"))
+    cores = len(os.sched_getaffinity(0))
+    try:
+        cmds = run_commands(work)
+        cmds[f"lossbench threads={cores}"] = lambda n, c=cmds["lossbench"]: [
+            *c(n), f"trainer.threads={cores}"]
+        variants = {name: functools.partial(lambda cmd: timed_process(cmd(epochs), work)[0], cmd)
+                    for name, cmd in cmds.items()}
+        result: dict[str, Any] = {"epochs": epochs, "neighbours": 2, "cores": cores}
+        for state in ("idle", "busy"):
+            neighbours = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                          for _ in range(2 if state == "busy" else 0)]
+            try:
+                result[state] = interleaved(variants, repeats)
+            finally:
+                for proc in neighbours:
+                    proc.kill()
+                    proc.wait()
+        result["median_s"] = {state: {k: median(v) for k, v in result[state].items()}
+                              for state in ("idle", "busy")}
+        result["slowdown"] = {k: result["median_s"]["busy"][k] / result["median_s"]["idle"][k]
+                              for k in cmds}
+        return result
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def bench_threads(repeats: int, epochs: int, samples: int) -> dict[str, Any]:
+    """A CNN on 32×32 images, whole `lossbench train` runs with trainer.threads=auto and with
+    every fixed count up to the cores, interleaved. The figure per run is the median of its
+    epochs' own times (history.csv's `seconds`, training and validation, the first epoch left
+    out as warm-up): start-up does not dilute the differences between thread counts."""
+    import csv
+
+    work = Path(tempfile.mkdtemp(prefix="lossbench-bench-"))
+    cores = len(os.sched_getaffinity(0))
+    try:
+        lb = lossbench_cmd()
+        counter = iter(range(100_000))
+        cnn = ["dataset=fake_images", "model=cnn", f"dataset.n_samples={samples}",
+               "trainer.device=cpu", f"trainer.epochs={epochs}", *WHOLE_RUN]
+
+        def run(threads: str) -> float:
+            out = work / f"t{next(counter)}"
+            timed_process([*lb, "train", *cnn, f"trainer.threads={threads}",
+                           f"hydra.run.dir={out}"], work)
+            with open(out / "history.csv", newline="") as f:
+                return median([float(row["seconds"]) for row in csv.DictReader(f)][1:])
+
+        counts = ["auto", *map(str, range(1, cores + 1))]
+        times = interleaved({t: functools.partial(run, t) for t in counts}, repeats)
+        med = {k: median(v) for k, v in times.items()}
+        best = min(counts[1:], key=lambda t: med[t])
+        return {"epochs": epochs, "samples": samples, "median_epoch_s": med, "times_s": times,
+                "best_fixed": best, "ratio_auto_to_best": paired_ratio(times["auto"], times[best]),
+                "command": " ".join([*lb, "train", *cnn])}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 # --------------------------------------------------------------------------- table
 
 def verdict(value: float, target: float, lower_is_better: bool = True) -> str:
@@ -536,6 +654,26 @@ def print_table(results: dict[str, Any]) -> None:
         for k, v in mem.items():
             rows.append((f"memory: {k}", f"{v['peak_rss_mib']} MiB peak RSS",
                          f"{v['wall_s']:.1f} s wall, {v['cpu_s']:.1f} s CPU", ""))
+    wh = results.get("whole")
+    if wh is not None:
+        m = wh["median_per_epoch_s"]
+        rows.append((f"whole: default run per epoch ({wh['epochs'][0]} - {wh['epochs'][1]})",
+                     f"{m['lossbench'] * 1e3:.2f} ms vs hand {m['hand'] * 1e3:.2f} ms",
+                     f"x{wh['ratio']:.3f}", f"<= 1.10 {verdict(wh['ratio'], 1.10)}"))
+    bz = results.get("busy")
+    if bz is not None:
+        for k, v in bz["slowdown"].items():
+            rows.append((f"busy: {k}, {bz['epochs']} epochs, 2 neighbours",
+                         f"{bz['median_s']['idle'][k]:.2f} s idle, "
+                         f"{bz['median_s']['busy'][k]:.2f} s busy", f"x{v:.2f}",
+                         f"<= 2 {verdict(v, 2.0)}" if k == "lossbench" else "(beside)"))
+    th = results.get("threads_cnn")  # "threads" is the in-process parts' setting
+    if th is not None:
+        m = th["median_epoch_s"]
+        rows.append(("threads: CNN 32x32 epoch, auto vs best fixed",
+                     ", ".join(f"{k} {v:.3f} s" for k, v in m.items()),
+                     f"x{th['ratio_auto_to_best']:.3f} (best {th['best_fixed']})",
+                     f"<= 1.05 {verdict(th['ratio_auto_to_best'], 1.05)}"))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     header = ("measure", "medians", "ratio", "target")
     widths = [max(w, len(h)) for w, h in zip(widths, header)]
@@ -588,12 +726,18 @@ def main() -> None:
         results["sweep"] = bench_sweep(1 if q else 2)
     if "memory" in parts:
         results["memory"] = bench_memory(1 if q else 3)
+    if "whole" in parts:
+        results["whole"] = bench_whole(1, 60, 20) if q else bench_whole(5, 120, 40)
+    if "busy" in parts:
+        results["busy"] = bench_busy(1 if q else 3, 60 if q else 120)
+    if "threads" in parts:
+        results["threads_cnn"] = bench_threads(1, 4, 512) if q else bench_threads(3, 6, 1024)
     results["machine"]["load_average_end"] = list(os.getloadavg())
     results["seconds"] = time.perf_counter() - started
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # before the table: kept if it fails
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print()
     print_table(results)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {args.out}; rerun: python benchmarks/run.py --only {','.join(parts)}"
           + (" --quick" if q else "") + (f" --threads {args.threads}" if args.threads != 1 else "")
           + (" --lightning-path DIR" if args.lightning_path else ""))

@@ -9,6 +9,11 @@ ends exactly as if it had never stopped (bit for bit on CPU):
 - `config`: the resolved config and the config-group choices the run was composed from;
 - `elapsed_s`: training time spent before the checkpoint.
 
+When: `CheckpointClock` says when a periodic checkpoint is due (every
+`trainer.checkpoint_interval_s` seconds of training, or every `trainer.checkpoint_every` epochs);
+one is always written when Ctrl-C or SIGTERM stops the run, and when the loss diverges the state
+at the end of the last good epoch is written (kept in memory meanwhile, `training_states`).
+
 Only tensors, numbers, strings, lists, tuples and dicts go in, so the file loads with
 `torch.load(..., weights_only=True)`: loading a checkpoint can never run code (a crafted pickle
 is refused, see `load_checkpoint`). Written atomically: a crash while saving leaves the previous
@@ -22,7 +27,9 @@ import random
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from time import monotonic
 from typing import Any
 
 import numpy as np
@@ -64,19 +71,73 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class CheckpointClock:
+    """When the periodic checkpoint is due, asked at the end of each epoch.
+
+    Due once `interval_s` seconds have passed since the last checkpoint (0: never by time), and
+    after every `every`-th epoch (0: never by count). The interval is stretched to at least
+    `1 / max_cost` times what the last checkpoint took to write, so that writing checkpoints
+    never costs more than that fraction of the run (a model whose checkpoint takes 3 s is saved
+    every 150 s at most, not every 60 s). `now` is the clock (tests pass a fake one).
+    """
+
+    def __init__(self, interval_s: float = 0.0, every: int = 0, max_cost: float = 0.02,
+                 now: Callable[[], float] | None = None) -> None:
+        self.interval_s, self.every, self.max_cost = float(interval_s or 0), int(every or 0), max_cost
+        self.now = now or monotonic
+        self.last = self.now()  # the run's start counts as a checkpoint: nothing to lose yet
+        self.cost = 0.0  # seconds the last checkpoint took to write
+
+    def due(self, epoch: int) -> bool:
+        if self.every and epoch % self.every == 0:
+            return True
+        if not self.interval_s:
+            return False
+        return self.now() - self.last >= max(self.interval_s, self.cost / self.max_cost)
+
+    def save(self, write: Callable[..., None], *args: Any) -> None:
+        """Call `write(*args)`, timing it; the next interval starts when it ends."""
+        start = self.now()
+        write(*args)
+        self.last = self.now()
+        self.cost = self.last - start
+
+
+def training_states(model: torch.nn.Module, loss_fn: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer, scheduler: Any, clone: bool = False
+                    ) -> dict[str, Any]:
+    """The `state_dict()`s a checkpoint holds; `clone=True` copies them (tensors included), to
+    keep the last good state in memory while training goes on changing the live ones."""
+    states = {"model": model.state_dict(), "loss": loss_fn.state_dict(),
+              "optimizer": optimizer.state_dict(),
+              "scheduler": scheduler.state_dict() if scheduler is not None else None}
+    return _copy_tree(states) if clone else states
+
+
+def _copy_tree(node: Any) -> Any:
+    """Tensors cloned, dicts, lists and tuples rebuilt, anything else shared. It runs after
+    every epoch: 65 µs for digits' MLP with Adam, where copy.deepcopy takes 350 µs (6 % of the
+    epoch)."""
+    if isinstance(node, torch.Tensor):
+        return node.detach().clone()
+    if isinstance(node, dict):
+        return {k: _copy_tree(v) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return type(node)(_copy_tree(v) for v in node)
+    return node
+
+
 def save_checkpoint(path: str | Path, *, model: torch.nn.Module, loss_fn: torch.nn.Module,
                     optimizer: torch.optim.Optimizer, scheduler: Any, loop: dict[str, Any],
                     config: dict[str, Any], choices: dict[str, str], elapsed_s: float,
-                    sync: bool = True) -> None:
-    """Write checkpoint.pt atomically (a temporary file renamed into place). The checkpoints of
-    every epoch pass `sync=False`: flushing to the disk costs several times the write itself,
-    and a process crash leaves the old file or the new one either way."""
+                    sync: bool = True, states: dict[str, Any] | None = None) -> None:
+    """Write checkpoint.pt atomically (a temporary file renamed into place), from the live
+    modules or from `states` kept earlier (`training_states`). Periodic checkpoints pass
+    `sync=False`: flushing to the disk costs several times the write itself, and a process
+    crash leaves the old file or the new one either way."""
     save_torch_atomic(path, {
         "format": FORMAT,
-        "model": model.state_dict(),
-        "loss": loss_fn.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        **(states or training_states(model, loss_fn, optimizer, scheduler)),
         "loop": loop,
         "config": config,
         "choices": choices,
@@ -128,14 +189,20 @@ def resume_state(run_dir: str | Path) -> dict[str, Any]:
                         "again; start a new run with a lower optimizer.lr or trainer.grad_clip")
     if not (run_dir / CHECKPOINT).is_file():
         raise UserError(f"resume={run_dir}: no {CHECKPOINT} in it (checkpoints are written every "
-                        "trainer.checkpoint_every epochs and on Ctrl-C)")
+                        "trainer.checkpoint_interval_s seconds of training and on Ctrl-C)")
     return load_checkpoint(run_dir / CHECKPOINT)
 
 
+# Signals that stop a run like Ctrl-C besides SIGINT and SIGTERM: a batch scheduler's warning
+# before it preempts or times out a job (submitit's, see `sweep.run_sweep_job`).
+EXTRA_STOP_SIGNALS: list[int] = []
+
+
 class StopOnSignal:
-    """While active, the first Ctrl-C (SIGINT) or SIGTERM only sets `requested`: the training
-    loop finishes its step, writes a checkpoint and stops. A second one stops at once
-    (KeyboardInterrupt). Outside the main thread signals cannot be caught: then it does nothing.
+    """While active, the first Ctrl-C (SIGINT), SIGTERM or signal of `EXTRA_STOP_SIGNALS` only
+    sets `requested`: the training loop finishes its step, writes a checkpoint and stops. A
+    second one stops at once (KeyboardInterrupt). Outside the main thread signals cannot be
+    caught: then it does nothing.
     """
 
     def __init__(self, announce: bool = True) -> None:
@@ -154,7 +221,7 @@ class StopOnSignal:
 
     def __enter__(self) -> StopOnSignal:
         if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
+            for signum in (signal.SIGINT, signal.SIGTERM, *EXTRA_STOP_SIGNALS):
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 

@@ -40,6 +40,7 @@ from lossbench.rundir import save_torch_atomic, write_csv_atomic, write_json_ato
 from lossbench.schema import check_config
 from lossbench.sweep import resolved_config
 from lossbench.sweep_console import in_sweep
+from lossbench.threads import set_threads
 from lossbench.train import (Settings, autocast, autocast_dtype, describe_selection, fit,
                              planned_epochs, resolve_monitor, selection_rule, steps_per_epoch,
                              training_model)
@@ -210,8 +211,11 @@ def resumed_config(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
     return saved, state
 
 
-def run(cfg: DictConfig) -> float:
+def run(cfg: DictConfig, resume: dict[str, Any] | None = None) -> float:
     """Run one experiment; returns the best value of the monitored validation metric.
+
+    `resume`: a checkpoint of this very config to continue from (a sweep's job that was killed,
+    see `sweep.run_sweep_job`); `resume=<run dir>` in the config loads the run's own.
 
     `trainer.devices=N` (N > 1) runs it in N processes started from here, which share this run
     directory (see `lossbench.distributed`); under torchrun this process is one of them already.
@@ -223,6 +227,7 @@ def run(cfg: DictConfig) -> float:
     check_config(cfg)
     if cfg.get("resume"):
         cfg, resume = resumed_config(cfg)
+    if resume is not None:
         if distributed.launched_by_torchrun():
             raise UserError("resume= under torchrun is not supported; use trainer.devices=N")
         devices = int(cfg.trainer.get("devices", 1) or 1)
@@ -530,6 +535,8 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float,
                                                              picked.get("loss", "?"))
     pairing: dict[str, Any] = {"data_seed": data_seed, "train_seed": train_seed,
                                "init_hash": state_hash(model.state_dict())}
+    threads = set_threads(trainer.get("threads", "auto"), model, splits.sample_shape,
+                          trainer.batch_size, device)
 
     # 3. optimizer over the model's and the loss's own parameters (learnable losses)
     params = list(model.parameters()) + list(loss_fn.parameters())
@@ -561,6 +568,7 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float,
         console.print(config_tree(cfg, picked), highlight=False)
     log.info("run directory %s, device %s, torch threads %d, choices %s", run_dir, device,
              torch.get_num_threads(), picked)
+    log.info("torch threads: %s", threads)
     log.info("optimizer %s, %s", type(optimizer).__name__, optimizer_kernel(optimizer))
     tracker.start(run_dir, OmegaConf.to_container(cfg, resolve=True), picked)
     corruption = describe_corruption(splits.info)  # noise, imbalance: '' for clean data
@@ -581,13 +589,14 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float,
 
     stop = StopOnSignal(announce=dist.is_main)
 
-    def save(loop: dict[str, Any]) -> None:
+    def save(loop: dict[str, Any], states: dict[str, Any] | None = None) -> None:
         if dist.is_main:  # flushed to the disk when it is the last one (Ctrl-C, SIGTERM)
             save_checkpoint(run_dir / CHECKPOINT, model=model, loss_fn=loss_fn,
                             optimizer=optimizer, scheduler=scheduler, loop=loop,
                             config=saved_config, choices=picked,
                             elapsed_s=elapsed_before + time.perf_counter() - started,
-                            sync=stop.requested is not None)
+                            sync=stop.requested is not None or states is not None,
+                            states=states)
 
     with stop, EpochProgress(console, epochs, monitor,
                              enabled=dist.is_main) as progress:  # no hidden bars on other ranks

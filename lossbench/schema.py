@@ -42,6 +42,7 @@ class TrainerConfig:
     precision: str = "32"  # 32, bf16 or 16
     compile: bool = False
     num_workers: Any = "auto"  # auto or a count (OmegaConf has no Union[int, str])
+    threads: Any = "auto"  # torch's CPU intra-op threads: auto or a count (lossbench/threads.py)
     grad_clip: Optional[float] = None
     early_stopping: bool = True
     monitor: str = "auto"
@@ -59,9 +60,12 @@ class TrainerConfig:
     deterministic: bool = False
     max_batches: Optional[int] = None
     plots: bool = True
-    # Epochs between two checkpoints (checkpoint.pt in the run directory, for `resume=`); 0
-    # writes one only when the run is interrupted.
-    checkpoint_every: int = 1
+    # Seconds of training between two checkpoints (checkpoint.pt in the run directory, for
+    # `resume=`): what a run killed outright loses at most; 0: none on a clock.
+    checkpoint_interval_s: float = 60.0
+    # Epochs between two checkpoints, on top of the clock; 0: none by count. Ctrl-C, SIGTERM
+    # and a divergence write one either way.
+    checkpoint_every: int = 0
 
 
 @dataclass
@@ -187,6 +191,10 @@ def check_config(cfg: Any) -> None:
     _positive_int(trainer.patience, "trainer.patience")
     _positive_int(trainer.devices, "trainer.devices")
     _positive_int(trainer.checkpoint_every, "trainer.checkpoint_every", minimum=0)
+    interval = trainer.get("checkpoint_interval_s", 0)
+    if not interval >= 0 or math.isinf(interval):
+        raise UserError(f"trainer.checkpoint_interval_s={interval} must be a number of seconds "
+                        "of at least 0 (0: no checkpoints on a clock)")
     if trainer.max_batches is not None:
         _positive_int(trainer.max_batches, "trainer.max_batches")
     if trainer.grad_clip is not None and not trainer.grad_clip > 0:
@@ -194,6 +202,10 @@ def check_config(cfg: Any) -> None:
                         "for no clipping)")
     if trainer.mode not in ("auto", "min", "max"):
         raise UserError(f"trainer.mode={trainer.mode} must be auto, min or max")
+    threads = trainer.get("threads", "auto")
+    if threads != "auto" and (isinstance(threads, bool) or not isinstance(threads, int)
+                              or threads < 1):
+        raise UserError(f"trainer.threads={threads} must be auto or a count of at least 1")
     workers = trainer.num_workers
     if workers != "auto" and (isinstance(workers, bool) or not isinstance(workers, int)
                               or workers < 0):

@@ -3,7 +3,12 @@
 - A job that raises (a bug, a bad hyperparameter for one value, a diverged run, a user error) is
   recorded as failed in its own `metrics.json` and the sweep goes on with the other jobs.
 - Re-running the same multirun command with `hydra.sweep.dir=<that sweep>` skips each job whose
-  `metrics.json` says `completed` for the same resolved config, and reruns the others.
+  `metrics.json` says `completed` for the same resolved config, continues each job that was
+  stopped (killed: no metrics.json; or interrupted) from its checkpoint.pt of the same config,
+  exactly as `resume=` would, and reruns the others from the start.
+- Under submitit (`hydra/launcher=slurm`), the scheduler's warning signal before it preempts or
+  times out a job stops the run like Ctrl-C (checkpoint.pt written), then submitit requeues the
+  job, which continues from that checkpoint.
 - `SweepSummary`, a Hydra callback registered in conf/config.yaml, prints one line at the end:
   how many of how many jobs failed, and where; `lossbench train -m` then exits with status 1.
 
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 import traceback
@@ -24,7 +30,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from lossbench.errors import UserError
+from lossbench.errors import Interrupted, UserError
 from lossbench.rundir import read_json, write_json_atomic, write_text_atomic
 
 # Task-config keys that say where a run lives, not what it computes: never part of the identity.
@@ -118,10 +124,46 @@ def threads_per_job(hydra_cfg: DictConfig) -> int | None:
     return max(1, cores // parallel)
 
 
-def run_sweep_job(cfg: DictConfig, hydra_cfg: DictConfig, run: Callable[[DictConfig], float],
+def unfinished_checkpoint(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
+    """The checkpoint to continue this job from: its run was stopped (killed before it wrote
+    metrics.json, or interrupted), and checkpoint.pt holds this very config. None when there is
+    none, or when the job failed or diverged after its last checkpoint (it starts over)."""
+    from lossbench.checkpoint import CHECKPOINT, load_checkpoint
+
+    path = run_dir / CHECKPOINT
+    if not path.is_file():
+        return None
+    status = job_status(run_dir)
+    if status == "completed" or (status not in ("unfinished", "interrupted")
+                                 and (run_dir / "metrics.json").stat().st_mtime
+                                 >= path.stat().st_mtime):
+        return None
+    try:
+        state = load_checkpoint(path)
+    except UserError as err:
+        print(f"lossbench: {err}: the job starts over", file=sys.stderr, flush=True)
+        return None
+    return state if state.get("config") == resolved_config(cfg) else None
+
+
+def preemption_signal() -> int | None:
+    """The signal submitit sends a job before the scheduler preempts it or its time runs out
+    (SIGUSR2 unless SUBMITIT_PREEMPT_SIGNAL says otherwise); None outside a submitit job."""
+    if not os.environ.get("SUBMITIT_FOLDER"):  # set by submitit in the job's process
+        return None
+    try:
+        from submitit import JobEnvironment
+    except ImportError:
+        return None
+    return int(JobEnvironment._usr_sig())
+
+
+def run_sweep_job(cfg: DictConfig, hydra_cfg: DictConfig,
+                  run: Callable[..., float],
                   choices: Callable[[DictConfig], dict[str, str]]) -> float | None:
-    """One job of a multirun: skip it if already completed, else run it; a failure is recorded
-    and returns None (the optuna sweeper marks the trial failed) instead of stopping the sweep."""
+    """One job of a multirun: skip it if already completed, continue it from its checkpoint if
+    it was stopped, else run it; a failure is recorded and returns None (the optuna sweeper
+    marks the trial failed) instead of stopping the sweep."""
     run_dir = Path(hydra_cfg.runtime.output_dir)
     label = f"job {hydra_cfg.job.num} [{' '.join(hydra_cfg.overrides.task)}]"
     done = completed_run(cfg, run_dir)
@@ -131,6 +173,14 @@ def run_sweep_job(cfg: DictConfig, hydra_cfg: DictConfig, run: Callable[[DictCon
         print(f"lossbench: {label} already completed: skipped (run directory: "
               f"{shown_path(run_dir)})", flush=True)
         return done.get("best_val")
+    resume = unfinished_checkpoint(cfg, run_dir)
+    if resume is not None:
+        loop = resume["loop"]
+        where = f"epoch {loop['epoch']}" + (f", step {loop['batch'] + 1}" if loop["batch"] else "")
+        from lossbench.sweep_console import shown_path
+
+        print(f"lossbench: {label} continues from its checkpoint at {where} (run directory: "
+              f"{shown_path(run_dir)})", flush=True)
     threads = threads_per_job(hydra_cfg)
     if threads is not None:
         import torch
@@ -139,10 +189,22 @@ def run_sweep_job(cfg: DictConfig, hydra_cfg: DictConfig, run: Callable[[DictCon
     started = time.time()  # wall clock: compared with file mtimes
     from lossbench.sweep_console import job_line
 
+    preempt = preemption_signal()
+    from lossbench import checkpoint
+
+    if preempt is not None:  # stop like Ctrl-C, with a checkpoint, before giving it to submitit
+        checkpoint.EXTRA_STOP_SIGNALS[:] = [preempt]
     try:
-        value = run(cfg)
+        value = run(cfg, resume) if resume is not None else run(cfg)
         print(job_line(label, run_dir, time.time() - started), flush=True)
         return value
+    except Interrupted as err:
+        if preempt is not None and err.exit_code == 128 + preempt:
+            # checkpoint.pt is written: submitit's own handler, back in place, requeues the job
+            # (hydra's launcher is checkpointable) and ends this process
+            print(f"lossbench: {label} {err}; submitit requeues it", file=sys.stderr, flush=True)
+            signal.raise_signal(preempt)
+        raise
     except Exception as err:
         try:
             picked = choices(cfg)
@@ -154,6 +216,8 @@ def run_sweep_job(cfg: DictConfig, hydra_cfg: DictConfig, run: Callable[[DictCon
         if os.environ.get("LOSSBENCH_DEBUG", "") not in ("", "0"):
             traceback.print_exception(err)
         return None
+    finally:
+        checkpoint.EXTRA_STOP_SIGNALS.clear()
 
 
 def sweep_jobs(sweep_dir: Path, since: float) -> list[Path]:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from lossbench import distributed
-from lossbench.checkpoint import capture_rng, restore_rng
+from lossbench.checkpoint import CheckpointClock, capture_rng, restore_rng, training_states
 from lossbench.data import Split, Splits
 from lossbench.evaluate import class_scores, loader_batches, model_outputs, predict
 from lossbench.losses.base import hook
@@ -459,9 +459,11 @@ def fit(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
         save: Callable[[dict[str, Any]], None] | None = None, stop: Any = None) -> FitResult:
     """Train for `trainer.epochs` epochs, validating after each; restore the best weights.
 
-    Checkpoints (lossbench/checkpoint.py): `save(loop)` receives the loop's state every
-    `trainer.checkpoint_every` epochs and when `stop.requested` is set (Ctrl-C: the run stops
-    after its current step, status "interrupted"); `resume` is such a state, from which the run
+    Checkpoints (lossbench/checkpoint.py): `save(loop)` receives the loop's state at the end of
+    an epoch when `CheckpointClock` says one is due (`trainer.checkpoint_interval_s`,
+    `trainer.checkpoint_every`) and when `stop.requested` is set (Ctrl-C: the run stops after
+    its current step, status "interrupted"); `save(loop, states)` the state of the end of the
+    last good epoch when the loss diverges; `resume` is such a state, from which the run
     continues exactly as if it had not stopped: same data order, same random draws. A NaN or
     infinite training loss stops the run (status "diverged", with the epoch and step); it is
     read once per epoch, with the epoch's loss, so the steps cost nothing more.
@@ -514,7 +516,9 @@ def fit(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
         best_loss_state = resume.get("best_loss_state", best_loss_state)
         if scaler is not None and resume.get("scaler"):
             scaler.load_state_dict(resume["scaler"])
-    every = trainer.get("checkpoint_every", 0) if save is not None else 0
+    clock = CheckpointClock(trainer.get("checkpoint_interval_s", 0),
+                            trainer.get("checkpoint_every", 0))
+    good: tuple[dict, dict] | None = None  # (loop, states) at the end of the last good epoch
     # a loss may rule out early epochs (deferred re-weighting: none before its switch)
     first_selectable = hook(loss_fn, "first_selectable_epoch")(epochs)
     step_stop = stop if not dist.active else None  # ranks must agree: stop at epoch ends there
@@ -572,6 +576,8 @@ def fit(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
             result.stopped_at = {"epoch": epoch, "step": step, "steps": num_batches,
                                  "loss": float(losses[step - 1]) if losses else train_loss,
                                  "phase": "train"}
+            if good is not None:
+                save(*good)
             break
         term_names = sorted(term_sums)  # a composite loss's parts, averaged like the total
         term_totals = (distributed.all_reduce_sum(torch.stack([term_sums[n] for n in term_names]),
@@ -605,6 +611,8 @@ def fit(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
             result.status = "diverged"
             result.stopped_at = {"epoch": epoch, "step": num_batches, "steps": num_batches,
                                  "loss": row["val_loss"], "phase": "validation"}
+            if good is not None:
+                save(*good)
             break
 
         value, tie = row[column], row[tie_column] if tie_column else float("nan")
@@ -624,9 +632,13 @@ def fit(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
         stopping = stop is not None and bool(
             distributed.broadcast_object(bool(stop.requested), dist) if dist.active
             else stop.requested)
-        if save is not None and epoch < epochs and (
-                stopping or (every and epoch % every == 0)):
-            save(loop_state(epoch + 1, capture_rng(generator), [], [], {}))
+        if save is not None and epoch < epochs and (stopping or clock.due(epoch)):
+            clock.save(save, loop_state(epoch + 1, capture_rng(generator), [], [], {}))
+            good = None  # on disk already
+        elif save is not None and epoch < epochs:  # kept for a divergence to come
+            loop = loop_state(epoch + 1, capture_rng(generator), [], [], {})
+            good = (dict(loop, history=list(result.history)),
+                    training_states(core, loss_fn, optimizer, scheduler, clone=True))
         if stopping and epoch < epochs:
             result.status = "interrupted"
             result.stopped_at = {"epoch": epoch + 1, "step": 0, "steps": num_batches}

@@ -33,6 +33,7 @@ CASES = [
     (["trainer.grad_clip=-1"], r"trainer\.grad_clip=-1\.0 must be greater than 0"),
     (["trainer.mode=up"], r"trainer\.mode=up must be auto, min or max"),
     (["trainer.checkpoint_every=-1"], r"trainer\.checkpoint_every=-1 must be at least 0"),
+    (["trainer.checkpoint_interval_s=-5"], r"trainer\.checkpoint_interval_s=-5\.0 must be a number"),
     (["trainer.num_workers=-2"], r"trainer\.num_workers=-2 must be auto or a count"),
     (["optimizer.lr=-1"], r"optimizer\.lr=-1(\.0)? must be at least 0"),
     (["optimizer=sgd", "optimizer.momentum=-0.5"], r"optimizer\.momentum=-0\.5 must be at least 0"),

@@ -130,7 +130,8 @@ def test_checkpoint_round_trips_through_weights_only_load(compose_cfg, tmp_path,
     import lossbench.train as train
     from lossbench.run import run
 
-    cfg = compose_cfg("trainer=smoke", "trainer.epochs=3", "scheduler=onecycle", *QUIET)
+    cfg = compose_cfg("trainer=smoke", "trainer.epochs=3", "scheduler=onecycle",
+                      "trainer.checkpoint_every=1", *QUIET)
     with open_dict(cfg):
         cfg.run_dir = str(tmp_path / "run")
     run(cfg)

@@ -152,40 +152,102 @@ def test_sigterm_stops_like_ctrl_c_with_status_143(compose_cfg, tmp_path, monkey
     interrupt_at(monkeypatch, 1, 3, signal.SIGTERM)
     with pytest.raises(Interrupted) as stopped:
         run_in(compose_cfg, tmp_path / "run", *RUN, "trainer.epochs=2",
-               "trainer.checkpoint_every=0")
+               "trainer.checkpoint_interval_s=0")
     assert stopped.value.exit_code == 143 and "SIGTERM" in str(stopped.value)
     metrics = read_metrics(tmp_path / "run")
     assert metrics["status"] == "interrupted" and metrics["stopped_at"]["step"] == 3
-    # checkpoint_every=0 writes no epoch checkpoints, but the interruption still writes one
+    # no checkpoints on a clock or by count, but the interruption still writes one
     assert (tmp_path / "run" / "checkpoint.pt").is_file()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers given back
 
 
-def test_crashed_run_resumes_from_its_last_epoch_checkpoint(compose_cfg, tmp_path,
-                                                           monkeypatch):
-    """A run that dies without a word (killed, out of memory) in epoch 3 left checkpoint.pt
-    from the end of epoch 2 and no metrics.json: resume= redoes epoch 3 and ends identical."""
-    import lossbench.train as train
+class FakeClock:
+    """A clock that moves `epoch_s` seconds per training epoch (each `train_batches` call), and
+    not at all otherwise: checkpoint intervals are tested without sleeping."""
 
-    overrides = (*RUN, "trainer.epochs=4")
+    def __init__(self, monkeypatch, epoch_s: float, die_in_epoch: int | None = None) -> None:
+        import lossbench.checkpoint as checkpoint
+        import lossbench.run
+        import lossbench.train as train
+
+        self.t, self.epochs, self.saved = 0.0, 0, []
+        original_batches, original_save = train.train_batches, lossbench.run.save_checkpoint
+
+        def batches(*args, **kwargs):
+            self.epochs += 1
+            if self.epochs == die_in_epoch:
+                raise MemoryError("the process is gone")
+            self.t += epoch_s
+            return original_batches(*args, **kwargs)
+
+        def save(path, **kwargs):
+            self.saved.append(kwargs["loop"]["epoch"])  # the epoch a resumed run starts with
+            original_save(path, **kwargs)
+
+        monkeypatch.setattr(checkpoint, "monotonic", lambda: self.t)
+        monkeypatch.setattr(train, "train_batches", batches)
+        monkeypatch.setattr(lossbench.run, "save_checkpoint", save)
+
+
+def test_checkpoints_follow_the_clock_not_the_epochs(compose_cfg, tmp_path, monkeypatch):
+    """25 s epochs, a 60 s interval: checkpoints after epochs 3 (75 s) and 6 (150 s, 75 s after
+    the last one), none after the others; the run completes and removes its checkpoint."""
+    clock = FakeClock(monkeypatch, epoch_s=25)
+    run_in(compose_cfg, tmp_path / "run", *RUN, "trainer.epochs=8",
+           "trainer.checkpoint_interval_s=60")
+    assert clock.saved == [4, 7]
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+    # an epoch count adds its own checkpoints, and each one restarts the clock: after epoch 5
+    # (125 s), epoch 6 ends only 25 s later
+    clock = FakeClock(monkeypatch, epoch_s=25)
+    run_in(compose_cfg, tmp_path / "both", *RUN, "trainer.epochs=8",
+           "trainer.checkpoint_interval_s=60", "trainer.checkpoint_every=5")
+    assert clock.saved == [4, 6]
+    clock = FakeClock(monkeypatch, epoch_s=25)
+    run_in(compose_cfg, tmp_path / "never", *RUN, "trainer.epochs=8",
+           "trainer.checkpoint_interval_s=0")
+    assert clock.saved == []
+
+
+def test_a_slow_checkpoint_stretches_the_interval():
+    """Writing checkpoints costs at most 2 % of the run: one that took 3 s is next due 150 s
+    later, not 60 s later."""
+    from lossbench.checkpoint import CheckpointClock
+
+    t = [0.0]
+    clock = CheckpointClock(interval_s=60, now=lambda: t[0])
+    t[0] = 59.9
+    assert not clock.due(1)
+    t[0] = 60.0
+    assert clock.due(2)
+
+    def slow_write():
+        t[0] += 3.0
+
+    clock.save(slow_write)  # ends at 63 s
+    t[0] = 63 + 149.9
+    assert not clock.due(3)
+    t[0] = 63 + 150
+    assert clock.due(4)
+    assert not CheckpointClock(interval_s=0, now=lambda: 1e9).due(5)
+
+
+def test_crashed_run_resumes_from_its_last_checkpoint(compose_cfg, tmp_path, monkeypatch):
+    """A run that dies without a word (killed, out of memory) in epoch 6 left checkpoint.pt
+    from the end of epoch 3 (its clock's last one) and no metrics.json: resume= redoes epochs 4
+    to 6 and ends identical to the run that never stopped."""
+    overrides = (*RUN, "trainer.epochs=8", "trainer.checkpoint_interval_s=60")
     run_in(compose_cfg, tmp_path / "whole", *overrides)
 
-    original = train.train_batches
-    epochs_seen = [0]
-
-    def dies_in_epoch_3(*args, **kwargs):
-        epochs_seen[0] += 1
-        if epochs_seen[0] == 3:
-            raise MemoryError("the process is gone")
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(train, "train_batches", dies_in_epoch_3)
+    clock = FakeClock(monkeypatch, epoch_s=25, die_in_epoch=6)
     with pytest.raises(MemoryError):
         run_in(compose_cfg, tmp_path / "crashed", *overrides)
     monkeypatch.undo()
+    assert clock.saved == [4]
     assert not (tmp_path / "crashed" / "metrics.json").exists()
     assert torch.load(tmp_path / "crashed" / "checkpoint.pt",
-                      weights_only=True)["loop"]["epoch"] == 3
+                      weights_only=True)["loop"]["epoch"] == 4
     run_in(compose_cfg, tmp_path / "ignored", f"resume={tmp_path / 'crashed'}")
     assert_same_result(tmp_path / "crashed", tmp_path / "whole")
 
@@ -296,3 +358,30 @@ def test_ctrl_c_over_two_processes_then_resume(cli, tmp_path):
     whole = cli("train", *args, "hydra.run.dir=whole")
     assert whole.returncode == 0, whole.stderr
     assert_same_result(tmp_path / "stopped", tmp_path / "whole")
+
+
+def test_the_last_good_state_kept_in_memory_does_not_follow_training():
+    """What a divergence writes is the state at the end of the last good epoch: a copy that the
+    following steps (weights, Adam's moments, its step count) leave alone."""
+    from lossbench.checkpoint import training_states
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)
+
+    def step():
+        model(torch.randn(4, 3)).sum().backward()
+        optimizer.step()
+        scheduler.step()
+
+    step()
+    kept = training_states(model, torch.nn.Identity(), optimizer, scheduler, clone=True)
+    live = training_states(model, torch.nn.Identity(), optimizer, scheduler)
+    before = {k: v.clone() for k, v in kept["model"].items()}
+    moments = kept["optimizer"]["state"][0]["exp_avg"].clone()
+    step()
+    assert all(torch.equal(kept["model"][k], before[k]) for k in before)
+    assert not torch.equal(live["model"]["weight"], before["weight"])
+    assert torch.equal(kept["optimizer"]["state"][0]["exp_avg"], moments)
+    assert int(kept["optimizer"]["state"][0]["step"]) == 1
+    assert kept["scheduler"]["last_epoch"] == 1 and scheduler.state_dict()["last_epoch"] == 2

@@ -6,12 +6,17 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from lossbench.sweep import threads_per_job
-from conftest import read_metrics, run_dirs
+from conftest import lossbench_cmd, read_metrics, run_dirs
 
 TINY = ("trainer=smoke", "model=linear", "dataset=iris")
 
@@ -45,8 +50,9 @@ def test_two_losses_two_seeds_sweep_completes_every_job(cli, tmp_path, launcher)
     assert combos == {("ce", 0), ("ce", 1), ("bce", 0), ("bce", 1)}
     if launcher:  # two jobs at a time share the cores: torch threads per job = cores // 2
         threads = max(1, len(os.sched_getaffinity(0)) // 2)
-        for run in runs:
-            assert f"torch threads {threads}," in (run / "train.log").read_text()
+        for run in runs:  # of which trainer.threads=auto takes one for this small model
+            log = (run / "train.log").read_text()
+            assert "torch threads 1," in log and f"; {threads} available" in log
     assert summary_lines(proc) == [f"lossbench: all 4 jobs completed in {sweep}"]
 
 
@@ -234,3 +240,145 @@ def test_a_sweep_whose_runs_carry_warnings_says_so_in_its_last_line(cli, tmp_pat
         f"lossbench: all 2 jobs completed (2 skipped: already completed) in {sweep}; "
         f"{jobs} warnings ({', '.join(kinds)}): {' '.join(map(str, warned))}"]
     assert "near_chance" in kinds
+
+
+def _start_sweep(args: list[str], cwd) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+    env.pop("LOSSBENCH_DEBUG", None)
+    return subprocess.Popen([*lossbench_cmd(), "train", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def epoch_lines(text: str) -> list[int]:
+    return [int(m) for m in re.findall(r"^epoch (\d+)/", text, re.MULTILINE)]
+
+
+@pytest.mark.slow
+def test_a_job_killed_outright_continues_from_its_checkpoint(cli, tmp_path):
+    """SIGKILL (the OOM killer, a lost node) in job 1's epoch 8: re-running the sweep skips job
+    0, continues job 1 from the checkpoint of its last epoch instead of epoch 1, says so, and
+    ends exactly as the same run never killed (and as resume= would)."""
+    from test_resume import assert_same_result
+
+    sweep = tmp_path / "sweep"
+    run = ["trainer.device=cpu", "trainer.batch_size=64", "trainer.early_stopping=false",
+           "model.dropout=0.2", "scheduler=onecycle", "print_config=false",
+           "trainer.plots=false", "trainer.epochs=30", "trainer.checkpoint_every=1"]
+    args = ["-m", "seed=0,1", *run, f"hydra.sweep.dir={sweep}"]
+    proc = _start_sweep(args, tmp_path)
+    assert proc.stdout is not None
+    jobs_started = 0
+    for line in proc.stdout:
+        if line.startswith("epoch 1/"):
+            jobs_started += 1
+        if jobs_started == 2 and line.startswith("epoch 8/"):
+            os.killpg(proc.pid, signal.SIGKILL)  # no handler runs, nothing more is written
+            break
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert read_metrics(sweep / "0")["status"] == "completed"
+    assert not (sweep / "1" / "metrics.json").exists()
+    epoch = torch.load(sweep / "1" / "checkpoint.pt", weights_only=True)["loop"]["epoch"]
+    assert 2 <= epoch <= 8  # the epoch a resumed run starts with
+
+    again = cli("train", *args)
+    assert again.returncode == 0, again.stderr
+    assert re.search(r"job 0 \[.*\] already completed", again.stdout)
+    assert re.search(rf"job 1 \[seed=1 [^\]]*\] continues from its checkpoint at epoch {epoch} "
+                     rf"\(run directory: {re.escape(str(sweep / '1'))}\)", again.stdout)
+    assert epoch_lines(again.stdout) == list(range(epoch, 31))  # not from epoch 1
+    metrics = read_metrics(sweep / "1")
+    assert metrics["status"] == "completed" and metrics["epochs_run"] == 30
+    assert not (sweep / "1" / "checkpoint.pt").exists()
+
+    whole = cli("train", "seed=1", *run, f"hydra.run.dir={tmp_path / 'whole'}")
+    assert whole.returncode == 0, whole.stderr
+    assert_same_result(sweep / "1", tmp_path / "whole")
+    assert summary_lines(again) == [
+        f"lossbench: all 2 jobs completed (1 skipped: already completed) in {sweep}"]
+
+
+def test_a_stopped_job_starts_over_when_its_checkpoint_is_of_another_config(tmp_path):
+    """A checkpoint continues only the config it was written for, and only a run that stopped
+    (no metrics.json, or interrupted): a job that failed after its checkpoint starts over."""
+    from lossbench.checkpoint import load_checkpoint
+    from lossbench.sweep import resolved_config, unfinished_checkpoint
+
+    cfg = OmegaConf.create({"seed": 1, "trainer": {"epochs": 5}})
+    run_dir = tmp_path / "job"
+    run_dir.mkdir()
+    assert unfinished_checkpoint(cfg, run_dir) is None  # nothing there
+
+    def write(config):
+        torch.save({"format": 1, "config": config, "loop": {"epoch": 3, "batch": 0}},
+                   run_dir / "checkpoint.pt")
+        os.utime(run_dir / "checkpoint.pt", (time.time(), time.time() + 10))
+
+    write(resolved_config(cfg))
+    assert load_checkpoint(run_dir / "checkpoint.pt")["loop"]["epoch"] == 3
+    assert unfinished_checkpoint(cfg, run_dir)["loop"]["epoch"] == 3  # killed: continues
+    assert unfinished_checkpoint(OmegaConf.create({"seed": 2, "trainer": {"epochs": 5}}),
+                                 run_dir) is None
+    (run_dir / "metrics.json").write_text(json.dumps({"status": "interrupted"}))
+    assert unfinished_checkpoint(cfg, run_dir) is not None
+    (run_dir / "metrics.json").write_text(json.dumps({"status": "failed"}))
+    os.utime(run_dir / "metrics.json", (time.time(), time.time() + 20))  # after the checkpoint
+    assert unfinished_checkpoint(cfg, run_dir) is None
+    write(resolved_config(cfg))  # a newer attempt was killed after writing a checkpoint
+    os.utime(run_dir / "checkpoint.pt", (time.time(), time.time() + 30))
+    assert unfinished_checkpoint(cfg, run_dir) is not None
+    (run_dir / "checkpoint.pt").write_bytes(b"truncated")
+    assert unfinished_checkpoint(cfg, run_dir) is None  # unreadable: starts over
+
+
+def _submitit_task(sweep) -> int | None:
+    """The pid of the submitit task running a job of `sweep` (the process that trains)."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"submitit.core._submit" in args and any(str(sweep).encode() in a for a in args):
+            return int(cmdline.parent.name)
+    return None
+
+
+@pytest.mark.slow
+def test_submitit_job_preempted_writes_its_checkpoint_and_is_requeued(cli, tmp_path):
+    """SIGUSR2, the signal submitit's jobs get before a preemption or their time limit (sent
+    here as SLURM would, 20 epochs into the run): the job stops after its step, writes
+    checkpoint.pt, submitit requeues it, and the new attempt continues from the checkpoint and
+    ends exactly as the run never stopped."""
+    from test_resume import assert_same_result
+
+    sweep = tmp_path / "sweep"
+    run = ["trainer.device=cpu", "trainer.batch_size=64", "trainer.early_stopping=false",
+           "model.dropout=0.2", "scheduler=onecycle", "print_config=false",
+           "trainer.plots=false", "trainer.epochs=200", "seed=3"]
+    proc = _start_sweep(["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5",
+                         *run, f"hydra.sweep.dir={sweep}"], tmp_path)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        out = "".join(p.read_text() for p in sweep.rglob("*_log.out")) if sweep.is_dir() else ""
+        pid = _submitit_task(sweep)
+        if pid is not None and "epoch 20/" in out:
+            os.kill(pid, signal.SIGUSR2)
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the job never reached epoch 20")
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stdout + stderr
+    logs = "".join(p.read_text() for p in (sweep / ".submitit").rglob("*_log.*"))
+    assert re.search(r"interrupted by SIGUSR2 at epoch \d+.*; submitit requeues it", logs)
+    assert "Requeued job" in logs
+    resumed_at = re.findall(r"job 0 \[.*\] continues from its checkpoint at epoch (\d+)", logs)
+    assert len(resumed_at) == 1 and int(resumed_at[0]) >= 20
+    metrics = read_metrics(sweep / "0")
+    assert metrics["status"] == "completed" and metrics["epochs_run"] == 200
+    assert summary_lines(subprocess.CompletedProcess([], 0, stdout, stderr)) == [
+        f"lossbench: all 1 jobs completed in {sweep}"]
+    whole = cli("train", *run, f"hydra.run.dir={tmp_path / 'whole'}")
+    assert whole.returncode == 0, whole.stderr
+    assert_same_result(sweep / "0", tmp_path / "whole")
