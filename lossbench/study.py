@@ -108,7 +108,9 @@ def parse_args(argv: list[str]) -> tuple[StudySettings, set[str]]:
                                    OmegaConf.from_dotlist(given))
         settings = OmegaConf.to_object(settings)
     except OmegaConfBaseException as err:
-        raise UserError(f"study: {str(err).splitlines()[0]}") from None
+        key = getattr(err, "full_key", None)
+        where = f"{key}: " if key else ""
+        raise UserError(f"study: {where}{str(err).splitlines()[0]}") from None
     assert isinstance(settings, StudySettings)
     settings.train = train
     check_settings(settings)
