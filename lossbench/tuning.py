@@ -101,8 +101,8 @@ def select_on_tuning_seeds(runs: Sequence[Any], keys: Sequence[str], tune_seeds:
         chosen += report
         values = ", ".join(f"{k}={v}" for k, v in json.loads(config).items())
         lines.append(f"{dataset} {loss}: chose {values} of {len(configs)} (validation "
-                     f"{abs(score):.4f} over {len(tune_seeds)} tuning seeds); reporting "
-                     f"{len(report)} other seeds")
+                     f"{abs(score):.4f} over tuning seeds {sorted(tune_seeds)}); reporting "
+                     f"{len(report)} other seed{'s' if len(report) != 1 else ''}")
     return chosen, lines
 
 

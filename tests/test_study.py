@@ -221,6 +221,19 @@ def test_a_killed_study_resumes_with_no_trial_lost_or_repeated(cli, tmp_path):
     assert len(run_dirs(study_dir / "report")) == 16
 
 
+@pytest.mark.slow
+def test_submitit_launcher_runs_each_run_as_a_job(cli, tmp_path):
+    """submitit's local executor here (SLURM where sbatch exists): one job per run."""
+    study_dir = tmp_path / "s"
+    proc = cli("study", "losses=ce", "datasets=iris", "trials=1", "seeds.tune=1",
+               "seeds.report=1", *TINY, "launcher=submitit", f"dir={study_dir}")
+    assert proc.returncode == 0, proc.stderr
+    runs = run_dirs(study_dir / "tune") + run_dirs(study_dir / "report")
+    assert [read_metrics(r)["seed"] for r in runs] == [0, 1000]
+    assert all(read_metrics(r)["status"] == "completed" for r in runs)
+    assert len(list((study_dir / ".submitit").glob("*_result.pkl"))) == 2
+
+
 def test_resuming_with_other_settings_is_refused(cli, tmp_path):
     study_dir = tmp_path / "s"
     study_dir.mkdir()
