@@ -3,7 +3,7 @@
     lossbench study losses=ce,gce,sce,mae datasets=wine,iris trials=20 seeds.tune=2 \
         seeds.report=5 model=linear trainer.epochs=60
 
-For each dataset and loss, an Optuna study (ask/tell, stored in `<dir>/optuna.db`) runs exactly
+For each dataset (× each of `conditions`, if any) and loss, an Optuna study (ask/tell, stored in `<dir>/optuna.db`) runs exactly
 `trials` trials over the shared settings (conf/search/shared.yaml: learning rate, weight decay)
 and the loss's own hyperparameters (conf/search/<loss>.yaml). A trial is one ordinary run per
 tuning seed (`<dir>/tune/<dataset>/<loss>/trialNNN/seedS/`); its value is the mean validation
@@ -49,7 +49,11 @@ class Seeds:
 class StudySettings:
     losses: list[str] = field(default_factory=lambda: ["ce", "gce", "sce", "mae"])
     datasets: list[str] = field(default_factory=lambda: ["wine"])
-    trials: int = 20        # per dataset and loss: the equal budget
+    # conditions.<name>="<overrides>": each dataset under each condition is its own stratum,
+    # tuned and reported apart (e.g. conditions.noisy40="dataset.noise.kind=symmetric
+    # dataset.noise.rate=0.4"); none: each dataset as the run overrides leave it
+    conditions: dict[str, str] = field(default_factory=dict)
+    trials: int = 20        # per stratum and loss: the equal budget
     seeds: Seeds = field(default_factory=Seeds)
     sampler: str = "tpe"    # tpe | random | grid
     sampler_seed: int = 0
@@ -61,6 +65,13 @@ class StudySettings:
     partition: str | None = None  # submitit on SLURM
     dir: str | None = None
     train: list[str] = field(default_factory=list)  # overrides every run gets
+
+    def strata(self) -> list[tuple[str, list[str]]]:
+        """(name, overrides) of each dataset × condition: `wine`, or `wine-noisy40`."""
+        if not self.conditions:
+            return [(d, [f"dataset={d}"]) for d in self.datasets]
+        return [(f"{d}-{name}", [f"dataset={d}", *overrides.split()])
+                for d in self.datasets for name, overrides in self.conditions.items()]
 
     def tune_seeds(self) -> list[int]:
         return list(range(self.seeds.tune))
@@ -92,7 +103,7 @@ def parse_args(argv: list[str]) -> tuple[StudySettings, set[str]]:
         if not sep or arg.startswith("-"):
             raise UserError(f"study: '{arg}' is not key=value (e.g. losses=ce,gce trials=20; "
                             "see lossbench study --help)")
-        if key in own:
+        if key in own or key.startswith("conditions."):
             if key in ("losses", "datasets"):
                 value = "[" + value.strip("[]") + "]"
             given.append(f"{key}={value}")
@@ -223,7 +234,7 @@ def search_space(loss: str) -> list[Param]:
 def make_sampler(settings: StudySettings, space: list[Param], index: int):
     import optuna
 
-    seed = settings.sampler_seed + index  # each (dataset, loss) its own stream, reproducibly
+    seed = settings.sampler_seed + index  # each (stratum, loss) its own stream, reproducibly
     if settings.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if settings.sampler == "grid":
@@ -323,15 +334,16 @@ def _value_text(value: float) -> str:
     return repr(float(value))
 
 
-def tune_loss(settings: StudySettings, study_dir: Path, dataset: str, loss: str, index: int
-              ) -> None:
-    """Bring the Optuna study of (dataset, loss) to exactly `trials` finished trials."""
+def tune_loss(settings: StudySettings, study_dir: Path, stratum: tuple[str, list[str]],
+              loss: str, index: int) -> None:
+    """Bring the Optuna study of (stratum, loss) to exactly `trials` finished trials."""
     import optuna
     from optuna.trial import TrialState
 
     from lossbench.tuning import mean_score
 
     space = search_space(loss)
+    dataset = stratum[0]
     distributions = {p.key: p.distribution() for p in space}
     study = optuna.create_study(
         study_name=f"{dataset}/{loss}", storage=storage_url(study_dir), direction="maximize",
@@ -339,9 +351,8 @@ def tune_loss(settings: StudySettings, study_dir: Path, dataset: str, loss: str,
 
     def evaluate(number: int, params: dict[str, float]) -> float:
         trial_dir = study_dir / "tune" / dataset / loss / f"trial{number:03d}"
-        jobs = [([f"dataset={dataset}", f"loss={loss}", f"seed={seed}", *settings.train,
-                  *(f"{k}={_value_text(v)}" for k, v in params.items())],
-                 trial_dir / f"seed{seed}") for seed in settings.tune_seeds()]
+        jobs = [(run_overrides(settings, stratum, loss, seed, params), trial_dir / f"seed{seed}")
+                for seed in settings.tune_seeds()]
         value = mean_score(run_many(settings, jobs))
         shown = " ".join(f"{k}={v:.4g}" for k, v in params.items())
         result = "failed" if math.isinf(value) else f"validation {abs(value):.4f}"
@@ -363,6 +374,14 @@ def tune_loss(settings: StudySettings, study_dir: Path, dataset: str, loss: str,
         tell(trial.number, evaluate(trial.number, trial.params))
 
 
+def run_overrides(settings: StudySettings, stratum: tuple[str, list[str]], loss: str,
+                  seed: int, params: dict[str, float]) -> list[str]:
+    """What `lossbench train` gets for one run: the stratum's dataset and condition last among
+    the user's overrides, then the trial's values."""
+    return [f"loss={loss}", f"seed={seed}", *settings.train, *stratum[1],
+            *(f"{k}={_value_text(v)}" for k, v in params.items())]
+
+
 def storage_url(study_dir: Path) -> str:
     return f"sqlite:///{(study_dir / 'optuna.db').resolve()}"
 
@@ -374,10 +393,12 @@ def load_trials(study_dir: Path, dataset: str, loss: str) -> list[Any]:
     return study.get_trials(deepcopy=False)
 
 
-def report_runs(settings: StudySettings, study_dir: Path, dataset: str, loss: str) -> None:
-    """The winner of (dataset, loss) on the report seeds: the only runs the study compares."""
+def report_runs(settings: StudySettings, study_dir: Path, stratum: tuple[str, list[str]],
+                loss: str) -> None:
+    """The winner of (stratum, loss) on the report seeds: the only runs the study compares."""
     from optuna.trial import TrialState
 
+    dataset = stratum[0]
     trials = [t for t in load_trials(study_dir, dataset, loss) if t.state == TrialState.COMPLETE]
     if not trials:
         print(f"study: {dataset} {loss}: every trial failed; nothing to report", file=sys.stderr)
@@ -386,8 +407,7 @@ def report_runs(settings: StudySettings, study_dir: Path, dataset: str, loss: st
     params = " ".join(f"{k}={v:.4g}" for k, v in best.params.items())
     print(f"study: {dataset} {loss}: trial {best.number + 1} chosen [{params}]; reporting seeds "
           f"{settings.report_seeds()}", flush=True)
-    jobs = [([f"dataset={dataset}", f"loss={loss}", f"seed={seed}", *settings.train,
-              *(f"{k}={_value_text(v)}" for k, v in best.params.items())],
+    jobs = [(run_overrides(settings, stratum, loss, seed, best.params),
              study_dir / "report" / dataset / loss / f"seed{seed}")
             for seed in settings.report_seeds()]
     run_many(settings, jobs)
@@ -406,12 +426,11 @@ def run_study(settings: StudySettings) -> Path:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    pairs = [(dataset, loss) for dataset in settings.datasets for loss in settings.losses]
-    for index, (dataset, loss) in enumerate(pairs):
-        tune_loss(settings, study_dir, dataset, loss, index)
-    for dataset in settings.datasets:
-        for loss in settings.losses:
-            report_runs(settings, study_dir, dataset, loss)
+    pairs = [(stratum, loss) for stratum in settings.strata() for loss in settings.losses]
+    for index, (stratum, loss) in enumerate(pairs):
+        tune_loss(settings, study_dir, stratum, loss, index)
+    for stratum, loss in pairs:
+        report_runs(settings, study_dir, stratum, loss)
     return study_report.write_report(settings, study_dir)
 
 
@@ -423,7 +442,8 @@ trials over conf/search/shared.yaml and conf/search/<loss>.yaml, chosen on seeds
 (validation), the winners rerun on seeds.report fresh seeds, and only those compared.
 
 study keys (defaults):
-  losses=ce,gce,sce,mae  datasets=wine  trials=20  seeds.tune=2  seeds.report=5
+  losses=ce,gce,sce,mae  datasets=wine  conditions.<name>="<overrides>"  trials=20
+  seeds.tune=2  seeds.report=5
   seeds.report_from=1000  sampler=tpe (tpe|random|grid)  sampler_seed=0  metric=accuracy
   alpha=0.05  bootstrap=2000  launcher=local (local|submitit)  timeout_min=60  partition=
   dir=outputs/studies/<date>/<time>   (an existing study's dir resumes it)
@@ -448,10 +468,10 @@ def study_command(argv: list[str]) -> int:
     else:
         settings.dir = settings.dir or datetime.now().strftime("outputs/studies/%Y-%m-%d/%H-%M-%S")
         # every run's config, checked before anything is written
-        for dataset in settings.datasets:
+        for _, data_overrides in settings.strata():
             for loss in settings.losses:
                 search_space(loss)
-                checked_config([f"dataset={dataset}", f"loss={loss}", *settings.train])
+                checked_config([f"loss={loss}", *settings.train, *data_overrides])
     report = run_study(settings)
     print(f"study: report {report}", flush=True)
     return 0

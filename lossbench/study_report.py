@@ -89,7 +89,7 @@ def trial_records(settings: Any, study_dir: Path) -> dict[str, dict[str, dict[st
     from lossbench.study import load_trials, search_space
 
     records: dict[str, dict[str, dict[str, Any]]] = {}
-    for dataset in settings.datasets:
+    for dataset, _ in settings.strata():
         for loss in settings.losses:
             space = {p.key: p for p in search_space(loss)}
             trials = load_trials(study_dir, dataset, loss)
@@ -196,13 +196,19 @@ def write_report(settings: Any, study_dir: Path) -> Path:
     if warnings:
         lines += ["## Warnings", ""] + [f"- {w}" for w in warnings] + [""]
 
-    report_dir = study_dir / "report"
     blocks, failed, aggregate = [], [], {}
-    if report_dir.is_dir() and any(report_dir.rglob("metrics.json")):
+    for stratum, _ in settings.strata():
+        report_dir = study_dir / "report" / stratum
+        if not (report_dir.is_dir() and any(report_dir.rglob("metrics.json"))):
+            continue
         runs = compare.find_runs([report_dir])
-        failed = [r for r in runs if r.status != "completed"]
-        blocks = compare.build_blocks(runs, settings.metric, None, settings.alpha, ["loss"],
-                                      list(compare.DEFAULT_IGNORE))
+        failed += [r for r in runs if r.status != "completed"]
+        # one block per stratum: two conditions of one dataset are never averaged together
+        for block in compare.build_blocks(runs, settings.metric, None, settings.alpha, ["loss"],
+                                          list(compare.DEFAULT_IGNORE)):
+            block.dataset = stratum
+            blocks.append(block)
+    if blocks or failed:
         text = compare.to_markdown(blocks, failed, settings.alpha)
         lines += ["## Comparison on the report seeds", ""]
         lines += [ln.replace("## ", "### ", 1) if ln.startswith("## ") else ln

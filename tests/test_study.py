@@ -234,6 +234,38 @@ def test_submitit_launcher_runs_each_run_as_a_job(cli, tmp_path):
     assert len(list((study_dir / ".submitit").glob("*_result.pkl"))) == 2
 
 
+def test_each_dataset_under_each_condition_is_a_stratum_whose_overrides_come_last():
+    from lossbench.study import StudySettings, parse_args, run_overrides
+
+    settings, given = parse_args(["datasets=wine,iris", "conditions.clean=dataset.noise.rate=0",
+                                  "conditions.noisy=dataset.noise.kind=symmetric "
+                                  "dataset.noise.rate=0.4", "dataset.noise.rate=0.1",
+                                  "model=linear"])
+    assert isinstance(settings, StudySettings) and "conditions.noisy" in given
+    assert [name for name, _ in settings.strata()] == [
+        "wine-clean", "wine-noisy", "iris-clean", "iris-noisy"]
+    overrides = run_overrides(settings, settings.strata()[1], "gce", 3, {"loss.q": 0.5})
+    assert overrides == ["loss=gce", "seed=3", "dataset.noise.rate=0.1", "model=linear",
+                         "dataset=wine", "dataset.noise.kind=symmetric",
+                         "dataset.noise.rate=0.4", "loss.q=0.5"]
+
+
+@pytest.mark.slow
+def test_conditions_are_tuned_and_compared_apart_and_aggregated(cli, tmp_path):
+    study_dir = tmp_path / "s"
+    proc = cli("study", "losses=ce,mae", "datasets=iris", "conditions.clean=dataset.noise.rate=0",
+               "conditions.noisy=dataset.noise.kind=symmetric dataset.noise.rate=0.4",
+               "trials=1", "seeds.tune=1", "seeds.report=2", *TINY, f"dir={study_dir}")
+    assert proc.returncode == 0, proc.stderr
+    for stratum, rate in (("iris-clean", 0.0), ("iris-noisy", 0.4)):
+        runs = run_dirs(study_dir / "tune" / stratum) + run_dirs(study_dir / "report" / stratum)
+        assert len(runs) == 2 * (1 + 2)
+        assert {read_metrics(r)["config"]["dataset"]["noise"]["rate"] for r in runs} == {rate}
+    record = json.loads((study_dir / "study.json").read_text())
+    assert record["aggregate"]["conditions"] == ["iris-clean", "iris-noisy"]
+    assert "### iris-noisy" in (study_dir / "study.md").read_text()
+
+
 def test_resuming_with_other_settings_is_refused(cli, tmp_path):
     study_dir = tmp_path / "s"
     study_dir.mkdir()
