@@ -237,13 +237,39 @@ def make_sampler(settings: StudySettings, space: list[Param], index: int):
     seed = settings.sampler_seed + index  # each (stratum, loss) its own stream, reproducibly
     if settings.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    if settings.sampler == "grid":
-        missing = [p.key for p in space if not p.grid]
-        if missing:
-            raise UserError(f"study: sampler=grid needs a grid for {', '.join(missing)} in "
-                            "conf/search/")
-        return optuna.samplers.GridSampler({p.key: p.grid for p in space}, seed=seed)
+    if settings.sampler == "grid":  # the points come from grid_points, enqueued one per trial
+        return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed)
+
+
+def grid_points(settings: StudySettings, space: list[Param], index: int
+                ) -> list[dict[str, float]]:
+    """sampler=grid: every combination of the grids in conf/search/, in an order shuffled by
+    the sampler seed (with fewer trials than points, a random subset of the grid). Optuna's
+    GridSampler is not used: it stops a study from inside `optimize`, which ask/tell has not."""
+    import itertools
+    import random
+
+    missing = [p.key for p in space if not p.grid]
+    if missing:
+        raise UserError(f"study: sampler=grid needs a grid for {', '.join(missing)} in "
+                        "conf/search/")
+    points = [dict(zip([p.key for p in space], values))
+              for values in itertools.product(*(p.grid for p in space))]
+    random.Random(settings.sampler_seed + index).shuffle(points)
+    return points
+
+
+def check_grid_budget(settings: StudySettings) -> None:
+    """Equal budgets under sampler=grid: no loss may run out of grid points before `trials`."""
+    if settings.sampler != "grid":
+        return
+    sizes = {loss: len(grid_points(settings, search_space(loss), 0)) for loss in settings.losses}
+    if min(sizes.values()) < settings.trials:
+        shown = ", ".join(f"{loss} {n}" for loss, n in sizes.items())
+        raise UserError(f"study: sampler=grid with trials={settings.trials}, but some grids have "
+                        f"fewer points ({shown}); set trials={min(sizes.values())} at most, or "
+                        "add grid values in conf/search/")
 
 
 # --------------------------------------------------------------------------------------------
@@ -369,7 +395,10 @@ def tune_loss(settings: StudySettings, study_dir: Path, stratum: tuple[str, list
     # a trial a kill left running: finish it with the parameters it was given (no trial lost)
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         tell(frozen.number, evaluate(frozen.number, frozen.params))
-    while len(study.get_trials(deepcopy=False)) < settings.trials:
+    points = grid_points(settings, space, index) if settings.sampler == "grid" else []
+    while (number := len(study.get_trials(deepcopy=False))) < settings.trials:
+        if points:
+            study.enqueue_trial(points[number])
         trial = study.ask(distributions)
         tell(trial.number, evaluate(trial.number, trial.params))
 
@@ -468,6 +497,7 @@ def study_command(argv: list[str]) -> int:
     else:
         settings.dir = settings.dir or datetime.now().strftime("outputs/studies/%Y-%m-%d/%H-%M-%S")
         # every run's config, checked before anything is written
+        check_grid_budget(settings)
         for _, data_overrides in settings.strata():
             for loss in settings.losses:
                 search_space(loss)

@@ -95,6 +95,17 @@ def test_values_at_the_edge_of_the_search_space_are_flagged():
     assert lr.at_edge(1e-1, "grid") and not lr.at_edge(1e-2, "grid")
 
 
+def test_grid_points_are_the_whole_product_in_a_seeded_order():
+    from lossbench.study import StudySettings, grid_points
+
+    space = search_space("sce")  # lr 2 × weight decay 1 × alpha 2 × beta 1 grid values
+    points = grid_points(StudySettings(sampler="grid"), space, index=0)
+    assert len(points) == 4 and len({json.dumps(p, sort_keys=True) for p in points}) == 4
+    assert {p["optimizer.lr"] for p in points} == {1e-3, 1e-2}
+    assert {p["loss.alpha"] for p in points} == {0.1, 1.0}
+    assert points == grid_points(StudySettings(sampler="grid"), space, index=0)
+
+
 # --------------------------------------------------------------------------------------------
 # the aggregate over datasets, by hand
 
@@ -140,6 +151,7 @@ def test_study_mistakes_are_one_line_and_write_nothing(cli, tmp_path):
         (("seeds.tune=2", "seeds.report_from=1"), "would report tuning seeds"),
         (("trials=two",), "trials"),
         (("losses=ce", "model=nope"), "model"),
+        (("losses=ce,gce", "sampler=grid", "trials=3"), "fewer points (ce 2, gce 6)"),
     ]:
         proc = cli("study", *args, "dir=s")
         assert proc.returncode == 2, (args, proc.stderr)
