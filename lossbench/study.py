@@ -502,6 +502,10 @@ def study_command(argv: list[str]) -> int:
             for loss in settings.losses:
                 search_space(loss)
                 checked_config([f"loss={loss}", *settings.train, *data_overrides])
-    report = run_study(settings)
+    try:
+        report = run_study(settings)
+    except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM: the trial in progress stays RUNNING
+        print(f"study: stopped; lossbench study dir={settings.dir} resumes it", file=sys.stderr)
+        raise SystemExit(getattr(err, "exit_code", 130)) from None
     print(f"study: report {report}", flush=True)
     return 0

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from lossbench.rundir import write_bytes_atomic, write_json_atomic, write_text_atomic
+from lossbench.rundir import read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
 
 
 # --------------------------------------------------------------------------------------------
@@ -98,12 +98,18 @@ def trial_records(settings: Any, study_dir: Path) -> dict[str, dict[str, dict[st
             chosen = dict(best.params) if best else {}
             edges = [key for key, value in chosen.items()
                      if key in space and space[key].at_edge(value, settings.sampler)]
+            # what the trials cost: equal trial counts can still hide unequal training
+            runs = [read_json(p) for p in (study_dir / "tune" / dataset / loss).glob(
+                "trial*/seed*/metrics.json")]
             records.setdefault(dataset, {})[loss] = {
                 "trials": len(trials),
                 "failed": sum(t.state == TrialState.FAIL for t in trials),
                 "unfinished": sum(t.state not in (TrialState.COMPLETE, TrialState.FAIL)
                                   for t in trials),
                 "runs_per_trial": len(settings.tune_seeds()),
+                "epochs": sum(int(m.get("epochs_run") or 0) for m in runs),
+                "train_s": sum(float(m.get("wall_time_s") or 0.0) for m in runs),
+                "monitor": next((m["monitor"] for m in runs if m.get("monitor")), None),
                 "chosen_trial": best.number if best else None,
                 "chosen": chosen,
                 "validation": abs(best.value) if best else None,
@@ -174,16 +180,18 @@ def write_report(settings: Any, study_dir: Path) -> Path:
              f"overrides: `{' '.join(settings.train) or 'none'}`.", ""]
     warnings = []
     for dataset, per_loss in records.items():
+        monitor = next((r["monitor"] for r in per_loss.values() if r["monitor"]), "validation")
         lines += [f"## Budget and chosen settings: {dataset}", "",
-                  "| loss | trials | failed | runs per trial | chosen trial | validation | "
-                  "chosen values |", "|---|---|---|---|---|---|---|"]
+                  "| loss | trials | failed | runs per trial | epochs | train s | chosen trial | "
+                  f"{monitor} | chosen values |", "|---|---|---|---|---|---|---|---|---|"]
         for loss, rec in per_loss.items():
             values = ", ".join(f"{k}={_fmt(v)}" + (" (edge)" if k in rec["at_edge"] else "")
                                for k, v in rec["chosen"].items()) or "–"
             number = "–" if rec["chosen_trial"] is None else rec["chosen_trial"] + 1
             validation = "–" if rec["validation"] is None else f"{rec['validation']:.4f}"
             lines.append(f"| {loss} | {rec['trials']} | {rec['failed']} | "
-                         f"{rec['runs_per_trial']} | {number} | {validation} | {values} |")
+                         f"{rec['runs_per_trial']} | {rec['epochs']} | {rec['train_s']:.0f} | "
+                         f"{number} | {validation} | {values} |")
             warnings += [f"{dataset} {loss}: {k}={_fmt(rec['chosen'][k])} lies at the edge of "
                          f"its search space {_space_text(rec['space'][k], settings.sampler)}; "
                          "widen it in conf/search/" for k in rec["at_edge"]]

@@ -211,6 +211,8 @@ def test_a_killed_study_resumes_with_no_trial_lost_or_repeated(cli, tmp_path):
     budgets = {(d, loss): rec["trials"] for d, per in record["losses"].items()
                for loss, rec in per.items()}
     assert set(budgets.values()) == {2}
+    # trainer=smoke: 2 epochs a run, 2 trials of 1 run each per loss
+    assert {rec["epochs"] for per in record["losses"].values() for rec in per.values()} == {4}
     for dataset, per_loss in record["losses"].items():
         for loss, rec in per_loss.items():
             chosen = rec["history"][rec["chosen_trial"]]
@@ -276,6 +278,23 @@ def test_conditions_are_tuned_and_compared_apart_and_aggregated(cli, tmp_path):
     record = json.loads((study_dir / "study.json").read_text())
     assert record["aggregate"]["conditions"] == ["iris-clean", "iris-noisy"]
     assert "### iris-noisy" in (study_dir / "study.md").read_text()
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_study_and_says_how_to_resume_it(tmp_path):
+    study_dir = tmp_path / "s"
+    proc = subprocess.Popen([*lossbench_cmd(), "study", "losses=ce", "datasets=iris", "trials=4",
+                             "seeds.tune=1", *TINY, f"dir={study_dir}"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if " trial 1/4 " in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert f"study: stopped; lossbench study dir={study_dir} resumes it" in err
+    assert "Traceback" not in err
+    assert len(trials_in(study_dir)["iris/ce"]) < 4
 
 
 def test_resuming_with_other_settings_is_refused(cli, tmp_path):
