@@ -491,6 +491,12 @@ def study_command(argv: list[str]) -> int:
         print(USAGE, end="")
         return 0
     settings, given = parse_args(argv)
+    for module, needed in (("optuna", True), ("submitit", settings.launcher == "submitit")):
+        try:
+            if needed:
+                __import__(module)
+        except ImportError:
+            raise UserError(f"study: needs {module}: pip install 'lossbench[study]'") from None
     if settings.dir and (Path(settings.dir) / "study.yaml").is_file():
         settings = resumed_settings(settings, given)
         print(f"study: resuming {settings.dir}", flush=True)

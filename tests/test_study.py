@@ -160,6 +160,19 @@ def test_study_mistakes_are_one_line_and_write_nothing(cli, tmp_path):
         assert not (tmp_path / "s").exists()
 
 
+def test_without_optuna_the_study_says_which_extra_to_install(cli, tmp_path):
+    import os
+
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "optuna.py").write_text("raise ImportError('optuna is not installed')\n")
+    path = os.pathsep.join(p for p in (str(shim), os.environ.get("PYTHONPATH", "")) if p)
+    proc = cli("study", "losses=ce", "dir=s", env={"PYTHONPATH": path})
+    assert proc.returncode == 2
+    assert proc.stderr == "lossbench: error: study: needs optuna: pip install 'lossbench[study]'\n"
+    assert not (tmp_path / "s").exists()
+
+
 def trials_in(study_dir: Path) -> dict[str, list[tuple[int, str]]]:
     import optuna
 
