@@ -235,6 +235,20 @@ def test_a_killed_study_resumes_with_no_trial_lost_or_repeated(cli, tmp_path):
                 if m["dataset"] == dataset and m["choices"]["loss"] == loss:
                     assert m["config"]["optimizer"]["lr"] == pytest.approx(
                         rec["chosen"]["optimizer.lr"])
+    # edge warnings: a chosen value in the outer 5% of its range (log10 scale for log ranges)
+    text = (study_dir / "study.md").read_text()
+    for dataset, per_loss in record["losses"].items():
+        for loss, rec in per_loss.items():
+            edges = []
+            for key, value in rec["chosen"].items():
+                space = rec["space"][key]
+                scale = math.log10 if space["log"] else (lambda x: x)
+                where = (scale(value) - scale(space["low"])) / (
+                    scale(space["high"]) - scale(space["low"]))
+                if not 0.05 < where < 0.95:
+                    edges.append(key)
+                    assert f"- {dataset} {loss}: {key}=" in text
+            assert sorted(rec["at_edge"]) == sorted(edges)
     assert set(record["aggregate"]["mean_rank"]) == {"ce", "gce", "sce", "mae"}
     assert sum(record["aggregate"]["mean_rank"].values()) == pytest.approx(1 + 2 + 3 + 4)
     text = (study_dir / "study.md").read_text()
