@@ -19,6 +19,7 @@ commands:
   train     run the train -> validate -> test workflow (Hydra overrides, -m for sweeps)
   eval      evaluate a finished run's best weights on its test split (or another dataset)
   compare   aggregate runs into one table: which loss is best here?
+  study     every loss at its own tuned settings, same budget, compared on fresh seeds
   losses    table of every loss: tasks, hyperparameters, reference
   list      list the options of every config group (datasets, models, losses, ...)
   plot-losses  draw losses and their gradients against the true-class probability
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     commands = {
         "train": "lossbench.app:train_command",
         "compare": "lossbench.compare:compare_command",
+        "study": "lossbench.study:study_command",
         "eval": "lossbench.eval_command:eval_command",
         "losses": "lossbench.losses_table:func",
         "list": "lossbench.listing:func",

@@ -155,6 +155,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="where to write comparison.csv/.md/.tex/.png, curves.png and "
                              "rates.png (default: the first PATH)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    from lossbench.tuning import add_tune_arguments
+
+    add_tune_arguments(parser)  # --tune KEYS --tune-seeds SEEDS: choose per loss, report the rest
     args = parser.parse_args(argv)
     if not 0.0 < args.alpha < 1.0:
         raise UserError(f"--alpha {args.alpha:g} must lie in (0, 1)")
@@ -173,6 +176,9 @@ def compare_command(argv: list[str]) -> int:
 
     args = parse_args(argv)
     runs = find_runs(args.paths)
+    from lossbench.tuning import tuned_runs
+
+    runs = tuned_runs(runs, args)  # unchanged without --tune
     group_by = _keys(args.group_by) or None
     ignore = list(DEFAULT_IGNORE) + _keys(args.ignore)
     failed = [r for r in runs if r.status != "completed"]

@@ -20,8 +20,8 @@ from lossbench.errors import UserError
 GROUPS = {"datasets": "dataset", "models": "model", "losses": "loss", "optimizers": "optimizer",
           "schedulers": "scheduler", "loggers": "logger", "trainers": "trainer"}
 # Groups whose options are described by their file's header comment (no `_target_` of their
-# own: an Optuna search, a Hydra launcher).
-COMMENTED_GROUPS = {"searches": "hparams_search", "launchers": "hydra/launcher"}
+# own: a study preset, a Hydra launcher).
+COMMENTED_GROUPS = {"experiments": "experiment", "launchers": "hydra/launcher"}
 GROUPS.update(COMMENTED_GROUPS)
 DEFAULT_GROUPS = tuple(GROUPS)  # `lossbench list`: every group, every option
 MAX_SUMMARY = 80  # characters of a description: one line each, even in a narrow terminal

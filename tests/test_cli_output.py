@@ -177,7 +177,7 @@ def test_a_typo_in_a_sweep_value_suggests_the_option_and_leaves_nothing(cli, tmp
 def test_list_shows_every_group(cli):
     out = cli("list", check=True).stdout
     for header in ("datasets (", "models (", "losses (", "optimizers (", "schedulers (",
-                   "loggers (", "trainers (", "searches (", "launchers ("):
+                   "loggers (", "trainers (", "experiments (", "launchers ("):
         assert header in out, header
     assert "  parallel " in out and "  sce " in out
 
