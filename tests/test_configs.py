@@ -80,4 +80,4 @@ def test_group_file_composes_and_instantiates(path):
         sched = factory(opt, total_steps=10) if option == "onecycle" else factory(opt)
         assert hasattr(sched, "step")
     elif group == "trainer":
-        assert node.epochs >= 1 and node.batch_size >= 1
+        assert (node.epochs == "auto" or node.epochs >= 1) and node.batch_size >= 1

@@ -8,8 +8,9 @@ import warnings
 import numpy as np
 import pytest
 
-from lossbench import compare
-from lossbench.compare import Block, Row, Stat
+from lossbench.comparison import plots as comparison_plots
+from lossbench.comparison.rows import Block, Row
+from lossbench.stats import Stat
 from lossbench.plots import curves_figure, pred_vs_true_figure, reliability_figure
 
 LONG = ("loss=ce dataset=digits, noise=asymmetric rate=0.3 per mapped class (realised 0.104), "
@@ -51,7 +52,7 @@ def test_reliability_legend_is_off_the_bars_and_titles_fit():
 
 def _block(metric: str, stats: list[tuple[float, float, float]], labels: list[str]) -> Block:
     rows = []
-    for (mean, low, high), label, mark in zip(stats, labels, ("best", "tied", "")):
+    for (mean, low, high), label, mark in zip(stats, labels, ("best", "not separated (n = 3)", "")):
         row = Row(key=(label,), runs=[], labels={"loss": label})
         row.stats[metric] = Stat(3, mean, 0.1, low, high, [mean] * 3)
         row.mark = mark
@@ -61,13 +62,13 @@ def _block(metric: str, stats: list[tuple[float, float, float]], labels: list[st
 
 def test_comparison_intervals_stay_in_range_and_colours_match_curves(monkeypatch):
     captured = []
-    monkeypatch.setattr(compare, "_png_bytes", lambda fig: captured.append(fig) or b"")
+    monkeypatch.setattr(comparison_plots, "_png_bytes", lambda fig: captured.append(fig) or b"")
     long_label = "x" * 10 + ", " + ", ".join(f"key{i}=value{i}" for i in range(12))
     block = _block("accuracy", [(0.95, 0.80, 1.235), (0.90, 0.70, 1.10), (0.5, -0.2, 1.2)],
                    ["ce", "gce", long_label])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "Tight layout not applied"
-        compare.comparison_plot([block])
+        comparison_plots.comparison_plot([block])
     fig = captured[0]
     ax = fig.axes[0]
     low, high = ax.get_xlim()
@@ -79,7 +80,7 @@ def test_comparison_intervals_stay_in_range_and_colours_match_curves(monkeypatch
     assert max(len(part) for label in labels for part in label.split("\n")) <= 40
     legend = ax.get_legend()
     assert [t.get_text() for t in legend.get_texts()] == [
-        "best", "not significantly different from best"]
-    # the k-th configuration has curves.png's k-th colour (compare._row_colour, in both plots)
+        "best, or better than the baseline", "not separated from the reference"]
+    # the k-th configuration has curves.png's k-th colour (_row_colour, in both plots)
     colours = [container.lines[0].get_color() for container in ax.containers]
     assert colours == ["C0", "C1", "C2"]

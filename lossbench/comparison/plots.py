@@ -13,6 +13,7 @@ from typing import Any
 
 from lossbench.comparison.records import Run
 from lossbench.comparison.rows import Block, fmt_value
+from lossbench.stats import clip, metric_range
 
 
 def _png_bytes(fig) -> bytes:
@@ -59,12 +60,17 @@ def comparison_plot(blocks: Sequence[Block]) -> bytes:
     for i, block in enumerate(blocks):
         ax = fig.add_subplot(len(blocks), 1, i + 1)
         ys = list(range(len(block.rows)))[::-1]  # best on top
+        lo, hi = metric_range(block.metric)
         for index, (y, row) in enumerate(zip(ys, block.rows)):
             s = row.stats[block.metric]
-            low, high = (s.mean, s.mean) if s.n < 2 else (s.ci_low, s.ci_high)
+            low, high = (s.mean, s.mean) if s.n < 2 else clip(s.ci_low, s.ci_high, (lo, hi))
             marker = _marker(row.mark)
             ax.errorbar([s.mean], [y], xerr=[[s.mean - low], [high - s.mean]], fmt=marker,
                         color=_row_colour(index), capsize=4, markersize=11 if marker == "*" else 7)
+        if math.isfinite(lo) and math.isfinite(hi):  # no axis past the metric's range
+            left, right = ax.get_xlim()
+            pad = 0.02 * (hi - lo)
+            ax.set_xlim(max(left, lo - pad), min(right, hi + pad))
         ax.set_yticks(ys)
         ax.set_yticklabels([_plot_label(row.label) for row in block.rows], fontsize="small")
         ax.set_xlabel(f"test {block.metric} (mean, 95% CI over seeds)")
