@@ -3,13 +3,15 @@
     lossbench study losses=ce,gce,sce,mae datasets=wine,iris trials=20 seeds.tune=2 \
         seeds.report=5 model=linear trainer.epochs=60
 
-For each dataset (× each of `conditions`, if any) and loss, an Optuna study (ask/tell, stored in `<dir>/optuna.db`) runs exactly
-`trials` trials over the shared settings (conf/search/shared.yaml: learning rate, weight decay)
-and the loss's own hyperparameters (conf/search/<loss>.yaml). A trial is one ordinary run per
-tuning seed (`<dir>/tune/<dataset>/<loss>/trialNNN/seedS/`); its value is the mean validation
-score over those seeds (`lossbench.tuning.validation_score`). The best trial of each loss is then
-rerun on fresh seeds (`<dir>/report/<dataset>/<loss>/seedS/`, seeds from `seeds.report_from` on,
-never a tuning seed), and only those runs are compared (lossbench.compare) and aggregated
+For each dataset (× each of `conditions`, if any) and loss, an Optuna study (ask/tell, stored in
+`<dir>/optuna.db`) runs exactly `trials` trials over the shared settings
+(lossbench/search_spaces/shared.yaml: learning rate, weight decay) and the loss's own
+hyperparameters (lossbench/search_spaces/<loss>.yaml). A trial is one ordinary run per tuning seed
+(`<dir>/tune/<dataset>/<loss>/trialNNN/seedS/`); its value is the mean validation score over those
+seeds (`lossbench.tuning.validation_score`: the rule that picks a run's epoch, validation
+accuracy with validation NLL breaking ties). The best trial of each loss is then rerun on fresh
+seeds (`<dir>/report/<dataset>/<loss>/seedS/`, seeds from `seeds.report_from` on, never a tuning
+seed), and only those runs are compared (lossbench.compare) and aggregated
 (lossbench.study_report).
 
 Killed, the same command with `dir=<that study>` resumes: completed runs are kept, a trial the
@@ -31,7 +33,9 @@ from typing import Any
 
 from lossbench.errors import UserError
 
-SEARCH_DIR = Path(__file__).resolve().parent / "conf" / "search"
+# The search spaces ship inside the package (lossbench/search_spaces/), outside the Hydra config
+# tree: a folder under conf/ would be a config group of `lossbench train`.
+SEARCH_DIR = Path(__file__).resolve().parent / "search_spaces"
 SAMPLERS = ("tpe", "random", "grid")
 LAUNCHERS = ("local", "submitit")
 # Train overrides a study sets itself, per run: the user names them through the study's keys.
@@ -209,14 +213,15 @@ class Param:
 
 
 def search_space(loss: str) -> list[Param]:
-    """conf/search/shared.yaml then conf/search/<loss>.yaml: what a study tunes for `loss`."""
+    """search_spaces/shared.yaml then search_spaces/<loss>.yaml: what a study tunes for `loss`."""
     from omegaconf import OmegaConf
 
     path = SEARCH_DIR / f"{loss}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in SEARCH_DIR.glob("*.yaml") if p.stem != "shared")
-        raise UserError(f"study: no search space for loss {loss}: add conf/search/{loss}.yaml "
-                        f"(losses with one: {', '.join(known)})")
+        raise UserError(f"study: no search space for loss {loss}: add "
+                        f"lossbench/search_spaces/{loss}.yaml (losses with one: "
+                        f"{', '.join(known)})")
     params = []
     for source in (SEARCH_DIR / "shared.yaml", path):
         for key, spec in (OmegaConf.to_container(OmegaConf.load(source)) or {}).items():
@@ -244,7 +249,7 @@ def make_sampler(settings: StudySettings, space: list[Param], index: int):
 
 def grid_points(settings: StudySettings, space: list[Param], index: int
                 ) -> list[dict[str, float]]:
-    """sampler=grid: every combination of the grids in conf/search/, in an order shuffled by
+    """sampler=grid: every combination of the grids in search_spaces/, in an order shuffled by
     the sampler seed (with fewer trials than points, a random subset of the grid). Optuna's
     GridSampler is not used: it stops a study from inside `optimize`, which ask/tell has not."""
     import itertools
@@ -253,7 +258,7 @@ def grid_points(settings: StudySettings, space: list[Param], index: int
     missing = [p.key for p in space if not p.grid]
     if missing:
         raise UserError(f"study: sampler=grid needs a grid for {', '.join(missing)} in "
-                        "conf/search/")
+                        "lossbench/search_spaces/")
     points = [dict(zip([p.key for p in space], values))
               for values in itertools.product(*(p.grid for p in space))]
     random.Random(settings.sampler_seed + index).shuffle(points)
@@ -269,7 +274,7 @@ def check_grid_budget(settings: StudySettings) -> None:
         shown = ", ".join(f"{loss} {n}" for loss, n in sizes.items())
         raise UserError(f"study: sampler=grid with trials={settings.trials}, but some grids have "
                         f"fewer points ({shown}); set trials={min(sizes.values())} at most, or "
-                        "add grid values in conf/search/")
+                        "add grid values in lossbench/search_spaces/")
 
 
 # --------------------------------------------------------------------------------------------
@@ -366,7 +371,7 @@ def tune_loss(settings: StudySettings, study_dir: Path, stratum: tuple[str, list
     import optuna
     from optuna.trial import TrialState
 
-    from lossbench.tuning import mean_score
+    from lossbench.tuning import mean_score, validation_score
 
     space = search_space(loss)
     dataset = stratum[0]
@@ -379,7 +384,9 @@ def tune_loss(settings: StudySettings, study_dir: Path, stratum: tuple[str, list
         trial_dir = study_dir / "tune" / dataset / loss / f"trial{number:03d}"
         jobs = [(run_overrides(settings, stratum, loss, seed, params), trial_dir / f"seed{seed}")
                 for seed in settings.tune_seeds()]
-        value = mean_score(run_many(settings, jobs))
+        records = run_many(settings, jobs)
+        value = mean_score(validation_score(metrics, run_dir)
+                           for metrics, (_, run_dir) in zip(records, jobs))
         shown = " ".join(f"{k}={v:.4g}" for k, v in params.items())
         result = "failed" if math.isinf(value) else f"validation {abs(value):.4f}"
         print(f"study: {dataset} {loss} trial {number + 1}/{settings.trials} [{shown}]: {result}",
@@ -467,7 +474,7 @@ USAGE = """\
 usage: lossbench study [key=value ...] [train overrides ...]
 
 Every loss at its own best settings, with the same budget: per dataset and loss, `trials` Optuna
-trials over conf/search/shared.yaml and conf/search/<loss>.yaml, chosen on seeds 0..seeds.tune-1
+trials over lossbench/search_spaces/shared.yaml and <loss>.yaml, chosen on seeds 0..seeds.tune-1
 (validation), the winners rerun on seeds.report fresh seeds, and only those compared.
 
 study keys (defaults):

@@ -4,7 +4,8 @@
   values, and a warning for each chosen value at the edge of its search space.
 - Sensitivity: per dataset, one panel per loss, each trial's validation score against its
   learning rate (`sensitivity_<dataset>.png`).
-- The comparison of the winners on the report seeds only (lossbench.compare), per dataset.
+- The comparison of the winners on the report seeds only (lossbench.compare's blocks, rendered
+  by lossbench.comparison.tables), per dataset: test metrics at the epoch each run selected.
 - Across datasets: each loss's mean rank, with a stratified bootstrap CI (Agarwal et al. 2021,
   rliable): within each dataset every loss's report seeds are resampled with replacement, the
   losses ranked by their resampled means, the ranks averaged over datasets; the 2.5% and 97.5%
@@ -21,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from lossbench.rundir import read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
+from lossbench.rundir import (read_json, write_bytes_atomic, write_csv_atomic, write_json_atomic,
+                              write_text_atomic)
 
 
 # --------------------------------------------------------------------------------------------
@@ -168,7 +170,9 @@ def _fmt(value: Any) -> str:
 
 def write_report(settings: Any, study_dir: Path) -> Path:
     """study.md, study.json, sensitivity_<dataset>.png and the comparison's files."""
-    from lossbench import compare
+    from lossbench.compare import DEFAULT_IGNORE, build_blocks
+    from lossbench.comparison import tables
+    from lossbench.comparison.records import find_runs
 
     records = trial_records(settings, study_dir)
     lines = ["# Study", "",
@@ -194,7 +198,7 @@ def write_report(settings: Any, study_dir: Path) -> Path:
                          f"{number} | {validation} | {values} |")
             warnings += [f"{dataset} {loss}: {k}={_fmt(rec['chosen'][k])} lies at the edge of "
                          f"its search space {_space_text(rec['space'][k], settings.sampler)}; "
-                         "widen it in conf/search/" for k in rec["at_edge"]]
+                         "widen it in lossbench/search_spaces/" for k in rec["at_edge"]]
         budgets = {rec["trials"] for rec in per_loss.values()}
         if len(budgets) > 1:
             warnings.append(f"{dataset}: unequal budgets {sorted(budgets)} (an unfinished study)")
@@ -209,20 +213,22 @@ def write_report(settings: Any, study_dir: Path) -> Path:
         report_dir = study_dir / "report" / stratum
         if not (report_dir.is_dir() and any(report_dir.rglob("metrics.json"))):
             continue
-        runs = compare.find_runs([report_dir])
+        runs = find_runs([report_dir])
         failed += [r for r in runs if r.status != "completed"]
-        # one block per stratum: two conditions of one dataset are never averaged together
-        for block in compare.build_blocks(runs, settings.metric, None, settings.alpha, ["loss"],
-                                          list(compare.DEFAULT_IGNORE)):
+        # one block per stratum: two conditions of one dataset are never averaged together;
+        # the test metrics of the epoch each run selected on validation, all pairs compared
+        for block in build_blocks(runs, settings.metric, None, settings.alpha, ["loss"],
+                                  list(DEFAULT_IGNORE), at="best"):
             block.dataset = stratum
             blocks.append(block)
     if blocks or failed:
-        text = compare.to_markdown(blocks, failed, settings.alpha)
+        notes = tables.Notes(alpha=settings.alpha, at="best", baseline=None, mde=None)
+        text = tables.to_markdown(blocks, failed, notes)
         lines += ["## Comparison on the report seeds", ""]
         lines += [ln.replace("## ", "### ", 1) if ln.startswith("## ") else ln
                   for ln in text.splitlines()[2:]]
         if blocks:
-            compare.write_csv_atomic(study_dir / "comparison.csv", compare.csv_rows(blocks))
+            write_csv_atomic(study_dir / "comparison.csv", tables.csv_rows(blocks, "best"))
         aggregate = aggregate_section(blocks, settings, lines)
     write_json_atomic(study_dir / "study.json", {
         "settings": {k: v for k, v in vars(settings).items() if k != "seeds"}

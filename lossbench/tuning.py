@@ -8,28 +8,70 @@ how a run's validation result ranks it; it reads no test metric.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from lossbench.errors import UserError
 
 
-def validation_score(metrics: dict[str, Any]) -> float:
-    """How good a finished run looked on validation, higher is better: the monitored metric at
-    the selected epoch (`best_val`), negated when lower is better. A run that did not complete
-    (failed, diverged) scores -inf: it still used its share of the budget."""
+# How much the tie-break (the validation NLL at the selected epoch) weighs in a score: so little
+# that it decides only between equal accuracies. The NLL, capped at TIE_CAP, moves a score by at
+# most 1e-7, less than one validation example moves a mean accuracy (1 / (examples × seeds))
+# below a million validation examples × seeds.
+TIE_WEIGHT = 1e-9
+TIE_CAP = 100.0
+
+
+def selected_tie(metrics: dict[str, Any], run_dir: str | Path | None) -> float | None:
+    """The run's tie-break metric (`selection.tie_break`, e.g. val_nll; its clean-label column
+    under trainer.select_on=clean) at the selected epoch (`best_epoch`), from
+    `run_dir/history.csv`; None when the rule has no tie-break or the record lacks it."""
+    selection = metrics.get("selection")
+    tie_break = selection.get("tie_break") if isinstance(selection, dict) else None
+    epoch = metrics.get("best_epoch")
+    if not tie_break or run_dir is None or not isinstance(epoch, int):
+        return None
+    column = tie_break + ("_clean" if selection.get("labels") == "clean" else "")
+    try:
+        with open(Path(run_dir) / "history.csv", newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                if row.get("epoch") and int(float(row["epoch"])) == epoch:
+                    value = float(row.get(column) or "nan")
+                    return None if math.isnan(value) else value
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def validation_score(metrics: dict[str, Any], run_dir: str | Path | None = None) -> float:
+    """How good a finished run looked on validation, higher is better, by the rule that picked
+    its epoch (lossbench.train.selection_rule): the monitored metric at the selected epoch
+    (`best_val`, validation accuracy by default), negated when lower is better; where the rule
+    breaks ties (`selection.tie_break`: the validation NLL, lower wins), minus TIE_WEIGHT times
+    that epoch's value from `run_dir/history.csv` (capped at TIE_CAP). So two runs, or two
+    trials' means, equal in accuracy rank by validation NLL, as two epochs of one run do, while
+    any difference in accuracy still decides. Without `run_dir` (or history.csv) no tie-break.
+    A run that did not complete (failed, diverged) scores -inf: it still used its share of the
+    budget. It reads no test metric."""
     value = metrics.get("best_val")
     if metrics.get("status") != "completed" or not isinstance(value, (int, float)) or (
             isinstance(value, bool) or math.isnan(value)):
         return -math.inf
-    return -float(value) if metrics.get("mode") == "min" else float(value)
+    score = -float(value) if metrics.get("mode") == "min" else float(value)
+    tie = selected_tie(metrics, run_dir)
+    if tie is not None:
+        score -= TIE_WEIGHT * min(tie, TIE_CAP)
+    return score
 
 
-def mean_score(records: Iterable[dict[str, Any]]) -> float:
-    """The mean validation score over a configuration's tuning seeds (-inf if one failed)."""
-    scores = [validation_score(m) for m in records]
+def mean_score(scores: Iterable[float]) -> float:
+    """The mean of a configuration's validation scores over its tuning seeds (-inf if one
+    failed, or if there is none)."""
+    scores = list(scores)
     if not scores or any(math.isinf(s) for s in scores):
         return -math.inf
     return math.fsum(scores) / len(scores)
@@ -86,7 +128,8 @@ def select_on_tuning_seeds(runs: Sequence[Any], keys: Sequence[str], tune_seeds:
     for (dataset, _, loss), configs in sorted(groups.items()):
         scored = []
         for config, members in configs.items():
-            tuning = [r.metrics for r in members if r.metrics.get("seed") in tune_seeds]
+            tuning = [validation_score(r.metrics, r.path) for r in members
+                      if r.metrics.get("seed") in tune_seeds]
             if tuning:
                 scored.append((mean_score(tuning), config, members))
         if not scored:

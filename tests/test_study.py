@@ -34,6 +34,35 @@ def test_validation_score_is_higher_for_better_runs_whatever_the_mode():
     assert validation_score({"status": "completed", "best_val": float("nan")}) == -math.inf
 
 
+def test_validation_score_breaks_accuracy_ties_by_the_selected_epochs_val_nll(tmp_path):
+    """The rule that picked each run's epoch (accuracy, ties to lower val NLL) ranks runs too."""
+    def run(name: str, accuracy: float, nll: float, labels: str = "noisy") -> Path:
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        column = "val_nll_clean" if labels == "clean" else "val_nll"
+        (run_dir / "history.csv").write_text(f"epoch,val_accuracy,{column}\n1,0.1,9.0\n"
+                                             f"2,{accuracy},{nll}\n3,0.1,0.01\n")
+        return run_dir
+
+    def metrics(accuracy: float, labels: str = "noisy") -> dict:
+        return {"status": "completed", "best_val": accuracy, "mode": "max", "best_epoch": 2,
+                "selection": {"metric": "val_accuracy", "mode": "max", "tie_break": "val_nll",
+                              "labels": labels}}
+
+    sharp, flat = run("sharp", 0.9, 0.3), run("flat", 0.9, 0.8)
+    assert validation_score(metrics(0.9), sharp) > validation_score(metrics(0.9), flat)
+    assert validation_score(metrics(0.9), sharp) == pytest.approx(0.9, abs=1e-6)
+    # any difference in accuracy decides, whatever the NLL
+    worse = run("worse", 0.899, 0.0)
+    assert validation_score(metrics(0.899), worse) < validation_score(metrics(0.9), flat)
+    # selection on clean labels: the clean column breaks its ties
+    clean = run("clean", 0.9, 0.1, labels="clean")
+    assert validation_score(metrics(0.9, "clean"), clean) > validation_score(metrics(0.9), sharp)
+    # no history (or no tie-break in the rule): the metric alone
+    assert validation_score(metrics(0.9), tmp_path / "missing") == 0.9
+    assert validation_score(metrics(0.9) | {"selection": {"tie_break": None}}, flat) == 0.9
+
+
 def fake_run(loss: str, lr: float, seed: int, val: float, test: float) -> Run:
     metrics = {"status": "completed", "task": "multiclass", "dataset": "wine", "seed": seed,
                "best_val": val, "mode": "max", "test": {"accuracy": test}}
