@@ -450,10 +450,26 @@ def test_report(model: torch.nn.Module, loss_fn: torch.nn.Module, splits: Splits
         test["robust_accuracy"] = robust_accuracy(model, splits, split, head,
                                                   trainer.eval_batch_size, device, loss_fn,
                                                   trainer.get("max_batches"))
-        console.print(f"robust accuracy under {loss_fn.describe()}: "
-                      f"{test['robust_accuracy']:.4f} (clean: {test['accuracy']:.4f})",
-                      highlight=False)
+        console.print(robust_line(loss_fn, test), highlight=False)
     return pred, test
+
+
+def robust_line(loss_fn: torch.nn.Module, test: dict[str, Any]) -> str:
+    """The adversarial-training line of the report (console and report.txt)."""
+    return (f"robust accuracy under {loss_fn.describe()}: {test['robust_accuracy']:.4f} "
+            f"(clean: {test['accuracy']:.4f})")
+
+
+def loss_params_line(loss_fn: torch.nn.Module) -> str | None:
+    """The report's line on a loss's own parameters (learned, or from the class counts)."""
+    params = loss_fn.report() if hasattr(loss_fn, "report") else None
+    if not params:
+        return None
+    learned = ", ".join(f"{k}={v:.4g}" for k, v in params.items())
+    # margins and class weights are computed from the counts, not learned
+    label = ("loss parameters from the class counts" if needs_class_counts(loss_fn)
+             else "learned loss parameters")
+    return f"{label}: {learned}"
 
 
 def stop_early(result: Any, run_dir: Path, signum: int | None, cfg: DictConfig,
@@ -678,8 +694,14 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float,
     for line in notes:
         style = "[yellow]" if line.startswith("warning:") else ""
         console.print(f"{style}{line}", highlight=False, soft_wrap=True)
+    # the lines the console shows besides the tables go to report.txt too (a sweep's console
+    # shows one line per job: report.txt is where its job's report is read)
+    params_line = loss_params_line(loss_fn)
+    details = [robust_line(loss_fn, test)] if "robust_accuracy" in test else []
+    details += [params_line] if params_line else []
     write_text_atomic(run_dir / "report.txt",
-                      rep.report_text(splits.task, test, "test", titles[keep], notes))
+                      rep.report_text(splits.task, test, "test", titles[keep],
+                                      [*details, *notes]))
     if trainer.get("plots", True):
         write_plots(run_dir, console, task=splits.task,
                     label=f"loss={picked.get('loss')} dataset={splits.name}"
@@ -724,12 +746,8 @@ def _run(cfg: DictConfig, run_dir: Path, console: Console, started: float,
         metrics["loss_description"] = loss_fn.describe()
     if hasattr(loss_fn, "report"):
         metrics["loss_params"] = loss_fn.report()
-        if metrics["loss_params"]:
-            learned = ", ".join(f"{k}={v:.4g}" for k, v in metrics["loss_params"].items())
-            # margins and class weights are computed from the counts, not learned
-            label = ("loss parameters from the class counts" if needs_class_counts(loss_fn)
-                     else "learned loss parameters")
-            console.print(f"{label}: {learned}", highlight=False)
+        if params_line:
+            console.print(params_line, highlight=False)
     write_json_atomic(run_dir / "metrics.json", metrics)
     # a completed run is not resumed: model.pt keeps its best weights, the checkpoint (optimizer
     # moments, a second copy of the weights) would only take disk space in every run of a sweep

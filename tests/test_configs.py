@@ -30,7 +30,7 @@ def _compose(group: str, option: str):
 
 
 def _node(cfg, group: str):
-    """The group's node, or None for `# @package _global_` files (experiments, searches)."""
+    """The group's node, or None for `# @package _global_` files (experiments)."""
     node = cfg
     for part in group.split("/"):
         if part not in node:
