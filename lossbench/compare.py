@@ -204,7 +204,7 @@ def compare_command(argv: list[str]) -> int:
         write_bytes_atomic(out_dir / "curves.png", plots.curves_plot(blocks))
         written += [out_dir / "comparison.png", out_dir / "curves.png"]
         if any(b.rate_key for b in blocks):
-            write_bytes_atomic(out_dir / "rates.png", plots.rates_plot(blocks))
+            write_bytes_atomic(out_dir / "rates.png", plots.rates_plot(blocks, args.at))
             written.append(out_dir / "rates.png")
 
     if args.format == "table":

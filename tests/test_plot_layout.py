@@ -84,3 +84,31 @@ def test_comparison_intervals_stay_in_range_and_colours_match_curves(monkeypatch
     # the k-th configuration has curves.png's k-th colour (_row_colour, in both plots)
     colours = [container.lines[0].get_color() for container in ax.containers]
     assert colours == ["C0", "C1", "C2"]
+
+
+def _rate_block(order: list[str]) -> Block:
+    rows = []
+    for loss in order:
+        for rate, mean in ((0.0, 0.95), (0.4, 0.8)):
+            row = Row(key=(loss, rate), runs=[], labels={"loss": loss, "dataset.noise.rate": rate})
+            row.stats["accuracy"] = Stat(3, mean, 0.01, mean - 0.02, mean + 0.02, [mean] * 3)
+            rows.append(row)
+    block = Block("digits", "multiclass", "accuracy", "max", ["accuracy"],
+                  ["loss", "dataset.noise.rate"], rows)
+    block.rate_key = "dataset.noise.rate"
+    return block
+
+
+def test_rates_plot_keeps_each_loss_colour_and_names_the_epoch(monkeypatch):
+    """`compare --at best` and `--at last` sort rows differently: a loss keeps its colour."""
+    captured = []
+    monkeypatch.setattr(comparison_plots, "_png_bytes", lambda fig: captured.append(fig) or b"")
+    comparison_plots.rates_plot([_rate_block(["ce", "gce", "sce"])], "best")
+    comparison_plots.rates_plot([_rate_block(["sce", "ce", "gce"])], "last")
+    colours = []
+    for fig in captured:
+        ax = fig.axes[0]
+        colours.append({c.get_label(): c.lines[0].get_color() for c in ax.containers})
+    assert colours[0] == colours[1] and len(set(colours[0].values())) == 3
+    assert "selected epoch" in captured[0].axes[0].get_title()
+    assert "last epoch" in captured[1].axes[0].get_title()

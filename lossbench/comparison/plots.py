@@ -147,9 +147,10 @@ def curves_plot(blocks: Sequence[Block]) -> bytes:
     return _png_bytes(fig)
 
 
-def rates_plot(blocks: Sequence[Block]) -> bytes:
+def rates_plot(blocks: Sequence[Block], at: str = "best") -> bytes:
     """Test metric against the swept rate (noise rate or imbalance ratio), one line per loss
-    (and other varying keys), mean with its 95% CI as error bars."""
+    (and other varying keys), mean with its 95% CI as error bars. Lines are ordered (and
+    coloured) by name, so a loss keeps its colour in the plots of `--at best` and `--at last`."""
     from matplotlib.figure import Figure
 
     swept = [b for b in blocks if b.rate_key]
@@ -163,7 +164,7 @@ def rates_plot(blocks: Sequence[Block]) -> bytes:
             lines.setdefault(name, []).append((float(row.labels.get(key) or 0), row))
         rates = [x for points in lines.values() for x, _ in points]
         span = (max(rates) - min(rates)) or 1.0
-        for j, (name, points) in enumerate(lines.items()):
+        for j, (name, points) in enumerate(sorted(lines.items())):
             points.sort(key=lambda p: p[0])
             # lines side by side by 1.5% of the axis, so that overlapping intervals stay apart
             dodge = (j - (len(lines) - 1) / 2) * 0.015 * span
@@ -175,8 +176,10 @@ def rates_plot(blocks: Sequence[Block]) -> bytes:
             ax.errorbar(xs, means, yerr=[low, high], marker="o", capsize=3, label=name)
         ax.set_xlabel(key)
         ax.set_ylabel(f"test {block.metric} (mean, 95% CI over seeds)")
-        swept = " ".join(key.split(".")[-2:])  # "noise rate", "imbalance ratio"
-        ax.set_title(f"{block.dataset} ({block.task}): test {block.metric} against {swept}")
+        what = " ".join(key.split(".")[-2:])  # "noise rate", "imbalance ratio"
+        epoch = "last epoch" if at == "last" else "selected epoch"
+        ax.set_title(f"{block.dataset} ({block.task}): test {block.metric} at the {epoch} "
+                     f"against {what}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     fig.tight_layout()
