@@ -82,14 +82,14 @@ def main(argv: list[str] | None = None) -> None:
         return
     command, rest = argv[0], argv[1:]
     commands = {
-        "train": "lossbench.app:train_command",
-        "compare": "lossbench.compare:compare_command",
-        "study": "lossbench.study:study_command",
-        "eval": "lossbench.eval_command:eval_command",
-        "losses": "lossbench.losses_table:func",
-        "list": "lossbench.listing:func",
-        "plot-losses": "lossbench.loss_anatomy:plot_losses_command",
-        "-sc": "lossbench.completion:func",  # what `lossbench train -sc install=bash` calls on <TAB>
+        "train": "lossbench.commands.train:train_command",
+        "compare": "lossbench.commands.compare:compare_command",
+        "study": "lossbench.experiment.study:study_command",
+        "eval": "lossbench.commands.eval:eval_command",
+        "losses": "lossbench.commands.losses_table:func",
+        "list": "lossbench.commands.listing:func",
+        "plot-losses": "lossbench.commands.plot_losses:plot_losses_command",
+        "-sc": "lossbench.commands.completion:func",  # what `lossbench train -sc install=bash` calls on <TAB>
     }
     if command not in commands:
         print(USAGE, end="", file=sys.stderr)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lossbench.report import calibration_bins, calibration_metrics
+from lossbench.results.report import calibration_bins, calibration_metrics
 from conftest import read_metrics, run_dirs
 
 
@@ -105,7 +105,7 @@ def test_a_classification_run_reports_calibration(cli, tmp_path):
 
 
 def test_a_regression_run_has_no_calibration(compose_cfg):
-    from lossbench.run import run
+    from lossbench.experiment.run import run
 
     cfg = compose_cfg("dataset=diabetes", "loss=mse", "trainer=smoke", "trainer.plots=false")
     run(cfg)

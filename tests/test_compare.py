@@ -274,7 +274,7 @@ def test_compare_reads_files_only_never_torch(tmp_path):
     fake_run(tmp_path / "r0", loss="ce", seed=0, test={"accuracy": 0.9, "macro_f1": 0.8})
     code = ("import sys; from lossbench.cli import main\n"
             "try:\n    main(['compare', 'r0', '--format', 'json'])\nexcept SystemExit:\n    pass\n"
-            "bad = [m for m in ('torch', 'lossbench.run', 'lossbench.train') if m in sys.modules]\n"
+            "bad = [m for m in ('torch', 'lossbench.experiment.run', 'lossbench.engine.loop') if m in sys.modules]\n"
             "assert not bad, bad\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                           text=True, timeout=120)
@@ -523,10 +523,10 @@ def test_rows_ignore_only_keys_that_cannot_change_results(tmp_path, cli):
     for seed in range(2):
         # print_config, the logger, plots: same configuration, one row
         fake_run(tmp_path / "s" / f"a{seed}", loss="ce", seed=seed, test={"accuracy": 0.9},
-                 config={"print_config": True, "logger._target_": "lossbench.tracking.Null",
+                 config={"print_config": True, "logger._target_": "lossbench.results.tracking.Null",
                          "trainer.plots": True, "trainer.device": "cpu"})
         fake_run(tmp_path / "s" / f"b{seed}", loss="ce", seed=seed, test={"accuracy": 0.9},
-                 config={"print_config": False, "logger._target_": "lossbench.tracking.MLflow",
+                 config={"print_config": False, "logger._target_": "lossbench.results.tracking.MLflow",
                          "logger.uri": "file:./mlruns", "trainer.plots": False,
                          "trainer.device": "cpu"})
         # the device can change results: its own row

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 import lossbench
 from lossbench.data import RawData
-from lossbench.run import dataset_source
+from lossbench.experiment.run import dataset_source
 
 CONF = Path(lossbench.__file__).parent / "conf"
 GROUP_FILES = sorted(p.relative_to(CONF) for p in CONF.rglob("*.yaml") if p.parent != CONF)

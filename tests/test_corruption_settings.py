@@ -62,7 +62,7 @@ def test_the_corruption_is_named_in_header_report_and_plots(cli, tmp_path):
 
     # the title is drawn, not stored: the PNG's text chunk is not a witness. The figure's title
     # comes from the label the run passes, which plots.curves_figure puts in its suptitle.
-    from lossbench.plots import curves_figure
+    from lossbench.results.plots import curves_figure
 
     fig = curves_figure([{"epoch": 1, "train_loss": 1.0, "val_loss": 1.0, "val_accuracy": 0.5}],
                         "val_accuracy", 1, "loss=ce dataset=iris, noise=symmetric rate=0.4")

@@ -25,10 +25,10 @@ import torch
 from conftest import read_metrics, run_dirs
 from lossbench import distributed
 from lossbench.errors import UserError
-from lossbench.evaluate import loader_options
-from lossbench.optim import build_optimizer, can_fuse, fused_devices, optimizer_kernel
-from lossbench.run import pick_device, seed_everything
-from lossbench.train import autocast, autocast_dtype, training_model
+from lossbench.engine.predict import loader_options
+from lossbench.engine.optim import build_optimizer, can_fuse, fused_devices, optimizer_kernel
+from lossbench.experiment.run import pick_device, seed_everything
+from lossbench.engine.loop import autocast, autocast_dtype, training_model
 from test_resume import RUN, assert_same_result, interrupt_at, run_in
 
 CUDA = torch.device("cuda")
@@ -87,7 +87,7 @@ def test_several_processes_refuse_a_fixed_gpu_too_few_gpus_and_mps(gpus):
 ])
 def test_devices_beyond_the_gpus_stop_before_any_process_or_file(gpus, compose_cfg, overrides,
                                                                  message):
-    from lossbench.run import run
+    from lossbench.experiment.run import run
 
     gpus(2)
     cfg = compose_cfg("trainer=smoke", "trainer.device=cuda", *overrides)
@@ -201,11 +201,11 @@ def test_torch_has_fused_kernels_for_cuda():
 
 def test_fusing_follows_the_device_list(monkeypatch):
     params = list(torch.nn.Linear(3, 2).parameters())  # CPU parameters
-    monkeypatch.setattr("lossbench.optim.fused_devices", lambda: ("cuda",))
+    monkeypatch.setattr("lossbench.engine.optim.fused_devices", lambda: ("cuda",))
     assert not can_fuse(torch.optim.Adam, params)
     factory = functools.partial(torch.optim.Adam, lr=0.01, fused=None)
     assert optimizer_kernel(build_optimizer(factory, "Adam", params)) == "per-parameter loop"
-    monkeypatch.setattr("lossbench.optim.fused_devices", lambda: ("cuda", "cpu"))
+    monkeypatch.setattr("lossbench.engine.optim.fused_devices", lambda: ("cuda", "cpu"))
     assert can_fuse(torch.optim.Adam, params)
     assert not can_fuse(torch.optim.Adam, [*params, torch.zeros(2, device="meta")])
 
@@ -232,7 +232,7 @@ def test_deterministic_sets_up_cublas_and_cudnn(monkeypatch, preset, expected):
 @pytest.mark.parametrize("initialized", [True, False])
 def test_checkpoint_keeps_the_cuda_generators_once_cuda_is_in_use(monkeypatch, gpus,
                                                                   initialized):
-    from lossbench.checkpoint import capture_rng, restore_rng
+    from lossbench.engine.checkpoint import capture_rng, restore_rng
 
     gpus(2)
     states = [torch.tensor([1, 2], dtype=torch.uint8), torch.tensor([3], dtype=torch.uint8)]
@@ -343,7 +343,7 @@ def class_supports(metrics: dict) -> dict[int, int]:
 
 @needs_two_gpus
 def test_two_gpus_over_nccl_report_every_test_sample_once(cli, tmp_path, compose_cfg):
-    from lossbench.run import load_data
+    from lossbench.experiment.run import load_data
 
     common = ("train", "trainer.device=cuda", "trainer.epochs=15", "trainer.early_stopping=false",
               *QUIET)

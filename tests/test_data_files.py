@@ -198,7 +198,7 @@ class FailsAtTwo(torch.utils.data.Dataset):
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_sample_unreadable_in_the_middle_of_an_epoch_is_one_line(workers):
-    from lossbench.evaluate import loader_batches
+    from lossbench.engine.predict import loader_batches
 
     loader = torch.utils.data.DataLoader(FailsAtTwo(), batch_size=1, num_workers=workers)
     batches = loader_batches(loader, torch.device("cpu"))
@@ -214,7 +214,7 @@ def test_a_rank_with_no_samples_of_an_on_disk_split_evaluates_an_empty_batch(mon
     from lossbench import distributed
     from lossbench.data import Split
     from lossbench.data.augment import AugmentedImages
-    from lossbench.evaluate import eval_batches
+    from lossbench.engine.predict import eval_batches
 
     y = torch.arange(9)
     split = Split(y=y, dataset=AugmentedImages(torch.ones(9, 1, 4, 5), y))

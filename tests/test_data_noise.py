@@ -130,7 +130,7 @@ def test_bad_noise_settings_are_user_errors(noise, message):
 
 
 def test_run_writes_noise_statistics_and_tests_on_clean_labels(compose_cfg):
-    from lossbench.run import load_data
+    from lossbench.experiment.run import load_data
 
     cfg = compose_cfg("dataset=digits", "dataset.noise.kind=symmetric", "dataset.noise.rate=0.3")
     splits = load_data(cfg)

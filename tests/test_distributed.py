@@ -87,7 +87,7 @@ def test_two_processes_report_every_test_sample_once_and_match_one_process(cli, 
 
     single, multi = read_metrics(tmp_path / "one"), read_metrics(outputs[0])
     # the test split's labels, counted independently of the run
-    from lossbench.run import load_data
+    from lossbench.experiment.run import load_data
 
     labels = Counter(load_data(compose_cfg()).test.y.tolist())
     report = multi["test"]["classification_report"]

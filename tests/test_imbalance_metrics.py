@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score, recall_score
 
-from lossbench.evaluate import Predictions
-from lossbench.imbalance_metrics import imbalance_metrics, imbalance_summary, shot_groups
-from lossbench.report import classification_metrics, report_text
+from lossbench.engine.predict import Predictions
+from lossbench.results.imbalance_metrics import imbalance_metrics, imbalance_summary, shot_groups
+from lossbench.results.report import classification_metrics, report_text
 
 
 def predictions(k: int, n: int, seed: int, absent: tuple[int, ...] = ()):

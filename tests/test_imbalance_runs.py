@@ -22,7 +22,7 @@ def loss_state(run_dir):
 
 def labels_of_training_split(compose_cfg, *overrides) -> np.ndarray:
     """The training labels, rebuilt from the config without the run: counted independently."""
-    from lossbench.run import load_data
+    from lossbench.experiment.run import load_data
 
     return load_data(compose_cfg(*overrides)).train.y.numpy()
 
@@ -86,7 +86,7 @@ def test_drw_resumes_to_the_result_of_an_uninterrupted_run(compose_cfg, tmp_path
 
 
 def test_random_order_gives_the_sizes_to_a_seeded_permutation(compose_cfg):
-    from lossbench.run import load_data
+    from lossbench.experiment.run import load_data
 
     def info(seed):
         splits = load_data(compose_cfg("dataset=digits", *LONGTAIL,
@@ -112,7 +112,7 @@ def test_a_wrong_order_is_one_line(cli, tmp_path):
 
 @pytest.mark.parametrize("kind,power", [("class_balanced", 0.0), ("sqrt", 0.5)])
 def test_resampling_draws_classes_in_proportion_to_n_to_the_power(compose_cfg, kind, power):
-    from lossbench.run import load_data
+    from lossbench.experiment.run import load_data
 
     splits = load_data(compose_cfg("dataset=digits", *LONGTAIL, f"dataset.resample={kind}"))
     before = np.array(splits.info["resample"]["class_counts_before"])

@@ -47,7 +47,7 @@ def test_every_shipped_option_is_listed_once(listing, group, header):
 def test_listed_loss_tasks_are_the_loss_classes_own(listing):
     import yaml
 
-    from lossbench.catalogue import import_target
+    from lossbench.config.catalogue import import_target
 
     rows = listed(listing, "losses (")
     checked = 0
@@ -66,7 +66,7 @@ def test_listed_loss_tasks_are_the_loss_classes_own(listing):
 def test_listed_dataset_task_is_what_the_dataset_returns(listing, name):
     import yaml
 
-    from lossbench.catalogue import import_target
+    from lossbench.config.catalogue import import_target
 
     node = yaml.safe_load((CONF / "dataset" / f"{name}.yaml").read_text())
     kwargs = {k: v for k, v in node.items() if not k.startswith("_") and "${" not in str(v)}

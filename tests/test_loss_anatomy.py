@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lossbench.loss_anatomy import plot_losses
+from lossbench.commands.plot_losses import plot_losses
 
 
 def test_classification_curves_match_the_closed_forms(tmp_path):

@@ -8,7 +8,7 @@ import torch
 from lossbench.data import Split, Splits
 from lossbench.losses import BCEWithLogitsLoss, ContrastiveLoss, CrossEntropyLoss, MSELoss
 from lossbench.models import CNN, MLP, Linear, resnet18
-from lossbench.run import output_size
+from lossbench.experiment.run import output_size
 
 
 @pytest.mark.parametrize("shape", [(4,), (1, 8, 8), (3, 16)])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lossbench.errors import UserError
-from lossbench.optim import build_optimizer, can_fuse, fused_devices, optimizer_kernel
+from lossbench.engine.optim import build_optimizer, can_fuse, fused_devices, optimizer_kernel
 from conftest import run_dirs
 
 CPU_FUSED = "cpu" in fused_devices()

@@ -8,10 +8,10 @@ import warnings
 import numpy as np
 import pytest
 
-from lossbench.comparison import plots as comparison_plots
-from lossbench.comparison.rows import Block, Row
-from lossbench.stats import Stat
-from lossbench.plots import curves_figure, pred_vs_true_figure, reliability_figure
+from lossbench.results.comparison import plots as comparison_plots
+from lossbench.results.comparison.rows import Block, Row
+from lossbench.results.stats import Stat
+from lossbench.results.plots import curves_figure, pred_vs_true_figure, reliability_figure
 
 LONG = ("loss=ce dataset=digits, noise=asymmetric rate=0.3 per mapped class (realised 0.104), "
         "imbalance=longtail ratio=20 (realised 20.0)")

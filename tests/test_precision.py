@@ -15,8 +15,8 @@ import torch
 from conftest import read_metrics
 from lossbench.errors import UserError
 from lossbench.models import MLP
-from lossbench.run import run
-from lossbench.train import autocast, autocast_dtype, train_epoch, unwrap
+from lossbench.experiment.run import run
+from lossbench.engine.loop import autocast, autocast_dtype, train_epoch, unwrap
 
 
 def test_precision_names_map_to_autocast_dtypes():

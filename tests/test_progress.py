@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console
 
-from lossbench.progress import EpochProgress
+from lossbench.engine.progress import EpochProgress
 
 
 def _drive(console: Console) -> EpochProgress:

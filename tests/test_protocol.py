@@ -15,9 +15,9 @@ from sklearn import metrics as skm
 
 from conftest import read_metrics
 from lossbench.data import Split, Splits
-from lossbench.evaluate import Predictions
-from lossbench.report import suspicious_results
-from lossbench.train import planned_epochs, steps_per_epoch, validation_metrics
+from lossbench.engine.predict import Predictions
+from lossbench.results.report import suspicious_results
+from lossbench.engine.loop import planned_epochs, steps_per_epoch, validation_metrics
 
 FAST = ("trainer.device=cpu", "print_config=false", "trainer.plots=false")
 

@@ -86,7 +86,7 @@ def test_same_config_and_seed_give_identical_metrics(cli, tmp_path):
 
 
 def test_deterministic_flag_turns_on_torch_deterministic_algorithms(compose_cfg):
-    from lossbench.run import run
+    from lossbench.experiment.run import run
 
     assert not torch.are_deterministic_algorithms_enabled()
     try:
@@ -127,8 +127,8 @@ def test_checkpoint_round_trips_through_weights_only_load(compose_cfg, tmp_path,
     epoch 2; a run that completes removes its own (model.pt keeps the best weights)."""
     from omegaconf import open_dict
 
-    import lossbench.train as train
-    from lossbench.run import run
+    import lossbench.engine.loop as train
+    from lossbench.experiment.run import run
 
     cfg = compose_cfg("trainer=smoke", "trainer.epochs=3", "scheduler=onecycle",
                       "trainer.checkpoint_every=1", *QUIET)
@@ -163,7 +163,7 @@ def test_a_crash_while_writing_leaves_the_old_file_whole(tmp_path, monkeypatch):
     """metrics.json and checkpoint.pt go through a temporary file and a rename: a failure in
     the middle of a write leaves the previous file as it was and no temporary file behind."""
     from lossbench import rundir
-    from lossbench.checkpoint import load_checkpoint
+    from lossbench.engine.checkpoint import load_checkpoint
 
     path = tmp_path / "metrics.json"
     rundir.write_json_atomic(path, {"status": "completed", "n": 1})

@@ -9,10 +9,10 @@ import torch
 from rich.console import Console
 from sklearn.metrics import classification_report, confusion_matrix
 
-from lossbench.evaluate import Predictions, predict
+from lossbench.engine.predict import Predictions, predict
 from lossbench.models import MLP
-from lossbench.report import classification_metrics, classification_report_table
-from lossbench.run import load_data, run
+from lossbench.results.report import classification_metrics, classification_report_table
+from lossbench.experiment.run import load_data, run
 
 
 def _rendered_rows(table) -> dict[str, list[str]]:

@@ -40,7 +40,7 @@ def assert_same_result(resumed: Path, uninterrupted: Path) -> None:
 
 
 def run_in(compose_cfg, run_dir: Path, *overrides: str):
-    from lossbench.run import run
+    from lossbench.experiment.run import run
 
     cfg = compose_cfg(*overrides)
     with open_dict(cfg):
@@ -50,7 +50,7 @@ def run_in(compose_cfg, run_dir: Path, *overrides: str):
 
 def interrupt_at(monkeypatch, epoch: int, batch: int, signum: int = signal.SIGINT) -> None:
     """Send `signum` to this process just before step `batch` (1-based) of `epoch`."""
-    import lossbench.train as train
+    import lossbench.engine.loop as train
 
     original = train.train_batches
     epochs_seen = [0]
@@ -166,12 +166,12 @@ class FakeClock:
     not at all otherwise: checkpoint intervals are tested without sleeping."""
 
     def __init__(self, monkeypatch, epoch_s: float, die_in_epoch: int | None = None) -> None:
-        import lossbench.checkpoint as checkpoint
-        import lossbench.run
-        import lossbench.train as train
+        import lossbench.engine.checkpoint as checkpoint
+        import lossbench.experiment.run
+        import lossbench.engine.loop as train
 
         self.t, self.epochs, self.saved = 0.0, 0, []
-        original_batches, original_save = train.train_batches, lossbench.run.save_checkpoint
+        original_batches, original_save = train.train_batches, lossbench.experiment.run.save_checkpoint
 
         def batches(*args, **kwargs):
             self.epochs += 1
@@ -186,7 +186,7 @@ class FakeClock:
 
         monkeypatch.setattr(checkpoint, "monotonic", lambda: self.t)
         monkeypatch.setattr(train, "train_batches", batches)
-        monkeypatch.setattr(lossbench.run, "save_checkpoint", save)
+        monkeypatch.setattr(lossbench.experiment.run, "save_checkpoint", save)
 
 
 def test_checkpoints_follow_the_clock_not_the_epochs(compose_cfg, tmp_path, monkeypatch):
@@ -213,7 +213,7 @@ def test_checkpoints_follow_the_clock_not_the_epochs(compose_cfg, tmp_path, monk
 def test_a_slow_checkpoint_stretches_the_interval():
     """Writing checkpoints costs at most 2 % of the run: one that took 3 s is next due 150 s
     later, not 60 s later."""
-    from lossbench.checkpoint import CheckpointClock
+    from lossbench.engine.checkpoint import CheckpointClock
 
     t = [0.0]
     clock = CheckpointClock(interval_s=60, now=lambda: t[0])
@@ -253,7 +253,7 @@ def test_crashed_run_resumes_from_its_last_checkpoint(compose_cfg, tmp_path, mon
 
 
 def test_second_signal_stops_at_once():
-    from lossbench.checkpoint import StopOnSignal
+    from lossbench.engine.checkpoint import StopOnSignal
 
     previous = signal.getsignal(signal.SIGINT)
     with StopOnSignal() as stop:
@@ -363,7 +363,7 @@ def test_ctrl_c_over_two_processes_then_resume(cli, tmp_path):
 def test_the_last_good_state_kept_in_memory_does_not_follow_training():
     """What a divergence writes is the state at the end of the last good epoch: a copy that the
     following steps (weights, Adam's moments, its step count) leave alone."""
-    from lossbench.checkpoint import training_states
+    from lossbench.engine.checkpoint import training_states
 
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.1)

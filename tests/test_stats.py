@@ -1,4 +1,4 @@
-"""lossbench/stats.py against scipy.stats on hand-made data: paired and Welch t-tests, the
+"""lossbench/results/stats.py against scipy.stats on hand-made data: paired and Welch t-tests, the
 bootstrap, Mann–Whitney, the exact binomial interval, Holm, and sample sizes from the noncentral
 t (with the textbook values of Cohen's tables as a second reference)."""
 

@@ -14,11 +14,11 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import lossbench_cmd, read_metrics, run_dirs
-from lossbench.compare import Run
+from lossbench.commands.compare import Run
 from lossbench.errors import UserError
-from lossbench.study import SEARCH_DIR, Param, search_space
-from lossbench.study_report import bootstrap_mean_rank_ci, mean_ranks, ranks
-from lossbench.tuning import select_on_tuning_seeds, validation_score
+from lossbench.experiment.study import SEARCH_DIR, Param, search_space
+from lossbench.results.study_report import bootstrap_mean_rank_ci, mean_ranks, ranks
+from lossbench.results.tuning import select_on_tuning_seeds, validation_score
 
 TINY = ("trainer=smoke", "model=linear", "trainer.plots=false", "print_config=false")
 
@@ -125,7 +125,7 @@ def test_values_at_the_edge_of_the_search_space_are_flagged():
 
 
 def test_grid_points_are_the_whole_product_in_a_seeded_order():
-    from lossbench.study import StudySettings, grid_points
+    from lossbench.experiment.study import StudySettings, grid_points
 
     space = search_space("sce")  # lr 2 × weight decay 1 × alpha 2 × beta 1 grid values
     points = grid_points(StudySettings(sampler="grid"), space, index=0)
@@ -305,7 +305,7 @@ def test_submitit_launcher_runs_each_run_as_a_job(cli, tmp_path):
 
 
 def test_each_dataset_under_each_condition_is_a_stratum_whose_overrides_come_last():
-    from lossbench.study import StudySettings, parse_args, run_overrides
+    from lossbench.experiment.study import StudySettings, parse_args, run_overrides
 
     settings, given = parse_args(["datasets=wine,iris", "conditions.clean=dataset.noise.rate=0",
                                   "conditions.noisy=dataset.noise.kind=symmetric "

@@ -15,7 +15,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lossbench.sweep import threads_per_job
+from lossbench.experiment.sweep import threads_per_job
 from conftest import lossbench_cmd, read_metrics, run_dirs
 
 TINY = ("trainer=smoke", "model=linear", "dataset=iris")
@@ -281,8 +281,8 @@ def test_a_job_killed_outright_continues_from_its_checkpoint(cli, tmp_path):
 def test_a_stopped_job_starts_over_when_its_checkpoint_is_of_another_config(tmp_path):
     """A checkpoint continues only the config it was written for, and only a run that stopped
     (no metrics.json, or interrupted): a job that failed after its checkpoint starts over."""
-    from lossbench.checkpoint import load_checkpoint
-    from lossbench.sweep import resolved_config, unfinished_checkpoint
+    from lossbench.engine.checkpoint import load_checkpoint
+    from lossbench.experiment.sweep import resolved_config, unfinished_checkpoint
 
     cfg = OmegaConf.create({"seed": 1, "trainer": {"epochs": 5}})
     run_dir = tmp_path / "job"

@@ -12,7 +12,7 @@ from torch import nn
 
 from lossbench import threads
 from lossbench.models import CNN, MLP
-from lossbench.threads import SMALL_STEP_FLOPS, auto_threads, step_flops
+from lossbench.engine.threads import SMALL_STEP_FLOPS, auto_threads, step_flops
 
 
 @pytest.mark.parametrize("model, shape", [
@@ -52,7 +52,7 @@ def test_auto_picks_one_thread_for_small_steps_and_every_thread_for_large_ones()
     (("dataset=fake_images", "model=cnn", "trainer.batch_size=4"), True),
 ])
 def test_auto_on_the_shipped_configs(compose_cfg, overrides, small):
-    from lossbench.run import load_data
+    from lossbench.experiment.run import load_data
 
     cfg = compose_cfg(*overrides)
     splits = load_data(cfg)

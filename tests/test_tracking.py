@@ -11,7 +11,7 @@ import pytest
 from conftest import read_metrics, run_dirs
 
 from lossbench.errors import UserError
-from lossbench.tracking import flatten
+from lossbench.results.tracking import flatten
 
 
 def history(run_dir):
@@ -115,7 +115,7 @@ def test_a_sweep_is_one_experiment_with_one_run_per_job(cli, tmp_path):
 def test_a_run_that_raises_is_marked_failed_or_killed_in_mlflow(compose_cfg, tmp_path,
                                                                  monkeypatch, error, status):
     from lossbench import report
-    from lossbench.run import run
+    from lossbench.experiment.run import run
 
     def broken(*args, **kwargs):
         raise error("simulated while reporting")
@@ -138,7 +138,7 @@ def test_a_run_that_raises_is_marked_failed_or_killed_in_mlflow(compose_cfg, tmp
                                             ("tensorboard", "torch.utils.tensorboard")])
 def test_a_missing_tracker_package_is_a_user_error_before_any_file(compose_cfg, monkeypatch,
                                                                    logger, module):
-    from lossbench.run import run
+    from lossbench.experiment.run import run
 
     monkeypatch.setitem(sys.modules, module, None)  # import now raises ImportError
     cfg = compose_cfg("dataset=iris", "trainer=smoke", f"logger={logger}", "print_config=false")

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from lossbench.errors import UserError
-from lossbench.evaluate import predict
+from lossbench.engine.predict import predict
 from lossbench.models import MLP
-from lossbench.run import load_data, run
-from lossbench.train import resolve_monitor
+from lossbench.experiment.run import load_data, run
+from lossbench.engine.loop import resolve_monitor
 
 
 def test_monitor_defaults_fit_the_task():

@@ -11,7 +11,7 @@ from sklearn.model_selection import train_test_split
 
 from lossbench.data.raw import RawData
 from lossbench.errors import UserError
-from lossbench.schema import check_split
+from lossbench.config.schema import check_split
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The loss contract: everything the runner may ask of a loss, written down once.
 
 A loss is an `nn.Module` with `forward(input, target)` (input first, as in torch). The class
-attributes and hooks below are what `lossbench.run` and the training loop call; `Loss` gives
+attributes and hooks below are what `lossbench.experiment.run` and the training loop call; `Loss` gives
 every hook a default that does nothing, so a loss overrides only the ones it needs. Losses
 written before this base class declare the same attributes on their own and are read the same
 way (the runner asks for a hook with `getattr(loss, name, default)`).

@@ -9,7 +9,7 @@ from loss_properties import assert_rejects, gradcheck
 from torch import nn
 
 from lossbench.data import Split, Splits
-from lossbench.evaluate import predict, robust_accuracy
+from lossbench.engine.predict import predict, robust_accuracy
 from lossbench.losses import (AdversarialLoss, ContrastiveLoss, CrossEntropyLoss, FocalLoss,
                               HuberLoss)
 

@@ -143,7 +143,7 @@ def _loss_parameters_worker(out_dir: str) -> None:
     from pathlib import Path
 
     from lossbench import distributed
-    from lossbench.train import train_epoch
+    from lossbench.engine.loop import train_epoch
 
     dist = distributed.init_from_env(torch.device("cpu"))
     torch.manual_seed(0)  # same initial model and loss on every rank
@@ -179,8 +179,8 @@ def test_training_keeps_the_classifier_of_the_best_epoch_with_the_model(compose_
     from rich.console import Console
 
     from lossbench.data import Split, Splits
-    from lossbench.progress import EpochProgress
-    from lossbench.train import fit
+    from lossbench.engine.progress import EpochProgress
+    from lossbench.engine.loop import fit
 
     g = torch.Generator().manual_seed(0)
     y = torch.randint(0, 3, (60,), generator=g)

@@ -10,7 +10,7 @@ import torch
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
-from lossbench.catalogue import loss_catalogue
+from lossbench.config.catalogue import loss_catalogue
 from lossbench.losses import (AdaptiveRobustLoss, BCEWithLogitsLoss, CrossEntropyLoss, FocalLoss,
                               HuberLoss, L1Loss, LogCoshLoss, MixedLoss, MSELoss, NCERCELoss,
                               QuantileLoss, RCELoss, SCELoss, SmoothL1Loss)

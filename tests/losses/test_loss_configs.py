@@ -13,7 +13,7 @@ import sys
 import pytest
 from conftest import read_metrics, run_dirs
 
-from lossbench.catalogue import group_options, loss_catalogue
+from lossbench.config.catalogue import group_options, loss_catalogue
 
 LOSS_NAMES = sorted(group_options("loss"))
 CLASSIFICATION = [e.name for e in loss_catalogue() if "multiclass" in e.tasks]

@@ -1,0 +1,171 @@
+"""`lossbench list [datasets|models|losses|optimizers|...]`: the options of each config group, one
+line each, with the task it fits and what it is.
+
+Answers without importing torch: the options come from the packaged YAML files, the tasks and
+descriptions from the source of the classes and functions they name, read with `ast`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.util
+from functools import lru_cache
+from pathlib import Path
+
+from lossbench.config.catalogue import TASK_ORDER, group_options, loss_catalogue
+from lossbench.errors import UserError
+
+# What the user types -> the config group it lists.
+GROUPS = {"datasets": "dataset", "models": "model", "losses": "loss", "optimizers": "optimizer",
+          "schedulers": "scheduler", "loggers": "logger", "trainers": "trainer"}
+# Groups whose options are described by their file's header comment (no `_target_` of their
+# own: a study preset, a Hydra launcher).
+COMMENTED_GROUPS = {"experiments": "experiment", "launchers": "hydra/launcher"}
+GROUPS.update(COMMENTED_GROUPS)
+DEFAULT_GROUPS = tuple(GROUPS)  # `lossbench list`: every group, every option
+MAX_SUMMARY = 80  # characters of a description: one line each, even in a narrow terminal
+
+
+@lru_cache(maxsize=None)
+def _module_tree(module: str) -> ast.Module | None:
+    """A module's syntax tree, found without importing it (or its package)."""
+    parts = module.split(".")
+    try:
+        spec = importlib.util.find_spec(parts[0])
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))).joinpath(*parts[1:])
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.is_file():
+            return ast.parse(candidate.read_text(encoding="utf-8"))
+    return None
+
+
+def _definition(target: str) -> tuple[ast.AST | None, ast.Module | None]:
+    """The `def`/`class` node a `_target_` such as `lossbench.data.sklearn_datasets.iris` names."""
+    module, _, name = target.rpartition(".")
+    tree = _module_tree(module)
+    if tree is None:
+        return None, None
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name == name:
+            return node, tree
+    return None, tree
+
+
+def summary(target: str | None) -> str:
+    """The first sentence of the docstring of what `target` names (or the target itself)."""
+    if not target:
+        return "-"
+    node, _ = _definition(target)
+    doc = ast.get_docstring(node) if node is not None else None
+    if not doc:
+        return target
+    first = " ".join(doc.strip().split("\n\n")[0].split()).split(". ")[0].rstrip(".")
+    return first if len(first) <= MAX_SUMMARY else first[:MAX_SUMMARY - 1].rstrip() + "…"
+
+
+def header_comment(text: str) -> str:
+    """The first sentence of a config file's header comment (after `# @package ...`)."""
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        if not line.startswith("# @package"):
+            lines.append(line.lstrip("# ").strip())
+    first = " ".join(" ".join(lines).split(". ")[0].split()).rstrip(".,:")
+    return first if len(first) <= MAX_SUMMARY else first[:MAX_SUMMARY - 1].rstrip() + "…"
+
+
+def dataset_tasks(target: str | None) -> tuple[str, ...]:
+    """The tasks a dataset function can return: the task names written in its body or in the
+    same module's functions it calls. Several (a CSV file, blobs) mean "set by the data"."""
+    node, tree = _definition(target or "")
+    if node is None:
+        return ()
+    local = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    found: set[str] = set()
+    seen: set[str] = set()
+    todo = [node]
+    while todo:
+        current = todo.pop()
+        # `task != "regression"` tests a task, it does not return one
+        tested = {id(c) for n in ast.walk(current) if isinstance(n, ast.Compare)
+                  for c in ast.walk(n)}
+        for sub in ast.walk(current):
+            if isinstance(sub, ast.Constant) and sub.value in TASK_ORDER and id(sub) not in tested:
+                found.add(sub.value)
+            elif (isinstance(sub, ast.Call) and isinstance(sub.func, ast.Name)
+                  and sub.func.id in local and sub.func.id not in seen):
+                seen.add(sub.func.id)
+                todo.append(local[sub.func.id])
+    return tuple(t for t in TASK_ORDER if t in found)
+
+
+def describe_tasks(tasks: tuple[str, ...]) -> str:
+    if not tasks:
+        return "?"
+    if len(tasks) == len(TASK_ORDER):
+        return "any (from the data)"
+    return ", ".join(tasks)
+
+
+def group_lines(name: str) -> list[tuple[str, str, str]]:
+    """(option, tasks, description) for each option of a group, as `lossbench list` shows."""
+    group = GROUPS[name]
+    if group == "loss":
+        return [(e.name, ", ".join(e.tasks), f"{e.target.rsplit('.', 1)[-1]}"
+                 + (f" ({e.head} head)" if e.head != "logits" else "")
+                 + (f"; {e.reference}" if e.reference else ""))
+                for e in loss_catalogue()]
+    rows = []
+    if name in COMMENTED_GROUPS:
+        from lossbench.config.catalogue import conf_dir
+
+        rows = [("basic", "any", "one job after the other, in this process (the default)")
+                ] if group == "hydra/launcher" else []
+        for path in sorted((conf_dir() / group).glob("*.yaml")):
+            rows.append((path.stem, "any", header_comment(path.read_text(encoding="utf-8"))))
+        return rows
+    for option, node in group_options(group).items():
+        target = node.get("_target_")
+        if group == "dataset":
+            rows.append((option, describe_tasks(dataset_tasks(target)), summary(target)))
+        elif group == "optimizer":
+            lr = node.get("lr")
+            rows.append((option, "any", f"{target}" + (f" (lr={lr})" if lr is not None else "")))
+        elif group == "trainer":
+            rows.append((option, "any", f"{node.get('epochs', '?')} epochs"))
+        else:
+            rows.append((option, "any", summary(target) if target else "nothing (off)"))
+    return rows
+
+
+def format_group(name: str) -> str:
+    rows = group_lines(name)
+    width = max([len(r[0]) for r in rows] + [4])
+    task_width = max([len(r[1]) for r in rows] + [5])
+    head = f"{name} (lossbench train {GROUPS[name]}=<name>):"
+    return "\n".join([head] + [f"  {o:<{width}}  {t:<{task_width}}  {d}" for o, t, d in rows])
+
+
+def func(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="lossbench list",
+        description="List the options of config groups, one line each: name, the tasks it fits "
+                    "(multiclass, binary, regression), and what it is.")
+    parser.add_argument("groups", nargs="*", metavar="GROUP",
+                        help=f"any of {', '.join(GROUPS)} (default: {', '.join(DEFAULT_GROUPS)})")
+    args = parser.parse_args(argv)
+    names = []
+    for given in args.groups or DEFAULT_GROUPS:
+        # the group's own name works as well: `lossbench list loss`
+        name = given if given in GROUPS else {g: n for n, g in GROUPS.items()}.get(given, given)
+        if name not in GROUPS:
+            raise UserError(f"lossbench list: no group '{given}' (choose from {', '.join(GROUPS)})")
+        names.append(name)
+    print("\n\n".join(format_group(name) for name in names))
+    return 0

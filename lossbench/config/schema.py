@@ -1,0 +1,220 @@
+"""Typed schemas of lossbench's config, so that mistakes stop the run before any work.
+
+Two layers:
+- dataclasses registered in Hydra's ConfigStore as `lossbench_schema`, the first entry of
+  `conf/config.yaml`'s defaults list. Every YAML file and command-line override is merged onto
+  them, so a misspelt key (`trainer.epohcs=3`) or a wrong type (`trainer.epochs=abc`) fails at
+  composition, with the key's full name;
+- `check_config(cfg)`: values that have the right type but cannot work (`trainer.epochs=0`,
+  `optimizer.lr=-1`, split fractions summing over 1, ...) raise `UserError` before data is read.
+
+Typed: the root keys, the whole `trainer` group (closed: every key is declared here) and
+`dataset.split`. The other groups (dataset, model, loss, optimizer, scheduler, logger) take any
+keys, since each option maps onto its own `_target_`'s arguments; the root stays open while the
+YAML files are merged, so config groups may add root keys, and Hydra closes it before the
+command-line overrides (an unknown key then needs `+key=value`).
+
+Nothing here imports torch: `lossbench train trainer.epochs=0` answers at Hydra's speed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional
+
+from lossbench.errors import UserError
+
+# Adding a key to conf/trainer/*.yaml means declaring it here too (the schema is closed).
+
+
+@dataclass
+class TrainerConfig:
+    """`trainer`: how long and how to train (conf/trainer/default.yaml documents each key)."""
+
+    # auto: 50, raised on small data until the budget holds `min_steps` optimizer steps
+    epochs: Any = "auto"
+    batch_size: int = 128
+    eval_batch_size: int = 1024
+    device: str = "auto"
+    devices: int = 1
+    precision: str = "32"  # 32, bf16 or 16
+    compile: bool = False
+    num_workers: Any = "auto"  # auto or a count (OmegaConf has no Union[int, str])
+    threads: Any = "auto"  # torch's CPU intra-op threads: auto or a count (lossbench/engine/threads.py)
+    grad_clip: Optional[float] = None
+    early_stopping: bool = True
+    monitor: str = "auto"
+    mode: str = "auto"
+    patience: int = 10
+    # Early stopping may not end a run before this many optimizer steps (and `epochs: auto`
+    # plans at least this many).
+    min_steps: int = 400
+    # Which weights model.pt keeps and the headline reports: best (selected on validation) or
+    # last (end of the budget); the test metrics of both are recorded either way.
+    keep: str = "best"
+    # Validation labels the selection reads under injected noise: noisy (what a user has) or
+    # clean (privileged information, marked so in every report).
+    select_on: str = "noisy"
+    deterministic: bool = False
+    max_batches: Optional[int] = None
+    plots: bool = True
+    # Seconds of training between two checkpoints (checkpoint.pt in the run directory, for
+    # `resume=`): what a run killed outright loses at most; 0: none on a clock.
+    checkpoint_interval_s: float = 60.0
+    # Epochs between two checkpoints, on top of the clock; 0: none by count. Ctrl-C, SIGTERM
+    # and a divergence write one either way.
+    checkpoint_every: int = 0
+
+
+@dataclass
+class SplitConfig:
+    """`dataset.split`: fractions of the samples in each split (the rest is left unused)."""
+
+    train: float = 0.6
+    val: float = 0.2
+    test: float = 0.2
+
+
+def _dataset_defaults() -> dict[str, Any]:
+    # `dataset` itself stays an open mapping (each dataset has its own arguments); only its
+    # `split` is typed.
+    return {"split": SplitConfig()}
+
+
+@dataclass
+class RootConfig:
+    """The root of lossbench's config: its typed keys and the groups under it."""
+
+    seed: int = 0
+    # The seed of the split, label noise and imbalance (null: `seed`) ...
+    data_seed: Optional[int] = None
+    # ... and of the initial weights, batch order and dropout (null: `seed`).
+    train_seed: Optional[int] = None
+    embedding_dim: int = 32
+    print_config: bool = True
+    # A run directory to continue from its checkpoint (see lossbench/engine/checkpoint.py).
+    resume: Optional[str] = None
+    dataset: Any = field(default_factory=_dataset_defaults)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+TRAINER_KEYS = frozenset(f.name for f in fields(TrainerConfig))
+
+
+def register_schemas() -> None:
+    """Store the root schema as `lossbench_schema` in Hydra's ConfigStore (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.structured(RootConfig)
+    # Open while the defaults list is merged (groups may add root keys such as `logger`);
+    # Hydra sets the root to struct mode before it applies the command-line overrides.
+    OmegaConf.set_struct(node, False)
+    ConfigStore.instance().store(name="lossbench_schema", node=node)
+    # `${coalesce:${data_seed},${seed}}`: the first value that is not null (a dataset generated
+    # from a seed follows data_seed when it is set)
+    if not OmegaConf.has_resolver("coalesce"):
+        OmegaConf.register_new_resolver(
+            "coalesce", lambda *values: next((v for v in values if v is not None), None))
+
+
+def unknown_key_hint(full_key: str) -> str:
+    """`trainer.epohcs` -> "did you mean trainer.epochs?" (empty when nothing is close)."""
+    parent, _, key = full_key.rpartition(".")
+    known = {"trainer": [f.name for f in fields(TrainerConfig)],
+             "dataset.split": [f.name for f in fields(SplitConfig)]}.get(parent)
+    if not known:
+        return ""
+    close = difflib.get_close_matches(key, known, n=1)
+    if close:
+        return f"did you mean {parent}.{close[0]}?"
+    return f"{parent} keys: {', '.join(known)}"
+
+
+def _positive_int(value: Any, name: str, minimum: int = 1) -> None:
+    if value < minimum:
+        raise UserError(f"{name}={value} must be at least {minimum}")
+
+
+def check_split(train: float, val: float, test: float) -> None:
+    """Fractions in [0, 1], non-empty train and validation, summing to at most 1."""
+    for name, value in (("train", train), ("val", val), ("test", test)):
+        if not 0.0 <= value <= 1.0:
+            raise UserError(f"dataset.split.{name}={value} must lie in [0, 1]")
+    if train <= 0 or val <= 0:
+        raise UserError("dataset.split.train and dataset.split.val must be greater than 0")
+    if train + val + test > 1.0 + 1e-9:
+        raise UserError(f"dataset.split fractions sum to {train + val + test:g} (train={train}, "
+                        f"val={val}, test={test}); they must sum to at most 1")
+
+
+def _check_optimizer(optimizer: Any) -> None:
+    """Hyperparameters every torch optimizer shares: no negative learning rate, weight decay or
+    momentum (lr=0 is allowed: frozen weights, a baseline). The optimizer itself checks the rest
+    when it is built."""
+    if optimizer is None:
+        return
+    for key, low, strict in (("lr", 0.0, False), ("weight_decay", 0.0, False),
+                             ("momentum", 0.0, False)):
+        value = optimizer.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"optimizer.{key}={value} must be a number")
+        if math.isnan(value) or value < low or (strict and value == low):
+            relation = "greater than" if strict else "at least"
+            raise UserError(f"optimizer.{key}={value} must be {relation} {low:g}")
+
+
+def check_config(cfg: Any) -> None:
+    """Raise `UserError` for values of the right type that cannot work. Runs before any data is
+    read or model built; the monitor is checked against the task once the data is loaded
+    (`train.resolve_monitor`)."""
+    trainer = cfg.trainer
+    for key in trainer:  # `+trainer.key=...` adds a key the schema does not know
+        if key not in TRAINER_KEYS:
+            hint = unknown_key_hint(f"trainer.{key}")
+            raise UserError(f"trainer.{key} is not a trainer setting; {hint}")
+    if trainer.epochs != "auto":
+        if isinstance(trainer.epochs, bool) or not isinstance(trainer.epochs, int):
+            raise UserError(f"trainer.epochs={trainer.epochs} must be auto or a whole number")
+        _positive_int(trainer.epochs, "trainer.epochs")
+    _positive_int(trainer.min_steps, "trainer.min_steps", minimum=0)
+    if trainer.keep not in ("best", "last"):
+        raise UserError(f"trainer.keep={trainer.keep} must be best or last")
+    if trainer.select_on not in ("noisy", "clean"):
+        raise UserError(f"trainer.select_on={trainer.select_on} must be noisy or clean")
+    _positive_int(trainer.batch_size, "trainer.batch_size")
+    _positive_int(trainer.eval_batch_size, "trainer.eval_batch_size")
+    _positive_int(trainer.patience, "trainer.patience")
+    _positive_int(trainer.devices, "trainer.devices")
+    _positive_int(trainer.checkpoint_every, "trainer.checkpoint_every", minimum=0)
+    interval = trainer.get("checkpoint_interval_s", 0)
+    if not interval >= 0 or math.isinf(interval):
+        raise UserError(f"trainer.checkpoint_interval_s={interval} must be a number of seconds "
+                        "of at least 0 (0: no checkpoints on a clock)")
+    if trainer.max_batches is not None:
+        _positive_int(trainer.max_batches, "trainer.max_batches")
+    if trainer.grad_clip is not None and not trainer.grad_clip > 0:
+        raise UserError(f"trainer.grad_clip={trainer.grad_clip} must be greater than 0 (or null "
+                        "for no clipping)")
+    if trainer.mode not in ("auto", "min", "max"):
+        raise UserError(f"trainer.mode={trainer.mode} must be auto, min or max")
+    threads = trainer.get("threads", "auto")
+    if threads != "auto" and (isinstance(threads, bool) or not isinstance(threads, int)
+                              or threads < 1):
+        raise UserError(f"trainer.threads={threads} must be auto or a count of at least 1")
+    workers = trainer.num_workers
+    if workers != "auto" and (isinstance(workers, bool) or not isinstance(workers, int)
+                              or workers < 0):
+        raise UserError(f"trainer.num_workers={workers} must be auto or a count of at least 0")
+    _positive_int(cfg.embedding_dim, "embedding_dim")
+    split = cfg.dataset.get("split") if cfg.get("dataset") is not None else None
+    if split is not None:
+        if not hasattr(split, "keys") or set(split.keys()) != {"train", "val", "test"}:
+            raise UserError(f"dataset.split={split} must be a mapping of train, val and test "
+                            "fractions, e.g. dataset.split.train=0.7 dataset.split.val=0.1")
+        check_split(split.train, split.val, split.test)
+    _check_optimizer(cfg.get("optimizer"))

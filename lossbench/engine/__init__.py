@@ -1,0 +1,1 @@
+"""The training engine: the loop, batches, precision and DDP wrapping, checkpoints, optimizers."""

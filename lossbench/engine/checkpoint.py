@@ -1,0 +1,231 @@
+"""Checkpoints of a run in progress, and stopping a run cleanly on Ctrl-C or SIGTERM.
+
+`checkpoint.pt` (in the run directory) holds everything needed to continue a run so that it
+ends exactly as if it had never stopped (bit for bit on CPU):
+- `model`, `loss` (learnable losses), `optimizer`, `scheduler`: their `state_dict()`s;
+- `loop`: the training loop's own state (`train.fit`): the epoch in progress and how many of its
+  batches are done, their losses, the history, the best weights so far, early stopping's count,
+  the RNG states at the start of that epoch (its data order) and at the moment of saving;
+- `config`: the resolved config and the config-group choices the run was composed from;
+- `elapsed_s`: training time spent before the checkpoint.
+
+When: `CheckpointClock` says when a periodic checkpoint is due (every
+`trainer.checkpoint_interval_s` seconds of training, or every `trainer.checkpoint_every` epochs);
+one is always written when Ctrl-C or SIGTERM stops the run, and when the loss diverges the state
+at the end of the last good epoch is written (kept in memory meanwhile, `training_states`).
+
+Only tensors, numbers, strings, lists, tuples and dicts go in, so the file loads with
+`torch.load(..., weights_only=True)`: loading a checkpoint can never run code (a crafted pickle
+is refused, see `load_checkpoint`). Written atomically: a crash while saving leaves the previous
+checkpoint whole.
+"""
+
+from __future__ import annotations
+
+import pickle
+import random
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from time import monotonic
+from typing import Any
+
+import numpy as np
+import torch
+
+from lossbench.errors import UserError
+from lossbench.results.files import read_json, save_torch_atomic
+
+CHECKPOINT = "checkpoint.pt"
+FORMAT = 1  # bumped when the layout changes; an older file is refused with a clear message
+
+
+def capture_rng(generator: torch.Generator) -> dict[str, Any]:
+    """Every random number generator a run draws from: Python's, NumPy's, torch's (CPU and each
+    CUDA device) and the run's own data-order `generator`."""
+    np_state = np.random.get_state()  # ('MT19937', key (624,) uint32, pos, has_gauss, gauss)
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+        "generator": generator.get_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
+    """Put every generator back where `capture_rng` found it."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_state = state["numpy"]
+    np.random.set_state(("MT19937", np_state["key"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["gauss"]))
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["generator"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class CheckpointClock:
+    """When the periodic checkpoint is due, asked at the end of each epoch.
+
+    Due once `interval_s` seconds have passed since the last checkpoint (0: never by time), and
+    after every `every`-th epoch (0: never by count). The interval is stretched to at least
+    `1 / max_cost` times what the last checkpoint took to write, so that writing checkpoints
+    never costs more than that fraction of the run (a model whose checkpoint takes 3 s is saved
+    every 150 s at most, not every 60 s). `now` is the clock (tests pass a fake one).
+    """
+
+    def __init__(self, interval_s: float = 0.0, every: int = 0, max_cost: float = 0.02,
+                 now: Callable[[], float] | None = None) -> None:
+        self.interval_s, self.every, self.max_cost = float(interval_s or 0), int(every or 0), max_cost
+        self.now = now or monotonic
+        self.last = self.now()  # the run's start counts as a checkpoint: nothing to lose yet
+        self.cost = 0.0  # seconds the last checkpoint took to write
+
+    def due(self, epoch: int) -> bool:
+        if self.every and epoch % self.every == 0:
+            return True
+        if not self.interval_s:
+            return False
+        return self.now() - self.last >= max(self.interval_s, self.cost / self.max_cost)
+
+    def save(self, write: Callable[..., None], *args: Any) -> None:
+        """Call `write(*args)`, timing it; the next interval starts when it ends."""
+        start = self.now()
+        write(*args)
+        self.last = self.now()
+        self.cost = self.last - start
+
+
+def training_states(model: torch.nn.Module, loss_fn: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer, scheduler: Any, clone: bool = False
+                    ) -> dict[str, Any]:
+    """The `state_dict()`s a checkpoint holds; `clone=True` copies them (tensors included), to
+    keep the last good state in memory while training goes on changing the live ones."""
+    states = {"model": model.state_dict(), "loss": loss_fn.state_dict(),
+              "optimizer": optimizer.state_dict(),
+              "scheduler": scheduler.state_dict() if scheduler is not None else None}
+    return _copy_tree(states) if clone else states
+
+
+def _copy_tree(node: Any) -> Any:
+    """Tensors cloned, dicts, lists and tuples rebuilt, anything else shared. It runs after
+    every epoch: 65 µs for digits' MLP with Adam, where copy.deepcopy takes 350 µs (6 % of the
+    epoch)."""
+    if isinstance(node, torch.Tensor):
+        return node.detach().clone()
+    if isinstance(node, dict):
+        return {k: _copy_tree(v) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return type(node)(_copy_tree(v) for v in node)
+    return node
+
+
+def save_checkpoint(path: str | Path, *, model: torch.nn.Module, loss_fn: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer, scheduler: Any, loop: dict[str, Any],
+                    config: dict[str, Any], choices: dict[str, str], elapsed_s: float,
+                    sync: bool = True, states: dict[str, Any] | None = None) -> None:
+    """Write checkpoint.pt atomically (a temporary file renamed into place), from the live
+    modules or from `states` kept earlier (`training_states`). Periodic checkpoints pass
+    `sync=False`: flushing to the disk costs several times the write itself, and a process
+    crash leaves the old file or the new one either way."""
+    save_torch_atomic(path, {
+        "format": FORMAT,
+        **(states or training_states(model, loss_fn, optimizer, scheduler)),
+        "loop": loop,
+        "config": config,
+        "choices": choices,
+        "elapsed_s": elapsed_s,
+    }, sync=sync)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint with `weights_only=True`; anything that is not a lossbench checkpoint
+    (a file that would run code when unpickled, a truncated or foreign file) is a UserError."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist: nothing to resume from") from None
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" in str(err):  # it holds objects besides plain data
+            raise UserError(f"{path} is refused: it holds objects that would run code when "
+                            "loaded, so it is not a lossbench checkpoint") from None
+        raise UserError(f"{path} cannot be read as a checkpoint; it may be truncated or from "
+                        "another program") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        reason = " ".join(str(err).split())[:160]
+        raise UserError(f"{path} cannot be read as a checkpoint ({reason}); it may be truncated "
+                        "or from another program") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UserError(f"{path} is not a lossbench checkpoint of format {FORMAT}")
+    return state
+
+
+def resume_state(run_dir: str | Path) -> dict[str, Any]:
+    """The checkpoint of a run that can be continued: it stopped (interrupted, or killed before
+    metrics.json), it did not complete or diverge."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"resume={run_dir}: no such run directory")
+    metrics: dict[str, Any] = {}
+    if (run_dir / "metrics.json").is_file():
+        try:
+            metrics = dict(read_json(run_dir / "metrics.json"))
+        except (ValueError, TypeError):
+            metrics = {}
+    status = metrics.get("status")
+    if status == "completed":
+        raise UserError(f"resume={run_dir}: this run has completed already; nothing to continue")
+    # a sweep records a diverged job as failed, keeping "stopped": "diverged"
+    if "diverged" in (status, metrics.get("stopped")):
+        raise UserError(f"resume={run_dir}: this run diverged, and continuing it would diverge "
+                        "again; start a new run with a lower optimizer.lr or trainer.grad_clip")
+    if not (run_dir / CHECKPOINT).is_file():
+        raise UserError(f"resume={run_dir}: no {CHECKPOINT} in it (checkpoints are written every "
+                        "trainer.checkpoint_interval_s seconds of training and on Ctrl-C)")
+    return load_checkpoint(run_dir / CHECKPOINT)
+
+
+# Signals that stop a run like Ctrl-C besides SIGINT and SIGTERM: a batch scheduler's warning
+# before it preempts or times out a job (submitit's, see `sweep.run_sweep_job`).
+EXTRA_STOP_SIGNALS: list[int] = []
+
+
+class StopOnSignal:
+    """While active, the first Ctrl-C (SIGINT), SIGTERM or signal of `EXTRA_STOP_SIGNALS` only
+    sets `requested`: the training loop finishes its step, writes a checkpoint and stops. A
+    second one stops at once (KeyboardInterrupt). Outside the main thread signals cannot be
+    caught: then it does nothing.
+    """
+
+    def __init__(self, announce: bool = True) -> None:
+        self.requested: int | None = None  # the signal number once one arrived
+        self.announce = announce  # one process of several says it on the terminal
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested is not None:
+            raise KeyboardInterrupt
+        self.requested = signum
+        if self.announce:
+            print(f"\nlossbench: {signal.Signals(signum).name} received: stopping after this step "
+                  "and saving a checkpoint (Ctrl-C again to stop at once)", file=sys.stderr,
+                  flush=True)
+
+    def __enter__(self) -> StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM, *EXTRA_STOP_SIGNALS):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()

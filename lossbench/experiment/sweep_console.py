@@ -1,0 +1,61 @@
+"""What a sweep prints: one line per job and the summary; everything else goes to the job's files.
+
+A single run shows its config, its epochs and its test report on the console. A sweep of six
+jobs would show that six times (about 500 lines), burying which job failed. In a sweep the
+run's console is quiet (`in_sweep`), its details stay in the job's train.log, report.txt and
+metrics.json, and `job_line` reports each job once it ends:
+
+    lossbench: job 3 [loss=gce seed=1] completed: test accuracy 0.9611 (12.3 s; run directory:
+    outputs/multirun/2026-01-01/12-00-00/3)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lossbench.results.files import read_json
+
+# The metric a job's line shows, per task: the one `compare` sorts by first.
+HEADLINE = {"regression": "rmse"}
+DEFAULT_HEADLINE = "accuracy"
+
+
+def in_sweep() -> bool:
+    """True inside a job of a Hydra multirun (False for single runs and outside Hydra)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except (ImportError, ValueError):
+        return False
+
+
+def headline(metrics: dict[str, Any]) -> str:
+    """'test accuracy 0.9611' from a completed run's metrics.json, '' when it has none."""
+    name = HEADLINE.get(str(metrics.get("task")), DEFAULT_HEADLINE)
+    value = (metrics.get("test") or {}).get(name)
+    return f"test {name} {value:.4f}" if isinstance(value, (int, float)) else ""
+
+
+def shown_path(path: Path) -> Path:
+    """A path as the user would type it: relative to the working directory when inside it."""
+    try:
+        return Path(path).resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return Path(path)
+
+
+def job_line(label: str, run_dir: Path, seconds: float, error: str | None = None) -> str:
+    """The one line a finished job prints: what it ran, how it ended, its headline, its time."""
+    if error is not None:
+        return f"lossbench: {label} failed: {error} ({seconds:.1f} s; see {shown_path(run_dir)})"
+    try:
+        metrics = read_json(Path(run_dir) / "metrics.json")
+    except (OSError, ValueError):
+        metrics = {}
+    status = str(metrics.get("status", "completed"))
+    shown = headline(metrics)
+    return (f"lossbench: {label} {status}{': ' + shown if shown else ''} ({seconds:.1f} s; "
+            f"run directory: {shown_path(run_dir)})")

@@ -1,0 +1,400 @@
+"""What `compare` prints and writes: the terminal table, comparison.csv/.md/.tex and JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from lossbench import stats
+from lossbench.results.comparison.families import Comparison, Family
+from lossbench.results.comparison.records import Run
+from lossbench.results.comparison.rows import Block, Row, fmt_value
+from lossbench.results.stats import Stat
+
+
+@dataclass
+class Notes:
+    """The options a reader needs to read the numbers."""
+    alpha: float
+    at: str
+    baseline: str | None
+    mde: float | None
+    confidence: float = 0.95
+
+
+def _num(value: float | None, digits: int = 4) -> str:
+    return "–" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def mean_std(stat: Stat, digits: int = 4) -> str:
+    if stat.n == 0:
+        return "–"
+    if stat.n == 1:
+        return _num(stat.mean, digits)
+    return f"{_num(stat.mean, digits)} ± {_num(stat.std, digits)}"
+
+
+def ci_text(stat: Stat, digits: int = 4) -> str:
+    return "–" if stat.n < 2 else f"[{_num(stat.ci_low, digits)}, {_num(stat.ci_high, digits)}]"
+
+
+def has_corruption(block: Block) -> bool:
+    return any(r.corruption.get("noise_kind") != "none" or r.corruption.get("imbalance_kind")
+               != "none" for r in block.rows)
+
+
+def corruption_text(row: Row, compact: bool = False) -> str:
+    """"symmetric 0.4 (realised 0.394); longtail ratio 10"; compact drops the word realised."""
+    c = row.corruption
+    parts = []
+    if c.get("noise_kind") != "none":
+        realised = c.get("noise_realised")
+        word = "" if compact else "realised "
+        real = "" if realised is None or math.isnan(realised) else f" ({word}{realised:.3f})"
+        parts.append(f"{c['noise_kind']} {fmt_value(c.get('noise_rate'))}{real}")
+    if c.get("imbalance_kind") != "none":
+        parts.append(f"{c['imbalance_kind']} ratio {fmt_value(c.get('imbalance_ratio'))}")
+    return "; ".join(parts) or "clean"
+
+
+def improvement_text(c: Comparison, digits: int = 2) -> str:
+    i = c.improvement
+    if math.isnan(i.p):
+        return "–"
+    return f"{i.p:.{digits}f} [{i.ci_low:.{digits}f}, {i.ci_high:.{digits}f}]"
+
+
+def diff_text(c: Comparison, digits: int = 4) -> str:
+    ci = "" if math.isnan(c.diff_low) else \
+        f" [{_num(c.diff_low, digits)}, {_num(c.diff_high, digits)}]"
+    return f"{c.diff:+.{digits}f}{ci}"
+
+
+def extras(block: Block) -> dict[str, bool]:
+    """Optional columns, shown only where some row has something to show."""
+    return {"corruption": has_corruption(block),
+            "memorised": any(not math.isnan(r.memorised) for r in block.rows),
+            "warnings": any(r.warnings for r in block.rows),
+            "selection": any(r.privileged for r in block.rows),
+            "lost": any(r.lost for r in block.rows),
+            "mde": any(not math.isnan(r.reference.mde) for r in block.rows if r.reference),
+            "n_needed": any(r.reference and r.reference.n_needed for r in block.rows)}
+
+
+def reference_name(block: Block, notes: Notes) -> str:
+    return f"vs {notes.baseline}" if notes.baseline else "vs top"
+
+
+def table_header(block: Block, notes: Notes, compact: bool = False) -> list[str]:
+    """compact (the terminal): the 95% CI of the sort metric only."""
+    show = extras(block)
+    header = [""] + block.columns + (["corruption"] if show["corruption"] else [])
+    for m in block.metrics:
+        header += [f"{m} mean ± std"] + (
+            [f"{m} 95% CI"] if not compact or m == block.metric else [])
+    ref = reference_name(block, notes)
+    header += [f"{ref}: test", f"Δ {block.metric} [95% CI]", "p (Holm)", "P(better) [95% CI]"]
+    if show["mde"]:
+        header.append("detectable Δ")
+    if show["n_needed"]:
+        header.append(f"n for Δ={notes.mde:g}")
+    if show["memorised"]:
+        header.append(f"memorised ({notes.at})")
+    header += ["n"] + (["lost"] if show["lost"] else []) + ["best epoch", "train s"]
+    if show["warnings"]:
+        header.append("warnings")
+    if show["selection"]:
+        header.append("selection")
+    return header
+
+
+def table_cells(block: Block, row: Row, notes: Notes, digits: int = 4, compact: bool = False
+                ) -> list[str]:
+    show = extras(block)
+    cells = [row.mark] + [fmt_value(row.labels.get(c)) for c in block.columns]
+    if show["corruption"]:
+        cells.append(corruption_text(row, compact))
+    for m in block.metrics:
+        cells += [mean_std(row.stats[m], digits)] + (
+            [ci_text(row.stats[m], digits)] if not compact or m == block.metric else [])
+    c = row.reference
+    if c is None:
+        cells += ["", "", "", ""]
+    else:
+        cells += [c.test, diff_text(c, digits), _num(c.p_holm, 3), improvement_text(c)]
+    if show["mde"]:
+        cells.append(_num(c.mde, digits) if c else "")
+    if show["n_needed"]:
+        cells.append(str(c.n_needed) if c and c.n_needed else "")
+    if show["memorised"]:
+        cells.append(_num(row.memorised, 3))
+    cells.append(str(len(row.runs)))
+    if show["lost"]:
+        cells.append(str(len(row.lost)))
+    cells += [_num(row.best_epoch, 1), _num(row.train_time_s, 1)]
+    if show["warnings"]:
+        cells.append(("⚠ " + row.warning_text()) if row.warnings else "")
+    if show["selection"]:
+        cells.append("clean labels (privileged)" if row.privileged else "noisy labels")
+    return cells
+
+
+def footnotes(blocks: Sequence[Block], notes: Notes) -> list[str]:
+    """What the marks and columns mean, the tests used, and what n can and cannot show."""
+    at = ("the epoch selected on validation (not the oracle maximum on test)"
+          if notes.at == "best" else "the last epoch of the training budget")
+    lines = [f"Test metrics at {at}. Mean ± sample std over seeds; 95% CI from Student's t, "
+             "clipped to the metric's range."]
+    tests = sorted({t for b in blocks for t in b.tests})
+    if tests:
+        used = " and ".join({"paired t": "paired t-test (runs paired by seed: same split, "
+                             "noise, initial weights and batch order; 95% CI of Δ by "
+                             "bootstrap)", "Welch": "Welch's t-test (unpaired)"}[t]
+                            for t in tests)
+        family = (f"the k − 1 tests against {notes.baseline}" if notes.baseline
+                  else "all pairs")
+        lines.append(f"Tests: {used}; p adjusted by Holm over {family} of each family "
+                     f"(dataset × condition × metric), α = {notes.alpha:g}. "
+                     "*not separated*: no significant difference at this n, which is not a tie. "
+                     "Δ = row − reference; a failed or diverged seed counts as a loss.")
+        lines.append("P(better): share of seeds where the row beats the reference (paired) or "
+                     "Mann–Whitney share over all pairs (unpaired), ties ½; exact "
+                     "Clopper–Pearson interval.")
+        need = stats.smallest_n_to_show_improvement(notes.confidence)
+        small = sorted({c.improvement.n for b in blocks for f in b.families
+                        for c in f.comparisons if c.improvement.n < need})
+        if small:
+            n = small[-1]
+            bound = ((1 - notes.confidence) / 2) ** (1 / n)
+            lines.append(f"n = {', '.join(map(str, small))} is too small to show P(better) > "
+                         f"0.5 at all: even {n} of {n} gives a lower bound of {bound:.3f}; "
+                         f"{need} seeds can.")
+        if any(not math.isnan(c.mde) for b in blocks for f in b.families for c in f.comparisons):
+            lines.append("Detectable Δ: the true difference found with power 0.8 at this n and "
+                         "the family's α / m (noncentral t), from the spread of the runs; not "
+                         "shown below 3 pairs" + (f"; n for Δ={notes.mde:g}: seeds needed for "
+                                                  "that difference" if notes.mde else "") + ".")
+    if any(r.privileged for b in blocks for r in b.rows):
+        lines.append("Selection on clean validation labels uses privileged information a "
+                     "real noisy dataset does not have.")
+    if any(r.warnings for b in blocks for r in b.rows):
+        lines.append("⚠: runs whose report carries a warning (e.g. accuracy near chance or the "
+                     "majority-class rate).")
+    return lines
+
+
+def rate_table(block: Block, digits: int = 4) -> tuple[list[str], list[list[str]]]:
+    """loss × rate: the metric's mean ± std for each rate of a sweep over noise or imbalance."""
+    key = block.rate_key
+    rates = sorted({row.labels.get(key) for row in block.rows}, key=lambda v: float(v or 0))
+    lines: dict[str, dict[Any, Row]] = {}
+    for row in block.rows:
+        name = ", ".join(f"{fmt_value(v)}" for k, v in row.labels.items() if k != key)
+        lines.setdefault(name, {})[row.labels.get(key)] = row
+    header = [", ".join(k for k in block.columns if k != key) or "configuration"] + [
+        f"{key.rsplit('.', 1)[-1]} {fmt_value(r)}" for r in rates]
+    body = [[name] + [mean_std(by_rate[r].stats[block.metric], digits) if r in by_rate else "–"
+                      for r in rates] for name, by_rate in lines.items()]
+    return header, body
+
+
+def _md_table(header: list[str], body: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+                    for cells in body]
+
+
+def to_markdown(blocks: Sequence[Block], failed: Sequence[Run], notes: Notes) -> str:
+    lines = ["# Comparison", ""]
+    for block in blocks:
+        lines += [f"## {block.title}", ""]
+        body = []
+        for row in block.rows:
+            cells = table_cells(block, row, notes)
+            if row.mark == "best":
+                cells[0] = "**best**"
+            body.append(cells)
+        lines += _md_table(table_header(block, notes), body) + [""]
+        if block.rate_key:
+            lines += [f"Test {block.metric} (mean ± std) against {block.rate_key}:", ""]
+            lines += _md_table(*rate_table(block)) + [""]
+    lines += footnotes(blocks, notes) if blocks else []
+    if failed:
+        lines += ["", "## Failed or unfinished runs (not averaged)", ""]
+        lines += [f"- `{run.path}`: {run.status}" + (f": {run.error}" if run.error else "")
+                  for run in failed]
+    return "\n".join(lines) + "\n"
+
+
+def csv_rows(blocks: Sequence[Block], at: str) -> list[dict[str, Any]]:
+    columns = []
+    for block in blocks:
+        columns += [c for c in block.columns if c not in columns]
+    rows = []
+    for block in blocks:
+        for row in block.rows:
+            out: dict[str, Any] = {"dataset": block.dataset, "task": block.task}
+            out.update({c: fmt_value(row.labels[c] if c in row.labels else row.runs[0].value(c))
+                        for c in columns})
+            out.update(n_runs=len(row.runs), n_lost=len(row.lost), at=at)
+            for m in block.metrics:
+                s = row.stats[m]
+                out.update({f"{m}_mean": s.mean, f"{m}_std": s.std, f"{m}_ci95_low": s.ci_low,
+                            f"{m}_ci95_high": s.ci_high})
+            c = row.corruption
+            out.update(noise_kind=c.get("noise_kind"), noise_rate=c.get("noise_rate"),
+                       noise_realised_rate=c.get("noise_realised"),
+                       imbalance_kind=c.get("imbalance_kind"),
+                       imbalance_ratio=c.get("imbalance_ratio"), memorised=row.memorised,
+                       warnings=row.warning_text(),
+                       selection="clean (privileged)" if row.privileged else "noisy",
+                       best_epoch_mean=row.best_epoch, train_time_s_mean=row.train_time_s,
+                       sort_metric=block.metric, mark=row.mark)
+            out.update(comparison_fields(row.reference))
+            out["runs"] = " ".join(str(r.path) for r in row.runs)
+            rows.append(out)
+    return rows
+
+
+def comparison_fields(c: Comparison | None) -> dict[str, Any]:
+    nan = float("nan")
+    if c is None:
+        return dict(reference="", test="", n_compared="", diff=nan, diff_ci95_low=nan,
+                    diff_ci95_high=nan, p_value=nan, p_holm=nan, p_better=nan,
+                    p_better_ci95_low=nan, p_better_ci95_high=nan, detectable_diff="",
+                    n_needed="")
+    i = c.improvement
+    return dict(reference=c.b.label, test=c.test, n_compared=c.n, diff=c.diff,
+                diff_ci95_low=c.diff_low, diff_ci95_high=c.diff_high, p_value=c.p,
+                p_holm=c.p_holm, p_better=i.p, p_better_ci95_low=i.ci_low,
+                p_better_ci95_high=i.ci_high,
+                detectable_diff="" if math.isnan(c.mde) else c.mde,
+                n_needed="" if c.n_needed is None else c.n_needed)
+
+
+def family_json(family: Family) -> dict[str, Any]:
+    return {"condition": {k: v for k, v in family.condition.items()},
+            "alpha_adjusted": family.alpha_adjusted,
+            "comparisons": [{"a": c.a.label, "b": c.b.label, **comparison_fields(c)}
+                            for c in family.comparisons]}
+
+
+def to_json(blocks: Sequence[Block], failed: Sequence[Run], at: str) -> str:
+    return json.dumps({"configurations": csv_rows(blocks, at),
+                       "families": [{"dataset": b.dataset, "metric": b.metric, **family_json(f)}
+                                    for b in blocks for f in b.families],
+                       "failed": [{"run": str(r.path), "status": r.status, "error": r.error}
+                                  for r in failed]}, indent=2, default=str) + "\n"
+
+
+def print_table(blocks: Sequence[Block], failed: Sequence[Run], notes: Notes) -> None:
+    from lossbench.console import output_console
+    from rich.table import Table
+
+    console = output_console()
+    for block in blocks:
+        table = Table(title=block.title)
+        for i, name in enumerate(table_header(block, notes, compact=True)):
+            table.add_column(name, justify="left" if i <= len(block.columns) else "right",
+                             no_wrap=i == 0)
+        for row in block.rows:
+            style = "bold green" if row.mark in ("best", "better") else None
+            table.add_row(*table_cells(block, row, notes, digits=3, compact=True), style=style)
+        console.print(table)
+        if block.rate_key:
+            header, body = rate_table(block, digits=3)
+            rates = Table(title=f"test {block.metric} against {block.rate_key}")
+            for name in header:
+                rates.add_column(name)
+            for cells in body:
+                rates.add_row(*cells)
+            console.print(rates)
+    for line in footnotes(blocks, notes) if blocks else []:
+        console.print(line, highlight=False, markup=False)
+    if failed:
+        table = Table(title=f"{len(failed)} failed or unfinished runs (not averaged)")
+        table.add_column("run")
+        table.add_column("status")
+        table.add_column("error")
+        for run in failed:
+            table.add_row(str(run.path), run.status, run.error)
+        console.print(table)
+
+
+# --------------------------------------------------------------------------------------------
+# LaTeX
+
+
+LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                 "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+                 "^": r"\textasciicircum{}"}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(LATEX_SPECIAL.get(ch, ch) for ch in text)
+
+
+def to_latex(blocks: Sequence[Block], notes: Notes, digits: int = 3) -> str:
+    """One booktabs table per dataset: mean ± std per metric, the best mean of each family in
+    bold, the tests used in a footnote. Needs \\usepackage{booktabs} in the preamble."""
+    out = ["% lossbench compare --format latex; needs \\usepackage{booktabs}"]
+    for block in blocks:
+        show_corruption = has_corruption(block)
+        head = [latex_escape(c) for c in block.columns] + (
+            ["corruption"] if show_corruption else []) + [latex_escape(m) for m in block.metrics]
+        best: dict[tuple[int, str], float] = {}  # (family, metric) -> best mean
+        for i, family in enumerate(block.families):
+            for m in block.metrics:
+                means = [r.stats[m].mean for r in family.rows if r.stats[m].n]
+                if means:
+                    low = block.mode == "min" if m == block.metric else stats_lower(m)
+                    best[(i, m)] = min(means) if low else max(means)
+        at = "selected (validation) epoch" if notes.at == "best" else "last epoch"
+        lines = [r"\begin{table}[t]", r"\centering",
+                 rf"\caption{{{latex_escape(block.dataset)}: test metrics at the {at}, "
+                 rf"mean $\pm$ std over seeds.}}",
+                 r"\begin{tabular}{" + "l" * (len(head) - len(block.metrics))
+                 + "r" * len(block.metrics) + "}", r"\toprule", " & ".join(head) + r" \\",
+                 r"\midrule"]
+        for i, family in enumerate(block.families):
+            if i:
+                lines.append(r"\midrule")
+            for row in family.rows:
+                cells = [latex_escape(fmt_value(row.labels.get(c))) for c in block.columns]
+                if show_corruption:
+                    cells.append(latex_escape(corruption_text(row, compact=True)))
+                for m in block.metrics:
+                    s = row.stats[m]
+                    if not s.n:
+                        cells.append("--")
+                        continue
+                    mean = f"{s.mean:.{digits}f}"
+                    if best.get((i, m)) == s.mean:
+                        mean = rf"\textbf{{{mean}}}"
+                    cells.append(mean if s.n < 2 else rf"{mean} $\pm$ {s.std:.{digits}f}")
+                if row.warnings:
+                    cells[0] += r"$^\dagger$"
+                lines.append(" & ".join(cells) + r" \\")
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        tests = {"paired t": "paired $t$-test (runs paired by seed)",
+                 "Welch": "Welch's $t$-test"}
+        used = " and ".join(tests[t] for t in block.tests) or "no test (one configuration)"
+        against = f"against {latex_escape(notes.baseline)}" if notes.baseline else "all pairs"
+        sizes = sorted({len(r.runs) for r in block.rows})
+        seeds = str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}--{sizes[-1]}"
+        foot = (rf"\par\smallskip{{\footnotesize Bold: best mean in its group. Test: {used}, "
+                rf"{against}, Holm-adjusted, $\alpha={notes.alpha:g}$; n = {seeds} seeds.")
+        if any(r.warnings for r in block.rows):
+            foot += r" $^\dagger$: a run carries a warning (near chance or majority rate)."
+        lines += [foot + "}", r"\end{table}", ""]
+        out += lines
+    return "\n".join(out) + "\n"
+
+
+def stats_lower(metric: str) -> bool:
+    from lossbench.results.comparison.rows import lower_is_better
+
+    return lower_is_better(metric)
