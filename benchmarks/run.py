@@ -146,7 +146,7 @@ def default_config():
 
 def digits_splits():
     """The default dataset exactly as `lossbench train` prepares it (split, scaled)."""
-    from lossbench.run import load_data
+    from lossbench.experiment.run import load_data
 
     cfg = default_config()
     return load_data(cfg), list(cfg.model.hidden)
@@ -158,7 +158,7 @@ def lossbench_optimizer(params, fused: bool | None = None) -> torch.optim.Optimi
     loop. Every side of a comparison gets the same one."""
     from hydra.utils import instantiate
 
-    from lossbench.optim import build_optimizer
+    from lossbench.engine.optim import build_optimizer
 
     cfg = default_config()
     factory = instantiate(cfg.optimizer)
@@ -198,11 +198,11 @@ def loop_workload(name: str, splits, model, batch_size: int, epochs: int,
     from rich.console import Console
 
     from lossbench import distributed
-    from lossbench.progress import EpochProgress
-    from lossbench.train import fit, train_batches, train_epoch
+    from lossbench.engine.progress import EpochProgress
+    from lossbench.engine.loop import fit, train_batches, train_epoch
 
     from lossbench.losses import CrossEntropyLoss
-    from lossbench.optim import optimizer_kernel
+    from lossbench.engine.optim import optimizer_kernel
 
     device = torch.device("cpu")
     x, y = splits.train.x, splits.train.y
@@ -317,7 +317,7 @@ def bench_lightning(repeats: int, lightning_path: str | None) -> dict[str, Any]:
     from lossbench import distributed
     from lossbench.losses import CrossEntropyLoss
     from lossbench.models import MLP
-    from lossbench.train import train_batches, train_epoch
+    from lossbench.engine.loop import train_batches, train_epoch
 
     loss_fn = CrossEntropyLoss()  # lossbench's `ce` on both sides
     torch.manual_seed(0)
@@ -394,7 +394,7 @@ def bench_lightning(repeats: int, lightning_path: str | None) -> dict[str, Any]:
         else:
             os.environ[NVML_CHECK] = lightning_env
     med = {k: median(v) for k, v in times.items()}
-    from lossbench.optim import optimizer_kernel
+    from lossbench.engine.optim import optimizer_kernel
 
     result = {"workload": "digits MLP", "lightning": pl.__version__, "median_epoch_s": med,
               "optimizer": f"{type(opt).__name__}, {optimizer_kernel(opt)}",
