@@ -1,5 +1,15 @@
 """The errors lossbench reports to the user in one line, without a traceback."""
 
+import os
+
+
+def debug_requested(argv: list[str] | None = None) -> bool:
+    """Tracebacks wanted: LOSSBENCH_DEBUG=1, or hydra.verbose set on the command line."""
+    if os.environ.get("LOSSBENCH_DEBUG", "") not in ("", "0"):
+        return True
+    return any(a.startswith("hydra.verbose=") and a.split("=", 1)[1].lower() not in
+               ("false", "0", "[]", "null") for a in argv or [])
+
 
 class UserError(Exception):
     """A mistake in the user's config, data or command line.

@@ -76,8 +76,3 @@ def check_binary_target(target) -> None:
     if bool(bad.any()):
         value = target[bad][0].item()
         raise ValueError(f"target of a one-logit (binary) loss must be 0 or 1, got {value:g}")
-
-
-def squeeze_output(out):
-    """(B, 1) model output -> (B,): one logit or one regression value per sample, as `fit` does."""
-    return out.squeeze(-1) if out.shape[-1] == 1 else out

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lossbench.losses._checks import check_choice, check_int, check_range, squeeze_output
+from lossbench.losses._checks import check_choice, check_int, check_range
+from lossbench.losses.base import squeeze_output
 from lossbench.losses.composite import default_scores
 
 ATTACKS = ("fgsm", "pgd")

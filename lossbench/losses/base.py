@@ -78,5 +78,11 @@ def hook(loss: nn.Module, name: str) -> Any:
     return getattr(Loss, name).__get__(loss)
 
 
+def squeeze_output(out: torch.Tensor) -> torch.Tensor:
+    """(B, 1) model output -> (B,): one logit or one regression value per sample, the shape
+    every one-output loss takes; wider outputs are returned as they are."""
+    return out.squeeze(-1) if out.shape[-1] == 1 else out
+
+
 def needs_class_counts(loss: nn.Module) -> bool:
     return bool(getattr(loss, "needs_class_counts", False))
