@@ -75,7 +75,7 @@ def test_training_batches_are_the_epochs_permutation_in_order(monkeypatch, gathe
     """Batches gathered a chunk at a time, or read by a DataLoader, are exactly the epoch's
     permutation sliced per batch, the short last batch included, whatever the chunk size; a
     resumed epoch leaves out the batches it had done."""
-    from lossbench import train
+    from lossbench.engine import batches as train
     from lossbench.data import Split
     from lossbench.data.augment import AugmentedImages
 

@@ -7,8 +7,8 @@ original target units before any metric is computed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,7 +16,9 @@ from torch import nn
 
 from lossbench import distributed
 from lossbench.data import Split, Splits
-from lossbench.errors import UserError
+from lossbench.engine.batches import (eval_batches, loader_batches, loader_options,  # noqa: F401
+                                      split_loader)
+from lossbench.losses.base import hook, squeeze_output
 
 
 @dataclass
@@ -28,69 +30,6 @@ class Predictions:
     scores: np.ndarray | None = None  # (N, K) class probabilities (classification)
     embeddings: np.ndarray | None = None  # (N, D) for metric-learning heads
     loss: float | None = None  # mean loss on the split (training units)
-
-
-def loader_options(device: torch.device, num_workers: int | str = "auto") -> dict:
-    """DataLoader options for data read per sample (on-disk images): worker processes decode
-    while the GPU computes, into pinned memory so host-to-GPU copies can overlap. On CPU the
-    cores are busy training, so `auto` reads in the main process."""
-    import os
-
-    if num_workers == "auto":
-        per_rank = (os.cpu_count() or 1) // max(distributed.current().world_size, 1)
-        num_workers = min(4, max(per_rank - 1, 0)) if device.type == "cuda" else 0
-    return {"num_workers": int(num_workers), "pin_memory": device.type == "cuda"}
-
-
-def loader_batches(loader: torch.utils.data.DataLoader, device: torch.device
-                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The (x, y) batches of a DataLoader, moved to `device`. A sample that cannot be read
-    (an image file damaged or removed since the run started) stops the run with one line: a
-    worker's error reaches this process wrapped with the worker's traceback, which is cut off."""
-    try:
-        for x, y in loader:
-            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-    except UserError as err:
-        last = str(err).strip().splitlines()[-1]
-        raise UserError(last.split("UserError: ", 1)[-1]) from None
-
-
-def split_loader(split: Split, lo: int, hi: int, batch_size: int, device: torch.device
-                 ) -> torch.utils.data.DataLoader:
-    """The DataLoader over samples lo..hi-1 of a split, in order, with the run's workers; built
-    on first use and kept, so that its workers persist from one validation to the next."""
-    if split.eval_loader is None or split.eval_loader[:2] != ((lo, hi), batch_size):
-        options = dict(split.loader_options or loader_options(device))
-        loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(split.dataset, range(lo, hi)), batch_size=batch_size,
-            shuffle=False, persistent_workers=options["num_workers"] > 0, **options)
-        split.eval_loader = ((lo, hi), batch_size, loader)
-    return split.eval_loader[2]
-
-
-def eval_batches(split: Split, batch_size: int, device: torch.device,
-                 max_batches: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches of a split in order, sliced from tensors (or read through a DataLoader).
-
-    Over several processes each rank reads only its contiguous slice of the split (see
-    `distributed.eval_range`); `model_outputs` gathers the slices back in order.
-    """
-    n = len(split)
-    if max_batches is not None:
-        n = min(n, max_batches * batch_size)
-    lo, hi = distributed.eval_range(n, distributed.current())
-    if split.x is None:
-        if lo == hi:  # an empty batch of the right shape keeps the gathers of all ranks alike
-            x = split.dataset[0][0] if len(split) else torch.zeros(0)
-            yield x.new_zeros((0, *x.shape)).to(device), split.y[lo:hi].to(device)
-            return
-        yield from loader_batches(split_loader(split, lo, hi, batch_size, device), device)
-        return
-    if lo == hi:  # more ranks than samples: an empty batch keeps the output shape for gathers
-        yield split.x[lo:hi], split.y[lo:hi]
-    for start in range(lo, hi, batch_size):
-        stop = min(start + batch_size, hi)
-        yield split.x[start:stop], split.y[start:stop]
 
 
 @torch.inference_mode()
@@ -106,9 +45,7 @@ def model_outputs(model: nn.Module, split: Split, batch_size: int, device: torch
     outs, ys = [], []
     total = torch.zeros((), device=device)
     for x, y in eval_batches(split, batch_size, device, max_batches):
-        out = model(x)
-        if out.shape[-1] == 1:
-            out = out.squeeze(-1)
+        out = squeeze_output(model(x))  # (B, O), or (B,) for one output
         if loss_fn is not None and len(y):
             total += loss_fn(out, y).float() * len(y)
         outs.append(out.float())
@@ -128,10 +65,20 @@ def model_outputs(model: nn.Module, split: Split, batch_size: int, device: torch
     return out_all, y_all, mean_loss
 
 
+def optional_hook(loss_fn: nn.Module | None, name: str) -> Any:
+    """The loss's hook `name` (`lossbench.losses.base.hook`), or None for a hook that the loss
+    does not have and the contract gives no default for (`scores`, `model_loss`, `terms`)."""
+    try:
+        return hook(loss_fn, name)
+    except AttributeError:
+        return None
+
+
 def class_scores(output: torch.Tensor, head: str, loss_fn: nn.Module | None = None) -> torch.Tensor:
     """(N, K) or (N,) outputs -> (N, K) class probabilities."""
-    if loss_fn is not None and hasattr(loss_fn, "scores"):
-        return loss_fn.scores(output)
+    scores = optional_hook(loss_fn, "scores")
+    if scores is not None:  # the loss's own: a classifier it owns, or its margins removed
+        return scores(output)
     if head == "sigmoid":
         if output.dim() == 1:  # one logit: P(class 1)
             p = torch.sigmoid(output)
@@ -161,7 +108,7 @@ def predict(model: nn.Module, splits: Splits, split_name: str, head: str, batch_
         scale = lambda t: (t.double().cpu().numpy() * splits.target_std + splits.target_mean)
         return Predictions(y_true=scale(y), y_pred=scale(out), loss=mean_loss)
     y_true = y.cpu().numpy()
-    if head == "embedding" and not hasattr(loss_fn, "scores"):  # kNN unless the loss classifies
+    if head == "embedding" and optional_hook(loss_fn, "scores") is None:  # kNN unless the loss classifies
         train_out, train_y, _ = model_outputs(model, splits.train, batch_size, device, max_batches)
         knn = knn_classifier(train_out.cpu().numpy(), train_y.cpu().numpy())
         emb = out.cpu().numpy()
@@ -183,26 +130,17 @@ def robust_accuracy(model: nn.Module, splits: Splits, split_name: str, head: str
     (the attack the adversarial loss trains against), the model in eval mode.
 
     The calling process attacks the whole split (over several processes only the main one
-    reports), so batches are read here rather than through the per-rank `eval_batches`.
+    reports): it reads every row, not its rank's slice.
     """
     split = getattr(splits, split_name)
-    n = len(split) if max_batches is None else min(len(split), max_batches * batch_size)
-    if split.x is not None:
-        batches = ((split.x[i:i + batch_size], split.y[i:i + batch_size])
-                   for i in range(0, n, batch_size))
-    else:
-        batches = torch.utils.data.DataLoader(torch.utils.data.Subset(split.dataset, range(n)),
-                                              batch_size=batch_size, shuffle=False)
     was_training = model.training
     model.eval()
     correct, seen = 0, 0
-    for x, y in batches:
+    for x, y in eval_batches(split, batch_size, device, max_batches, whole=True):
         x, y = x.to(device), y.to(device)
         x_adv = loss_fn.attack(model, x, y)  # needs input gradients: outside inference mode
         with torch.inference_mode():
-            out = model(x_adv)
-            if out.shape[-1] == 1:
-                out = out.squeeze(-1)
+            out = squeeze_output(model(x_adv))
             pred = class_scores(out, head, loss_fn).argmax(-1)
         correct += int((pred == y).sum())
         seen += len(y)
