@@ -275,6 +275,23 @@ def first_bad_step(so_far: EpochSoFar, train_loss: float) -> tuple[int, float]:
     return step, float(so_far.losses[step - 1]) if len(so_far) else train_loss
 
 
+def starting_state(resume: dict[str, Any] | None, run: Epochs, stopping: EarlyStopping
+                   ) -> LoopState:
+    """The state `fit` starts from: a checkpoint's `loop` entry (`resume`) loaded into the early
+    stopping counters and the loss scaler, or a new run's, whose best weights so far are the
+    initial ones."""
+    state = LoopState() if resume is None else LoopState.from_checkpoint(resume, run.device)
+    if resume is not None:
+        stopping.load_state_dict(state.stopping)
+    if run.scaler is not None and state.scaler:
+        run.scaler.load_state_dict(state.scaler)
+    if state.best_state is None:
+        state.keep_best(run.core, run.loss_fn)
+    elif state.best_loss_state is None:  # a checkpoint from before the loss's weights were kept
+        state.best_loss_state = copy_state(run.loss_fn)
+    return state
+
+
 def fit(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
         scheduler: Any, splits: Splits, head: str, trainer: Any, device: torch.device,
         generator: torch.Generator, progress: EpochProgress,
@@ -283,18 +300,12 @@ def fit(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
         save: Callable[[dict[str, Any]], None] | None = None, stop: Any = None) -> FitResult:
     """Train for `trainer.epochs` epochs, validating after each; restore the best weights.
 
-    Checkpoints (lossbench/engine/checkpoint.py): `save(loop)` receives the loop's state
-    (`LoopState.to_checkpoint`) at the end of an epoch when `CheckpointClock` says one is due
-    (`trainer.checkpoint_interval_s`, `trainer.checkpoint_every`) and when `stop.requested` is
-    set (Ctrl-C: the run stops after its current step, status "interrupted"); `save(loop,
-    states)` the state of the end of the last good epoch when the loss diverges; `resume` is
-    such a state, from which the run continues exactly as if it had not stopped: same data
-    order, same random draws. A NaN or infinite training loss stops the run (status "diverged",
-    with the epoch and step); it is read once per epoch, with the epoch's loss, so the steps
-    cost nothing more.
-
-    `model` may be wrapped (DistributedDataParallel, torch.compile; see `training_model`): it
-    trains; the plain module inside validates and holds the weights that are kept.
+    `save`, `resume`, `stop`: checkpoints (`Checkpoints`, `LoopState`): a run resumed from
+    `resume` continues exactly as if it had not stopped; `stop.requested` (Ctrl-C) ends it after
+    its current step, status "interrupted". A NaN or infinite loss ends it, status "diverged"
+    (read once per epoch, with the epoch's loss, so the steps cost nothing more). `model` may
+    be wrapped (`training_model`): it trains; the plain module inside validates and holds the
+    weights that are kept.
     """
     trainer, dist = Settings.of(trainer), distributed.current()
     run = Epochs(model, loss_fn, optimizer, scheduler, splits, head, trainer, device, generator,
@@ -303,15 +314,7 @@ def fit(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
     epochs = planned_epochs(trainer.epochs, selection["min_steps"], steps_per_epoch(
         len(splits.train), trainer.batch_size, dist.world_size, trainer.get("max_batches")))
     stopping = EarlyStopping.of(selection, hook(loss_fn, "first_selectable_epoch")(epochs))
-    state = LoopState.from_checkpoint(resume, device) if resume is not None else LoopState()
-    if resume is not None:
-        stopping.load_state_dict(state.stopping)
-    if run.scaler is not None and state.scaler:
-        run.scaler.load_state_dict(state.scaler)
-    if state.best_state is None:  # before the first epoch: the initial weights
-        state.keep_best(core, loss_fn)
-    elif state.best_loss_state is None:  # a checkpoint from before the loss's weights were kept
-        state.best_loss_state = copy_state(loss_fn)
+    state = starting_state(resume, run, stopping)
     result = FitResult(selection=selection, history=state.history, steps_run=state.steps_run,
                        epochs_run=len(state.history))
     checkpoints = Checkpoints(save, trainer)
@@ -324,12 +327,11 @@ def fit(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
                          state.best_loss_state, run.scaler.state_dict() if run.scaler else None,
                          len(so_far), epoch_rng or rng, rng, so_far)
 
-    first_epoch = state.epoch
-    for epoch in range(first_epoch, epochs + 1):
+    for epoch in range(state.epoch, epochs + 1):
         start = time.perf_counter()
         model.train()
         hook(loss_fn, "on_epoch_start")(epoch, epochs)
-        resumed = state if resume is not None and epoch == first_epoch else None
+        resumed = state if resume is not None and epoch == state.epoch else None
         num_batches, so_far, epoch_rng, sums = run.train(epoch, resumed)
         if run.stop is not None and run.stop.requested and len(so_far) < num_batches:
             checkpoints.mid_epoch(lambda: snapshot(epoch, so_far, epoch_rng))

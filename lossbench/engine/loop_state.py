@@ -104,10 +104,12 @@ class LoopState:
 class Checkpoints:
     """When `fit` hands its state to `save` (the run's checkpoint writer; None: never).
 
-    At an epoch's end when `CheckpointClock` says one is due or a stop was asked for; mid-epoch
-    when a stop (Ctrl-C) ends the epoch early. Between two writes, the state of the end of the
-    last good epoch is kept in memory (`good`: loop state and cloned `training_states`), so that
-    a run whose loss diverges leaves a checkpoint of the weights before it did.
+    `save(loop)` receives `LoopState.to_checkpoint()` at an epoch's end when `CheckpointClock`
+    says one is due (`trainer.checkpoint_interval_s`, `trainer.checkpoint_every`) or a stop was
+    asked for, and mid-epoch when a stop (Ctrl-C) ends the epoch early: the rest of it runs on
+    resume. Between two writes, the state of the end of the last good epoch is kept in memory
+    (`good`: the loop state and cloned `training_states`), and `save(loop, states)` receives it
+    when the loss diverges, so that a diverged run leaves a checkpoint from before it did.
     """
 
     def __init__(self, save: Callable[..., None] | None, trainer: Any) -> None:
