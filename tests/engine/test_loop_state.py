@@ -114,3 +114,38 @@ def test_an_older_checkpoint_without_tie_loss_weights_or_scaler_still_loads():
     state = LoopState.from_checkpoint(loop, torch.device("cpu"))
     assert math.isnan(state.stopping["best_tie"])
     assert state.best_loss_state is None and state.scaler is None
+
+
+def test_checkpoints_are_written_when_due_and_the_last_good_epoch_on_divergence():
+    from lossbench.engine.loop import Settings
+    from lossbench.engine.loop_state import Checkpoints
+
+    written = []
+    checkpoints = Checkpoints(lambda loop, states=None: written.append((loop["epoch"], states)),
+                              Settings(checkpoint_interval_s=0, checkpoint_every=2))
+    g = torch.Generator().manual_seed(0)
+
+    def at(epoch):
+        return lambda: LoopState(epoch=epoch, epoch_rng=capture_rng(g), rng=capture_rng(g))
+
+    checkpoints.epoch_end(1, at(2), lambda: {"model": 1}, stopping=False)  # kept, not written
+    assert written == [] and checkpoints.good[0]["epoch"] == 2
+    checkpoints.epoch_end(2, at(3), lambda: {"model": 2}, stopping=False)  # every 2nd: due
+    assert written == [(3, None)] and checkpoints.good is None
+    checkpoints.diverged()  # the state after epoch 2 is on disk already: nothing more
+    assert written == [(3, None)]
+    checkpoints.epoch_end(3, at(4), lambda: {"model": 3}, stopping=False)
+    checkpoints.diverged()  # epoch 4 diverged: the end of epoch 3 with its weights
+    assert written == [(3, None), (4, {"model": 3})]
+    checkpoints.epoch_end(4, at(5), lambda: {"model": 4}, stopping=True)  # Ctrl-C: now
+    assert written[-1] == (5, None)
+
+
+def test_without_a_writer_nothing_is_kept():
+    from lossbench.engine.loop import Settings
+    from lossbench.engine.loop_state import Checkpoints
+
+    checkpoints = Checkpoints(None, Settings())
+    checkpoints.epoch_end(1, lambda: 1 / 0, lambda: 1 / 0, stopping=True)  # never built
+    checkpoints.mid_epoch(lambda: 1 / 0)
+    assert checkpoints.good is None
