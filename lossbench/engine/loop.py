@@ -309,7 +309,7 @@ def fit(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
     """
     trainer, dist = Settings.of(trainer), distributed.current()
     run = Epochs(model, loss_fn, optimizer, scheduler, splits, head, trainer, device, generator,
-                 progress, stop if not dist.active else None, save is not None)
+                 progress, stop=stop if not dist.active else None, keep_rng=save is not None)
     core, selection = run.core, selection_rule(splits.task, trainer, splits.val.y_clean is not None)
     epochs = planned_epochs(trainer.epochs, selection["min_steps"], steps_per_epoch(
         len(splits.train), trainer.batch_size, dist.world_size, trainer.get("max_batches")))
@@ -323,9 +323,10 @@ def fit(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
                  ) -> LoopState:
         """The state to resume from: `epoch`, its steps done, RNG at its start and now."""
         rng, so_far = capture_rng(generator), EpochSoFar() if so_far is None else so_far
-        return LoopState(epoch, result.history, stopping.state_dict(), state.best_state,
-                         state.best_loss_state, run.scaler.state_dict() if run.scaler else None,
-                         len(so_far), epoch_rng or rng, rng, so_far)
+        return LoopState(epoch=epoch, batch=len(so_far), epoch_rng=epoch_rng or rng, rng=rng,
+                         so_far=so_far, history=result.history, stopping=stopping.state_dict(),
+                         best_state=state.best_state, best_loss_state=state.best_loss_state,
+                         scaler=run.scaler.state_dict() if run.scaler else None)
 
     for epoch in range(state.epoch, epochs + 1):
         start = time.perf_counter()
