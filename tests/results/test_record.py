@@ -111,6 +111,17 @@ def test_no_record_reads_as_none(tmp_path):
     assert not record.has_metrics(tmp_path)
 
 
+@pytest.mark.slow
+def test_a_run_writes_its_record_through_the_owner(tmp_path, cli):
+    proc = cli("train", "trainer=smoke", "model=linear", "dataset=iris", "trainer.plots=false",
+               "print_config=false", "hydra.run.dir=run")
+    assert proc.returncode == 0, proc.stderr
+    raw = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert list(raw)[:2] == ["schema_version", "status"] and raw["schema_version"] == 1
+    history = record.read_history(tmp_path / "run")
+    assert [row["epoch"] for row in history] == list(range(1, raw["epochs_run"] + 1))
+
+
 def test_a_record_without_a_version_is_read_as_version_one(tmp_path):
     hand_written_run(tmp_path / "old")
     metrics = record.read_metrics(tmp_path / "old")
