@@ -26,9 +26,10 @@ from pathlib import Path
 from lossbench import stats
 from lossbench.results.comparison.families import build_families, check_last_budgets, parse_baseline
 from lossbench.results.comparison.records import Run, find_runs
-from lossbench.results.comparison.rows import (HEADLINE, IMBALANCE_COLUMNS, Block, block_values,
-                                       config_key, describe_row, fmt_value, group_runs,
-                                       label_rows, lower_is_better, mean_of, task_kind)
+from lossbench.results.comparison.rows import (IMBALANCE_COLUMNS, Block, block_values,
+                                               config_key, describe_row, fmt_value, group_runs,
+                                               label_rows, mean_of)
+from lossbench.tasks import HEADLINE, lower_is_better, task_kind
 from lossbench.errors import UserError
 from lossbench.results.files import write_bytes_atomic, write_csv_atomic, write_text_atomic
 

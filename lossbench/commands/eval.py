@@ -23,7 +23,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from lossbench.errors import UserError
-from lossbench.results.files import read_json, write_json_atomic
+from lossbench.results.files import write_json_atomic
+from lossbench.results.record import MODEL, has_metrics, read_metrics
 
 SPLITS = ("test", "val", "train")
 
@@ -56,8 +57,8 @@ def saved_config(run_dir: Path) -> DictConfig:
             raise UserError(f"{path} cannot be read as a config ({type(err).__name__}: "
                             f"{detail})") from None
     try:
-        config = read_json(run_dir / "metrics.json").get("config")
-    except (OSError, ValueError, AttributeError):
+        config = (read_metrics(run_dir) or {}).get("config")
+    except (OSError, ValueError):
         config = None
     if not isinstance(config, dict):
         raise UserError(f"{run_dir} holds no saved config (.hydra/config.yaml): is it a "
@@ -67,8 +68,8 @@ def saved_config(run_dir: Path) -> DictConfig:
 
 def saved_choices(run_dir: Path) -> dict[str, str]:
     try:
-        picked = read_json(run_dir / "metrics.json").get("choices")
-    except (OSError, ValueError, AttributeError):
+        picked = (read_metrics(run_dir) or {}).get("choices")
+    except (OSError, ValueError):
         picked = None
     return dict(picked) if isinstance(picked, dict) else {}
 
@@ -149,9 +150,9 @@ def evaluate_run(run_dir: Path, overrides: list[str], split: str = "test",
     `logit_adjust` τ: predict from the logits minus τ·log(training prior) (post-hoc)."""
     if not run_dir.is_dir():
         raise UserError(f"{run_dir} is not a directory")
-    weights = run_dir / "model.pt"
+    weights = run_dir / MODEL
     if not weights.is_file():
-        record = ("see its metrics.json" if (run_dir / "metrics.json").is_file()
+        record = ("see its metrics.json" if has_metrics(run_dir)
                   else "it stopped before writing any result")
         raise UserError(f"{run_dir} has no model.pt: the run did not complete ({record})")
     picked = saved_choices(run_dir)

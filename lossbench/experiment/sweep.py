@@ -17,7 +17,6 @@ Nothing here imports torch at module level (run_sweep_job sets its threads when 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -28,13 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from lossbench.errors import Interrupted, UserError
-from lossbench.results.files import read_json, write_json_atomic, write_text_atomic
-
-# Task-config keys that say where a run lives, not what it computes: never part of the identity.
-LOCATION_KEYS = ("run_dir",)
+from lossbench.errors import Interrupted, UserError, debug_requested
+from lossbench.results.files import write_text_atomic
+# resolved_config, LOCATION_KEYS and error_line used to live here: still importable from here
+from lossbench.results.record import (LOCATION_KEYS, METRICS, error_line,  # noqa: F401
+                                      failure_record, metrics_path, read_metrics,
+                                      resolved_config, write_metrics)
 
 # Written into the sweep directory when a multirun starts; jobs whose `.hydra/` files are newer
 # belong to this invocation (both times come from the same file system's clock).
@@ -46,34 +46,15 @@ failed_jobs: list[Path] = []
 _started: tuple[Path, float] | None = None
 
 
-def resolved_config(cfg: DictConfig) -> dict[str, Any]:
-    """The job's task config, interpolations resolved, without location keys; JSON-shaped, so a
-    value read back from metrics.json compares equal."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(container, dict)
-    for key in LOCATION_KEYS:
-        container.pop(key, None)
-    return json.loads(json.dumps(container, default=str))
-
-
 def completed_run(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
     """metrics.json of a run already completed in run_dir for this very config, else None."""
     try:
-        metrics = read_json(run_dir / "metrics.json")
+        metrics = read_metrics(run_dir)
     except (OSError, ValueError):
         return None
-    if not isinstance(metrics, dict) or metrics.get("status") != "completed":
+    if metrics is None or metrics.get("status") != "completed":
         return None
     return metrics if metrics.get("config") == resolved_config(cfg) else None
-
-
-def error_line(err: BaseException) -> str:
-    """`Type: message` on one line; for a config object that failed to build, its own error."""
-    if type(err).__name__ == "InstantiationException" and err.__cause__ is not None:
-        err = err.__cause__
-    if isinstance(err, UserError):  # the user's own mistake: its message says it all
-        return " ".join(str(err).split())
-    return " ".join(f"{type(err).__name__}: {err}".split())
 
 
 def record_failure(run_dir: Path, cfg: DictConfig, err: BaseException, choices: dict[str, str],
@@ -81,34 +62,13 @@ def record_failure(run_dir: Path, cfg: DictConfig, err: BaseException, choices: 
     """Write metrics.json with status failed and the error (atomically: a reader sees the old
     file or this one). What the failed attempt itself wrote there (a diverged run's epoch and
     status) is kept, its status moved to `stopped`."""
+    earlier = None
     try:
-        config: dict[str, Any] | None = resolved_config(cfg)
-    except Exception:  # an unresolvable interpolation may be the very error being recorded
-        config = None
-    path = run_dir / "metrics.json"
-    written: dict[str, Any] = {}
-    try:
-        if path.stat().st_mtime >= started:
-            written = read_json(path)
-            written = {"stopped": written.pop("status", None), **written} if isinstance(
-                written, dict) else {}
+        if metrics_path(run_dir).stat().st_mtime >= started:
+            earlier = read_metrics(run_dir)
     except (OSError, ValueError):
         pass
-    write_json_atomic(path, {
-        **written,
-        "status": "failed",
-        "error": error_line(err),
-        "traceback": "".join(traceback.format_exception(err)),
-        "choices": choices,
-        "seed": cfg.get("seed"),
-        # the seeds are known even when the run failed before its weights were drawn
-        "pairing": written.get("pairing") or {
-            "data_seed": cfg.get("seed") if cfg.get("data_seed") is None else cfg.get("data_seed"),
-            "train_seed": cfg.get("seed") if cfg.get("train_seed") is None
-            else cfg.get("train_seed")},
-        "wall_time_s": time.time() - started,
-        "config": config,
-    })
+    write_metrics(run_dir, failure_record(cfg, err, choices, time.time() - started, earlier))
 
 
 def threads_per_job(hydra_cfg: DictConfig) -> int | None:
@@ -135,7 +95,7 @@ def unfinished_checkpoint(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | No
         return None
     status = job_status(run_dir)
     if status == "completed" or (status not in ("unfinished", "interrupted")
-                                 and (run_dir / "metrics.json").stat().st_mtime
+                                 and metrics_path(run_dir).stat().st_mtime
                                  >= path.stat().st_mtime):
         return None
     try:
@@ -213,7 +173,7 @@ def run_sweep_job(cfg: DictConfig, hydra_cfg: DictConfig,
         record_failure(run_dir, cfg, err, picked, started)
         print(job_line(label, run_dir, time.time() - started, error_line(err)),
               file=sys.stderr, flush=True)
-        if os.environ.get("LOSSBENCH_DEBUG", "") not in ("", "0"):
+        if debug_requested():
             traceback.print_exception(err)
         return None
     finally:
@@ -225,7 +185,7 @@ def sweep_jobs(sweep_dir: Path, since: float) -> list[Path]:
     jobs = set()
     # Hydra rewrites .hydra/ for every job it starts, skipped ones included; metrics.json
     # catches the rest when hydra.output_subdir=null
-    for name in (".hydra/overrides.yaml", "metrics.json"):
+    for name in (".hydra/overrides.yaml", METRICS):
         for path in sweep_dir.rglob(name):
             if path.stat().st_mtime >= since:
                 jobs.add(path.parent.parent if name.startswith(".hydra") else path.parent)
@@ -235,16 +195,16 @@ def sweep_jobs(sweep_dir: Path, since: float) -> list[Path]:
 def job_status(job_dir: Path) -> str:
     """completed, failed, or unfinished (no readable metrics.json: killed, still running)."""
     try:
-        return str(read_json(job_dir / "metrics.json").get("status", "unfinished"))
-    except (OSError, ValueError, AttributeError):
+        return str((read_metrics(job_dir) or {}).get("status", "unfinished"))
+    except (OSError, ValueError):
         return "unfinished"
 
 
 def job_warnings(job_dir: Path) -> list[str]:
     """The kinds of warning a completed job's metrics.json carries (near_chance, ...)."""
     try:
-        found = read_json(job_dir / "metrics.json").get("warnings")
-    except (OSError, ValueError, AttributeError):
+        found = (read_metrics(job_dir) or {}).get("warnings")
+    except (OSError, ValueError):
         return []
     if not isinstance(found, list):
         return []
@@ -269,7 +229,7 @@ def summary_line(sweep_dir: Path, jobs: list[Path], since: float) -> tuple[str, 
     if failed:
         dirs = " ".join(str(job) for job in failed)
         return f"lossbench: {len(failed)} of {len(jobs)} jobs failed: {dirs}{note}", failed
-    reused = sum(1 for job in jobs if (job / "metrics.json").stat().st_mtime < since)
+    reused = sum(1 for job in jobs if metrics_path(job).stat().st_mtime < since)
     skipped = f" ({reused} skipped: already completed)" if reused else ""
     return f"lossbench: all {len(jobs)} jobs completed{skipped} in {sweep_dir}{note}", failed
 

@@ -14,27 +14,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lossbench.results.files import read_json
-
-# The metric a job's line shows, per task: the one `compare` sorts by first.
-HEADLINE = {"regression": "rmse"}
-DEFAULT_HEADLINE = "accuracy"
-
-
-def in_sweep() -> bool:
-    """True inside a job of a Hydra multirun (False for single runs and outside Hydra)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        return HydraConfig.get().mode == RunMode.MULTIRUN
-    except (ImportError, ValueError):
-        return False
+from lossbench.experiment.hydra_context import in_sweep  # noqa: F401 (imported from here)
+from lossbench.results.record import read_metrics
+from lossbench.tasks import headline_metric
 
 
 def headline(metrics: dict[str, Any]) -> str:
     """'test accuracy 0.9611' from a completed run's metrics.json, '' when it has none."""
-    name = HEADLINE.get(str(metrics.get("task")), DEFAULT_HEADLINE)
+    name = headline_metric(metrics.get("task"))  # the one `compare` sorts by first
     value = (metrics.get("test") or {}).get(name)
     return f"test {name} {value:.4f}" if isinstance(value, (int, float)) else ""
 
@@ -52,7 +39,7 @@ def job_line(label: str, run_dir: Path, seconds: float, error: str | None = None
     if error is not None:
         return f"lossbench: {label} failed: {error} ({seconds:.1f} s; see {shown_path(run_dir)})"
     try:
-        metrics = read_json(Path(run_dir) / "metrics.json")
+        metrics = read_metrics(run_dir) or {}
     except (OSError, ValueError):
         metrics = {}
     status = str(metrics.get("status", "completed"))

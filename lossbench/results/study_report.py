@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from lossbench.results.files import (read_json, write_bytes_atomic, write_csv_atomic, write_json_atomic,
-                              write_text_atomic)
+from lossbench.results.files import (write_bytes_atomic, write_csv_atomic, write_json_atomic,
+                                     write_text_atomic)
+from lossbench.results.record import METRICS, read_metrics
 
 
 # --------------------------------------------------------------------------------------------
@@ -101,8 +102,8 @@ def trial_records(settings: Any, study_dir: Path) -> dict[str, dict[str, dict[st
             edges = [key for key, value in chosen.items()
                      if key in space and space[key].at_edge(value, settings.sampler)]
             # what the trials cost: equal trial counts can still hide unequal training
-            runs = [read_json(p) for p in (study_dir / "tune" / dataset / loss).glob(
-                "trial*/seed*/metrics.json")]
+            runs = [read_metrics(p.parent) for p in (study_dir / "tune" / dataset / loss).glob(
+                f"trial*/seed*/{METRICS}")]
             records.setdefault(dataset, {})[loss] = {
                 "trials": len(trials),
                 "failed": sum(t.state == TrialState.FAIL for t in trials),
@@ -211,7 +212,7 @@ def write_report(settings: Any, study_dir: Path) -> Path:
     blocks, failed, aggregate = [], [], {}
     for stratum, _ in settings.strata():
         report_dir = study_dir / "report" / stratum
-        if not (report_dir.is_dir() and any(report_dir.rglob("metrics.json"))):
+        if not (report_dir.is_dir() and any(report_dir.rglob(METRICS))):
             continue
         runs = find_runs([report_dir])
         failed += [r for r in runs if r.status != "completed"]

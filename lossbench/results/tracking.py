@@ -16,6 +16,7 @@ The heavy packages (tensorboard, mlflow, wandb) are imported only by the tracker
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Iterator, Mapping
@@ -23,21 +24,16 @@ from pathlib import Path
 from typing import Any
 
 from lossbench.errors import UserError
+from lossbench.experiment.hydra_context import hydra_config, in_sweep
+from lossbench.results import record
 
 # Files of a run directory mirrored as artifacts (model.pt only when asked: it can be large).
-ARTIFACT_PATTERNS = ("report.txt", "metrics.json", "history.csv", "*.png", ".hydra/*.yaml")
+ARTIFACT_PATTERNS = (record.REPORT, record.METRICS, record.HISTORY, "*.png", ".hydra/*.yaml")
 
 
-def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'trainer': {'epochs': 5}} -> {'trainer.epochs': 5}; lists stay whole values."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
+# {'trainer': {'epochs': 5}} -> {'trainer.epochs': 5}; lists stay whole values: a tracker logs
+# a list as one parameter
+flatten = functools.partial(record.flatten, lists="keep")
 
 
 def scalar_items(row: Mapping[str, Any]) -> Iterator[tuple[str, float]]:
@@ -57,21 +53,15 @@ def final_scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 def run_files(run_dir: Path, include_model: bool = False) -> list[Path]:
-    patterns = ARTIFACT_PATTERNS + (("model.pt",) if include_model else ())
+    patterns = ARTIFACT_PATTERNS + ((record.MODEL,) if include_model else ())
     return sorted({p for pattern in patterns for p in run_dir.glob(pattern) if p.is_file()})
 
 
 def sweep_context() -> dict[str, str]:
     """Where this job sits in a Hydra sweep ({} for a single run or outside Hydra)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        hydra_cfg = HydraConfig.get()
-    except (ImportError, ValueError):
+    if not in_sweep():
         return {}
-    if hydra_cfg.mode != RunMode.MULTIRUN:
-        return {}
+    hydra_cfg = hydra_config()
     varying = swept_keys(Path(hydra_cfg.sweep.dir) / "multirun.yaml")
     job_overrides = list(hydra_cfg.overrides.task)
     picked = [o for o in job_overrides if o.split("=", 1)[0].lstrip("+~") in varying]
@@ -388,7 +378,7 @@ class WandbTracker(NoTracker):
             # offline, wandb keeps copies under <run dir>/wandb/: a second metrics.json or
             # .hydra/ there would count as another run for `compare` and the sweep summary
             # (the config and the summary carry their contents anyway)
-            if path.name != "metrics.json" and ".hydra" not in path.relative_to(run_dir).parts:
+            if path.name != record.METRICS and ".hydra" not in path.relative_to(run_dir).parts:
                 self.run.save(str(path), base_path=str(run_dir), policy="now")
         self.run.finish()
         _open.remove(self)

@@ -8,7 +8,6 @@ how a run's validation result ranks it; it reads no test metric.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lossbench.errors import UserError
+from lossbench.results.record import read_history
 
 
 # How much the tie-break (the validation NLL at the selected epoch) weighs in a score: so little
@@ -37,13 +37,13 @@ def selected_tie(metrics: dict[str, Any], run_dir: str | Path | None) -> float |
         return None
     column = tie_break + ("_clean" if selection.get("labels") == "clean" else "")
     try:
-        with open(Path(run_dir) / "history.csv", newline="", encoding="utf-8") as f:
-            for row in csv.DictReader(f):
-                if row.get("epoch") and int(float(row["epoch"])) == epoch:
-                    value = float(row.get(column) or "nan")
-                    return None if math.isnan(value) else value
-    except (OSError, ValueError):
+        history = read_history(run_dir)
+    except ValueError:  # not UTF-8 text: no tie-break
         return None
+    for row in history:
+        if math.isfinite(row.get("epoch", math.nan)) and int(row["epoch"]) == epoch:
+            value = row.get(column, math.nan)  # an empty cell counts as missing
+            return None if math.isnan(value) else value
     return None
 
 

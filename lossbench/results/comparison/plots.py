@@ -4,15 +4,14 @@ imbalance ratio of a sweep, one line per loss, with CIs)."""
 
 from __future__ import annotations
 
-import csv
 import io
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from lossbench.results.comparison.records import Run
 from lossbench.results.comparison.rows import Block, fmt_value
+from lossbench.results.record import read_history
 from lossbench.results.stats import clip, metric_range
 
 
@@ -83,24 +82,6 @@ def comparison_plot(blocks: Sequence[Block]) -> bytes:
             ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0),
                       fontsize="small", frameon=False)
     return _png_bytes(fig)
-
-
-def read_history(run_dir: Path) -> list[dict[str, float]]:
-    try:
-        with open(run_dir / "history.csv", encoding="utf-8", newline="") as f:
-            rows = list(csv.DictReader(f))
-    except OSError:
-        return []
-    out = []
-    for row in rows:
-        parsed = {}
-        for key, value in row.items():
-            try:
-                parsed[key] = float(value)
-            except (TypeError, ValueError):
-                continue
-        out.append(parsed)
-    return out
 
 
 def curve_column(block: Block, histories: Sequence[list[dict[str, float]]], runs: Sequence[Run]

@@ -1,6 +1,7 @@
-"""Run records as `compare` reads them: a run directory's metrics.json, .hydra/config.yaml,
-.hydra/overrides.yaml (and .hydra/hydra.yaml for older runs). Every field written after the
-first runs (test_at, budget, pairing, warnings, memorisation, selection) is optional."""
+"""Run records as `compare` reads them: a run directory's metrics.json (through
+lossbench.results.record, which documents its keys), .hydra/config.yaml, .hydra/overrides.yaml
+(and .hydra/hydra.yaml for older runs). Every field written after the first runs (test_at,
+budget, pairing, warnings, memorisation, selection) is optional."""
 
 from __future__ import annotations
 
@@ -11,19 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from lossbench.errors import UserError
-from lossbench.results.files import read_json
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}; lists become JSON text so values stay hashable."""
-    if isinstance(tree, dict):
-        flat: dict[str, Any] = {}
-        for key, value in tree.items():
-            flat.update(flatten(value, f"{prefix}{key}."))
-        return flat
-    if isinstance(tree, list):
-        return {prefix[:-1]: json.dumps(tree)}
-    return {prefix[:-1]: tree}
+from lossbench.results.record import (METRICS, UnreadableRecord, flatten, has_metrics,
+                                      read_metrics)
 
 
 def parse_overrides(lines: Iterable[str]) -> dict[str, str]:
@@ -129,12 +119,13 @@ def _load_yaml(path: Path, resolve: bool = True) -> Any:
 
 
 def load_run(run_dir: Path) -> Run:
-    try:
-        metrics = read_json(run_dir / "metrics.json")
-        if not isinstance(metrics, dict):
-            raise ValueError("not a JSON object")
+    try:  # a record of a newer schema is the user's to sort out: its UserError goes up
+        metrics = read_metrics(run_dir)
+        if metrics is None:
+            raise FileNotFoundError(f"no {METRICS}")
     except (OSError, ValueError) as err:
-        metrics = {"status": "unreadable", "error": f"metrics.json: {err}"}
+        reason = err.reason if isinstance(err, UnreadableRecord) else err
+        metrics = {"status": "unreadable", "error": f"{METRICS}: {reason}"}
     config = metrics.get("config")
     if not isinstance(config, dict):
         config = _load_yaml(run_dir / ".hydra" / "config.yaml") or {}
@@ -156,13 +147,13 @@ def find_runs(paths: Sequence[str | Path]) -> list[Run]:
         path = Path(raw)
         if not path.exists():
             raise UserError(f"{path} does not exist")
-        if (path / "metrics.json").is_file():
+        if has_metrics(path):
             seen[path.resolve()] = None
             continue
-        for found in sorted(path.rglob("metrics.json"), key=lambda p: _natural(p.parent)):
+        for found in sorted(path.rglob(METRICS), key=lambda p: _natural(p.parent)):
             seen[found.parent.resolve()] = None
     if not seen:
-        raise UserError(f"no runs under {', '.join(map(str, paths))}: no metrics.json found "
+        raise UserError(f"no runs under {', '.join(map(str, paths))}: no {METRICS} found "
                         "(pass run directories or a multirun folder)")
     return [load_run(p) for p in seen]
 

@@ -16,21 +16,9 @@ from lossbench.results.stats import Stat
 if TYPE_CHECKING:
     from lossbench.results.comparison.families import Comparison, Family
 
-HEADLINE = {"classification": ("accuracy", "macro_f1"), "regression": ("rmse", "r2")}
 # Columns added for runs trained on an imbalanced or re-sampled split
 IMBALANCE_COLUMNS = ("balanced_accuracy", "worst_class_recall", "few_shot_accuracy",
                      "prior_accuracy")
-
-LOWER_IS_BETTER = {"rmse", "mse", "mae", "loss", "nll", "brier", "ece", "error"}
-
-
-
-def task_kind(task: str | None) -> str:
-    return "regression" if task == "regression" else "classification"
-
-
-def lower_is_better(metric: str) -> bool:
-    return metric in LOWER_IS_BETTER or metric.rsplit("_", 1)[-1] in LOWER_IS_BETTER
 
 
 def ignored(key: str, ignore: Sequence[str]) -> bool:

@@ -13,6 +13,7 @@ from lossbench.results.comparison.families import Comparison, Family
 from lossbench.results.comparison.records import Run
 from lossbench.results.comparison.rows import Block, Row, fmt_value
 from lossbench.results.stats import Stat
+from lossbench.tasks import lower_is_better
 
 
 @dataclass
@@ -350,7 +351,7 @@ def to_latex(blocks: Sequence[Block], notes: Notes, digits: int = 3) -> str:
             for m in block.metrics:
                 means = [r.stats[m].mean for r in family.rows if r.stats[m].n]
                 if means:
-                    low = block.mode == "min" if m == block.metric else stats_lower(m)
+                    low = block.mode == "min" if m == block.metric else lower_is_better(m)
                     best[(i, m)] = min(means) if low else max(means)
         at = "selected (validation) epoch" if notes.at == "best" else "last epoch"
         lines = [r"\begin{table}[t]", r"\centering",
@@ -392,9 +393,3 @@ def to_latex(blocks: Sequence[Block], notes: Notes, digits: int = 3) -> str:
         lines += [foot + "}", r"\end{table}", ""]
         out += lines
     return "\n".join(out) + "\n"
-
-
-def stats_lower(metric: str) -> bool:
-    from lossbench.results.comparison.rows import lower_is_better
-
-    return lower_is_better(metric)
