@@ -17,9 +17,11 @@ from lossbench.errors import (Diverged, Interrupted, config_mistake, debug_reque
 
 register_schemas()  # conf/config.yaml's defaults list starts with the typed schema
 
-# What turns an exception into one line and an exit status lives in lossbench/errors.py; these
-# names stay importable from here for the callers that know them by this module.
+# What turns an exception into one line and an exit status lives in lossbench/errors.py;
+# instantiation_mistake and config_error_message (errors.config_mistake) stay importable from
+# here for the callers that know them by this module.
 config_error_message = config_mistake
+__all__ = ["config_error_message", "instantiation_mistake", "train_command"]
 
 
 def _discard_empty_run_dir(run_dir: Path, user_dir: Path) -> None:
