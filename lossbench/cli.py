@@ -34,15 +34,6 @@ examples:
 """
 
 
-def _debug() -> bool:
-    return os.environ.get("LOSSBENCH_DEBUG", "") not in ("", "0")
-
-
-def report_user_error(err: BaseException) -> None:
-    """Print a user error on one line (two at most) to stderr."""
-    print(f"lossbench: error: {err}", file=sys.stderr)
-
-
 def console_main() -> None:
     """The `lossbench` command itself (the console script, `python -m lossbench`): `main`, then
     the exit. The work is done and its files are closed by then; what remains is the
@@ -86,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
         "compare": "lossbench.commands.compare:compare_command",
         "study": "lossbench.experiment.study:study_command",
         "eval": "lossbench.commands.eval:eval_command",
-        "losses": "lossbench.commands.losses_table:func",
+        "losses": "lossbench.commands.listing:losses_command",
         "list": "lossbench.commands.listing:func",
         "plot-losses": "lossbench.commands.plot_losses:plot_losses_command",
         "-sc": "lossbench.commands.completion:func",  # what `lossbench train -sc install=bash` calls on <TAB>
@@ -99,22 +90,17 @@ def main(argv: list[str] | None = None) -> None:
     module_name, func_name = commands[command].split(":")
     import importlib
 
-    from lossbench.errors import Interrupted, UserError
+    from lossbench.errors import UserError, debug_requested, exit_report, tell
 
     func = getattr(importlib.import_module(module_name), func_name)
     try:
         code = func(rest)
-    except UserError as err:
-        if _debug():
+    except (UserError, KeyboardInterrupt) as err:
+        # a user error; Ctrl-C (Interrupted: the run saved a checkpoint and its message says
+        # so; else it came before any run began)
+        if debug_requested():
             raise
-        report_user_error(err)
-        sys.exit(2)
-    except KeyboardInterrupt as err:
-        if _debug():
-            raise
-        if isinstance(err, Interrupted):  # the run saved a checkpoint; its message says so
-            print(f"lossbench: {err}", file=sys.stderr)
-            sys.exit(err.exit_code)
-        print("lossbench: stopped by Ctrl-C", file=sys.stderr)  # before any run began
-        sys.exit(130)
+        line, status = exit_report(err)
+        tell(line)
+        sys.exit(status)
     sys.exit(code or 0)

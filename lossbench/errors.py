@@ -1,4 +1,7 @@
-"""The errors lossbench reports to the user in one line, without a traceback."""
+"""The errors lossbench reports to the user in one line, without a traceback, and
+`exit_report`: the one place that turns an exception into that line and the exit status."""
+
+from __future__ import annotations
 
 import os
 
@@ -44,3 +47,137 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, message: str, exit_code: int = 130):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+# From an exception to what the user reads and the exit status: the one place that decides.
+# Hydra and OmegaConf are imported only when an error of theirs is being looked at, so that
+# every layer may import this module (and `lossbench --help` stays fast).
+
+
+def exit_report(err: BaseException, composing: bool = False) -> tuple[str, int] | None:
+    """(what stderr says after "lossbench: ", exit status) for `err`; None for an internal
+    error, which keeps its traceback.
+
+    - UserError: "error: <message>", 2;
+    - Diverged: its message, 3; Interrupted: its message, 130 (SIGINT) or 143 (SIGTERM);
+    - a bare KeyboardInterrupt (Ctrl-C before any run began): "stopped by Ctrl-C", 130;
+    - a config object that could not be built because of its config (`instantiation_mistake`):
+      "error: ...", 2;
+    - composing=True (Hydra had not called the job yet): Hydra's and OmegaConf's composition
+      errors (`config_mistake`), 2. The same types raised by a running job are bugs.
+    """
+    if isinstance(err, UserError):
+        return f"error: {err}", 2
+    if isinstance(err, (Diverged, Interrupted)):
+        # metrics.json says what happened and checkpoint.pt is kept: the message says so
+        return str(err), err.exit_code
+    if isinstance(err, KeyboardInterrupt):
+        return "stopped by Ctrl-C", 130
+    if not isinstance(err, Exception):
+        return None  # SystemExit, GeneratorExit: not ours to report
+    mistake = config_mistake(err) if composing else instantiation_mistake(err)
+    return None if mistake is None else (f"error: {mistake}", 2)
+
+
+def tell(line: str) -> None:
+    """Print a report of `exit_report` to stderr, as every lossbench error line looks."""
+    import sys
+
+    print(f"lossbench: {line}", file=sys.stderr)
+
+
+def _lines(err: BaseException) -> list[str]:
+    # OmegaConf appends "full_key: ...", "object_type=..." lines: the key is in the first
+    return [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+
+
+def config_mistake(err: BaseException) -> str | None:
+    """Hydra's and OmegaConf's composition errors as one or two lines for the user (None for an
+    exception that is not a config mistake). An unknown group option keeps Hydra's list of the
+    available ones."""
+    from hydra.errors import (ConfigCompositionException, HydraException,
+                              MissingConfigException, OverrideParseException)
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+    from lossbench.config.schema import unknown_key_hint
+
+    if isinstance(err, MissingConfigException):
+        return _missing_option(err)
+    if isinstance(err, ConfigCompositionException) and "Ambiguous value for argument" in str(err):
+        # Hydra tells this case only by its message. Its hint ends "add --multirun": the third
+        # line, which two lines would cut off
+        override = str(err).split("'", 2)[1] if str(err).count("'") >= 2 else "key=a,b"
+        return (f"{override} gives several values: to run one job per value, use "
+                f"lossbench train -m {override}\n"
+                f"(a list is key=[a,b]; a string with a comma is quoted: key=\\'a,b\\')")
+    if isinstance(err, OverrideParseException):
+        return f"cannot parse the override: {'; '.join(_lines(err))}"
+    cause = err.__cause__
+    if isinstance(err, ConfigCompositionException) and isinstance(cause, OmegaConfBaseException):
+        message = f"{_lines(err)[0].rstrip('.')}: {_lines(cause)[0]}"
+        key = getattr(cause, "full_key", None)
+        # a key the closed schema (or a struct node) does not declare
+        unknown = isinstance(cause, (ConfigKeyError, ConfigAttributeError))
+        siblings = getattr(cause, "parent_node", None)
+        siblings = list(siblings.keys()) if hasattr(siblings, "keys") else []
+        hint = unknown_key_hint(key, siblings) if key and unknown else ""
+        rest = hint or " ".join(_lines(err)[1:2])
+        return f"{message}\n{rest}" if rest else message
+    if isinstance(err, (HydraException, OmegaConfBaseException)):
+        return "\n".join(_lines(err)[:2])
+    return None
+
+
+def _missing_option(err: BaseException) -> str:
+    """"Could not find 'loss/sec' (did you mean sce?)" and the group's options, from Hydra's
+    MissingConfigException (its `options` and `missing_cfg_file`)."""
+    import difflib
+
+    # where the option was asked for ("In 'experiment/longtail': ...") is only in the message
+    head = str(err).split("Config search path:")[0].split("Available options in")[0]
+    head = " ".join(head.split()).removeprefix("In 'config': ")
+    options = list(getattr(err, "options", None) or [])
+    if not options:
+        return head
+    group, _, name = str(getattr(err, "missing_cfg_file", "")).rpartition("/")
+    close = difflib.get_close_matches(name, options, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"{head}{hint}\navailable options in '{group}': {', '.join(options)}"
+
+
+def instantiation_mistake(err: BaseException) -> str | None:
+    """A config object that could not be built because of its config (an unknown `_target_`, a
+    wrong or invalid argument): one line, else None (a bug keeps its traceback)."""
+    from hydra.errors import InstantiationException
+
+    if not isinstance(err, InstantiationException):
+        return None
+    cause = err.__cause__
+    # Hydra's text is all there is to show; which case it is, the cause's type tells
+    what = str(err).split("\n")[0].split(", set env var HYDRA_FULL_ERROR")[0].rstrip(":. ")
+    if cause is None:
+        if "full_key" not in str(err):
+            return None
+        # Hydra refused the target itself (its blocklist of targets that run code, e.g.
+        # os.system): what the config asked for is the mistake; say it on one line
+        return " ".join(str(err).split("full_key:")[0].split()).rstrip(".")
+    if isinstance(cause, ImportError):  # ModuleNotFoundError too: a `_target_` not found
+        # the cause repeats the path; its last line says what is missing
+        hint = " ".join(str(cause).strip().splitlines()[-1].split())
+        return f"{what}: {hint}" if hint else what
+    if isinstance(cause, (TypeError, ValueError)):  # the arguments the config gave
+        detail = " ".join(str(cause).split())
+        return f"{what}: {detail}" if detail else what
+    return None
+
+
+def error_line(err: BaseException) -> str:
+    """`Type: message` on one line, as a sweep records a failed job; for a config object that
+    failed to build, its own error; a UserError's message says it all."""
+    from hydra.errors import InstantiationException
+
+    if isinstance(err, InstantiationException) and err.__cause__ is not None:
+        err = err.__cause__
+    if isinstance(err, UserError):
+        return " ".join(str(err).split())
+    return " ".join(f"{type(err).__name__}: {err}".split())

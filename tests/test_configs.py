@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 import lossbench
 from lossbench.data import RawData
-from lossbench.experiment.run import dataset_source
+from lossbench.data.prepare import dataset_arguments
 
 CONF = Path(lossbench.__file__).parent / "conf"
 GROUP_FILES = sorted(p.relative_to(CONF) for p in CONF.rglob("*.yaml") if p.parent != CONF)
@@ -65,7 +65,7 @@ def test_group_file_composes_and_instantiates(path):
         module, _, name = target.rpartition(".")
         assert hasattr(importlib.import_module(module), name), target
     if group == "dataset" and str(target).startswith(EMBEDDED_DATASETS):
-        assert isinstance(instantiate(dataset_source(node)), RawData)
+        assert isinstance(instantiate(dataset_arguments(node)), RawData)
     elif group == "model":
         model = instantiate(node, input_shape=[1, 8, 8], num_outputs=3)
         assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 3)

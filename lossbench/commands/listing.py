@@ -1,5 +1,6 @@
 """`lossbench list [datasets|models|losses|optimizers|...]`: the options of each config group, one
-line each, with the task it fits and what it is.
+line each, with the task it fits and what it is; and `lossbench losses`, the losses again as a
+table with their hyperparameters, from the same rows (`loss_rows`).
 
 Answers without importing torch: the options come from the packaged YAML files, the tasks and
 descriptions from the source of the classes and functions they name, read with `ast`.
@@ -9,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 import ast
-import importlib.util
-from functools import lru_cache
-from pathlib import Path
+from typing import Any
 
-from lossbench.config.catalogue import TASK_ORDER, group_options, loss_catalogue
+from lossbench.config.catalogue import LossEntry, group_options, loss_catalogue, module_tree
 from lossbench.errors import UserError
+from lossbench.tasks import TASKS
 
 # What the user types -> the config group it lists.
 GROUPS = {"datasets": "dataset", "models": "model", "losses": "loss", "optimizers": "optimizer",
@@ -27,27 +27,10 @@ DEFAULT_GROUPS = tuple(GROUPS)  # `lossbench list`: every group, every option
 MAX_SUMMARY = 80  # characters of a description: one line each, even in a narrow terminal
 
 
-@lru_cache(maxsize=None)
-def _module_tree(module: str) -> ast.Module | None:
-    """A module's syntax tree, found without importing it (or its package)."""
-    parts = module.split(".")
-    try:
-        spec = importlib.util.find_spec(parts[0])
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))).joinpath(*parts[1:])
-    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
-        if candidate.is_file():
-            return ast.parse(candidate.read_text(encoding="utf-8"))
-    return None
-
-
 def _definition(target: str) -> tuple[ast.AST | None, ast.Module | None]:
     """The `def`/`class` node a `_target_` such as `lossbench.data.sklearn_datasets.iris` names."""
     module, _, name = target.rpartition(".")
-    tree = _module_tree(module)
+    tree = module_tree(module)
     if tree is None:
         return None, None
     for node in tree.body:
@@ -96,19 +79,19 @@ def dataset_tasks(target: str | None) -> tuple[str, ...]:
         tested = {id(c) for n in ast.walk(current) if isinstance(n, ast.Compare)
                   for c in ast.walk(n)}
         for sub in ast.walk(current):
-            if isinstance(sub, ast.Constant) and sub.value in TASK_ORDER and id(sub) not in tested:
+            if isinstance(sub, ast.Constant) and sub.value in TASKS and id(sub) not in tested:
                 found.add(sub.value)
             elif (isinstance(sub, ast.Call) and isinstance(sub.func, ast.Name)
                   and sub.func.id in local and sub.func.id not in seen):
                 seen.add(sub.func.id)
                 todo.append(local[sub.func.id])
-    return tuple(t for t in TASK_ORDER if t in found)
+    return tuple(t for t in TASKS if t in found)
 
 
 def describe_tasks(tasks: tuple[str, ...]) -> str:
     if not tasks:
         return "?"
-    if len(tasks) == len(TASK_ORDER):
+    if len(tasks) == len(TASKS):
         return "any (from the data)"
     return ", ".join(tasks)
 
@@ -120,7 +103,7 @@ def group_lines(name: str) -> list[tuple[str, str, str]]:
         return [(e.name, ", ".join(e.tasks), f"{e.target.rsplit('.', 1)[-1]}"
                  + (f" ({e.head} head)" if e.head != "logits" else "")
                  + (f"; {e.reference}" if e.reference else ""))
-                for e in loss_catalogue()]
+                for e in loss_rows()]
     rows = []
     if name in COMMENTED_GROUPS:
         from lossbench.config.catalogue import conf_dir
@@ -168,4 +151,53 @@ def func(argv: list[str]) -> int:
             raise UserError(f"lossbench list: no group '{given}' (choose from {', '.join(GROUPS)})")
         names.append(name)
     print("\n\n".join(format_group(name) for name in names))
+    return 0
+
+
+def loss_rows(task: str | None = None) -> list[LossEntry]:
+    """The shipped losses (those fitting `task` when given), as both `lossbench list losses`
+    and `lossbench losses` show them."""
+    if task is not None and task not in TASKS:
+        raise UserError(f"--task {task} is not a task; choose from {', '.join(TASKS)}")
+    return [entry for entry in loss_catalogue() if task is None or task in entry.tasks]
+
+
+def format_value(value: Any) -> str:
+    """A hyperparameter's default as YAML writes it (null, true)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def losses_table(task: str | None = None):
+    """A rich Table of the losses (those fitting `task` when given)."""
+    from rich.table import Table
+
+    table = Table(title="Losses (lossbench train loss=<name>)", show_lines=False)
+    table.add_column("name", style="bold", no_wrap=True)
+    table.add_column("tasks")
+    table.add_column("head")
+    table.add_column("hyperparameters (defaults)")
+    table.add_column("reference")
+    for entry in loss_rows(task):
+        hyper = ", ".join(f"{k}={format_value(v)}" for k, v in entry.hyperparameters.items())
+        table.add_row(entry.name, ", ".join(entry.tasks), entry.head, hyper or "-",
+                      entry.reference)
+    return table
+
+
+def losses_command(argv: list[str]) -> int:
+    """`lossbench losses [--task TASK]`: the table of every loss."""
+    parser = argparse.ArgumentParser(
+        prog="lossbench losses",
+        description="Table of every loss: the tasks it fits, its hyperparameters with their "
+                    "defaults, and its reference. Use a name as `lossbench train loss=<name>`.")
+    parser.add_argument("--task", help=f"only losses fitting this task ({', '.join(TASKS)})")
+    args = parser.parse_args(argv)
+    table = losses_table(args.task)
+    from lossbench.console import output_console
+
+    output_console().print(table)
     return 0

@@ -26,8 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from lossbench.errors import UserError
+from lossbench.tasks import CLASSIFICATION as CLASSIFICATION_TASKS
+from lossbench.tasks import KINDS
 
-CLASSIFICATION, REGRESSION = "classification", "regression"
+CLASSIFICATION, REGRESSION = KINDS  # one picture per kind of task
 POINTS = 400
 
 
@@ -82,7 +84,7 @@ def build_losses(names: Sequence[str], overrides: dict[str, list[str]]) -> dict[
     from hydra import compose, initialize_config_module
     from hydra.utils import instantiate
 
-    from lossbench.commands.train import config_error_message, instantiation_mistake
+    from lossbench.errors import config_mistake, instantiation_mistake
     from lossbench.config.catalogue import loss_tasks
     from lossbench.config.schema import register_schemas
 
@@ -101,7 +103,7 @@ def build_losses(names: Sequence[str], overrides: dict[str, list[str]]) -> dict[
                 cfg = compose(config_name="config", overrides=[f"loss={name}", *overrides[name]])
                 modules[name] = instantiate(cfg.loss)
             except Exception as err:
-                message = config_error_message(err) or instantiation_mistake(err)
+                message = config_mistake(err) or instantiation_mistake(err)
                 if message is None:
                     raise
                 raise UserError(f"{name}: {' '.join(message.split())}") from None
@@ -112,7 +114,7 @@ def task_of(modules: dict[str, Any]) -> str:
     """Regression when every loss fits it and some fit nothing else; classification when every
     loss fits a classification task; else the losses cannot share one picture."""
     tasks = {name: set(getattr(m, "tasks", ())) for name, m in modules.items()}
-    if all(t & {"multiclass", "binary"} for t in tasks.values()) and not any(
+    if all(t & set(CLASSIFICATION_TASKS) for t in tasks.values()) and not any(
             t == {"regression"} for t in tasks.values()):
         return CLASSIFICATION
     if all("regression" in t for t in tasks.values()):

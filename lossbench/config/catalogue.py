@@ -11,13 +11,16 @@ import ast
 import importlib
 import importlib.util
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from lossbench.tasks import TASKS
+
 LOSS_PACKAGE = "lossbench.losses."
-TASK_ORDER = ("multiclass", "binary", "regression")
+TASK_ORDER = TASKS  # the order the tables list tasks in (lossbench/tasks.py)
 # Constructor arguments that are plumbing, not hyperparameters worth listing.
 NOT_HYPERPARAMETERS = ("reduction", "num_classes", "embedding_dim")
 
@@ -37,6 +40,24 @@ def group_options(group: str) -> dict[str, dict[str, Any]]:
         if entry.name.endswith(".yaml"):
             options[entry.name[:-5]] = yaml.safe_load(entry.read_text(encoding="utf-8")) or {}
     return options
+
+
+@lru_cache(maxsize=None)
+def module_tree(module: str) -> ast.Module | None:
+    """A module's syntax tree, read from its source without importing it (or its package):
+    what the listings learn about losses and datasets, torch never imported."""
+    parts = module.split(".")
+    try:
+        spec = importlib.util.find_spec(parts[0])
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))).joinpath(*parts[1:])
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.is_file():
+            return ast.parse(candidate.read_text(encoding="utf-8"), filename=str(candidate))
+    return None
 
 
 def import_target(path: str) -> Any:
@@ -95,7 +116,7 @@ def loss_classes() -> dict[str, LossClass]:
     folder = Path(__file__).resolve().parents[1] / "losses"
     nodes: dict[str, ast.ClassDef] = {}
     for path in sorted(folder.glob("*.py")):
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        tree = module_tree(f"{LOSS_PACKAGE}{path.stem}")
         nodes.update({n.name: n for n in tree.body if isinstance(n, ast.ClassDef)})
     classes: dict[str, LossClass] = {}
 
@@ -163,7 +184,7 @@ def loss_catalogue() -> list[LossEntry]:
                 nested = [value] if "_target_" in value else list(value.values())
                 parts += [c for c in (_class_of(v, classes) for v in nested) if c is not None]
         if parts:
-            tasks = set(TASK_ORDER)
+            tasks = set(TASKS)
             for part in parts:
                 tasks &= set(part.tasks)
             heads = {p.head for p in parts}
@@ -175,7 +196,7 @@ def loss_catalogue() -> list[LossEntry]:
             hyper[key] = value
         hyper = {k: _show(v, classes) for k, v in hyper.items()}
         entries.append(LossEntry(name=name, target=node["_target_"],
-                                 tasks=tuple(t for t in TASK_ORDER if t in tasks), head=head,
+                                 tasks=tuple(t for t in TASKS if t in tasks), head=head,
                                  hyperparameters=hyper, reference=info.reference))
     return entries
 

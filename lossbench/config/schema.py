@@ -22,50 +22,45 @@ from __future__ import annotations
 import difflib
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
+
+from omegaconf import MISSING
 
 from lossbench.errors import UserError
 
-# Adding a key to conf/trainer/*.yaml means declaring it here too (the schema is closed).
+# The trainer's defaults have one home: conf/trainer/default.yaml, the file a user reads (each key
+# documented beside its value), overrides and builds on (trainer=smoke). Here each key only has
+# its type; MISSING makes the YAML the sole source of values, and a key declared here without a
+# value there fails tests/test_trainer_defaults.py. The schema is closed: a key added to
+# conf/trainer/*.yaml must be declared here too.
 
 
 @dataclass
 class TrainerConfig:
     """`trainer`: how long and how to train (conf/trainer/default.yaml documents each key)."""
 
-    # auto: 50, raised on small data until the budget holds `min_steps` optimizer steps
-    epochs: Any = "auto"
-    batch_size: int = 128
-    eval_batch_size: int = 1024
-    device: str = "auto"
-    devices: int = 1
-    precision: str = "32"  # 32, bf16 or 16
-    compile: bool = False
-    num_workers: Any = "auto"  # auto or a count (OmegaConf has no Union[int, str])
-    threads: Any = "auto"  # torch's CPU intra-op threads: auto or a count (lossbench/engine/threads.py)
-    grad_clip: Optional[float] = None
-    early_stopping: bool = True
-    monitor: str = "auto"
-    mode: str = "auto"
-    patience: int = 10
-    # Early stopping may not end a run before this many optimizer steps (and `epochs: auto`
-    # plans at least this many).
-    min_steps: int = 400
-    # Which weights model.pt keeps and the headline reports: best (selected on validation) or
-    # last (end of the budget); the test metrics of both are recorded either way.
-    keep: str = "best"
-    # Validation labels the selection reads under injected noise: noisy (what a user has) or
-    # clean (privileged information, marked so in every report).
-    select_on: str = "noisy"
-    deterministic: bool = False
-    max_batches: Optional[int] = None
-    plots: bool = True
-    # Seconds of training between two checkpoints (checkpoint.pt in the run directory, for
-    # `resume=`): what a run killed outright loses at most; 0: none on a clock.
-    checkpoint_interval_s: float = 60.0
-    # Epochs between two checkpoints, on top of the clock; 0: none by count. Ctrl-C, SIGTERM
-    # and a divergence write one either way.
-    checkpoint_every: int = 0
+    epochs: Any = MISSING  # auto or a count (OmegaConf has no Union[int, str])
+    batch_size: int = MISSING
+    eval_batch_size: int = MISSING
+    device: str = MISSING
+    devices: int = MISSING
+    precision: str = MISSING  # 32, bf16 or 16
+    compile: bool = MISSING
+    num_workers: Any = MISSING  # auto or a count
+    threads: Any = MISSING  # auto or a count (lossbench/engine/threads.py)
+    grad_clip: Optional[float] = MISSING
+    early_stopping: bool = MISSING
+    monitor: str = MISSING
+    mode: str = MISSING
+    patience: int = MISSING
+    min_steps: int = MISSING
+    keep: str = MISSING  # best | last
+    select_on: str = MISSING  # noisy | clean
+    deterministic: bool = MISSING
+    max_batches: Optional[int] = MISSING
+    checkpoint_interval_s: float = MISSING
+    checkpoint_every: int = MISSING
+    plots: bool = MISSING
 
 
 @dataclass
@@ -120,11 +115,16 @@ def register_schemas() -> None:
             "coalesce", lambda *values: next((v for v in values if v is not None), None))
 
 
-def unknown_key_hint(full_key: str) -> str:
-    """`trainer.epohcs` -> "did you mean trainer.epochs?" (empty when nothing is close)."""
+def unknown_key_hint(full_key: str, siblings: Iterable[str] = ()) -> str:
+    """`trainer.epohcs` -> "did you mean trainer.epochs?" (empty when nothing is close).
+
+    siblings: the keys beside the unknown one in the composed config; a dataset's own arguments
+    are declared by its loader, not here, so `dataset.n_sample` is matched against them."""
     parent, _, key = full_key.rpartition(".")
     known = {"trainer": [f.name for f in fields(TrainerConfig)],
              "dataset.split": [f.name for f in fields(SplitConfig)]}.get(parent)
+    if known is None and parent == "dataset":
+        known = [name for name in siblings if not str(name).startswith("_")]
     if not known:
         return ""
     close = difflib.get_close_matches(key, known, n=1)
@@ -169,8 +169,9 @@ def _check_optimizer(optimizer: Any) -> None:
 
 
 def check_config(cfg: Any) -> None:
-    """Raise `UserError` for values of the right type that cannot work. Runs before any data is
-    read or model built; the monitor is checked against the task once the data is loaded
+    """Raise `UserError` for values of the right type that cannot work, and for a dataset config
+    its loader cannot take (`data.prepare.dataset_arguments`). Runs before any data is read or
+    model built; the monitor is checked against the task once the data is loaded
     (`train.resolve_monitor`)."""
     trainer = cfg.trainer
     for key in trainer:  # `+trainer.key=...` adds a key the schema does not know
@@ -218,3 +219,9 @@ def check_config(cfg: Any) -> None:
                             "fractions, e.g. dataset.split.train=0.7 dataset.split.val=0.1")
         check_split(split.train, split.val, split.test)
     _check_optimizer(cfg.get("optimizer"))
+    dataset = cfg.get("dataset")
+    if dataset is not None and dataset.get("_target_"):
+        # last: it imports the loader's module (and torch with it), which the checks above spare
+        from lossbench.data.prepare import dataset_arguments
+
+        dataset_arguments(dataset)  # a loader that cannot take its config: UserError now

@@ -77,9 +77,7 @@ def apply_imbalance(parts: dict[str, tuple[np.ndarray, np.ndarray]], raw: RawDat
     if kind not in KINDS:
         raise UserError(f"dataset.imbalance.kind={kind} is not a kind of imbalance; choose from "
                         f"{', '.join(KINDS)}")
-    if raw.task == "regression":
-        raise UserError(f"dataset.imbalance.kind={kind} needs classes, but dataset {raw.name} is "
-                        "a regression task")
+    raw.require_classes(f"dataset.imbalance.kind={kind}")
     try:
         ratio = float(DEFAULT_RATIO if cfg.get("ratio") is None else cfg.get("ratio"))
     except (TypeError, ValueError):

@@ -83,9 +83,7 @@ def check_noise_config(cfg: Any, raw: RawData) -> tuple[str, float]:
     if kind not in KINDS:
         raise UserError(f"dataset.noise.kind={kind} is not a kind of label noise; choose from "
                         f"{', '.join(KINDS)}")
-    if raw.task == "regression":
-        raise UserError(f"dataset.noise.kind={kind} needs class labels, but dataset {raw.name} "
-                        "is a regression task")
+    raw.require_classes(f"dataset.noise.kind={kind}", needs="class labels")
     try:
         rate = float(cfg.get("rate", 0.0))
     except (TypeError, ValueError):

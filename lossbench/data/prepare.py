@@ -12,6 +12,11 @@ from lossbench.data.files import ImageFiles
 from lossbench.data.raw import RawData
 from lossbench.data.split import Split, Splits, split_dataset
 
+# Keys of a dataset config that lossbench applies to every dataset (`prepare_data`'s arguments);
+# the other keys go to the dataset's `_target_`. A loader parameter of one of these names would
+# never receive its value (hence moons' `noise_std`): `dataset_arguments` refuses it.
+PREP_KEYS = ("split", "noise", "imbalance", "resample", "scale", "augment")
+
 # Images read from disk (`ImageFiles`) get their per-channel statistics from at most this many
 # training images, drawn at random: one pass over a large folder would cost a whole epoch.
 STATS_SAMPLE = 5000
@@ -65,6 +70,57 @@ class ScaledImages:
         return torch.from_numpy(x.astype(np.float32))
 
 
+def dataset_arguments(data_cfg: Any) -> dict[str, Any]:
+    """The dataset config without PREP_KEYS, resolved (`${seed}` lives at the root): what its
+    `_target_` is called with, `_target_` included.
+
+    The target's signature is checked first, so that a mistake is a UserError naming the key
+    instead of a loader that silently keeps a default: a parameter named like a preparation
+    key, or a config key the loader does not take."""
+    from omegaconf import OmegaConf
+
+    resolved = OmegaConf.to_container(data_cfg, resolve=True) if OmegaConf.is_config(
+        data_cfg) else dict(data_cfg)
+    arguments = {k: v for k, v in resolved.items() if k not in PREP_KEYS}
+    check_loader_signature(arguments)
+    return arguments
+
+
+def check_loader_signature(arguments: dict[str, Any]) -> None:
+    """Raise UserError when the `_target_` of `arguments` has a parameter named like a
+    preparation key, or does not take one of the other keys. A target that cannot be found or
+    whose signature cannot be read is left to Hydra, which reports it when it builds it."""
+    import difflib
+    import inspect
+
+    from hydra.utils import get_object
+
+    from lossbench.errors import UserError
+
+    target = arguments.get("_target_")
+    try:
+        params = inspect.signature(get_object(str(target))).parameters
+    except Exception:  # ImportError, a non-callable, a builtin without a signature
+        return
+    for name in params:
+        if name in PREP_KEYS:
+            raise UserError(
+                f"dataset {target}: its parameter '{name}' has the name of lossbench's "
+                f"dataset.{name}, which is applied to every dataset and never reaches the "
+                f"loader; rename the parameter (as moons calls its noise noise_std)")
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return  # **kwargs: the loader takes any key
+    takes = [name for name, p in params.items() if p.kind in (
+        inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    for key in arguments:
+        if key.startswith("_") or key in takes:  # Hydra's own keys: _target_, _partial_, ...
+            continue
+        close = difflib.get_close_matches(key, takes, n=1)
+        fix = f"did you mean dataset.{close[0]}?" if close else (
+            f"it takes {', '.join(takes)}" if takes else "it takes no arguments")
+        raise UserError(f"dataset {target} takes no argument '{key}' (dataset.{key}); {fix}")
+
+
 def prepare_data(raw: RawData, split: Any, noise: Any = None, imbalance: Any = None,
                  scale: bool = True, seed: int = 0, augment: Any = None,
                  resample: str | None = None) -> Splits:
@@ -97,11 +153,7 @@ def prepare_data(raw: RawData, split: Any, noise: Any = None, imbalance: Any = N
         clean = {name: parts[name][1] for name in noisy if noisy[name] is not parts[name]}
         parts = noisy
     if resample not in (None, "none"):
-        if raw.task == "regression":
-            from lossbench.errors import UserError
-
-            raise UserError(f"dataset.resample={resample} needs classes, but dataset {raw.name} "
-                            "is a regression task")
+        raw.require_classes(f"dataset.resample={resample}")
         from lossbench.data.resample import resample_indices
 
         keep, info["resample"] = resample_indices(parts["train"][1], str(resample),

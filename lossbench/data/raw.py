@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-TASKS = ("multiclass", "binary", "regression")
+from lossbench.tasks import TASKS
 
 
 @dataclass
@@ -31,6 +31,15 @@ class RawData:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
         if len(self.x) != len(self.y):
             raise ValueError(f"x has {len(self.x)} samples but y has {len(self.y)}")
+
+    def require_classes(self, setting: str, needs: str = "classes") -> None:
+        """UserError unless the data has classes: `setting` (e.g. dataset.noise.kind=symmetric,
+        dataset.resample=sqrt) works on them."""
+        if self.task == "regression":
+            from lossbench.errors import UserError
+
+            raise UserError(f"{setting} needs {needs}, but dataset {self.name} is a regression "
+                            "task")
 
     @property
     def num_classes(self) -> int:

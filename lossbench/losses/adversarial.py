@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from lossbench.losses._checks import check_choice, check_int, check_range
-from lossbench.losses.base import squeeze_output
-from lossbench.losses.composite import default_scores
+from lossbench.losses.base import default_scores, squeeze_output
+from lossbench.tasks import CLASSIFICATION
 
 ATTACKS = ("fgsm", "pgd")
 
@@ -46,7 +46,7 @@ class AdversarialLoss(nn.Module):
         if not isinstance(loss, nn.Module):
             raise ValueError(f"loss must be a loss module, got {type(loss).__name__}")
         head = getattr(loss, "head", "logits")
-        tasks = tuple(t for t in getattr(loss, "tasks", ()) if t in ("multiclass", "binary"))
+        tasks = tuple(t for t in getattr(loss, "tasks", ()) if t in CLASSIFICATION)
         if head not in ("logits", "sigmoid") or not tasks:
             raise ValueError(f"loss must be a classification loss with a logits or sigmoid head, "
                              f"got {type(loss).__name__} (head {head}, tasks {getattr(loss, 'tasks', ())})")

@@ -86,3 +86,20 @@ def squeeze_output(out: torch.Tensor) -> torch.Tensor:
 
 def needs_class_counts(loss: nn.Module) -> bool:
     return bool(getattr(loss, "needs_class_counts", False))
+
+
+def default_scores(output: torch.Tensor, head: str) -> torch.Tensor:
+    """Class probabilities from a model's outputs, as lossbench reads each head: the contract's
+    default `scores` for a loss that does not define its own (and the base of those that do).
+
+    (N,) one logit z per sample: P(class 1) = σ(z), so (N, 2) = [1 − σ(z), σ(z)];
+    (N, K) with head `sigmoid`: K one-vs-rest probabilities σ(z_k), normalised to sum to 1;
+    (N, K) otherwise: softmax(z). Returns (N, K) (K = 2 for one logit).
+    """
+    if output.dim() == 1:  # one logit: P(class 1)
+        p = torch.sigmoid(output)
+        return torch.stack([1 - p, p], dim=-1)
+    if head == "sigmoid":  # K one-vs-rest sigmoids, normalised to a distribution
+        p = torch.sigmoid(output)
+        return p / p.sum(-1, keepdim=True).clamp_min(1e-12)
+    return torch.softmax(output, dim=-1)

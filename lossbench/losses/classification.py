@@ -14,6 +14,7 @@ from torch import nn
 
 from lossbench.losses._checks import (check_binary_target, check_bool, check_range,
                                       check_reduction, reduce)
+from lossbench.losses.base import default_scores
 
 
 def target_log_prob(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -111,11 +112,9 @@ class FocalLoss(nn.Module):
         return reduce(per_sample, self.reduction)
 
     def scores(self, output: torch.Tensor) -> torch.Tensor:
-        """Class probabilities as the loss models them: sigmoid (binary), softmax (multiclass)."""
-        if output.dim() == 1:
-            p = torch.sigmoid(output)
-            return torch.stack([1 - p, p], dim=-1)
-        return torch.softmax(output, dim=-1)
+        """Class probabilities as the loss models them: sigmoid (binary), softmax (multiclass):
+        K logits are a softmax focal loss's, not one-vs-rest sigmoids, whatever the head."""
+        return default_scores(output, "logits")
 
 
 class Poly1Loss(nn.Module):

@@ -8,19 +8,10 @@ import torch
 from torch import nn
 
 from lossbench.losses._checks import check_choice, check_int, check_range
+from lossbench.losses.base import default_scores
+from lossbench.tasks import TASKS
 
 WEIGHTINGS = ("fixed", "uncertainty")
-
-
-def default_scores(output: torch.Tensor, head: str) -> torch.Tensor:
-    """(N, K) or (N,) outputs -> (N, K) class probabilities, as lossbench reads each head."""
-    if output.dim() == 1:  # one logit: P(class 1)
-        p = torch.sigmoid(output)
-        return torch.stack([1 - p, p], dim=-1)
-    if head == "sigmoid":  # K one-vs-rest sigmoids, normalised to a distribution
-        p = torch.sigmoid(output)
-        return p / p.sum(-1, keepdim=True).clamp_min(1e-12)
-    return torch.softmax(output, dim=-1)
 
 
 def combined_head(losses: Mapping[str, nn.Module]) -> str:
@@ -100,7 +91,7 @@ class MixedLoss(nn.Module):
         common = set.intersection(*(set(getattr(loss, "tasks", ())) for loss in self.losses.values()))
         if not common:
             raise ValueError(f"losses {sorted(self.losses)} fit no common task")
-        self.tasks = tuple(t for t in ("multiclass", "binary", "regression") if t in common)
+        self.tasks = tuple(t for t in TASKS if t in common)
         self.head = combined_head(self.losses)
         self.needs_classifier = self.head == "embedding" and any(
             getattr(loss, "head", "logits") != "embedding" for loss in self.losses.values())

@@ -107,7 +107,39 @@ class RCELoss(nn.Module):
         return reduce(-self.log_zero * _one_minus_py(input, target), self.reduction)
 
 
-class SCELoss(nn.Module):
+class _ActivePassive(nn.Module):
+    r"""The per-sample sum α·active + β·passive of a bounded ("passive") term and a fitting
+    ("active") one, the form Ma et al. (2020) name active-passive and SCE already had. SCE,
+    NCE+RCE and NCE+MAE differ only in their two terms and their defaults.
+
+    Subclasses define `active(input, target)` and `passive(input, target)`, each (N,) from
+    (N, K) logits and (N,) classes, and their defaults. log_zero A ∈ (−∞, 0) is the
+    replacement of log 0 in the reverse cross-entropy RCE = (−A)(1 − p_y), for those using it.
+    """
+
+    tasks = ("multiclass", "binary")
+    head = "logits"
+
+    def __init__(self, alpha: float, beta: float, log_zero: float | None = None,
+                 reduction: str = "mean"):
+        super().__init__()
+        self.alpha = check_range("alpha", alpha, low=0.0)
+        self.beta = check_range("beta", beta, low=0.0)
+        if log_zero is not None:
+            self.log_zero = check_range("log_zero", log_zero, high=0.0, high_open=True)
+        self.reduction = check_reduction(reduction)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        per_sample = (self.alpha * self.active(input, target)
+                      + self.beta * self.passive(input, target))
+        return reduce(per_sample, self.reduction)
+
+    def rce(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """(N,) reverse cross-entropy (−A)(1 − p_y)."""
+        return -self.log_zero * _one_minus_py(input, target)
+
+
+class SCELoss(_ActivePassive):
     r"""Symmetric cross-entropy of Wang et al. (2019), "Symmetric cross entropy for robust
     learning with noisy labels".
 
@@ -126,16 +158,12 @@ class SCELoss(nn.Module):
 
     def __init__(self, alpha: float = 0.01, beta: float = 1.0, log_zero: float = LOG_1E_4,
                  reduction: str = "mean"):
-        super().__init__()
-        self.alpha = check_range("alpha", alpha, low=0.0)
-        self.beta = check_range("beta", beta, low=0.0)
-        self.log_zero = check_range("log_zero", log_zero, high=0.0, high_open=True)
-        self.reduction = check_reduction(reduction)
+        super().__init__(alpha, beta, log_zero, reduction)
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        ce = -target_log_prob(input, target)
-        rce = -self.log_zero * _one_minus_py(input, target)
-        return reduce(self.alpha * ce + self.beta * rce, self.reduction)
+    def active(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return -target_log_prob(input, target)  # cross-entropy
+
+    passive = _ActivePassive.rce
 
 
 class NCELoss(nn.Module):
@@ -161,7 +189,7 @@ class NCELoss(nn.Module):
         return reduce(self.scale * _nce(input, target), self.reduction)
 
 
-class NCERCELoss(nn.Module):
+class NCERCELoss(_ActivePassive):
     r"""Active-passive loss NCE+RCE of Ma et al. (2020), "Normalized loss functions for deep
     learning with noisy labels".
 
@@ -179,18 +207,13 @@ class NCERCELoss(nn.Module):
 
     def __init__(self, alpha: float = 1.0, beta: float = 10.0, log_zero: float = LOG_1E_4,
                  reduction: str = "mean"):
-        super().__init__()
-        self.alpha = check_range("alpha", alpha, low=0.0)
-        self.beta = check_range("beta", beta, low=0.0)
-        self.log_zero = check_range("log_zero", log_zero, high=0.0, high_open=True)
-        self.reduction = check_reduction(reduction)
+        super().__init__(alpha, beta, log_zero, reduction)
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        rce = -self.log_zero * _one_minus_py(input, target)
-        return reduce(self.alpha * _nce(input, target) + self.beta * rce, self.reduction)
+    active = staticmethod(_nce)
+    passive = _ActivePassive.rce
 
 
-class NCEMAELoss(nn.Module):
+class NCEMAELoss(_ActivePassive):
     r"""Active-passive loss NCE+MAE of Ma et al. (2020), "Normalized loss functions for deep
     learning with noisy labels".
 
@@ -205,11 +228,7 @@ class NCEMAELoss(nn.Module):
     reference = "Ma et al. 2020, Normalized loss functions (active-passive)"
 
     def __init__(self, alpha: float = 1.0, beta: float = 10.0, reduction: str = "mean"):
-        super().__init__()
-        self.alpha = check_range("alpha", alpha, low=0.0)
-        self.beta = check_range("beta", beta, low=0.0)
-        self.reduction = check_reduction(reduction)
+        super().__init__(alpha, beta, reduction=reduction)
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        per_sample = self.alpha * _nce(input, target) + self.beta * _one_minus_py(input, target)
-        return reduce(per_sample, self.reduction)
+    active = staticmethod(_nce)
+    passive = staticmethod(_one_minus_py)  # MAE
