@@ -178,7 +178,7 @@ def evaluate_run(run_dir: Path, overrides: list[str], split: str = "test",
         loss_fn, model, head, _ = workflow.build_loss_and_model(cfg, splits, device,
                                                                 picked.get("loss", "?"))
     except Exception as err:  # a saved config naming a target that cannot or may not be built
-        from lossbench.commands.train import instantiation_mistake
+        from lossbench.errors import instantiation_mistake
 
         mistake = instantiation_mistake(err)
         if mistake is None:

@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 from lossbench.errors import UserError
-from lossbench.results.files import read_json, save_torch_atomic
+from lossbench.results.files import save_torch_atomic
+from lossbench.results.record import read_metrics
 
 CHECKPOINT = "checkpoint.pt"
 FORMAT = 1  # bumped when the layout changes; an older file is refused with a clear message
@@ -174,12 +175,10 @@ def resume_state(run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"resume={run_dir}: no such run directory")
-    metrics: dict[str, Any] = {}
-    if (run_dir / "metrics.json").is_file():
-        try:
-            metrics = dict(read_json(run_dir / "metrics.json"))
-        except (ValueError, TypeError):
-            metrics = {}
+    try:  # a record of a newer schema: its UserError goes up
+        metrics = read_metrics(run_dir) or {}
+    except ValueError:  # not a record (not JSON, not an object): nothing says it ended
+        metrics = {}
     status = metrics.get("status")
     if status == "completed":
         raise UserError(f"resume={run_dir}: this run has completed already; nothing to continue")

@@ -18,7 +18,7 @@ from lossbench import distributed
 from lossbench.data import Split, Splits
 from lossbench.engine.batches import (eval_batches, loader_batches, loader_options,  # noqa: F401
                                       split_loader)
-from lossbench.losses.base import hook, squeeze_output
+from lossbench.losses.base import default_scores, hook, squeeze_output
 
 
 @dataclass
@@ -79,15 +79,7 @@ def class_scores(output: torch.Tensor, head: str, loss_fn: nn.Module | None = No
     scores = optional_hook(loss_fn, "scores")
     if scores is not None:  # the loss's own: a classifier it owns, or its margins removed
         return scores(output)
-    if head == "sigmoid":
-        if output.dim() == 1:  # one logit: P(class 1)
-            p = torch.sigmoid(output)
-            return torch.stack([1 - p, p], dim=-1)
-        p = torch.sigmoid(output)  # one-vs-rest: normalise the K sigmoids to a distribution
-        return p / p.sum(-1, keepdim=True).clamp_min(1e-12)
-    if output.dim() == 1:  # a one-output model asked for classes (not produced by lossbench)
-        output = torch.stack([-output, output], dim=-1)
-    return torch.softmax(output, dim=-1)
+    return default_scores(output, head)
 
 
 def knn_classifier(train_embeddings: np.ndarray, train_labels: np.ndarray, k: int = 5):

@@ -67,13 +67,13 @@ def compose_run(overrides: list[str], run_dir: Path):
 
 def checked_config(overrides: list[str]) -> None:
     """Compose and check a run's config before anything is written (a mistake: UserError)."""
-    from lossbench.commands.train import config_error_message
+    from lossbench.errors import config_mistake
     from lossbench.config.schema import check_config
 
     try:
         cfg = compose_run(overrides, Path("unused"))
     except Exception as err:
-        message = config_error_message(err)
+        message = config_mistake(err)
         if message is None:
             raise
         raise UserError(f"study: {' '.join(overrides)}: {message}") from None

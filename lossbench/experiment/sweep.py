@@ -32,7 +32,8 @@ from omegaconf import DictConfig
 from lossbench.errors import Interrupted, UserError, debug_requested
 from lossbench.results.files import write_text_atomic
 # resolved_config, LOCATION_KEYS and error_line used to live here: still importable from here
-from lossbench.results.record import (LOCATION_KEYS, METRICS, error_line,  # noqa: F401
+from lossbench.errors import error_line  # noqa: F401
+from lossbench.results.record import (LOCATION_KEYS, METRICS,  # noqa: F401
                                       failure_record, metrics_path, read_metrics,
                                       resolved_config, write_metrics)
 

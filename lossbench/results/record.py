@@ -77,7 +77,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lossbench.errors import UserError
+from lossbench.errors import UserError, error_line
 from lossbench.results.files import write_csv_atomic, write_json_atomic
 
 METRICS = "metrics.json"
@@ -190,15 +190,6 @@ def resolved_config(cfg: Any) -> dict[str, Any]:
 
 
 run_identity = resolved_config
-
-
-def error_line(err: BaseException) -> str:
-    """`Type: message` on one line; for a config object that failed to build, its own error."""
-    if type(err).__name__ == "InstantiationException" and err.__cause__ is not None:
-        err = err.__cause__
-    if isinstance(err, UserError):  # the user's own mistake: its message says it all
-        return " ".join(str(err).split())
-    return " ".join(f"{type(err).__name__}: {err}".split())
 
 
 def failure_record(cfg: Any, err: BaseException, choices: Mapping[str, str], wall_time_s: float,
