@@ -167,11 +167,11 @@ class FakeClock:
 
     def __init__(self, monkeypatch, epoch_s: float, die_in_epoch: int | None = None) -> None:
         import lossbench.engine.checkpoint as checkpoint
-        import lossbench.experiment.run
+        import lossbench.experiment.workflow
         import lossbench.engine.loop as train
 
         self.t, self.epochs, self.saved = 0.0, 0, []
-        original_batches, original_save = train.train_batches, lossbench.experiment.run.save_checkpoint
+        original_batches, original_save = train.train_batches, lossbench.experiment.workflow.save_checkpoint
 
         def batches(*args, **kwargs):
             self.epochs += 1
@@ -186,7 +186,7 @@ class FakeClock:
 
         monkeypatch.setattr(checkpoint, "monotonic", lambda: self.t)
         monkeypatch.setattr(train, "train_batches", batches)
-        monkeypatch.setattr(lossbench.experiment.run, "save_checkpoint", save)
+        monkeypatch.setattr(lossbench.experiment.workflow, "save_checkpoint", save)
 
 
 def test_checkpoints_follow_the_clock_not_the_epochs(compose_cfg, tmp_path, monkeypatch):

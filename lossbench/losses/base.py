@@ -4,7 +4,8 @@ A loss is an `nn.Module` with `forward(input, target)` (input first, as in torch
 attributes and hooks below are what `lossbench.experiment.run` and the training loop call; `Loss` gives
 every hook a default that does nothing, so a loss overrides only the ones it needs. Losses
 written before this base class declare the same attributes on their own and are read the same
-way (the runner asks for a hook with `getattr(loss, name, default)`).
+way: the runner reaches every attribute and hook through `hook(loss, name)`, which falls back
+on the defaults below.
 
 Attributes
 - `tasks`: the dataset tasks the loss fits (`multiclass`, `binary`, `regression`);
@@ -27,13 +28,18 @@ Hooks, in the order the runner calls them
    weights trained without the part its name promises);
 5. `model_loss(model, x, y)` replaces `loss(model(x), y)` when present (adversarial training);
 6. `scores(output)`: class probabilities when the head's default (softmax) does not apply;
-7. `describe()`: one line saying what was configured from the data (margins, weights);
-8. `report()`: dict of floats recorded in metrics.json as `loss_params`.
+7. `attack(model, x, y)`: (B, ...) inputs -> (B, ...) adversarial inputs, for a loss that trains
+   against an attack; the runner then reports the test split's `robust_accuracy` under that
+   attack, named by `describe()`. None (the default): the loss trains on clean inputs only;
+8. `describe()`: one line saying what was configured from the data (margins, weights, the
+   attack), recorded as `loss_description`; None (the default): nothing to say;
+9. `report()`: dict of floats recorded in metrics.json as `loss_params`; None (the default):
+   the loss has no parameters of its own to record.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -48,6 +54,8 @@ class Loss(nn.Module):
     head: str = "logits"
     reference: str = ""
     needs_class_counts: bool = False
+    # a method in losses that train against an attack (see hook 7); None here: no attack
+    attack: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     def setup(self, task: str, num_classes: int) -> None:
         """Size layers the loss owns (called before the optimizer is built)."""
@@ -62,20 +70,31 @@ class Loss(nn.Module):
         """The earliest epoch whose weights may be kept as the best."""
         return 1
 
-    def describe(self) -> str:
-        return type(self).__name__
+    def describe(self) -> str | None:
+        """What was configured from the data; None when there is nothing to say."""
+        return None
 
-    def report(self) -> dict[str, float]:
-        return {}
+    def report(self) -> dict[str, float] | None:
+        """The loss's own parameters; None for a loss that has none."""
+        return None
 
 
 def hook(loss: nn.Module, name: str) -> Any:
-    """The loss's hook `name`, or the contract's default for losses that do not subclass
-    `Loss`: the runner's single way of reaching a hook."""
+    """The loss's hook or attribute `name` (`hook(loss, "head")`, `hook(loss, "attack")`), or
+    the contract's default for losses that do not declare it: the runner's single way of
+    reaching one. A default method comes bound to `loss`; a default attribute as it is."""
     own = getattr(loss, name, None)
     if own is not None:
         return own
-    return getattr(Loss, name).__get__(loss)
+    default = getattr(Loss, name)
+    return default.__get__(loss) if callable(default) else default
+
+
+def declared_tasks(loss: nn.Module | type) -> tuple[str, ...] | None:
+    """The tasks a loss (or loss class) declares it fits; None for one that declares none
+    (torch's own losses, used as they are): the runner then leaves the fit to the user."""
+    tasks = getattr(loss, "tasks", None)
+    return None if tasks is None else tuple(tasks)
 
 
 def squeeze_output(out: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,213 @@
+"""What a run leaves behind: the test reports of its weights, the report's lines, the metrics
+dict, and the run record's files; and the record of a run that stopped early.
+
+`write_record` is the one place that writes history.csv and metrics.json (and the weights).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from rich.console import Console
+
+from lossbench.data import Splits
+from lossbench.engine import distributed
+from lossbench.engine.checkpoint import CHECKPOINT
+from lossbench.engine.predict import predict, robust_accuracy
+from lossbench.errors import Diverged, Interrupted
+from lossbench.experiment.sweep import resolved_config
+from lossbench.losses.base import hook, needs_class_counts
+from lossbench.results import report as rep
+from lossbench.results.files import save_torch_atomic, write_csv_atomic, write_json_atomic
+
+log = logging.getLogger("lossbench")
+
+
+def test_report(model: torch.nn.Module, loss_fn: torch.nn.Module, splits: Splits, head: str,
+                trainer: DictConfig, device: torch.device, amp: Any, console: Console,
+                title: str, split: str = "test") -> tuple[Any, dict[str, Any]]:
+    """Predict one split with the model as it is, print the report (`train` and `eval` print
+    the same one) and return (predictions, metrics)."""
+    with amp:
+        pred = predict(model, splits, split, head, trainer.eval_batch_size, device, loss_fn,
+                       trainer.get("max_batches"))
+    if splits.task == "regression":
+        test = rep.regression_metrics(pred)
+        console.print(rep.regression_table(test, title))
+    else:
+        test = rep.classification_metrics(pred, splits.class_names, splits.num_classes,
+                                          splits.info.get("train_class_counts"))
+        console.print(rep.classification_report_table(test["classification_report"],
+                                                       title))
+        console.print(rep.confusion_matrix_table(test["confusion_matrix"], test["class_names"],
+                                                 f"Confusion matrix ({split} split)"))
+        if "balanced_accuracy" in test:
+            from lossbench.results.imbalance_metrics import imbalance_summary
+
+            console.print(imbalance_summary(test), highlight=False)
+        if "ece" in test:
+            console.print(rep.calibration_summary(test), highlight=False)
+        if "pair_roc_auc" in test:
+            console.print(f"pair verification ROC-AUC: {test['pair_roc_auc']:.4f}")
+    if pred.loss is not None:
+        test["loss"] = pred.loss
+    # a loss trained against an attack (the loss contract's `attack`) is tested under it too
+    if hook(loss_fn, "attack") is not None and splits.task != "regression":
+        test["robust_accuracy"] = robust_accuracy(model, splits, split, head,
+                                                  trainer.eval_batch_size, device, loss_fn,
+                                                  trainer.get("max_batches"))
+        console.print(robust_line(loss_fn, test), highlight=False)
+    return pred, test
+
+
+def robust_line(loss_fn: torch.nn.Module, test: dict[str, Any]) -> str:
+    """The adversarial-training line of the report (console and report.txt); the attack is
+    named by the loss's `describe()`, by its class for a loss that says nothing."""
+    attack = hook(loss_fn, "describe")() or type(loss_fn).__name__
+    return (f"robust accuracy under {attack}: {test['robust_accuracy']:.4f} "
+            f"(clean: {test['accuracy']:.4f})")
+
+
+def loss_params_line(loss_fn: torch.nn.Module) -> str | None:
+    """The report's line on a loss's own parameters (learned, or from the class counts)."""
+    params = hook(loss_fn, "report")()
+    if not params:
+        return None
+    learned = ", ".join(f"{k}={v:.4g}" for k, v in params.items())
+    # margins and class weights are computed from the counts, not learned
+    label = ("loss parameters from the class counts" if needs_class_counts(loss_fn)
+             else "learned loss parameters")
+    return f"{label}: {learned}"
+
+
+def memorisation_summary(splits: Splits, result: Any) -> dict[str, Any] | None:
+    """With label noise: how many training labels were flipped and, at the selected and the
+    last epoch, the shares of them predicted as the noisy label and as the true one."""
+    if not (splits.info.get("noise") and "flipped_memorised" in result.history[-1]):
+        return None
+    history_at = {row["epoch"]: row for row in result.history}
+    return {"flipped": int((splits.train.y != splits.train.y_clean).sum()),
+            **{at: {"memorised": history_at[epoch]["flipped_memorised"],
+                    "true": history_at[epoch]["flipped_true"]}
+               for at, epoch in (("best", result.best_epoch), ("last", result.epochs_run))}}
+
+
+def report_notes(splits: Splits, result: Any, tested: dict[str, tuple[Any, dict[str, Any]]],
+                 test_at: dict[str, dict[str, Any]], keep: str, selection: dict[str, Any],
+                 memorised: dict[str, Any] | None) -> tuple[list[str], list[dict[str, Any]]]:
+    """(the report's lines under the tables, the warnings about suspicious results): best
+    against last, memorisation of flipped labels, then the warnings."""
+    pred, test = tested[keep]
+    last_epoch = result.epochs_run
+    warnings = rep.suspicious_results(splits.task, test, pred.y_true, splits.num_classes, keep)
+    other = "last" if keep == "best" else "best"
+    if not warnings and last_epoch != result.best_epoch:
+        warnings += rep.suspicious_results(splits.task, test_at[other], tested[other][0].y_true,
+                                           splits.num_classes, other)
+    notes = rep.best_and_last_lines(test_at, keep, result.best_epoch, last_epoch, selection)
+    if memorised:
+        notes += [f"flipped training labels ({memorised['flipped']}) predicted as the noisy label "
+                  f"/ the true one: {memorised['best']['memorised']:.3f} / "
+                  f"{memorised['best']['true']:.3f} at the selected epoch, "
+                  f"{memorised['last']['memorised']:.3f} / {memorised['last']['true']:.3f} at "
+                  "the last"]
+    notes += [f"warning: {w['message']}" for w in warnings]
+    return notes, warnings
+
+
+def write_plots(run_dir: Path, console: Console, **kwargs: Any) -> list[Path]:
+    """The run's PNG plots (see `lossbench.results.plots.save_run_plots`). Pictures are a view of
+    results already on disk, so a failure to draw one is logged and the run still completes."""
+    try:
+        from lossbench.results.plots import save_run_plots
+
+        return save_run_plots(run_dir, **kwargs)
+    except Exception as err:
+        log.exception("plots failed")
+        console.print(f"[yellow]warning:[/] plots not written ({type(err).__name__}: {err}); "
+                      "see train.log", highlight=False)
+        return []
+
+
+def loss_record(loss_fn: torch.nn.Module, head: str) -> dict[str, Any]:
+    """What metrics.json records of the loss beyond its config: the head it asked for, what it
+    configured from the data (`describe`) and its own parameters (`report`)."""
+    record: dict[str, Any] = {}
+    if head == "cosine":
+        record["head"] = "cosine classifier (asked for by the loss)"
+    description = hook(loss_fn, "describe")()
+    if description is not None:
+        record["loss_description"] = description
+    params = hook(loss_fn, "report")()
+    if params is not None:
+        record["loss_params"] = params
+    return record
+
+
+def write_record(run_dir: Path, history: list[dict[str, Any]], metrics: dict[str, Any],
+                 model: torch.nn.Module | None = None,
+                 loss_fn: torch.nn.Module | None = None) -> None:
+    """The run record's files: history.csv, the weights (model.pt, and loss.pt for a loss with
+    layers or learned parameters of its own) when given, then metrics.json, written last: a
+    run directory with metrics.json holds the rest."""
+    write_csv_atomic(run_dir / "history.csv", history)
+    if model is not None:
+        save_torch_atomic(run_dir / "model.pt", model.state_dict())
+    if loss_fn is not None and loss_fn.state_dict():  # the loss's own layers, as kept
+        save_torch_atomic(run_dir / "loss.pt", loss_fn.state_dict())
+    write_json_atomic(run_dir / "metrics.json", metrics)
+
+
+def stop_early(result: Any, run_dir: Path, signum: int | None, cfg: DictConfig,
+               picked: dict[str, str], dataset: str, task: str, monitor: str, mode: str,
+               wall_time_s: float, lr: Any, main: bool,
+               pairing: dict[str, Any] | None = None) -> None:
+    """A run that diverged or was interrupted: write history.csv and metrics.json (status, epoch
+    and step), keep checkpoint.pt, and raise `Diverged` or `Interrupted` with the line the user
+    reads: what happened and what to do."""
+    at = result.stopped_at
+    try:  # the paths as the user would type them: relative to where they ran lossbench
+        run_dir = run_dir.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        pass
+    checkpoint = run_dir / CHECKPOINT
+    if result.status == "diverged":
+        kept = (f"the last good checkpoint ({checkpoint}) holds the state before epoch "
+                f"{_checkpoint_epoch(checkpoint)}" if checkpoint.is_file()
+                else "no checkpoint was written before it")
+        lower = f"optimizer.lr={lr / 10:g}" if isinstance(lr, (int, float)) else "optimizer.lr"
+        message = (f"training diverged at epoch {at['epoch']}, step {at['step']} of "
+                   f"{at['steps']} ({at['phase']} loss {at['loss']}); {kept}. Try a lower "
+                   f"learning rate ({lower}) or gradient clipping (trainer.grad_clip=1.0)")
+        error: BaseException = Diverged(message)
+    else:
+        name = signal.Signals(signum).name if signum else "a signal"
+        where = (f"at epoch {at['epoch']}, step {at['step']} of {at['steps']}" if at["step"]
+                 else f"before epoch {at['epoch']}")
+        message = (f"interrupted by {name} {where}; checkpoint saved in {checkpoint}. Continue "
+                   f"with: lossbench train resume={run_dir}")
+        error = Interrupted(message, 128 + signum if signum else 130)
+    if main:
+        write_record(run_dir, result.history, {
+            "status": result.status, "stopped_at": at, "message": message, "task": task,
+            "dataset": dataset, "choices": picked, "seed": cfg.seed, "monitor": monitor,
+            "mode": mode, "best_epoch": result.best_epoch, "best_val": result.best_value,
+            "epochs_run": result.epochs_run, "wall_time_s": wall_time_s,
+            "checkpoint": CHECKPOINT if checkpoint.is_file() else None,
+            "pairing": pairing, "config": resolved_config(cfg)})
+        log.info("%s: %s", result.status, message)
+    dist = distributed.current()
+    if dist.active:  # no rank exits (and has the others stopped) before rank 0 has written
+        distributed.broadcast_object(None, dist)
+    raise error
+
+
+def _checkpoint_epoch(path: Path) -> int:
+    from lossbench.engine.checkpoint import load_checkpoint
+
+    return int(load_checkpoint(path)["loop"]["epoch"])

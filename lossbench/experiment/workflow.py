@@ -1,0 +1,380 @@
+"""The workflow of one process's run, top to bottom: `run_process`.
+
+prepare (seeds, device, data, budget) → build (loss, model, optimizer, scheduler) → announce →
+fit (epochs of train/validate, checkpoints) → test the selected and the last weights → report →
+record. Each step is a function below; the process plumbing around it is in `launch.py`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.tree import Tree
+
+from lossbench.data import Splits
+from lossbench.data.noise import describe_corruption
+from lossbench.engine import distributed
+from lossbench.engine.checkpoint import CHECKPOINT, StopOnSignal, save_checkpoint
+from lossbench.engine.loop import (FitResult, Settings, autocast, autocast_dtype,
+                                   describe_selection, fit, planned_epochs, resolve_monitor,
+                                   selection_rule, steps_per_epoch, training_model)
+from lossbench.engine.optim import optimizer_kernel
+from lossbench.engine.predict import predict
+from lossbench.engine.progress import EpochProgress
+from lossbench.engine.threads import set_threads
+from lossbench.experiment.builders import (Schedule, build_loss_and_model, build_scheduler,
+                                           build_training_optimizer, data_to_device, load_data,
+                                           loss_name, order_hash, pick_device, run_seeds,
+                                           seed_everything, state_hash)
+from lossbench.experiment.hydra_context import hydra_config, in_sweep
+from lossbench.experiment.outcome import (loss_params_line, loss_record,
+                                          memorisation_summary, report_notes, robust_line,
+                                          stop_early, test_report, write_plots, write_record)
+from lossbench.experiment.sweep import resolved_config
+from lossbench.results import report as rep
+from lossbench.results import tracking
+from lossbench.results.files import write_text_atomic
+
+log = logging.getLogger("lossbench")
+
+
+def choices(cfg: DictConfig) -> dict[str, str]:
+    """The config-group options this run was composed from (dataset=..., loss=..., ...)."""
+    runtime = hydra_config()
+    if runtime is not None:
+        return {k: v for k, v in runtime.runtime.choices.items()
+                if not k.startswith("hydra") and v is not None}
+    names = {}  # called without Hydra (tests, notebooks): the classes' names
+    for group in ("dataset", "model", "loss", "optimizer", "scheduler"):
+        target = (cfg.get(group) or {}).get("_target_") or "none"
+        names[group] = str(target).rsplit(".", 1)[-1]
+    return names
+
+
+def config_tree(cfg: DictConfig, picked: dict[str, str] | None = None) -> Tree:
+    """The resolved config as a rich tree, one branch per group named with the option picked
+    (`loss (ce)`); values that cannot be resolved yet are shown as written."""
+    try:
+        data = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # an interpolation that only resolves later; show it unresolved
+        data = OmegaConf.to_container(cfg, resolve=False)
+
+    def add(branch: Tree, node: Any, top: bool = False) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                option = (picked or {}).get(key) if top else None
+                label = f"[bold]{key}[/]" + (f" ({option})" if option else "")
+                add(branch.add(label), value)
+            else:
+                branch.add(f"{key}: {value!r}" if isinstance(value, str) else f"{key}: {value}")
+
+    tree = Tree("[bold]config[/]", guide_style="dim")
+    add(tree, data, top=True)
+    return tree
+
+
+def shows_config(cfg: DictConfig) -> bool:
+    """`print_config`: every single run prints its config; a sweep's jobs do not (their
+    console is one line each, and each job's config is in its .hydra/config.yaml)."""
+    return bool(cfg.get("print_config", True)) and not in_sweep()
+
+
+@dataclass
+class Run:
+    """What every step of one process's run reads: its config, where it writes, and what
+    `prepare` decided (device, data, selection rule, budget)."""
+
+    cfg: DictConfig
+    run_dir: Path
+    console: Console
+    started: float  # perf_counter() when this process began the run
+    resume: dict[str, Any] | None
+    picked: dict[str, str]
+    device: torch.device
+    splits: Splits
+    trainer: Settings  # `cfg.trainer` with `epochs: auto` resolved
+    monitor: str
+    mode: str
+    selection: dict[str, Any]
+    per_epoch: int  # optimizer steps per epoch
+    train_seed: int
+    precision: torch.dtype | None  # autocast's dtype; None: float32 throughout
+    pairing: dict[str, Any] = field(default_factory=dict)  # what makes runs paired
+
+    @property
+    def is_main(self) -> bool:
+        return distributed.current().is_main
+
+    def wall_time(self) -> float:
+        """Seconds this run has trained, over every resumption."""
+        before = self.resume["elapsed_s"] if self.resume is not None else 0.0
+        return before + time.perf_counter() - self.started
+
+
+@dataclass
+class Parts:
+    """What `build` made for the run."""
+
+    loss_fn: torch.nn.Module
+    model: torch.nn.Module
+    head: str
+    num_outputs: int
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    threads: Any  # what `set_threads` chose, for the log
+
+
+def run_process(cfg: DictConfig, run_dir: Path, console: Console, started: float,
+                resume: dict[str, Any] | None = None) -> float:
+    """This process's share of the run (the whole run in a single process); returns the best
+    value of the monitored validation metric."""
+    run = prepare(cfg, run_dir, console, started, resume)
+    parts = build(run)
+    # a tracker whose package is missing is the user's to install: checked before any file
+    tracker = (tracking.build_tracker(cfg.get("logger")) if run.is_main
+               else tracking.NoTracker())
+    # Everything the user could have got wrong has been checked: from here on, files are written.
+    announce(run, parts, tracker)
+    result = train(run, parts, tracker)
+    tested = test_weights(run, parts, result)
+    if not run.is_main:
+        return float(result.best_value)
+    metrics = report(run, parts, result, tested)
+    write_record(run.run_dir, result.history, metrics, parts.model, parts.loss_fn)
+    # a completed run is not resumed: model.pt keeps its best weights, the checkpoint (optimizer
+    # moments, a second copy of the weights) would only take disk space in every run of a sweep
+    (run.run_dir / CHECKPOINT).unlink(missing_ok=True)
+    tracker.finish(run.run_dir, metrics)
+    console.print(f"run directory: {run.run_dir}", highlight=False)
+    log.info("completed: %s", {k: v for k, v in metrics["test"].items() if isinstance(v, float)})
+    return float(result.best_value)
+
+
+def prepare(cfg: DictConfig, run_dir: Path, console: Console, started: float,
+            resume: dict[str, Any] | None) -> Run:
+    """Seeds, the device, the data on it (split, corrupted on purpose if asked, scaled with
+    training statistics only), the selection rule and the budget in epochs."""
+    trainer = cfg.trainer
+    picked = resume["choices"] if resume is not None else choices(cfg)
+    data_seed, train_seed = run_seeds(cfg)
+    # the global generators serve initial weights and dropout: the training side of the seeds
+    seed_everything(train_seed, trainer.deterministic)
+    dist = distributed.current()
+    device = distributed.rank_device(pick_device(trainer.device), dist.local_rank,
+                                     dist.world_size)
+    precision = autocast_dtype(trainer.get("precision", 32))
+    splits = load_data(cfg)
+    monitor, mode = resolve_monitor(splits.task, trainer.monitor, trainer.mode)
+    selection = selection_rule(splits.task, trainer, splits.val.y_clean is not None)
+    per_epoch = steps_per_epoch(len(splits.train), trainer.batch_size, dist.world_size,
+                                trainer.get("max_batches"))
+    epochs = planned_epochs(trainer.epochs, selection["min_steps"], per_epoch)
+    data_to_device(splits, device, trainer.get("num_workers", "auto"))
+    # the loop reads its settings from a plain dict, with `epochs: auto` resolved
+    return Run(cfg, run_dir, console, started, resume, picked, device, splits,
+               Settings({**Settings.of(trainer), "epochs": epochs}), monitor, mode, selection,
+               per_epoch, train_seed, precision, pairing={"data_seed": data_seed, "train_seed": train_seed})
+
+
+def build(run: Run) -> Parts:
+    """The loss, the model sized for it, the optimizer over both and the scheduler; restored
+    from the checkpoint when the run resumes (fit restores the loop and the RNGs)."""
+    cfg, trainer = run.cfg, run.trainer
+    loss_fn, model, head, num_outputs = build_loss_and_model(
+        cfg, run.splits, run.device, loss_name(cfg, run.picked.get("loss", "?")))
+    run.pairing["init_hash"] = state_hash(model.state_dict())
+    threads = set_threads(trainer.get("threads", "auto"), model, run.splits.sample_shape,
+                          trainer.batch_size, run.device)
+    optimizer = build_training_optimizer(cfg, model, loss_fn)
+    schedule = build_scheduler(cfg.scheduler, optimizer, run.per_epoch * trainer.epochs)
+    if run.resume is not None:
+        model.load_state_dict(run.resume["model"])
+        loss_fn.load_state_dict(run.resume["loss"])
+        optimizer.load_state_dict(run.resume["optimizer"])
+        if schedule.scheduler is not None:
+            schedule.scheduler.load_state_dict(run.resume["scheduler"])
+    return Parts(loss_fn, model, head, num_outputs, optimizer, schedule, threads)
+
+
+def announce(run: Run, parts: Parts, tracker: Any) -> None:
+    """The config tree, the run's header lines and the log's; the tracker's run starts. The
+    config tree comes only now, so that a user error is all the console shows."""
+    cfg, console, splits = run.cfg, run.console, run.splits
+    if shows_config(cfg):
+        console.print(config_tree(cfg, run.picked), highlight=False)
+    log.info("run directory %s, device %s, torch threads %d, choices %s", run.run_dir,
+             run.device, torch.get_num_threads(), run.picked)
+    log.info("torch threads: %s", parts.threads)
+    log.info("optimizer %s, %s", type(parts.optimizer).__name__,
+             optimizer_kernel(parts.optimizer))
+    tracker.start(run.run_dir, OmegaConf.to_container(cfg, resolve=True), run.picked)
+    corruption = describe_corruption(splits.info)  # noise, imbalance: '' for clean data
+    console.print(f"[bold]lossbench[/] loss={run.picked.get('loss')} dataset={splits.name} "
+                  f"({splits.task}, {len(splits.train)}/{len(splits.val)}/{len(splits.test)} "
+                  f"train/val/test) model={run.picked.get('model')} device={run.device}"
+                  f"{', ' + corruption if corruption else ''}", highlight=False)
+    run.selection["noise_injected"] = splits.val.y_clean is not None
+    console.print(f"{describe_selection(run.selection)}; budget {run.trainer.epochs} epochs × "
+                  f"{run.per_epoch} steps", highlight=False)
+
+
+def train(run: Run, parts: Parts, tracker: Any) -> FitResult:
+    """Epochs of train/validate keeping the best weights; checkpoint.pt lets a stopped run go
+    on. A run that diverged or was interrupted is recorded and raises (`stop_early`)."""
+    device, trainer = run.device, run.trainer
+    generator = torch.Generator(device=device if device.type == "cuda" else "cpu")
+    generator.manual_seed(run.train_seed)
+    run.pairing["order_hash"] = order_hash(generator, len(run.splits.train))
+    saved_config = resolved_config(run.cfg)
+    stop = StopOnSignal(announce=run.is_main)
+    scheduler = parts.schedule.scheduler
+
+    def save(loop: dict[str, Any], states: dict[str, Any] | None = None) -> None:
+        if run.is_main:  # flushed to the disk when it is the last one (Ctrl-C, SIGTERM)
+            save_checkpoint(run.run_dir / CHECKPOINT, model=parts.model, loss_fn=parts.loss_fn,
+                            optimizer=parts.optimizer, scheduler=scheduler, loop=loop,
+                            config=saved_config, choices=run.picked, elapsed_s=run.wall_time(),
+                            sync=stop.requested is not None or states is not None,
+                            states=states)
+
+    with stop, EpochProgress(run.console, trainer.epochs, run.monitor,
+                             enabled=run.is_main) as progress:  # no hidden bars on other ranks
+        result = fit(training_model(parts.model, device, trainer.get("compile", False)),
+                     parts.loss_fn, parts.optimizer, scheduler, run.splits, parts.head, trainer,
+                     device, generator, progress,
+                     on_epoch=lambda row: (log.info("epoch %s", row), tracker.log_epoch(row)),
+                     resume=run.resume["loop"] if run.resume is not None else None, save=save,
+                     stop=stop)
+    if result.status != "completed":
+        stop_early(result, run.run_dir, stop.requested, run.cfg, run.picked, run.splits.name,
+                   run.splits.task, run.monitor, run.mode, run.wall_time(),
+                   run.cfg.optimizer.get("lr"), run.is_main, run.pairing)
+    return result
+
+
+def test_titles(run: Run, result: FitResult) -> dict[str, str]:
+    """The test report's title for the selected (`best`) and the `last` weights."""
+    name = f"loss={run.picked.get('loss')} dataset={run.splits.name}"
+    sel = f"{run.selection['column']}={result.best_value:.4f}"
+    titles = {"best": (f"Test split: {name}, selected epoch {result.best_epoch} ({sel}, "
+                       f"chosen on validation, not on test)"),
+              "last": (f"Test split: {name}, last epoch {result.epochs_run} of "
+                       f"{run.trainer.epochs} planned")}
+    corruption = describe_corruption(run.splits.info)
+    if corruption:
+        titles = {at: f"{title}; {corruption}" for at, title in titles.items()}
+    return titles
+
+
+def test_weights(run: Run, parts: Parts, result: FitResult
+                 ) -> dict[str, tuple[Any, dict[str, Any]]]:
+    """Test the selected weights and the last ones: {"best"/"last": (predictions, metrics)}
+    on rank 0, {} elsewhere. `trainer.keep` picks the headline (printed; the other is only
+    recorded) and the weights the model holds afterwards, those model.pt gets. Every rank
+    predicts both (its share of the gathers), in the same order."""
+    model, loss_fn, trainer = parts.model, parts.loss_fn, run.trainer
+    amp = autocast(run.device, run.precision)
+    keep, titles, quiet = trainer.get("keep", "best"), test_titles(run, result), Console(quiet=True)
+    best_state = ({k: v.detach().clone() for k, v in model.state_dict().items()},
+                  {k: v.detach().clone() for k, v in loss_fn.state_dict().items()})
+    tested: dict[str, tuple[Any, dict[str, Any]]] = {}
+    for at in ("best", "last"):
+        if at == "last":
+            if result.epochs_run == result.best_epoch:  # the same weights: the same predictions
+                if run.is_main:
+                    tested["last"] = tested["best"]
+                continue
+            model.load_state_dict(result.last_state)
+            loss_fn.load_state_dict(result.last_loss_state)
+        if not run.is_main:
+            with amp:
+                predict(model, run.splits, "test", parts.head, trainer.eval_batch_size,
+                        run.device, loss_fn, trainer.get("max_batches"))
+            continue
+        tested[at] = test_report(model, loss_fn, run.splits, parts.head, trainer, run.device,
+                                 amp, run.console if at == keep else quiet, titles[at])
+    if keep == "best":
+        model.load_state_dict(best_state[0])
+        loss_fn.load_state_dict(best_state[1])
+    return tested
+
+
+def report(run: Run, parts: Parts, result: FitResult,
+           tested: dict[str, tuple[Any, dict[str, Any]]]) -> dict[str, Any]:
+    """The lines under the test tables (console and report.txt), the plots; returns the run's
+    metrics for metrics.json."""
+    splits, console, keep = run.splits, run.console, run.trainer.get("keep", "best")
+    pred, test = tested[keep]
+    test_at = {at: {k: v for k, v in metrics.items() if k != "classification_report_text"}
+               for at, (_, metrics) in tested.items()}
+    memorised = memorisation_summary(splits, result)
+    notes, warnings = report_notes(splits, result, tested, test_at, keep, run.selection,
+                                   memorised)
+    for line in notes:
+        style = "[yellow]" if line.startswith("warning:") else ""
+        console.print(f"{style}{line}", highlight=False, soft_wrap=True)
+    # the lines the console shows besides the tables go to report.txt too (a sweep's console
+    # shows one line per job: report.txt is where its job's report is read)
+    params_line = loss_params_line(parts.loss_fn)
+    details = [robust_line(parts.loss_fn, test)] if "robust_accuracy" in test else []
+    details += [params_line] if params_line else []
+    write_text_atomic(run.run_dir / "report.txt",
+                      rep.report_text(splits.task, test, "test", test_titles(run, result)[keep],
+                                      [*details, *notes]))
+    if run.trainer.get("plots", True):
+        corruption = describe_corruption(splits.info)
+        write_plots(run.run_dir, console, task=splits.task,
+                    label=f"loss={run.picked.get('loss')} dataset={splits.name}"
+                          f"{', ' + corruption if corruption else ''}",
+                    history=result.history, monitor=run.selection["column"],
+                    best_epoch=result.best_epoch, y_true=pred.y_true, y_pred=pred.y_pred,
+                    scores=pred.scores, test_metrics=test)
+    if params_line:
+        console.print(params_line, highlight=False)
+    return run_metrics(run, parts, result, test_at, len(pred.y_true), memorised, warnings)
+
+
+def run_metrics(run: Run, parts: Parts, result: FitResult, test_at: dict[str, dict[str, Any]],
+                n_test: int, memorised: dict[str, Any] | None,
+                warnings: list[dict[str, Any]]) -> dict[str, Any]:
+    """metrics.json of a completed run: what ran (choices, seeds, budget, selection), its
+    results on the test split for both weights, and what the loss recorded of itself."""
+    splits, trainer, keep = run.splits, run.trainer, run.trainer.get("keep", "best")
+    return {
+        "status": "completed",
+        "task": splits.task,
+        "dataset": splits.name,
+        "choices": run.picked,
+        "seed": run.cfg.seed,
+        "monitor": run.monitor,
+        "mode": run.mode,
+        "best_epoch": result.best_epoch,
+        "best_val": result.best_value,
+        "epochs_run": result.epochs_run,
+        "stopped_early": result.stopped_early,
+        "wall_time_s": run.wall_time(),
+        "num_outputs": parts.num_outputs,
+        "split_sizes": {"train": len(splits.train), "val": len(splits.val), "test": n_test},
+        "test": test_at[keep],  # the headline: the weights model.pt holds
+        "test_at": test_at,
+        "keep": keep,
+        "last_epoch": result.epochs_run,
+        "budget": {"epochs": trainer.epochs, "epochs_run": result.epochs_run,
+                   "steps_run": result.steps_run,
+                   "early_stopping": bool(trainer.early_stopping)},
+        "selection": {k: v for k, v in run.selection.items()
+                      if k not in ("column", "tie_column")},
+        "memorisation": memorised,
+        "warnings": warnings,
+        "pairing": run.pairing,
+        "data": splits.info,
+        "config": resolved_config(run.cfg),  # what a resumed sweep compares to skip this job
+        **loss_record(parts.loss_fn, parts.head),
+    }
