@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from conftest import read_metrics, run_dirs
-from lossbench import distributed
+from lossbench.engine import distributed
 from lossbench.errors import UserError
 from lossbench.engine.predict import loader_options
 from lossbench.engine.optim import build_optimizer, can_fuse, fused_devices, optimizer_kernel

@@ -211,7 +211,7 @@ def test_a_sample_unreadable_in_the_middle_of_an_epoch_is_one_line(workers):
 def test_a_rank_with_no_samples_of_an_on_disk_split_evaluates_an_empty_batch(monkeypatch):
     """9 samples over 4 processes: the last rank has none, and still sends outputs of the
     same shape as the others to the gathers."""
-    from lossbench import distributed
+    from lossbench.engine import distributed
     from lossbench.data import Split
     from lossbench.data.augment import AugmentedImages
     from lossbench.engine.predict import eval_batches

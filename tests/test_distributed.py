@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import read_metrics, run_dirs
-from lossbench import distributed
+from lossbench.engine import distributed
 from lossbench.errors import UserError
 
 

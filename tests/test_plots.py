@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import run_dirs
 
-from lossbench import plots
+from lossbench.results import plots
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

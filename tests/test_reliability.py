@@ -162,7 +162,7 @@ def test_checkpoint_round_trips_through_weights_only_load(compose_cfg, tmp_path,
 def test_a_crash_while_writing_leaves_the_old_file_whole(tmp_path, monkeypatch):
     """metrics.json and checkpoint.pt go through a temporary file and a rename: a failure in
     the middle of a write leaves the previous file as it was and no temporary file behind."""
-    from lossbench import rundir
+    from lossbench.results import files as rundir
     from lossbench.engine.checkpoint import load_checkpoint
 
     path = tmp_path / "metrics.json"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats as sp
 
-from lossbench import stats
+from lossbench.results import stats
 
 A = [0.91, 0.93, 0.90, 0.94, 0.92]
 B = [0.90, 0.915, 0.905, 0.925, 0.90]

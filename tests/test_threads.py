@@ -10,7 +10,7 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from lossbench import threads
+from lossbench.engine import threads
 from lossbench.models import CNN, MLP
 from lossbench.engine.threads import SMALL_STEP_FLOPS, auto_threads, step_flops
 

@@ -114,7 +114,7 @@ def test_a_sweep_is_one_experiment_with_one_run_per_job(cli, tmp_path):
                                            (KeyboardInterrupt, "KILLED")])
 def test_a_run_that_raises_is_marked_failed_or_killed_in_mlflow(compose_cfg, tmp_path,
                                                                  monkeypatch, error, status):
-    from lossbench import report
+    from lossbench.results import report
     from lossbench.experiment.run import run
 
     def broken(*args, **kwargs):

@@ -23,7 +23,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from lossbench import stats
+from lossbench.results import stats
 from lossbench.results.comparison.families import build_families, check_last_budgets, parse_baseline
 from lossbench.results.comparison.records import Run, find_runs
 from lossbench.results.comparison.rows import (IMBALANCE_COLUMNS, Block, block_values,

@@ -163,7 +163,7 @@ def evaluate_run(run_dir: Path, overrides: list[str], split: str = "test",
 
     import torch
 
-    from lossbench import run as workflow
+    from lossbench.experiment import run as workflow
     from lossbench.console import output_console
     from lossbench.config.schema import check_config
     from lossbench.engine.loop import autocast, autocast_dtype
@@ -227,11 +227,12 @@ def posthoc_adjusted(model: Any, loss_fn: Any, splits: Any, head: str, tau: floa
                      picked: dict[str, str]) -> Any:
     """The model with its logits adjusted by −τ·log π (π: the training split's class prior)."""
     from lossbench.data.imbalance import training_class_counts
+    from lossbench.losses.base import hook
     from lossbench.losses.imbalance import PosthocLogitAdjustment
 
     if not tau >= 0:
         raise UserError(f"--logit-adjust {tau:g} must be a number >= 0")
-    if splits.task == "regression" or head != "logits" or hasattr(loss_fn, "scores"):
+    if splits.task == "regression" or head != "logits" or hook(loss_fn, "scores") is not None:
         raise UserError(f"--logit-adjust needs a softmax classifier; loss="
                         f"{picked.get('loss', '?')} on the {splits.task} task has head {head}")
     counts = training_class_counts(splits.train.y, splits.num_classes)

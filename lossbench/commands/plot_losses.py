@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from lossbench.errors import UserError
+from lossbench.losses.base import hook
 from lossbench.tasks import CLASSIFICATION as CLASSIFICATION_TASKS
 from lossbench.tasks import KINDS
 
@@ -135,12 +136,11 @@ def classification_curve(name: str, module: Any, k: int, label: str) -> Curve:
     """Value and ‖∂ℓ/∂z‖ of one loss over p ∈ (0, 1), one sample per p."""
     import torch
 
-    head = getattr(module, "head", "logits")
+    head = hook(module, "head")
     if head == "embedding":
         raise UserError(f"{name} is a loss of embeddings (pairs of samples), not of one "
                         "sample's class probability: it has no such picture")
-    if hasattr(module, "setup"):
-        module.setup("multiclass", k)
+    hook(module, "setup")("multiclass", k)
     p = torch.linspace(1e-3, 1 - 1e-3, POINTS, dtype=torch.float64)
     if head == "sigmoid":  # its own probability is σ(z) of one logit, target 1
         z = torch.log(p / (1 - p)).clone().requires_grad_(True)  # (N,)

@@ -126,7 +126,7 @@ def train_command(argv: list[str]) -> int:
     try:
         _train()
     except Exception as err:
-        from lossbench import sweep
+        from lossbench.experiment import sweep
 
         if not debug and sweep.summary_after_error(err):
             return 1  # the sweeper gave up after jobs failed (optuna: every trial failed)
@@ -140,6 +140,6 @@ def train_command(argv: list[str]) -> int:
     finally:
         if user_full_error is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
-    from lossbench import sweep
+    from lossbench.experiment import sweep
 
     return 1 if sweep.failed_jobs else 0  # the summary line has named them

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lossbench import distributed
+from lossbench.engine import distributed
 
 from lossbench.data.raw import RawData
 from lossbench.errors import UserError

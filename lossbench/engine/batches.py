@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import torch
 
-from lossbench import distributed
+from lossbench.engine import distributed
 from lossbench.data import Split
 from lossbench.errors import UserError
 

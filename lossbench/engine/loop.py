@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lossbench import distributed
+from lossbench.engine import distributed
 from lossbench.data import Splits
 from lossbench.engine.batches import (GATHER_BYTES, EpochOrder, epoch_loader,  # noqa: F401
                                       train_batches)
@@ -27,7 +27,9 @@ from lossbench.engine.checkpoint import capture_rng, restore_rng, training_state
 from lossbench.engine.loop_state import Checkpoints, EpochSoFar, LoopState, copy_state
 from lossbench.engine.precision import (PRECISIONS, autocast, autocast_dtype,  # noqa: F401
                                         grad_scaler, training_model, unwrap)
-from lossbench.engine.predict import optional_hook, predict
+from lossbench.engine.predict import predict
+from lossbench.losses.base import hook
+from lossbench.engine.optim import scheduler_stepping
 from lossbench.engine.progress import EpochProgress
 from lossbench.engine.selection import (AUTO_EPOCHS, EarlyStopping,  # noqa: F401
                                         describe_selection, planned_epochs, resolve_monitor,
@@ -109,11 +111,11 @@ def train_epoch(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Opt
     current step.
     """
     step = OptimizerStep(optimizer, loss_fn, params, grad_clip, scaler)
-    model_loss = optional_hook(loss_fn, "model_loss")  # e.g. adversarial training
+    model_loss = hook(loss_fn, "model_loss")  # e.g. adversarial training
     if model_loss is None:
         def model_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             return loss_fn(squeeze_output(model(x)), y)  # (B, O), or (B,) for one output
-    sum_terms = term_sums is not None and optional_hook(loss_fn, "terms") is not None
+    sum_terms = term_sums is not None and hook(loss_fn, "terms") is not None
     losses = [] if losses is None else losses
     sizes = [] if sizes is None else sizes
     for b, (x, y) in enumerate(batches):
@@ -205,7 +207,8 @@ class Epochs:
         self.dtype = autocast_dtype(self.trainer.get("precision", 32))
         self.scaler = grad_scaler(self.device, self.dtype)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        self.per_batch = isinstance(self.scheduler, torch.optim.lr_scheduler.OneCycleLR)
+        self.steps = scheduler_stepping(type(self.scheduler)) if self.scheduler is not None else None
+        self.per_batch = self.steps == "batch"
         self.flipped = flipped_training(self.splits)
 
     def amp(self) -> AbstractContextManager:
@@ -252,7 +255,7 @@ class Epochs:
         # the scheduler and early-stopping decisions identical by construction.
         row = distributed.broadcast_object(row, distributed.current())
         if self.scheduler is not None and not self.per_batch:
-            on_plateau = isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+            on_plateau = self.steps == "metric"
             self.scheduler.step(row["val_loss"]) if on_plateau else self.scheduler.step()
         return row
 

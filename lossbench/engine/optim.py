@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Iterable
+from typing import Literal
 
 import torch
 
@@ -71,3 +72,15 @@ def optimizer_kernel(optimizer: torch.optim.Optimizer) -> str:
     if group.get("foreach"):
         return "foreach"
     return "per-parameter loop"
+
+
+Stepping = Literal["batch", "epoch", "metric"]
+
+
+def scheduler_stepping(cls: type) -> Stepping:
+    """When a scheduler of class `cls` (or a subclass of it) is stepped."""
+    if issubclass(cls, torch.optim.lr_scheduler.OneCycleLR):
+        return "batch"
+    if issubclass(cls, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        return "metric"
+    return "epoch"

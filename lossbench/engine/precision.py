@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lossbench import distributed
+from lossbench.engine import distributed
 from lossbench.errors import UserError
 
 PRECISIONS = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}

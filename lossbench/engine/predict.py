@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lossbench import distributed
+from lossbench.engine import distributed
 from lossbench.data import Split, Splits
 from lossbench.engine.batches import (eval_batches, loader_batches, loader_options,  # noqa: F401
                                       split_loader)
@@ -65,18 +65,9 @@ def model_outputs(model: nn.Module, split: Split, batch_size: int, device: torch
     return out_all, y_all, mean_loss
 
 
-def optional_hook(loss_fn: nn.Module | None, name: str) -> Any:
-    """The loss's hook `name` (`lossbench.losses.base.hook`), or None for a hook that the loss
-    does not have and the contract gives no default for (`scores`, `model_loss`, `terms`)."""
-    try:
-        return hook(loss_fn, name)
-    except AttributeError:
-        return None
-
-
 def class_scores(output: torch.Tensor, head: str, loss_fn: nn.Module | None = None) -> torch.Tensor:
     """(N, K) or (N,) outputs -> (N, K) class probabilities."""
-    scores = optional_hook(loss_fn, "scores")
+    scores = hook(loss_fn, "scores")
     if scores is not None:  # the loss's own: a classifier it owns, or its margins removed
         return scores(output)
     return default_scores(output, head)
@@ -100,7 +91,7 @@ def predict(model: nn.Module, splits: Splits, split_name: str, head: str, batch_
         scale = lambda t: (t.double().cpu().numpy() * splits.target_std + splits.target_mean)
         return Predictions(y_true=scale(y), y_pred=scale(out), loss=mean_loss)
     y_true = y.cpu().numpy()
-    if head == "embedding" and optional_hook(loss_fn, "scores") is None:  # kNN unless the loss classifies
+    if head == "embedding" and hook(loss_fn, "scores") is None:  # kNN unless the loss classifies
         train_out, train_y, _ = model_outputs(model, splits.train, batch_size, device, max_batches)
         knn = knn_classifier(train_out.cpu().numpy(), train_y.cpu().numpy())
         emb = out.cpu().numpy()

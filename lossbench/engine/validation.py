@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from lossbench.data import Split, Splits
-from lossbench.engine.predict import Predictions, class_scores, model_outputs, optional_hook
+from lossbench.engine.predict import Predictions, class_scores, model_outputs
+from lossbench.losses.base import hook
 
 # Probabilities are clipped here before the log, as in the report's NLL (report.NLL_EPS).
 NLL_EPS = 1e-12
@@ -83,7 +84,7 @@ def flipped_training(splits: Splits) -> Split | None:
 def scores_classes(head: str, loss_fn: nn.Module) -> bool:
     """Whether the outputs of `head` give class scores: every head but an embedding, which
     does only through a loss's own classifier (`scores`, e.g. mixed's)."""
-    return head != "embedding" or optional_hook(loss_fn, "scores") is not None
+    return head != "embedding" or hook(loss_fn, "scores") is not None
 
 
 def memorisation(model: nn.Module, flipped: Split, head: str, loss_fn: nn.Module,

@@ -12,7 +12,7 @@ import hashlib
 import os
 import random
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lossbench.data import RawData, Splits, prepare_data
 from lossbench.data.imbalance import training_class_counts
-from lossbench.engine.optim import build_optimizer
+from lossbench.engine.optim import Stepping, build_optimizer, scheduler_stepping  # noqa: F401
 from lossbench.engine.predict import loader_options
 from lossbench.errors import UserError
 from lossbench.experiment.hydra_context import hydra_config
@@ -229,9 +229,6 @@ def build_training_optimizer(cfg: DictConfig, model: torch.nn.Module, loss_fn: t
     return build_optimizer(instantiate(cfg.optimizer), cfg.optimizer._target_, params)
 
 
-Stepping = Literal["batch", "epoch", "metric"]
-
-
 @dataclass
 class Schedule:
     """A learning-rate scheduler and when the loop steps it: after every `batch` (one-cycle
@@ -240,15 +237,6 @@ class Schedule:
 
     scheduler: Any = None
     steps: Stepping = "epoch"
-
-
-def scheduler_stepping(cls: type) -> Stepping:
-    """When a scheduler of class `cls` (or a subclass of it) is stepped."""
-    if issubclass(cls, torch.optim.lr_scheduler.OneCycleLR):
-        return "batch"
-    if issubclass(cls, torch.optim.lr_scheduler.ReduceLROnPlateau):
-        return "metric"
-    return "epoch"
 
 
 def build_scheduler(scheduler_cfg: DictConfig, optimizer: torch.optim.Optimizer,

@@ -7,7 +7,6 @@ only process) prints, logs and writes the run directory.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import shutil
 import signal
@@ -26,6 +25,7 @@ from lossbench.experiment.builders import pick_device
 from lossbench.experiment.hydra_context import hydra_config, in_sweep
 from lossbench.experiment.workflow import log, run_process
 from lossbench.results import tracking
+from lossbench.results.record import has_metrics, metrics_path, read_metrics
 
 
 def run_directory(cfg: DictConfig) -> Path:
@@ -135,9 +135,8 @@ def _spawn_ranks(cfg: DictConfig, devices: int, resume: dict[str, Any] | None = 
         failure = None
     except Exception as err:  # a rank that raised Diverged exits non-zero
         failure = err
-    metrics_file = run_dir / "metrics.json"
-    written = metrics_file.is_file() and metrics_file.stat().st_mtime >= started
-    metrics = json.loads(metrics_file.read_text()) if written else {}
+    written = has_metrics(run_dir) and metrics_path(run_dir).stat().st_mtime >= started
+    metrics = (read_metrics(run_dir) or {}) if written else {}
     if metrics.get("status") == "diverged":
         raise Diverged(metrics["message"]) from None
     if metrics.get("status") == "interrupted":  # the ranks exit quietly on KeyboardInterrupt

@@ -20,10 +20,11 @@ from lossbench.engine import distributed
 from lossbench.engine.checkpoint import CHECKPOINT
 from lossbench.engine.predict import predict, robust_accuracy
 from lossbench.errors import Diverged, Interrupted
-from lossbench.experiment.sweep import resolved_config
 from lossbench.losses.base import hook, needs_class_counts
 from lossbench.results import report as rep
-from lossbench.results.files import save_torch_atomic, write_csv_atomic, write_json_atomic
+from lossbench.results.files import save_torch_atomic
+from lossbench.results.record import (LOSS_STATE, MODEL, resolved_config, write_history,
+                                      write_metrics)
 
 log = logging.getLogger("lossbench")
 
@@ -155,12 +156,12 @@ def write_record(run_dir: Path, history: list[dict[str, Any]], metrics: dict[str
     """The run record's files: history.csv, the weights (model.pt, and loss.pt for a loss with
     layers or learned parameters of its own) when given, then metrics.json, written last: a
     run directory with metrics.json holds the rest."""
-    write_csv_atomic(run_dir / "history.csv", history)
+    write_history(run_dir, history)
     if model is not None:
-        save_torch_atomic(run_dir / "model.pt", model.state_dict())
+        save_torch_atomic(run_dir / MODEL, model.state_dict())
     if loss_fn is not None and loss_fn.state_dict():  # the loss's own layers, as kept
-        save_torch_atomic(run_dir / "loss.pt", loss_fn.state_dict())
-    write_json_atomic(run_dir / "metrics.json", metrics)
+        save_torch_atomic(run_dir / LOSS_STATE, loss_fn.state_dict())
+    write_metrics(run_dir, metrics)
 
 
 def stop_early(result: Any, run_dir: Path, signum: int | None, cfg: DictConfig,

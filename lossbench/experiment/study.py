@@ -221,7 +221,7 @@ def report_runs(settings: StudySettings, study_dir: Path, stratum: tuple[str, li
 def run_study(settings: StudySettings) -> Path:
     from omegaconf import OmegaConf
 
-    from lossbench import study_report
+    from lossbench.results import study_report
     from lossbench.results.files import write_text_atomic
 
     study_dir = Path(str(settings.dir))

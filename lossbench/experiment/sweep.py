@@ -151,7 +151,7 @@ def run_sweep_job(cfg: DictConfig, hydra_cfg: DictConfig,
     from lossbench.experiment.sweep_console import job_line
 
     preempt = preemption_signal()
-    from lossbench import checkpoint
+    from lossbench.engine import checkpoint
 
     if preempt is not None:  # stop like Ctrl-C, with a checkpoint, before giving it to submitit
         checkpoint.EXTRA_STOP_SIGNALS[:] = [preempt]

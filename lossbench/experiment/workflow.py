@@ -37,10 +37,10 @@ from lossbench.experiment.hydra_context import hydra_config, in_sweep
 from lossbench.experiment.outcome import (loss_params_line, loss_record,
                                           memorisation_summary, report_notes, robust_line,
                                           stop_early, test_report, write_plots, write_record)
-from lossbench.experiment.sweep import resolved_config
 from lossbench.results import report as rep
 from lossbench.results import tracking
 from lossbench.results.files import write_text_atomic
+from lossbench.results.record import REPORT, resolved_config
 
 log = logging.getLogger("lossbench")
 
@@ -325,7 +325,7 @@ def report(run: Run, parts: Parts, result: FitResult,
     params_line = loss_params_line(parts.loss_fn)
     details = [robust_line(parts.loss_fn, test)] if "robust_accuracy" in test else []
     details += [params_line] if params_line else []
-    write_text_atomic(run.run_dir / "report.txt",
+    write_text_atomic(run.run_dir / REPORT,
                       rep.report_text(splits.task, test, "test", test_titles(run, result)[keep],
                                       [*details, *notes]))
     if run.trainer.get("plots", True):

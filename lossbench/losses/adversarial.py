@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from lossbench.losses._checks import check_choice, check_int, check_range
-from lossbench.losses.base import default_scores, squeeze_output
+from lossbench.losses.base import declared_tasks, default_scores, hook, squeeze_output
 from lossbench.tasks import CLASSIFICATION
 
 ATTACKS = ("fgsm", "pgd")
@@ -45,11 +45,11 @@ class AdversarialLoss(nn.Module):
         super().__init__()
         if not isinstance(loss, nn.Module):
             raise ValueError(f"loss must be a loss module, got {type(loss).__name__}")
-        head = getattr(loss, "head", "logits")
-        tasks = tuple(t for t in getattr(loss, "tasks", ()) if t in CLASSIFICATION)
+        head = hook(loss, "head")
+        tasks = tuple(t for t in (declared_tasks(loss) or ()) if t in CLASSIFICATION)
         if head not in ("logits", "sigmoid") or not tasks:
             raise ValueError(f"loss must be a classification loss with a logits or sigmoid head, "
-                             f"got {type(loss).__name__} (head {head}, tasks {getattr(loss, 'tasks', ())})")
+                             f"got {type(loss).__name__} (head {head}, tasks {declared_tasks(loss) or ()})")
         self.loss = loss
         self.head, self.tasks = head, tasks
         self.attack_name = check_choice("attack", attack, ATTACKS)
@@ -96,6 +96,6 @@ class AdversarialLoss(nn.Module):
         return total
 
     def scores(self, output: torch.Tensor) -> torch.Tensor:
-        if hasattr(self.loss, "scores"):
+        if hook(self.loss, "scores") is not None:
             return self.loss.scores(output)
         return default_scores(output, self.head)

@@ -54,8 +54,17 @@ class Loss(nn.Module):
     head: str = "logits"
     reference: str = ""
     needs_class_counts: bool = False
-    # a method in losses that train against an attack (see hook 7); None here: no attack
+    # Optional hooks: a loss that has one defines it as a method (or, for `terms`, sets it);
+    # None here means "not this loss", and the runner takes its plain path.
+    # hook 5: (model, x, y) -> scalar loss, replacing loss(model(x), y)
+    model_loss: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    # hook 6: (N, ...) outputs -> (N, K) class probabilities; None: `default_scores`
+    scores: Callable[[torch.Tensor], torch.Tensor] | None = None
+    # hook 7: the attack a loss trains against; None: clean inputs only
     attack: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    # the named parts of the last value, detached ({"ce": ..., "rce": ...}); the loop records
+    # their epoch means as train_loss_<name>. None: a loss of one part
+    terms: dict[str, torch.Tensor] | None = None
 
     def setup(self, task: str, num_classes: int) -> None:
         """Size layers the loss owns (called before the optimizer is built)."""

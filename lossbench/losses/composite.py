@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from lossbench.losses._checks import check_choice, check_int, check_range
-from lossbench.losses.base import default_scores
+from lossbench.losses.base import declared_tasks, default_scores, hook
 from lossbench.tasks import TASKS
 
 WEIGHTINGS = ("fixed", "uncertainty")
@@ -16,7 +16,7 @@ WEIGHTINGS = ("fixed", "uncertainty")
 
 def combined_head(losses: Mapping[str, nn.Module]) -> str:
     """The head a mix of losses needs; ValueError when their heads cannot share one output."""
-    heads = {name: getattr(loss, "head", "logits") for name, loss in losses.items()}
+    heads = {name: hook(loss, "head") for name, loss in losses.items()}
     kinds = set(heads.values())
     if kinds <= {"logits", "embedding"}:
         return "embedding" if "embedding" in kinds else "logits"
@@ -88,13 +88,13 @@ class MixedLoss(nn.Module):
                 raise ValueError(f"weights.{zero[0]}=0 with weighting=uncertainty leaves that "
                                  f"term's log-variance unbounded below (the loss has no minimum); "
                                  f"drop the term or use weighting=fixed")
-        common = set.intersection(*(set(getattr(loss, "tasks", ())) for loss in self.losses.values()))
+        common = set.intersection(*(set((declared_tasks(loss) or ())) for loss in self.losses.values()))
         if not common:
             raise ValueError(f"losses {sorted(self.losses)} fit no common task")
         self.tasks = tuple(t for t in TASKS if t in common)
         self.head = combined_head(self.losses)
         self.needs_classifier = self.head == "embedding" and any(
-            getattr(loss, "head", "logits") != "embedding" for loss in self.losses.values())
+            hook(loss, "head") != "embedding" for loss in self.losses.values())
         self.embedding_dim = None if embedding_dim is None else check_int("embedding_dim", embedding_dim, 1)
         if self.needs_classifier and self.embedding_dim is None:
             raise ValueError("embedding_dim must be an integer in [1, inf) when logits and "

@@ -142,7 +142,7 @@ def _loss_parameters_worker(out_dir: str) -> None:
     import json
     from pathlib import Path
 
-    from lossbench import distributed
+    from lossbench.engine import distributed
     from lossbench.engine.loop import train_epoch
 
     dist = distributed.init_from_env(torch.device("cpu"))
@@ -165,7 +165,7 @@ def test_loss_parameters_stay_equal_across_processes(tmp_path):
     not see the loss), so the learned log-variances and classifier agree on every rank."""
     import json
 
-    from lossbench import distributed
+    from lossbench.engine import distributed
 
     distributed.spawn(_loss_parameters_worker, 2, (str(tmp_path),))
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lossbench import stats
+from lossbench.results import stats
 from lossbench.results.comparison.rows import Block, Row, block_values, fmt_value, mean_of
 from lossbench.errors import UserError
 from lossbench.results.stats import Improvement

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lossbench import stats
+from lossbench.results import stats
 from lossbench.results.comparison.families import Comparison, Family
 from lossbench.results.comparison.records import Run
 from lossbench.results.comparison.rows import Block, Row, fmt_value
