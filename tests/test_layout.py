@@ -37,3 +37,62 @@ def test_importing_the_package_imports_no_moved_module_and_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "['lossbench._moved']"
+
+
+def _imports(module_file):
+    """The lossbench modules a file imports (at module level or inside functions)."""
+    import ast
+
+    tree = ast.parse(module_file.read_text(encoding="utf-8"))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return {n for n in names if n.split(".")[0] in ("lossbench", "hydra")}
+
+
+def _package_files(*parts):
+    from pathlib import Path
+
+    import lossbench
+
+    root = Path(lossbench.__file__).parent.joinpath(*parts)
+    return [root] if root.suffix == ".py" else sorted(root.rglob("*.py"))
+
+
+LOWER_LAYERS = {  # a layer may not import these
+    # the engine saves its checkpoint through the run record's atomic files, nothing else above
+    "engine": ("lossbench.experiment", "lossbench.commands", "lossbench.results.report",
+               "lossbench.results.plots", "lossbench.results.tracking",
+               "lossbench.results.comparison", "lossbench.results.stats", "hydra"),
+    "data": ("lossbench.experiment", "lossbench.commands", "lossbench.engine.loop",
+             "lossbench.results"),
+    "losses": ("lossbench.experiment", "lossbench.commands", "lossbench.engine",
+               "lossbench.results", "lossbench.data"),
+    "results/comparison": ("lossbench.experiment", "lossbench.engine", "lossbench.losses",
+                           "lossbench.data", "torch"),
+}
+
+
+@pytest.mark.parametrize("layer", sorted(LOWER_LAYERS))
+def test_a_layer_imports_nothing_from_the_layers_above_it(layer):
+    bad = []
+    for f in _package_files(*layer.split("/")):
+        for name in _imports(f):
+            if any(name == p or name.startswith(p + ".") for p in LOWER_LAYERS[layer]):
+                bad.append(f"{f.name}: {name}")
+    assert not bad, bad
+
+
+def test_compare_command_imports_no_training_code():
+    names = _imports(_package_files("commands", "compare.py")[0])
+    assert not [n for n in names if n.startswith(("lossbench.engine", "lossbench.experiment",
+                                                  "lossbench.losses", "lossbench.data"))], names
+
+
+def test_no_module_is_over_about_400_lines():
+    over = {f.name: n for f in _package_files() if (n := len(f.read_text().splitlines())) > 410}
+    assert not over, over

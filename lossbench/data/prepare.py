@@ -121,25 +121,13 @@ def check_loader_signature(arguments: dict[str, Any]) -> None:
         raise UserError(f"dataset {target} takes no argument '{key}' (dataset.{key}); {fix}")
 
 
-def prepare_data(raw: RawData, split: Any, noise: Any = None, imbalance: Any = None,
-                 scale: bool = True, seed: int = 0, augment: Any = None,
-                 resample: str | None = None) -> Splits:
-    """Split `raw`, make the training classes imbalanced and the labels noisy as configured,
-    scale, and convert to tensors.
-
-    split: mapping with train/val/test fractions. noise / imbalance: mappings with `kind`
-    (`none` leaves the data alone). Imbalance subsamples the training split by its clean labels;
-    label noise then touches train and validation, never test. resample: `none`,
-    `class_balanced` or `sqrt` (lossbench/data/resample.py), after noise. augment:
-    crop_padding / hflip for image training data, which the training loop then reads through a DataLoader.
-    """
-    from lossbench.data.imbalance import check_imbalance_used
-    from lossbench.data.noise import check_noise_used
-
-    check_noise_used(noise)  # before the split: a setting that does nothing stops the run
-    check_imbalance_used(imbalance)
-    parts = split_dataset(raw, float(split["train"]), float(split["val"]), float(split["test"]),
-                          seed=seed)
+def corrupt_training(parts: dict[str, tuple[Any, np.ndarray]], raw: RawData, noise: Any,
+                     imbalance: Any, resample: str | None, seed: int
+                     ) -> tuple[dict[str, tuple[Any, np.ndarray]], dict[str, np.ndarray],
+                                dict[str, Any]]:
+    """Imbalance (training split, by clean labels), then label noise (train and val), then
+    re-sampling (train): the split parts afterwards, the clean labels of the splits noise
+    touched, and what was done (`Splits.info`)."""
     info: dict[str, Any] = {}
     if imbalance is not None and imbalance.get("kind", "none") != "none":
         from lossbench.data.imbalance import apply_imbalance
@@ -164,6 +152,29 @@ def prepare_data(raw: RawData, split: Any, noise: Any = None, imbalance: Any = N
     if raw.task != "regression":  # what the losses and the imbalance metrics are told
         info["train_class_counts"] = np.bincount(parts["train"][1].astype(np.int64),
                                                  minlength=raw.num_classes).tolist()
+    return parts, clean, info
+
+
+def prepare_data(raw: RawData, split: Any, noise: Any = None, imbalance: Any = None,
+                 scale: bool = True, seed: int = 0, augment: Any = None,
+                 resample: str | None = None) -> Splits:
+    """Split `raw`, make the training classes imbalanced and the labels noisy as configured,
+    scale, and convert to tensors.
+
+    split: mapping with train/val/test fractions. noise / imbalance: mappings with `kind`
+    (`none` leaves the data alone). Imbalance subsamples the training split by its clean labels;
+    label noise then touches train and validation, never test. resample: `none`,
+    `class_balanced` or `sqrt` (lossbench/data/resample.py), after noise. augment:
+    crop_padding / hflip for image training data, which the training loop then reads through a DataLoader.
+    """
+    from lossbench.data.imbalance import check_imbalance_used
+    from lossbench.data.noise import check_noise_used
+
+    check_noise_used(noise)  # before the split: a setting that does nothing stops the run
+    check_imbalance_used(imbalance)
+    parts = split_dataset(raw, float(split["train"]), float(split["val"]), float(split["test"]),
+                          seed=seed)
+    parts, clean, info = corrupt_training(parts, raw, noise, imbalance, resample, seed)
 
     x_train = parts["train"][0]
     on_disk = isinstance(x_train, ImageFiles)  # read per sample through a DataLoader

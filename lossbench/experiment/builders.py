@@ -20,6 +20,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lossbench.data import RawData, Splits, prepare_data
+from lossbench.data.prepare import PREP_KEYS as DATA_PREP_KEYS  # noqa: F401
+from lossbench.data.prepare import dataset_arguments
 from lossbench.data.imbalance import training_class_counts
 from lossbench.engine.optim import Stepping, build_optimizer, scheduler_stepping  # noqa: F401
 from lossbench.engine.predict import loader_options
@@ -29,7 +31,6 @@ from lossbench.losses.base import declared_tasks, hook, needs_class_counts
 from lossbench.models import with_cosine_head
 
 # Keys of a dataset config that lossbench applies to any dataset; the rest go to its `_target_`.
-DATA_PREP_KEYS = ("split", "noise", "imbalance", "resample", "scale", "augment")
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -94,24 +95,16 @@ def order_hash(generator: torch.Generator, n_train: int) -> str:
     return hashlib.sha256(order.numpy().tobytes()).hexdigest()[:16]
 
 
-def dataset_source(data_cfg: DictConfig) -> dict:
-    """The dataset config without the keys lossbench applies itself: what its `_target_` takes."""
-    resolved = OmegaConf.to_container(data_cfg, resolve=True)  # ${seed} lives at the root
-    return {k: v for k, v in resolved.items() if k not in DATA_PREP_KEYS}
-
-
 def load_data(cfg: DictConfig) -> Splits:
     from hydra.errors import InstantiationException
 
     data_cfg = cfg.dataset
     try:
-        raw = instantiate(dataset_source(data_cfg))
+        # the loader's signature is checked against its config keys first (dataset_arguments)
+        raw = instantiate(dataset_arguments(data_cfg))
     except InstantiationException as err:  # Hydra wraps what the loader raised
-        cause = err.__cause__
-        if isinstance(cause, UserError):
-            raise cause from None
-        if isinstance(cause, TypeError) and "unexpected keyword argument" in str(cause):
-            raise UserError(f"dataset {data_cfg._target_}: {cause}") from None
+        if isinstance(err.__cause__, UserError):
+            raise err.__cause__ from None
         raise
     if not isinstance(raw, RawData):
         raise TypeError(f"dataset {data_cfg._target_} returned {type(raw).__name__}, not RawData")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from lossbench.experiment.builders import (DATA_PREP_KEYS, Schedule, build_loss_and_model,
                                            build_scheduler, build_training_optimizer,
-                                           check_loss_fits, data_to_device, dataset_source,
+                                           check_loss_fits, data_to_device,
                                            load_data, loss_name, order_hash, output_size,
                                            pick_device, run_seeds, scheduler_stepping,
                                            seed_everything, state_hash, user_loss_options)
@@ -27,7 +27,7 @@ from lossbench.experiment.workflow import choices, config_tree, run_process, sho
 __all__ = [
     "DATA_PREP_KEYS", "Schedule", "build_loss_and_model", "build_scheduler",
     "build_training_optimizer", "check_loss_fits", "choices", "config_tree", "data_to_device",
-    "dataset_source", "load_data", "loss_name", "loss_params_line", "order_hash", "output_size",
+    "load_data", "loss_name", "loss_params_line", "order_hash", "output_size",
     "pick_device", "resumed_config", "robust_line", "run", "run_directory", "run_process",
     "run_seeds", "scheduler_stepping", "seed_everything", "shows_config", "state_hash",
     "stop_early", "test_report", "user_loss_options", "write_plots", "write_record",
