@@ -37,7 +37,7 @@ MOVED = {
     "lossbench.tracking": "lossbench.results.tracking",
     "lossbench.imbalance_metrics": "lossbench.results.imbalance_metrics",
     "lossbench.stats": "lossbench.results.stats",
-    "lossbench.study_report": "lossbench.results.study_report",
+    "lossbench.study_report": "lossbench.experiment.study_report",
     "lossbench.tuning": "lossbench.results.tuning",
     "lossbench.comparison": "lossbench.results.comparison",
     "lossbench.schema": "lossbench.config.schema",

@@ -68,10 +68,15 @@ LOWER_LAYERS = {  # a layer may not import these
     "engine": ("lossbench.experiment", "lossbench.commands", "lossbench.results.report",
                "lossbench.results.plots", "lossbench.results.tracking",
                "lossbench.results.comparison", "lossbench.results.stats", "hydra"),
+    # data may reduce class counts over processes (engine.distributed), nothing else above
     "data": ("lossbench.experiment", "lossbench.commands", "lossbench.engine.loop",
-             "lossbench.results"),
+             "lossbench.engine.predict", "lossbench.results"),
     "losses": ("lossbench.experiment", "lossbench.commands", "lossbench.engine",
                "lossbench.results", "lossbench.data"),
+    "results": ("lossbench.experiment", "lossbench.commands"),
+    "experiment": ("lossbench.commands",),
+    "config": ("lossbench.experiment", "lossbench.commands", "lossbench.engine",
+               "lossbench.results"),
     "results/comparison": ("lossbench.experiment", "lossbench.engine", "lossbench.losses",
                            "lossbench.data", "torch"),
 }

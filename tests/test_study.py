@@ -14,10 +14,10 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import lossbench_cmd, read_metrics, run_dirs
-from lossbench.commands.compare import Run
+from lossbench.results.comparison.records import Run
 from lossbench.errors import UserError
 from lossbench.experiment.study import SEARCH_DIR, Param, search_space
-from lossbench.results.study_report import bootstrap_mean_rank_ci, mean_ranks, ranks
+from lossbench.experiment.study_report import bootstrap_mean_rank_ci, mean_ranks, ranks
 from lossbench.results.tuning import select_on_tuning_seeds, validation_score
 
 TINY = ("trainer=smoke", "model=linear", "trainer.plots=false", "print_config=false")

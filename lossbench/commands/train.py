@@ -1,4 +1,5 @@
-"""The Hydra application behind `lossbench train`: a thin wrapper around `lossbench.experiment.run.run`."""
+"""The Hydra application behind `lossbench train`: a thin wrapper around
+`lossbench.experiment.launch.run`."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import hydra
 from omegaconf import DictConfig
 
 from lossbench.config.schema import check_config, register_schemas
+from lossbench.results.files import discard_empty_folders
 from lossbench.errors import (Diverged, Interrupted, config_mistake, debug_requested, exit_report,
                               instantiation_mistake, tell)
 
@@ -39,20 +41,6 @@ def _discard_empty_run_dir(run_dir: Path, user_dir: Path) -> None:
     discard_empty_folders(run_dir.parent, user_dir)
 
 
-def discard_empty_folders(folder: Path, user_dir: Path) -> None:
-    """Remove `folder` and the folders above it while they are empty, up to user_dir."""
-    # Hydra made the run directory with mkdir(parents=True), so the empty folders between it and
-    # user_dir are Hydra's. A run directory outside user_dir (hydra.run.dir=/elsewhere/...) keeps
-    # its parents: they may be the user's. rmdir refuses a folder that holds anything.
-    parent, user_dir = folder.resolve(), user_dir.resolve()
-    while user_dir in parent.parents:
-        try:
-            parent.rmdir()
-        except OSError:  # not empty (an older run, the user's files) or not ours to remove
-            break
-        parent = parent.parent
-
-
 def interrupted_message(run_dir: Path) -> str:
     """What a Ctrl-C outside the training loop left: nothing, a checkpoint to resume from, or a
     run directory with what was written so far."""
@@ -68,11 +56,10 @@ def interrupted_message(run_dir: Path) -> str:
 
 @hydra.main(version_base="1.3", config_path="pkg://lossbench.conf", config_name="config")
 def _train(cfg: DictConfig) -> float | None:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
+    from lossbench.config.hydra_context import hydra_config, in_sweep
 
-    hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode == RunMode.MULTIRUN:
+    hydra_cfg = hydra_config()  # always set here, inside the Hydra app
+    if in_sweep():
         # a failing job (user errors included) is recorded and the sweep goes on; completed
         # jobs of a resumed sweep are skipped (lossbench/experiment/sweep.py)
         from lossbench.experiment.run import choices, run

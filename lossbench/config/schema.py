@@ -172,7 +172,7 @@ def check_config(cfg: Any) -> None:
     """Raise `UserError` for values of the right type that cannot work, and for a dataset config
     its loader cannot take (`data.prepare.dataset_arguments`). Runs before any data is read or
     model built; the monitor is checked against the task once the data is loaded
-    (`train.resolve_monitor`)."""
+    (`engine.selection.resolve_monitor`)."""
     trainer = cfg.trainer
     for key in trainer:  # `+trainer.key=...` adds a key the schema does not know
         if key not in TRAINER_KEYS:

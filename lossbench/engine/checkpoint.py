@@ -3,7 +3,7 @@
 `checkpoint.pt` (in the run directory) holds everything needed to continue a run so that it
 ends exactly as if it had never stopped (bit for bit on CPU):
 - `model`, `loss` (learnable losses), `optimizer`, `scheduler`: their `state_dict()`s;
-- `loop`: the training loop's own state (`train.fit`): the epoch in progress and how many of its
+- `loop`: the training loop's own state (`engine.loop.fit`): the epoch in progress and how many of its
   batches are done, their losses, the history, the best weights so far, early stopping's count,
   the RNG states at the start of that epoch (its data order) and at the moment of saving;
 - `config`: the resolved config and the config-group choices the run was composed from;

@@ -14,7 +14,7 @@ from lossbench.data import Split, Splits
 from lossbench.engine.predict import Predictions, class_scores, model_outputs
 from lossbench.losses.base import hook
 
-# Probabilities are clipped here before the log, as in the report's NLL (report.NLL_EPS).
+# Probabilities are clipped here before the log; the report's NLL is this function too.
 NLL_EPS = 1e-12
 
 

@@ -26,7 +26,7 @@ from lossbench.data.imbalance import training_class_counts
 from lossbench.engine.optim import Stepping, build_optimizer, scheduler_stepping  # noqa: F401
 from lossbench.engine.predict import loader_options
 from lossbench.errors import UserError
-from lossbench.experiment.hydra_context import hydra_config
+from lossbench.config.hydra_context import hydra_config
 from lossbench.losses.base import declared_tasks, hook, needs_class_counts
 from lossbench.models import with_cosine_head
 
@@ -88,7 +88,7 @@ def state_hash(state: dict[str, torch.Tensor]) -> str:
 
 def order_hash(generator: torch.Generator, n_train: int) -> str:
     """The digest of the first epoch's sample order, drawn from a copy of the freshly seeded
-    generator exactly as `train.train_batches` draws it (before any sharding)."""
+    generator exactly as `engine.batches.train_batches` draws it (before any sharding)."""
     copy_ = torch.Generator(device=generator.device)
     copy_.set_state(generator.get_state())
     order = torch.randperm(n_train, generator=copy_, device=generator.device).cpu()

@@ -22,7 +22,7 @@ from lossbench.engine import distributed
 from lossbench.engine.checkpoint import StopOnSignal, resume_state
 from lossbench.errors import Diverged, Interrupted, UserError
 from lossbench.experiment.builders import pick_device
-from lossbench.experiment.hydra_context import hydra_config, in_sweep
+from lossbench.config.hydra_context import hydra_config, in_sweep
 from lossbench.experiment.workflow import log, run_process
 from lossbench.results import tracking
 from lossbench.results.record import has_metrics, metrics_path, read_metrics

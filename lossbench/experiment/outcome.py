@@ -1,7 +1,8 @@
 """What a run leaves behind: the test reports of its weights, the report's lines, the metrics
 dict, and the run record's files; and the record of a run that stopped early.
 
-`write_record` is the one place that writes history.csv and metrics.json (and the weights).
+`write_record` is where a run writes history.csv, its weights and metrics.json, through the
+run record (lossbench/results/record.py; a failed sweep job's record is written by sweep.py).
 """
 
 from __future__ import annotations

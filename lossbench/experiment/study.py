@@ -12,7 +12,7 @@ seeds (`lossbench.results.tuning.validation_score`: the rule that picks a run's 
 accuracy with validation NLL breaking ties). The best trial of each loss is then rerun on fresh
 seeds (`<dir>/report/<dataset>/<loss>/seedS/`, seeds from `seeds.report_from` on, never a tuning
 seed), and only those runs are compared (lossbench.commands.compare) and aggregated
-(lossbench.results.study_report).
+(lossbench.experiment.study_report).
 
 Killed, the same command with `dir=<that study>` resumes: completed runs are kept, a trial the
 kill left running is finished with the parameters it was given, and each loss still gets exactly
@@ -221,7 +221,7 @@ def report_runs(settings: StudySettings, study_dir: Path, stratum: tuple[str, li
 def run_study(settings: StudySettings) -> Path:
     from omegaconf import OmegaConf
 
-    from lossbench.results import study_report
+    from lossbench.experiment import study_report
     from lossbench.results.files import write_text_atomic
 
     study_dir = Path(str(settings.dir))

@@ -264,7 +264,7 @@ def discard_unstarted_sweep() -> None:
         return  # jobs of an earlier invocation live there: keep its record
     for name in (START_MARKER, "multirun.yaml"):
         (sweep_dir / name).unlink(missing_ok=True)
-    from lossbench.commands.train import discard_empty_folders
+    from lossbench.results.files import discard_empty_folders
 
     discard_empty_folders(sweep_dir, Path.cwd())
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lossbench.experiment.hydra_context import in_sweep  # noqa: F401 (imported from here)
+from lossbench.config.hydra_context import in_sweep  # noqa: F401 (imported from here)
 from lossbench.results.record import read_metrics
 from lossbench.tasks import headline_metric
 

@@ -33,7 +33,7 @@ from lossbench.experiment.builders import (Schedule, build_loss_and_model, build
                                            build_training_optimizer, data_to_device, load_data,
                                            loss_name, order_hash, pick_device, run_seeds,
                                            seed_everything, state_hash)
-from lossbench.experiment.hydra_context import hydra_config, in_sweep
+from lossbench.config.hydra_context import hydra_config, in_sweep
 from lossbench.experiment.outcome import (loss_params_line, loss_record,
                                           memorisation_summary, report_notes, robust_line,
                                           stop_early, test_report, write_plots, write_record)

@@ -6,13 +6,13 @@ import torch
 from torch import nn
 
 from lossbench.losses._checks import check_choice, check_int, check_range
-from lossbench.losses.base import declared_tasks, default_scores, hook, squeeze_output
+from lossbench.losses.base import Loss, declared_tasks, default_scores, hook, squeeze_output
 from lossbench.tasks import CLASSIFICATION
 
 ATTACKS = ("fgsm", "pgd")
 
 
-class AdversarialLoss(nn.Module):
+class AdversarialLoss(Loss):
     r"""Adversarial training around any classification loss L (Goodfellow, Shlens & Szegedy
     2015, "Explaining and harnessing adversarial examples" for FGSM; Madry et al. 2018,
     "Towards deep learning models resistant to adversarial attacks" for PGD).

@@ -1,11 +1,12 @@
 """The loss contract: everything the runner may ask of a loss, written down once.
 
 A loss is an `nn.Module` with `forward(input, target)` (input first, as in torch). The class
-attributes and hooks below are what `lossbench.experiment.run` and the training loop call; `Loss` gives
-every hook a default that does nothing, so a loss overrides only the ones it needs. Losses
-written before this base class declare the same attributes on their own and are read the same
-way: the runner reaches every attribute and hook through `hook(loss, name)`, which falls back
-on the defaults below.
+attributes and hooks below are what the runner (experiment/builders.py, experiment/outcome.py,
+engine/loop.py, engine/predict.py) calls; `Loss` gives every hook a default that does nothing,
+so a loss overrides only the ones it needs. Every shipped loss subclasses `Loss`. A loss from
+outside lossbench may be a plain `nn.Module` that declares only what it needs (the README's
+example does): the runner reaches every attribute and hook through `hook(loss, name)`, which
+falls back on the defaults below, so both kinds are read the same way.
 
 Attributes
 - `tasks`: the dataset tasks the loss fits (`multiclass`, `binary`, `regression`);

@@ -14,7 +14,7 @@ from torch import nn
 
 from lossbench.losses._checks import (check_binary_target, check_bool, check_range,
                                       check_reduction, reduce)
-from lossbench.losses.base import default_scores
+from lossbench.losses.base import Loss, default_scores
 
 
 def target_log_prob(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -32,7 +32,7 @@ def log_one_minus_target_prob(input: torch.Tensor, target: torch.Tensor) -> torc
     return torch.logsumexp(others, dim=-1) - torch.logsumexp(input, dim=-1)
 
 
-class CrossEntropyLoss(nn.Module):
+class CrossEntropyLoss(Loss):
     r"""Categorical cross-entropy on logits, optionally with label smoothing.
 
     .. math:: \ell(z, y) = -(1 - \varepsilon)\log p_y - \frac{\varepsilon}{K}\sum_{k=1}^K \log p_k,
@@ -63,7 +63,7 @@ class CrossEntropyLoss(nn.Module):
                                label_smoothing=self.label_smoothing)
 
 
-class FocalLoss(nn.Module):
+class FocalLoss(Loss):
     r"""Focal loss of Lin et al. (2017), "Focal loss for dense object detection".
 
     Binary data (one logit per sample, sigmoid focal as in the paper), with p = σ(z),
@@ -117,7 +117,7 @@ class FocalLoss(nn.Module):
         return default_scores(output, "logits")
 
 
-class Poly1Loss(nn.Module):
+class Poly1Loss(Loss):
     r"""Poly-1 cross-entropy of Leng et al. (2022), "PolyLoss: a polynomial expansion
     perspective of classification loss functions".
 
@@ -142,7 +142,7 @@ class Poly1Loss(nn.Module):
         return reduce(per_sample, self.reduction)
 
 
-class BCEWithLogitsLoss(nn.Module):
+class BCEWithLogitsLoss(Loss):
     r"""Binary cross-entropy on logits; one-vs-rest over K logits for multiclass data.
 
     .. math:: \ell(z, t) = -[t \log\sigma(z) + (1 - t)\log(1 - \sigma(z))]
@@ -175,7 +175,7 @@ class BCEWithLogitsLoss(nn.Module):
         return reduce(per_sample, self.reduction)
 
 
-class MultiMarginHingeLoss(nn.Module):
+class MultiMarginHingeLoss(Loss):
     r"""Multi-class margin (hinge) loss of Weston & Watkins (1999), "Support vector machines
     for multi-class pattern recognition", in torch's ``multi_margin_loss`` form.
 

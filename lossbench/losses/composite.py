@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from lossbench.losses._checks import check_choice, check_int, check_range
-from lossbench.losses.base import declared_tasks, default_scores, hook
+from lossbench.losses.base import Loss, declared_tasks, default_scores, hook
 from lossbench.tasks import TASKS
 
 WEIGHTINGS = ("fixed", "uncertainty")
@@ -25,7 +25,7 @@ def combined_head(losses: Mapping[str, nn.Module]) -> str:
     raise ValueError(f"losses must share a head (logits and embedding terms may mix), got {heads}")
 
 
-class MixedLoss(nn.Module):
+class MixedLoss(Loss):
     r"""A weighted sum of losses, composed in config: L = Σ_i w_i L_i, or with learned weights.
 
     ``weighting='fixed'``:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lossbench.losses._checks import check_choice, check_range, check_reduction, reduce
+from lossbench.losses.base import Loss
 
 
 def pairwise_squared_distances(embeddings: torch.Tensor) -> torch.Tensor:
@@ -30,7 +31,7 @@ def _empty(input: torch.Tensor, reduction: str) -> torch.Tensor:
     return none.reshape(1)[:0] if reduction == "none" else none
 
 
-class ContrastiveLoss(nn.Module):
+class ContrastiveLoss(Loss):
     r"""Contrastive loss of Hadsell, Chopra & LeCun (2006), "Dimensionality reduction by
     learning an invariant mapping".
 
@@ -64,7 +65,7 @@ class ContrastiveLoss(nn.Module):
         return reduce(per_pair, self.reduction)
 
 
-class TripletLoss(nn.Module):
+class TripletLoss(Loss):
     r"""Triplet margin loss (Schroff, Kalenichenko & Philbin 2015, "FaceNet"), with the triplets
     mined inside the batch (Hermans, Beyer & Leibe 2017, "In defense of the triplet loss").
 
@@ -112,7 +113,7 @@ class TripletLoss(nn.Module):
         return reduce(per_anchor, self.reduction)
 
 
-class SupConLoss(nn.Module):
+class SupConLoss(Loss):
     r"""Supervised contrastive loss of Khosla et al. (2020), "Supervised contrastive learning"
     (the L_out form); with one positive per anchor it is NT-Xent (Chen et al. 2020, SimCLR).
 

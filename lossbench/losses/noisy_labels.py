@@ -15,6 +15,7 @@ from torch import nn
 
 from lossbench.losses._checks import check_range, check_reduction, reduce
 from lossbench.losses.classification import log_one_minus_target_prob, target_log_prob
+from lossbench.losses.base import Loss
 
 
 def _one_minus_py(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -28,7 +29,7 @@ def _nce(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return log_p.gather(-1, target.long().unsqueeze(-1)).squeeze(-1) / log_p.sum(-1)
 
 
-class MAELoss(nn.Module):
+class MAELoss(Loss):
     r"""Mean absolute error on probabilities, robust to symmetric label noise (Ghosh, Kumar &
     Sastry 2017, "Robust loss functions under label noise for deep neural networks"; the
     passive MAE of Ma et al. 2020).
@@ -50,7 +51,7 @@ class MAELoss(nn.Module):
         return reduce(_one_minus_py(input, target), self.reduction)
 
 
-class GCELoss(nn.Module):
+class GCELoss(Loss):
     r"""Generalized cross-entropy of Zhang & Sabuncu (2018), "Generalized cross entropy loss for
     training deep neural networks with noisy labels" (the L_q loss).
 
@@ -80,7 +81,7 @@ class GCELoss(nn.Module):
 LOG_1E_4 = math.log(1e-4)
 
 
-class RCELoss(nn.Module):
+class RCELoss(Loss):
     r"""Reverse cross-entropy of Wang et al. (2019), "Symmetric cross entropy for robust
     learning with noisy labels": the cross-entropy with prediction and label swapped,
     log 0 being replaced by a constant A < 0.
@@ -107,7 +108,7 @@ class RCELoss(nn.Module):
         return reduce(-self.log_zero * _one_minus_py(input, target), self.reduction)
 
 
-class _ActivePassive(nn.Module):
+class _ActivePassive(Loss):
     r"""The per-sample sum α·active + β·passive of a bounded ("passive") term and a fitting
     ("active") one, the form Ma et al. (2020) name active-passive and SCE already had. SCE,
     NCE+RCE and NCE+MAE differ only in their two terms and their defaults.
@@ -166,7 +167,7 @@ class SCELoss(_ActivePassive):
     passive = _ActivePassive.rce
 
 
-class NCELoss(nn.Module):
+class NCELoss(Loss):
     r"""Normalized cross-entropy of Ma et al. (2020), "Normalized loss functions for deep
     learning with noisy labels": cross-entropy divided by its sum over all labels.
 

@@ -14,6 +14,7 @@ from torch import nn
 
 from lossbench.losses._checks import (check_bool, check_range, check_reduction, check_same_shape,
                                       reduce)
+from lossbench.losses.base import Loss
 
 
 def _residual(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -22,7 +23,7 @@ def _residual(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return input - target.to(input.dtype)
 
 
-class MSELoss(nn.Module):
+class MSELoss(Loss):
     r"""Mean squared error.
 
     .. math:: \ell(\hat y, y) = (\hat y - y)^2
@@ -51,7 +52,7 @@ class MSELoss(nn.Module):
         return reduce(per_sample, self.reduction)
 
 
-class L1Loss(nn.Module):
+class L1Loss(Loss):
     r"""Mean absolute error, the median regression loss.
 
     .. math:: \ell(\hat y, y) = |\hat y - y|
@@ -71,7 +72,7 @@ class L1Loss(nn.Module):
         return reduce(_residual(input, target).abs(), self.reduction)
 
 
-class HuberLoss(nn.Module):
+class HuberLoss(Loss):
     r"""Huber loss (Huber 1964, "Robust estimation of a location parameter"): quadratic near
     zero, linear beyond δ.
 
@@ -97,7 +98,7 @@ class HuberLoss(nn.Module):
         return reduce(per_sample, self.reduction)
 
 
-class SmoothL1Loss(nn.Module):
+class SmoothL1Loss(Loss):
     r"""Smooth L1 loss (Girshick 2015, "Fast R-CNN"): Huber divided by β.
 
     .. math:: \ell(e) = \begin{cases} \tfrac12 e^2 / \beta & |e| < \beta \\
@@ -125,7 +126,7 @@ class SmoothL1Loss(nn.Module):
         return reduce(per_sample, self.reduction)
 
 
-class LogCoshLoss(nn.Module):
+class LogCoshLoss(Loss):
     r"""Log-cosh loss: ½e² near zero, |e| − log 2 far away, smooth everywhere.
 
     .. math:: \ell(e) = \log\cosh(e) = |e| + \log(1 + e^{-2|e|}) - \log 2
@@ -149,7 +150,7 @@ class LogCoshLoss(nn.Module):
         return reduce(per_sample, self.reduction)
 
 
-class QuantileLoss(nn.Module):
+class QuantileLoss(Loss):
     r"""Quantile (pinball) loss of Koenker & Bassett (1978), "Regression quantiles": its
     minimiser is the τ-quantile of y.
 
@@ -206,7 +207,7 @@ def log_partition(alpha: torch.Tensor) -> torch.Tensor:
     return (torch.logsumexp(log_integrand + weights.log(), dim=0) + math.log(2.0)).to(alpha.dtype)
 
 
-class AdaptiveRobustLoss(nn.Module):
+class AdaptiveRobustLoss(Loss):
     r"""The general and adaptive robust loss of Barron (2019), "A general and adaptive robust
     loss function", with shape α and scale c learned by gradient descent.
 

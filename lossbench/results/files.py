@@ -75,6 +75,15 @@ def save_torch_atomic(path: str | Path, obj: Any, sync: bool = True) -> None:
     write_bytes_atomic(path, buf.getvalue(), sync)
 
 
-def read_json(path: str | Path) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+def discard_empty_folders(folder: Path, user_dir: Path) -> None:
+    """Remove `folder` and the folders above it while they are empty, up to user_dir."""
+    # Hydra made the run directory with mkdir(parents=True), so the empty folders between it and
+    # user_dir are Hydra's. A run directory outside user_dir (hydra.run.dir=/elsewhere/...) keeps
+    # its parents: they may be the user's. rmdir refuses a folder that holds anything.
+    parent, user_dir = folder.resolve(), user_dir.resolve()
+    while user_dir in parent.parents:
+        try:
+            parent.rmdir()
+        except OSError:  # not empty (an older run, the user's files) or not ours to remove
+            break
+        parent = parent.parent

@@ -11,6 +11,7 @@ from rich.table import Table
 from sklearn import metrics as skm
 
 from lossbench.engine.predict import Predictions
+from lossbench.engine.validation import nll as mean_nll
 
 
 def classification_metrics(pred: Predictions, class_names: list[str] | None,
@@ -47,7 +48,6 @@ def classification_metrics(pred: Predictions, class_names: list[str] | None,
 
 # Probabilities are clipped here before the logarithm, so that one confidently wrong sample (a
 # k-NN vote of 0, a saturated softmax) gives a large but finite NLL instead of infinity.
-NLL_EPS = 1e-12
 
 
 def calibration_bins(scores: np.ndarray, y_true: np.ndarray, n_bins: int = 15
@@ -93,8 +93,7 @@ def calibration_metrics(scores: np.ndarray, y_true: np.ndarray, n_bins: int = 15
     filled = bins["count"] > 0
     ece = float(np.sum(bins["count"][filled] / n
                        * np.abs(bins["accuracy"][filled] - bins["confidence"][filled])))
-    p_true = scores[np.arange(n), y_true]
-    nll = float(-np.mean(np.log(np.maximum(p_true, NLL_EPS))))
+    nll = mean_nll(scores, y_true)  # the loop's validation NLL, the same formula
     onehot = np.zeros_like(scores)
     onehot[np.arange(n), y_true] = 1.0
     brier = float(np.mean(np.sum((scores - onehot) ** 2, axis=1)))

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from lossbench.errors import UserError
-from lossbench.experiment.hydra_context import hydra_config, in_sweep
+from lossbench.config.hydra_context import hydra_config, in_sweep
 from lossbench.results import record
 
 # Files of a run directory mirrored as artifacts (model.pt only when asked: it can be large).

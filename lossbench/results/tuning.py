@@ -49,7 +49,7 @@ def selected_tie(metrics: dict[str, Any], run_dir: str | Path | None) -> float |
 
 def validation_score(metrics: dict[str, Any], run_dir: str | Path | None = None) -> float:
     """How good a finished run looked on validation, higher is better, by the rule that picked
-    its epoch (lossbench.engine.loop.selection_rule): the monitored metric at the selected epoch
+    its epoch (lossbench.engine.selection.selection_rule): the monitored metric at the selected epoch
     (`best_val`, validation accuracy by default), negated when lower is better; where the rule
     breaks ties (`selection.tie_break`: the validation NLL, lower wins), minus TIE_WEIGHT times
     that epoch's value from `run_dir/history.csv` (capped at TIE_CAP). So two runs, or two

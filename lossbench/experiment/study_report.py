@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -171,7 +170,7 @@ def _fmt(value: Any) -> str:
 
 def write_report(settings: Any, study_dir: Path) -> Path:
     """study.md, study.json, sensitivity_<dataset>.png and the comparison's files."""
-    from lossbench.commands.compare import DEFAULT_IGNORE, build_blocks
+    from lossbench.results.comparison.blocks import DEFAULT_IGNORE, build_blocks
     from lossbench.results.comparison import tables
     from lossbench.results.comparison.records import find_runs
 
