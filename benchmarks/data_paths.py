@@ -28,7 +28,7 @@ from lossbench.data import Split
 from lossbench.data.augment import AugmentedImages
 from lossbench.data.files import ImageFiles
 from lossbench.data.prepare import ScaledImages
-from lossbench.engine.loop import train_batches
+from lossbench.engine.batches import train_batches
 
 
 def epoch_seconds(split: Split, batch_size: int, workers: int, seed: int) -> float:

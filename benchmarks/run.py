@@ -199,7 +199,8 @@ def loop_workload(name: str, splits, model, batch_size: int, epochs: int,
 
     from lossbench import distributed
     from lossbench.engine.progress import EpochProgress
-    from lossbench.engine.loop import fit, train_batches, train_epoch
+    from lossbench.engine.batches import train_batches
+    from lossbench.engine.loop import fit, train_epoch
 
     from lossbench.losses import CrossEntropyLoss
     from lossbench.engine.optim import optimizer_kernel
@@ -317,7 +318,8 @@ def bench_lightning(repeats: int, lightning_path: str | None) -> dict[str, Any]:
     from lossbench import distributed
     from lossbench.losses import CrossEntropyLoss
     from lossbench.models import MLP
-    from lossbench.engine.loop import train_batches, train_epoch
+    from lossbench.engine.batches import train_batches
+    from lossbench.engine.loop import train_epoch
 
     loss_fn = CrossEntropyLoss()  # lossbench's `ce` on both sides
     torch.manual_seed(0)

@@ -28,7 +28,7 @@ from lossbench.errors import UserError
 from lossbench.engine.predict import loader_options
 from lossbench.engine.optim import build_optimizer, can_fuse, fused_devices, optimizer_kernel
 from lossbench.experiment.run import pick_device, seed_everything
-from lossbench.engine.loop import autocast, autocast_dtype, training_model
+from lossbench.engine.precision import autocast, autocast_dtype, training_model
 from test_resume import RUN, assert_same_result, interrupt_at, run_in
 
 CUDA = torch.device("cuda")

@@ -210,7 +210,7 @@ def test_augmentation_crops_from_the_padded_image_and_flips():
 
 
 def test_augmented_training_split_goes_through_a_dataloader_and_evaluation_stays_clean():
-    from lossbench.engine.loop import train_batches
+    from lossbench.engine.batches import train_batches
 
     raw = fake_images(n_samples=30, n_test=5, image_size=[3, 8, 8], num_classes=3)
     splits = prepare_data(raw, SPLIT, augment=OmegaConf.create({"crop_padding": 2,
@@ -239,7 +239,7 @@ def test_data_without_augmentation_keeps_the_tensor_path_and_vectors_refuse_it()
 
 
 def test_augmented_batches_are_reproducible_from_the_seed():
-    from lossbench.engine.loop import train_batches
+    from lossbench.engine.batches import train_batches
 
     raw = fake_images(n_samples=20, n_test=4, image_size=[3, 8, 8], num_classes=2)
     augment = OmegaConf.create({"crop_padding": 3, "hflip": True})
@@ -257,7 +257,7 @@ def test_augmented_batches_are_reproducible_from_the_seed():
 def test_augmented_batches_are_the_same_whoever_reads_them():
     """The crops and flips follow from the loop's generator alone: read in the main process, by
     two worker processes, or again after torch's global seed moved, an epoch is the same."""
-    from lossbench.engine.loop import train_batches
+    from lossbench.engine.batches import train_batches
 
     raw = fake_images(n_samples=40, n_test=4, image_size=[3, 8, 8], num_classes=2)
     augment = OmegaConf.create({"crop_padding": 3, "hflip": True})

@@ -16,7 +16,8 @@ from conftest import read_metrics
 from lossbench.errors import UserError
 from lossbench.models import MLP
 from lossbench.experiment.run import run
-from lossbench.engine.loop import autocast, autocast_dtype, train_epoch, unwrap
+from lossbench.engine.loop import train_epoch
+from lossbench.engine.precision import autocast, autocast_dtype, unwrap
 
 
 def test_precision_names_map_to_autocast_dtypes():

@@ -17,7 +17,8 @@ from conftest import read_metrics
 from lossbench.data import Split, Splits
 from lossbench.engine.predict import Predictions
 from lossbench.results.report import suspicious_results
-from lossbench.engine.loop import planned_epochs, steps_per_epoch, validation_metrics
+from lossbench.engine.selection import planned_epochs, steps_per_epoch
+from lossbench.engine.validation import validation_metrics
 
 FAST = ("trainer.device=cpu", "print_config=false", "trainer.plots=false")
 

@@ -11,7 +11,7 @@ from lossbench.errors import UserError
 from lossbench.engine.predict import predict
 from lossbench.models import MLP
 from lossbench.experiment.run import load_data, run
-from lossbench.engine.loop import resolve_monitor
+from lossbench.engine.selection import resolve_monitor
 
 
 def test_monitor_defaults_fit_the_task():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from lossbench.engine.loop import macro_f1
+from lossbench.engine.validation import macro_f1
 
 
 @pytest.mark.parametrize("seed", range(5))

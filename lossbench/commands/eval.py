@@ -166,7 +166,7 @@ def evaluate_run(run_dir: Path, overrides: list[str], split: str = "test",
     from lossbench.experiment import run as workflow
     from lossbench.console import output_console
     from lossbench.config.schema import check_config
-    from lossbench.engine.loop import autocast, autocast_dtype
+    from lossbench.engine.precision import autocast, autocast_dtype
 
     check_config(cfg)
     trainer = cfg.trainer

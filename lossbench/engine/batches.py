@@ -108,6 +108,12 @@ def epoch_loader(split: Split, batch_size: int, loader_kwargs: dict | None = Non
     return split.loader
 
 
+def epoch_order(n: int, generator: torch.Generator) -> torch.Tensor:
+    """(n,) the order one training epoch reads the samples in, before any sharding: a
+    permutation drawn from `generator` on its own device."""
+    return torch.randperm(n, generator=generator, device=generator.device)
+
+
 def train_batches(split: Split, batch_size: int, generator: torch.Generator,
                   max_batches: int | None = None, loader_kwargs: dict | None = None,
                   skip: int = 0) -> tuple[int, Iterator[Batch]]:
@@ -120,8 +126,7 @@ def train_batches(split: Split, batch_size: int, generator: torch.Generator,
     permutation. Over several processes every rank draws the same permutation (same seed) and
     keeps its own shard of it, all shards of equal length.
     """
-    order = torch.randperm(len(split), generator=generator, device=generator.device)
-    order = distributed.shard_order(order, distributed.current())
+    order = distributed.shard_order(epoch_order(len(split), generator), distributed.current())
     n = math.ceil(len(order) / batch_size)
     if max_batches is not None:
         n = min(n, max_batches)

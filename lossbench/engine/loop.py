@@ -19,26 +19,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from lossbench.engine import distributed
 from lossbench.data import Splits
-from lossbench.engine.batches import (GATHER_BYTES, EpochOrder, epoch_loader,  # noqa: F401
-                                      train_batches)
+from lossbench.engine import distributed
+from lossbench.engine.batches import train_batches
 from lossbench.engine.checkpoint import capture_rng, restore_rng, training_states
 from lossbench.engine.loop_state import Checkpoints, EpochSoFar, LoopState, copy_state
-from lossbench.engine.precision import (PRECISIONS, autocast, autocast_dtype,  # noqa: F401
-                                        grad_scaler, training_model, unwrap)
-from lossbench.engine.predict import predict
-from lossbench.losses.base import hook
 from lossbench.engine.optim import scheduler_stepping
+from lossbench.engine.precision import autocast, autocast_dtype, grad_scaler, unwrap
+from lossbench.engine.predict import predict
 from lossbench.engine.progress import EpochProgress
-from lossbench.engine.selection import (AUTO_EPOCHS, EarlyStopping,  # noqa: F401
-                                        describe_selection, planned_epochs, resolve_monitor,
-                                        selection_rule, steps_per_epoch)
-from lossbench.engine.validation import (NLL_EPS, epoch_record, flipped_training,  # noqa: F401
-                                         macro_f1, memorisation, nll, scores_classes,
-                                         validation_metrics)
+from lossbench.engine.selection import (EarlyStopping, planned_epochs, selection_rule,
+                                        steps_per_epoch)
+from lossbench.engine.validation import (epoch_record, flipped_training, memorisation,
+                                         scores_classes, validation_metrics)
 from lossbench.losses.base import hook, squeeze_output
-from lossbench.tasks import VALIDATION_METRICS as TASK_METRICS, task_kind  # noqa: F401
 
 
 def average_loss_gradients(loss_fn: nn.Module) -> None:
@@ -369,12 +363,12 @@ def fit(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
         stopping_now = stop is not None and bool(
             distributed.broadcast_object(bool(stop.requested), dist) if dist.active
             else stop.requested)
-        if epoch < epochs:
+        if epoch < epochs:  # the last epoch needs no checkpoint: the run completes
             checkpoints.epoch_end(epoch, lambda: snapshot(epoch + 1), lambda: training_states(
                 core, loss_fn, optimizer, scheduler, clone=True), stopping_now)
-        if stopping_now and epoch < epochs:
-            result.stop("interrupted", epoch + 1, 0, num_batches)
-            break
+            if stopping_now:
+                result.stop("interrupted", epoch + 1, 0, num_batches)
+                break
     result.best_epoch, result.best_value, result.best_tie = (
         stopping.best_epoch, stopping.best_value, stopping.best_tie)
     result.last_state, result.last_loss_state = copy_state(core), copy_state(loss_fn)

@@ -17,12 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from lossbench.data import RawData, Splits, prepare_data
 from lossbench.data.prepare import PREP_KEYS as DATA_PREP_KEYS  # noqa: F401
 from lossbench.data.prepare import dataset_arguments
 from lossbench.data.imbalance import training_class_counts
+from lossbench.engine.batches import epoch_order
 from lossbench.engine.optim import Stepping, build_optimizer, scheduler_stepping  # noqa: F401
 from lossbench.engine.predict import loader_options
 from lossbench.errors import UserError
@@ -91,7 +92,7 @@ def order_hash(generator: torch.Generator, n_train: int) -> str:
     generator exactly as `engine.batches.train_batches` draws it (before any sharding)."""
     copy_ = torch.Generator(device=generator.device)
     copy_.set_state(generator.get_state())
-    order = torch.randperm(n_train, generator=copy_, device=generator.device).cpu()
+    order = epoch_order(n_train, copy_).cpu()
     return hashlib.sha256(order.numpy().tobytes()).hexdigest()[:16]
 
 

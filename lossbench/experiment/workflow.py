@@ -22,9 +22,10 @@ from lossbench.data import Splits
 from lossbench.data.noise import describe_corruption
 from lossbench.engine import distributed
 from lossbench.engine.checkpoint import CHECKPOINT, StopOnSignal, save_checkpoint
-from lossbench.engine.loop import (FitResult, Settings, autocast, autocast_dtype,
-                                   describe_selection, fit, planned_epochs, resolve_monitor,
-                                   selection_rule, steps_per_epoch, training_model)
+from lossbench.engine.loop import FitResult, Settings, fit
+from lossbench.engine.precision import autocast, autocast_dtype, training_model
+from lossbench.engine.selection import (describe_selection, planned_epochs, resolve_monitor,
+                                        selection_rule, steps_per_epoch)
 from lossbench.engine.optim import optimizer_kernel
 from lossbench.engine.predict import predict
 from lossbench.engine.progress import EpochProgress
