@@ -20,11 +20,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from lossbench.data import RawData, Splits, prepare_data
-from lossbench.data.prepare import PREP_KEYS as DATA_PREP_KEYS  # noqa: F401
 from lossbench.data.prepare import dataset_arguments
 from lossbench.data.imbalance import training_class_counts
 from lossbench.engine.batches import epoch_order
-from lossbench.engine.optim import Stepping, build_optimizer, scheduler_stepping  # noqa: F401
+from lossbench.engine.optim import Stepping, build_optimizer, scheduler_stepping
 from lossbench.engine.predict import loader_options
 from lossbench.errors import UserError
 from lossbench.config.hydra_context import hydra_config

@@ -13,11 +13,13 @@ The entry point that commands, sweeps and tests import; the work is done in
 
 from __future__ import annotations
 
-from lossbench.experiment.builders import (DATA_PREP_KEYS, Schedule, build_loss_and_model,
+from lossbench.data.prepare import PREP_KEYS as DATA_PREP_KEYS
+from lossbench.engine.optim import scheduler_stepping
+from lossbench.experiment.builders import (Schedule, build_loss_and_model,
                                            build_scheduler, build_training_optimizer,
                                            check_loss_fits, data_to_device,
                                            load_data, loss_name, order_hash, output_size,
-                                           pick_device, run_seeds, scheduler_stepping,
+                                           pick_device, run_seeds,
                                            seed_everything, state_hash, user_loss_options)
 from lossbench.experiment.launch import resumed_config, run, run_directory
 from lossbench.experiment.outcome import (loss_params_line, robust_line, stop_early,

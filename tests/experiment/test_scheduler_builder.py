@@ -10,7 +10,8 @@ from omegaconf import OmegaConf, open_dict
 
 from conftest import read_metrics
 from lossbench.errors import UserError
-from lossbench.experiment.builders import build_scheduler, scheduler_stepping
+from lossbench.engine.optim import scheduler_stepping
+from lossbench.experiment.builders import build_scheduler
 
 MYSCHEDULERS = '''
 import torch
