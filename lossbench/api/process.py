@@ -72,7 +72,7 @@ def _process_kept(quiet: bool) -> Iterator[None]:
     import numpy as np
     import torch
 
-    from lossbench import errors
+    from lossbench import console, errors
 
     cwd, argv, environ = os.getcwd(), list(sys.argv), dict(os.environ)
     root = logging.getLogger()
@@ -85,12 +85,12 @@ def _process_kept(quiet: bool) -> Iterator[None]:
     deterministic = torch.are_deterministic_algorithms_enabled()
     rng = (torch.get_rng_state(), np.random.get_state(), random.getstate())
     out = contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext()
-    errors.RAISE_REPORTS = True
+    errors.RAISE_REPORTS, console.QUIET = True, quiet
     try:
         with out:
             yield
     finally:
-        errors.RAISE_REPORTS = False
+        errors.RAISE_REPORTS, console.QUIET = False, False
         from hydra.core.global_hydra import GlobalHydra
 
         GlobalHydra.instance().clear()
