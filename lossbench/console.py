@@ -29,8 +29,14 @@ def console_width() -> int | None:
     return UNCUT_WIDTH
 
 
+# Set by `lossbench.api` for `quiet=True`: a console in a notebook draws through IPython's
+# display, which no redirection of stdout silences.
+QUIET = False
+
+
 def output_console(**kwargs: Any):
     """A rich Console for lossbench's output, uncut off a terminal (see the module docstring)."""
     from rich.console import Console
 
+    kwargs["quiet"] = kwargs.get("quiet", False) or QUIET
     return Console(width=console_width(), **kwargs)

@@ -23,6 +23,11 @@ class UserError(Exception):
     """
 
 
+class LossbenchError(ValueError):
+    """A mistake in what was asked (an override, a path, data that does not fit): its message is
+    the line `lossbench` prints before exiting with status 2."""
+
+
 class Diverged(Exception):
     """The training loss became NaN or infinite.
 
@@ -84,6 +89,31 @@ def tell(line: str) -> None:
     import sys
 
     print(f"lossbench: {line}", file=sys.stderr)
+
+
+class Reported(BaseException):
+    """An error already turned into its line and exit status by `exit_report`, raised instead of
+    printed when lossbench runs inside the caller's Python process (`lossbench.api`): a program
+    or a notebook wants an exception it can catch, not a line on stderr and an exit. Like the
+    SystemExit it stands for, it is no Exception: Hydra passes it on without logging a failed
+    job, and nothing between here and the API mistakes it for a bug."""
+
+    def __init__(self, line: str, status: int):
+        super().__init__(line)
+        self.line, self.status = line, status
+
+
+# Set by `lossbench.api` while it runs a command in the caller's process.
+RAISE_REPORTS = False
+
+
+def report(line: str, status: int) -> int:
+    """The end of a command that failed: print `line` and give back `status` for the exit (the
+    CLI), or raise `Reported` (in-process, see RAISE_REPORTS)."""
+    if RAISE_REPORTS:
+        raise Reported(line, status)
+    tell(line)
+    return status
 
 
 def _lines(err: BaseException) -> list[str]:

@@ -1,42 +1,57 @@
-"""The package layout: layer folders, and the module paths of before them still importable."""
+"""The package layout: layer folders, imports that go one way, and old module paths in saved
+configs read as their current ones."""
 import importlib
 import subprocess
 import sys
 
 import pytest
 
-from lossbench._moved import MOVED, new_name
+from lossbench.config.moved import MOVED, current_targets, new_name
 
 
 @pytest.mark.parametrize("old", sorted(MOVED))
-def test_an_old_module_path_is_the_module_of_its_new_home(old):
-    assert importlib.import_module(old) is importlib.import_module(MOVED[old])
+def test_an_old_module_path_names_a_module_that_exists(old):
+    importlib.import_module(MOVED[old])  # raises if a move target was renamed again
 
 
-def test_a_submodule_of_a_moved_package_is_not_loaded_twice():
-    old = importlib.import_module("lossbench.comparison.records")
-    assert old is importlib.import_module("lossbench.results.comparison.records")
-    assert old.__name__ == "lossbench.results.comparison.records"
+def test_old_paths_are_translated_and_nothing_else():
     assert new_name("lossbench.comparison.records") == "lossbench.results.comparison.records"
+    assert new_name("lossbench.tracking.NoTracker") == "lossbench.results.tracking.NoTracker"
     assert new_name("lossbench.runs") is None  # a prefix match needs the dot
+    assert new_name("lossbench.losses.CrossEntropyLoss") is None
 
 
-def test_a_saved_config_naming_an_old_target_still_instantiates(tmp_path):
-    # a run directory written before the layer folders names its logger by the old path
-    code = ("from hydra.utils import instantiate, get_class;"
-            "t = instantiate({'_target_': 'lossbench.tracking.NoTracker'});"
-            "print(type(t).__module__, get_class('lossbench.sweep.SweepSummary').__module__)")
+def test_a_saved_config_naming_old_targets_is_read_with_the_current_ones():
+    from omegaconf import OmegaConf
+
+    saved = OmegaConf.create({
+        "logger": {"_target_": "lossbench.tracking.NoTracker"},
+        "loss": {"_target_": "lossbench.losses.CrossEntropyLoss", "label_smoothing": 0.0},
+        "callbacks": [{"_target_": "lossbench.sweep.SweepSummary"}],
+        "note": "lossbench.tracking is only a string here"})
+    current_targets(saved)
+    assert saved.logger._target_ == "lossbench.results.tracking.NoTracker"
+    assert saved.loss._target_ == "lossbench.losses.CrossEntropyLoss"
+    assert saved.callbacks[0]._target_ == "lossbench.experiment.sweep.SweepSummary"
+    assert saved.note == "lossbench.tracking is only a string here"
+
+
+def test_no_import_hook_and_no_old_module_path_imports():
+    code = ("import sys, lossbench, importlib.util;"
+            "print(type(sys.meta_path[0]).__module__,"
+            " importlib.util.find_spec('lossbench.tracking'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=tmp_path, check=True).stdout.split()
-    assert out == ["lossbench.results.tracking", "lossbench.experiment.sweep"]
+                         check=True).stdout.split()
+    assert out[0] != "lossbench" and not out[0].startswith("lossbench.")
+    assert out[1] == "None"
 
 
-def test_importing_the_package_imports_no_moved_module_and_no_torch():
+def test_importing_the_package_imports_no_submodule_and_no_torch():
     code = ("import sys, lossbench;"
             "print(sorted(m for m in sys.modules if m.startswith(('torch', 'lossbench.'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
-    assert out == "['lossbench._moved']"
+    assert out == "[]"
 
 
 def _imports(module_file):

@@ -36,3 +36,11 @@ def test_live_bars_with_loss_and_metric_on_a_terminal():
     assert "epochs" in text and "batches" in text
     assert "loss 0.5000" in text and "val_accuracy 0.7500" in text
     assert "2/2" in text
+
+
+def test_a_live_bar_in_a_jupyter_notebook_not_epoch_lines():
+    # rich draws a live bar in a notebook cell (through ipywidgets); plain lines only in logs
+    jupyter = Console(file=io.StringIO(), force_terminal=False, force_jupyter=True)
+    assert EpochProgress(jupyter, epochs=2, monitor="val_accuracy").live
+    log = Console(file=io.StringIO(), force_terminal=False, force_jupyter=False)
+    assert not EpochProgress(log, epochs=2, monitor="val_accuracy").live

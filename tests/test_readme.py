@@ -6,7 +6,8 @@ type them: docs that cannot rot.
   that holds no digit (table rules, headers, the config tree) must appear in that output;
 - ```console blocks hold `$ command` lines followed by the output they print (errors included):
   every line shown must appear in the real output (a line ending in "…" is cut short there);
-- `run:` steps of ```yaml blocks (CI workflow examples) run like bash blocks.
+- `run:` steps of ```yaml blocks (CI workflow examples) run like bash blocks;
+- ```python blocks run as Python scripts (`python -`) and must exit 0.
 
 The only change made to the commands, so that the whole README runs in minutes on a CPU: every
 `lossbench train` gets `trainer.epochs=2 trainer.max_batches=2` appended (see PRELUDE). The two
@@ -28,7 +29,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 SETUP_COMMANDS = [
     "python3 -m venv .venv && . .venv/bin/activate && pip install . && lossbench train",
     "python3 -m venv .venv && . .venv/bin/activate && pip install "
-    "'.[test,sweep,study,tensorboard,mlflow,wandb]' && pytest",
+    "'.[test,sweep,study,tensorboard,mlflow,wandb,notebook]' && pytest",
 ]
 SPEEDUP = "trainer.epochs=2 trainer.max_batches=2"
 # `lossbench train ...` runs with SPEEDUP appended, unless it only prints help, config or the
@@ -81,6 +82,8 @@ def runnable(block: Block) -> str | None:
         lines = [ln for ln in block.body.splitlines() if ln.strip() not in SETUP_COMMANDS]
         return "\n".join(lines) if any(ln.strip() and not ln.startswith("#") for ln in lines) \
             else None
+    if block.lang == "python":
+        return f"python - <<'PYTHON_BLOCK'\n{block.body}PYTHON_BLOCK"
     if block.lang == "yaml":
         import yaml
 

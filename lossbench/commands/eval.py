@@ -48,10 +48,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def saved_config(run_dir: Path) -> DictConfig:
     """The config the run was trained with: .hydra/config.yaml, else metrics.json's copy."""
+    from lossbench.config.moved import current_targets
+
     path = run_dir / ".hydra" / "config.yaml"
     if path.is_file():
         try:
-            return OmegaConf.load(path)
+            return current_targets(OmegaConf.load(path))
         except Exception as err:  # yaml's parser errors, OmegaConf's: the file is damaged
             detail = " ".join(str(err).split())[:200]
             raise UserError(f"{path} cannot be read as a config ({type(err).__name__}: "
@@ -63,7 +65,7 @@ def saved_config(run_dir: Path) -> DictConfig:
     if not isinstance(config, dict):
         raise UserError(f"{run_dir} holds no saved config (.hydra/config.yaml): is it a "
                         "lossbench run directory?")
-    return OmegaConf.create(config)
+    return current_targets(OmegaConf.create(config))
 
 
 def saved_choices(run_dir: Path) -> dict[str, str]:

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from lossbench.config.schema import check_config, register_schemas
 from lossbench.results.files import discard_empty_folders
 from lossbench.errors import (Diverged, Interrupted, config_mistake, debug_requested, exit_report,
-                              instantiation_mistake, tell)
+                              instantiation_mistake, report)
 
 register_schemas()  # conf/config.yaml's defaults list starts with the typed schema
 
@@ -74,10 +74,10 @@ def _train(cfg: DictConfig) -> float | None:
 
         return run(cfg)
     except (Exception, KeyboardInterrupt) as err:
-        report = None if hydra_cfg.verbose or debug_requested() else exit_report(err)
-        if report is None:
+        reported = None if hydra_cfg.verbose or debug_requested() else exit_report(err)
+        if reported is None:
             raise
-        line, status = report
+        line, status = reported
         if not isinstance(err, (Diverged, Interrupted)):
             # a user error, or Ctrl-C outside the training loop (which stops after its step
             # and raises Interrupted): nothing worth keeping was written
@@ -85,8 +85,7 @@ def _train(cfg: DictConfig) -> float | None:
         if isinstance(err, KeyboardInterrupt) and not isinstance(err, Interrupted):
             # Ctrl-C during start-up: say what is left (nothing, a checkpoint, some files)
             line = interrupted_message(output_dir)
-        tell(line)
-        sys.exit(status)
+        sys.exit(report(line, status))
     finally:
         if cfg.get("resume"):  # the resumed run went on in its own directory
             _discard_empty_run_dir(output_dir, user_dir)
@@ -117,13 +116,12 @@ def train_command(argv: list[str]) -> int:
 
         if not debug and sweep.summary_after_error(err):
             return 1  # the sweeper gave up after jobs failed (optuna: every trial failed)
-        report = None if raised_in_job(err) or user_full_error or debug else (
+        reported = None if raised_in_job(err) or user_full_error or debug else (
             exit_report(err, composing=True))
-        if report is None:
+        if reported is None:
             raise
         sweep.discard_unstarted_sweep()  # a typo in a sweep value: no sweep was run
-        tell(report[0])
-        return report[1]
+        return report(*reported)
     finally:
         if user_full_error is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)

@@ -229,4 +229,4 @@ def prepare_data(raw: RawData, split: Any, noise: Any = None, imbalance: Any = N
         test=to_split(*parts["test"]), task=raw.task, name=raw.name,
         num_classes=raw.num_classes, class_names=raw.class_names,
         sample_shape=tuple(raw.x.shape[1:]), target_mean=target_mean, target_std=target_std,
-        info=info)
+        info=info, input_scale=(mean, std))

@@ -47,6 +47,9 @@ class Splits:
     target_mean: float = 0.0  # regression targets are standardised for training ...
     target_std: float = 1.0  # ... and mapped back before any metric is computed
     info: dict = field(default_factory=dict)  # noise/imbalance statistics, written to metrics.json
+    # (mean, std) the inputs were standardised with (scalars, or arrays that broadcast against a
+    # sample): what a caller's raw inputs need before the model sees them (lossbench.api)
+    input_scale: tuple[Any, Any] = (0.0, 1.0)
 
 
 def _split_indices(n: int, y: np.ndarray, first: float, second: float, stratify: bool,

@@ -25,7 +25,8 @@ class EpochProgress:
         self.console = console
         self.epochs = epochs
         self.monitor = monitor
-        self.live = enabled and console.is_terminal
+        # a terminal, or a Jupyter notebook (rich draws the bar in the cell's output)
+        self.live = enabled and (console.is_terminal or console.is_jupyter)
         self.last_metric = ""
         self.progress: Progress | None = None
 

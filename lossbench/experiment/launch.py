@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 
 from omegaconf import DictConfig, OmegaConf
 
+from lossbench.config.moved import current_targets
 from lossbench.config.schema import check_config
 from lossbench.console import output_console
 from lossbench.engine import distributed
@@ -46,7 +47,7 @@ def resumed_config(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
         raise UserError(f"resume={run_dir} continues that run with its own saved config; "
                         f"drop the other overrides ({' '.join(others)})")
     state = resume_state(run_dir)
-    saved = OmegaConf.create(state["config"])
+    saved = current_targets(OmegaConf.create(state["config"]))  # a run of an older lossbench
     saved.run_dir = str(run_dir)
     return saved, state
 

@@ -1,16 +1,15 @@
-"""Old module paths, kept importable.
+"""Old module paths in saved run configs.
 
-Saved run configs (`.hydra/config.yaml`) and users' scripts name modules by the path they had
-before lossbench grew its layer folders, e.g. `_target_: lossbench.tracking.MLflowTracker`.
-Importing an old name gives the very module object of its new home (so a monkeypatch through
-either name patches the same thing); nothing is imported until an old name is asked for.
+A run directory keeps the config it was trained with (`.hydra/config.yaml`, and a copy in
+checkpoint.pt), and a config names its classes by module path: `_target_:
+lossbench.tracking.MLflowTracker`. Modules have moved since such runs were made; the one place
+that reads a saved config back (`lossbench eval`, `resume=`, `lossbench.load(...).model`) puts
+each old path through `current_targets` first, so old runs still evaluate and resume. New
+configs name the current paths: nothing else knows the old ones.
 """
 from __future__ import annotations
 
-import importlib
-import importlib.abc
-import importlib.util
-import sys
+from typing import Any
 
 MOVED = {
     "lossbench.app": "lossbench.commands.train",
@@ -46,29 +45,30 @@ MOVED = {
 
 
 def new_name(old: str) -> str | None:
-    """The current module path for an old one (submodules of a moved package included)."""
+    """The current path of a module or a name in it (`lossbench.tracking.MLflowTracker` ->
+    `lossbench.results.tracking.MLflowTracker`); None when `old` did not move."""
     for prefix, target in MOVED.items():
         if old == prefix or old.startswith(prefix + "."):
             return target + old[len(prefix):]
     return None
 
 
-class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    def find_spec(self, fullname, path=None, target=None):
-        if new_name(fullname) is None:
-            return None
-        return importlib.util.spec_from_loader(fullname, self)
+def current_targets(cfg: Any) -> Any:
+    """Rewrite, in place, every `_target_` of a saved config (an OmegaConf node) that names an
+    old path; returns `cfg`."""
+    from omegaconf import DictConfig, ListConfig
 
-    def create_module(self, spec):
-        module = importlib.import_module(new_name(spec.name))
-        self._spec = module.__spec__  # the import system overwrites __spec__; put it back below
-        return module
-
-    def exec_module(self, module):
-        module.__spec__ = self._spec
-
-
-def install() -> None:
-    if not any(isinstance(f, _Alias) for f in sys.meta_path):
-        sys.meta_path.insert(0, _Alias())  # before the path finder, or a moved package's
-        # submodule would load a second time under its old name
+    if isinstance(cfg, DictConfig):
+        for key in list(cfg.keys()):
+            if key == "_target_" and isinstance(cfg.get(key), str):
+                cfg[key] = new_name(cfg[key]) or cfg[key]
+            else:
+                child = cfg._get_node(key)
+                if isinstance(child, (DictConfig, ListConfig)):
+                    current_targets(child)
+    elif isinstance(cfg, ListConfig):
+        for index in range(len(cfg)):
+            child = cfg._get_node(index)
+            if isinstance(child, (DictConfig, ListConfig)):
+                current_targets(child)
+    return cfg
