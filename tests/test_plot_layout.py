@@ -50,6 +50,16 @@ def test_reliability_legend_is_off_the_bars_and_titles_fit():
     assert _inside(pred, pred.axes[0].title)
 
 
+def test_reliability_title_breaks_only_between_its_three_parts():
+    rng = np.random.default_rng(0)
+    scores = rng.dirichlet([1.0, 1.0, 1.0], size=50)
+    fig = reliability_figure(scores, rng.integers(0, 3, 50), "loss=label_smoothing dataset=wine")
+    lines = fig.axes[0].get_title().split("\n")
+    assert lines[:2] == ["Reliability diagram (test, 15 bins)", "loss=label_smoothing dataset=wine"]
+    assert len(lines) == 3 and lines[2].startswith("ECE ")
+    assert _inside(fig, fig.axes[0].title)
+
+
 def _block(metric: str, stats: list[tuple[float, float, float]], labels: list[str]) -> Block:
     rows = []
     for (mean, low, high), label, mark in zip(stats, labels, ("best", "not separated (n = 3)", "")):
