@@ -19,6 +19,8 @@ from lossbench.results.files import write_bytes_atomic
 
 # Past this many classes the confusion matrix drops its per-cell numbers and most tick labels.
 MAX_ANNOTATED_CLASSES = 20
+# Curves of more epochs than this are drawn as lines without a marker per epoch.
+MAX_MARKED_EPOCHS = 30
 
 
 def _figure(width: float, height: float):
@@ -70,7 +72,7 @@ def curves_figure(history: Sequence[dict[str, Any]], monitor: str, best_epoch: i
     for ax in (loss_ax, metric_ax, *memo_ax):  # epochs are whole: no tick at 1.2 in a two-epoch run
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     epochs = [row["epoch"] for row in history]
-    marker = "o" if len(epochs) <= 30 else None  # a two-epoch smoke run still shows points
+    marker = "o" if len(epochs) <= MAX_MARKED_EPOCHS else None  # a smoke run still shows points
     for key, name in (("train_loss", "train"), ("val_loss", "validation")):
         values = [row.get(key, np.nan) for row in history]
         loss_ax.plot(epochs, values, marker=marker, label=name)
