@@ -136,12 +136,13 @@ def comparison_figure(blocks: Sequence[Block], at: str = "best"):
         first_axes.setdefault(id(block), ax)
         ys = list(range(len(rows)))[::-1]  # best on top
         lo, hi = metric_range(block.metric)
+        colour = {id(row): index for index, row in enumerate(block.rows)}  # as in curves.png
         for y, row in zip(ys, rows):
             s = row.stats[block.metric]
             low, high = (s.mean, s.mean) if s.n < 2 else clip(s.ci_low, s.ci_high, (lo, hi))
             marker = _marker(row.mark)
             ax.errorbar([s.mean], [y], xerr=[[s.mean - low], [high - s.mean]], fmt=marker,
-                        color=_row_colour(block.rows.index(row)), capsize=4,
+                        color=_row_colour(colour[id(row)]), capsize=4,
                         markersize=11 if marker == "*" else 7,
                         markeredgecolor="black" if marker == "s" else None)
         ax.set_xlim(*_x_limits(block))
