@@ -83,12 +83,53 @@ def test_reliability_bars_are_the_accuracy_of_each_confidence_bin():
     labels = np.array([0] * 9 + [1] + [0] * 3 + [1] * 7)
     fig = plots.reliability_figure(scores, labels, "loss=ce dataset=moons")
     acc_ax, count_ax = fig.axes
-    heights = sorted(round(p.get_height(), 6) for p in acc_ax.patches)
+    (bars,) = [c for c in acc_ax.containers if c.get_label() == "accuracy"]
+    heights = sorted(round(p.get_height(), 6) for p in bars)
     assert heights == [0.3, 0.9]
     assert sum(p.get_height() for p in count_ax.patches) == 20
     assert "ECE 0.1500" in acc_ax.get_title()  # (10·|0.9−0.95| + 10·|0.3−0.55|) / 20
     assert acc_ax.get_ylabel() == "accuracy"
     assert count_ax.get_xlabel().startswith("confidence")
+
+
+def _bars(ax, label):
+    return [p for c in ax.containers if c.get_label() == label for p in c]
+
+
+def test_reliability_tells_an_empty_bin_from_a_bin_with_every_sample_wrong():
+    # 10 samples at confidence 0.95 (all right), 5 at 0.45 (all wrong); the bins between are empty
+    scores = np.array([[0.95, 0.05]] * 10 + [[0.45, 0.55]] * 5)
+    labels = np.array([0] * 10 + [0] * 5)
+    fig = plots.reliability_figure(scores, labels, "loss=ce dataset=moons", n_bins=10)
+    acc_ax = fig.axes[0]
+
+    def drawn_at(x, label):  # the artists with this legend label covering confidence x
+        return [p for p in acc_ax.patches if p.get_label() == label or p in _bars(acc_ax, label)
+                if p.get_x() <= x <= p.get_x() + p.get_width()]
+
+    wrong, empty = 0.55, 0.75  # the bin of 0.55 holds the five wrong samples; 0.75 holds none
+    assert [p.get_height() for p in _bars(acc_ax, "accuracy") if p.get_x() <= wrong
+            <= p.get_x() + p.get_width()] == [0.0]
+    (gap,) = [p for p in _bars(acc_ax, "gap to confidence")
+              if p.get_x() <= wrong <= p.get_x() + p.get_width()]
+    assert gap.get_height() == pytest.approx(0.55)  # the whole way from 0 to the confidence
+    assert not drawn_at(wrong, "empty bin (no samples)")
+    assert drawn_at(empty, "empty bin (no samples)")
+    assert not [p for p in _bars(acc_ax, "accuracy") + _bars(acc_ax, "gap to confidence")
+                if p.get_x() <= empty <= p.get_x() + p.get_width()]
+    # what tells them apart is in the legend, once each
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend.count("empty bin (no samples)") == 1 and "gap to confidence" in legend
+    # and in the pixels: the empty bin is shaded, the all-wrong bin is not the same colour
+    fig.canvas.draw()
+    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(int)
+
+    def pixel(x, y):
+        px, py = acc_ax.transData.transform((x, y))
+        return image[image.shape[0] - int(py), int(px)]
+
+    assert tuple(pixel(empty, 0.2)) != tuple(pixel(wrong, 0.2))
+    assert tuple(pixel(empty, 0.2)) != (255, 255, 255)
 
 
 def test_save_run_plots_writes_readable_pngs(tmp_path):

@@ -42,7 +42,9 @@ def test_auto_epochs_plan_min_steps_on_small_data():
 
 @pytest.mark.slow
 def test_wine_gets_enough_steps_and_ties_go_to_the_lower_nll(cli, tmp_path):
-    proc = cli("train", "dataset=wine", *FAST, "hydra.run.dir=run", check=True)
+    # accuracy named: on wine's 36 validation samples `auto` monitors val_nll instead
+    proc = cli("train", "dataset=wine", "trainer.monitor=val_accuracy", *FAST,
+               "hydra.run.dir=run", check=True)
     run_dir = tmp_path / "run"
     m = read_metrics(run_dir)
     assert m["budget"] == {"epochs": 400, "epochs_run": 400, "steps_run": 400,

@@ -109,7 +109,7 @@ def compare_command(argv: list[str]) -> int:
     write_text_atomic(out_dir / "comparison.md", markdown)
     written.append(out_dir / "comparison.md")
     if blocks and not args.no_plots:
-        write_bytes_atomic(out_dir / "comparison.png", plots.comparison_plot(blocks))
+        write_bytes_atomic(out_dir / "comparison.png", plots.comparison_plot(blocks, args.at))
         write_bytes_atomic(out_dir / "curves.png", plots.curves_plot(blocks))
         written += [out_dir / "comparison.png", out_dir / "curves.png"]
         if any(b.rate_key for b in blocks):

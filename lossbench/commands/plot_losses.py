@@ -32,6 +32,10 @@ from lossbench.tasks import KINDS
 
 CLASSIFICATION, REGRESSION = KINDS  # one picture per kind of task
 POINTS = 400
+SCALES = ("auto", "linear", "log", "normalised")
+# Curves whose sizes differ by this factor flatten the smaller ones into a band on one linear
+# axis (nce_rce's value runs to ~90 beside cross-entropy's ~5): auto normalises each instead.
+SCALE_RATIO = 10.0
 
 
 @dataclass
@@ -61,6 +65,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="number of classes for classification losses (default: 10)")
     parser.add_argument("--range", type=float, default=3.0, metavar="R", dest="residual_range",
                         help="regression: residuals from -R to R (default: 3)")
+    parser.add_argument("--scale", choices=SCALES, default="auto",
+                        help="y axes: linear, log, normalised (each curve divided by its "
+                             "largest value) or auto: normalised where the curves' sizes "
+                             f"differ by {SCALE_RATIO:g}x or more, else linear (default: auto)")
     return parser.parse_intermixed_args(argv)
 
 
@@ -182,44 +190,85 @@ def _curve(name: str, module: Any, inp: Any, target: Any, x: Any, label: str) ->
     return Curve(label, x.numpy(), values.detach().numpy(), size.numpy())
 
 
-def anatomy_figure(curves: Sequence[Curve], task: str, k: int):
-    """Two panels on shared x: the loss (left) and the size of its gradient (right)."""
+def curve_size(values: Any) -> float:
+    """How tall a curve stands: its 98th percentile of |value| (cross-entropy's tail to ~7 at
+    p = 0.001 is a few points, not its size)."""
+    import numpy as np
+
+    finite = np.abs(values[np.isfinite(values)])
+    return float(np.percentile(finite, 98)) if finite.size else 0.0
+
+
+def pick_scale(series: Sequence[Any], scale: str = "auto") -> str:
+    """The view of one panel: `scale` as asked, or for auto, normalised when the tallest curve
+    stands SCALE_RATIO times above the shortest (curves that are zero throughout aside)."""
+    if scale != "auto":
+        return scale
+    sizes = [size for size in map(curve_size, series) if size > 0]
+    return "normalised" if sizes and max(sizes) >= SCALE_RATIO * min(sizes) else "linear"
+
+
+def _draw_panel(ax, series: Sequence[Any], xs: Sequence[Any], styles, labels, view: str,
+                name: str) -> None:
+    """Curves of one panel in its view; the y label says which view it is."""
+    import numpy as np
+
+    for x, y, style, label in zip(xs, series, styles, labels):
+        if view == "normalised":
+            top = float(np.nanmax(np.abs(y))) if np.isfinite(y).any() else 0.0
+            y = y / top if top > 0 else y
+        ax.plot(x, y, label=label, **style)
+    if view == "normalised":
+        ax.set_ylabel(f"{name} / its largest value (each curve)")
+    elif view == "log":
+        ax.set_yscale("symlog", linthresh=1e-2)  # zeros (hinge past its margin) stay drawable
+        ax.set_ylabel(f"{name} (log scale)")
+    else:
+        ax.set_ylabel(name)
+
+
+def anatomy_figure(curves: Sequence[Curve], task: str, k: int, scale: str = "auto"):
+    """Two panels on shared x: the loss (left) and the size of its gradient (right), each in a
+    linear, log or per-curve normalised view (`pick_scale`)."""
     import numpy as np
 
     from lossbench.results.plots import _figure, wrap_title
 
     fig = _figure(11, 4.6)
     value_ax, grad_ax = fig.subplots(1, 2, sharex=True)
-    colors = [f"C{i}" for i in range(10)]
-    for i, curve in enumerate(curves):
-        style = {"color": colors[i % 10], "linestyle": "-" if i < 10 else "--", "lw": 2}
-        value_ax.plot(curve.x, curve.value, label=curve.label, **style)
-        grad_ax.plot(curve.x, curve.grad, **style)
+    styles = [{"color": f"C{i % 10}", "linestyle": "-" if i < 10 else "--", "lw": 2}
+              for i in range(len(curves))]
+    xs, labels = [c.x for c in curves], [c.label for c in curves]
+    value_view = pick_scale([c.value for c in curves], scale)
+    grad_view = pick_scale([c.grad for c in curves], scale)
     if task == CLASSIFICATION:
         xlabel = "p: probability the model gives the labelled class"
-        grad_label = "‖∂ℓ/∂z‖, gradient w.r.t. the logits"
+        grad_label = "‖∂ℓ/∂z‖"
         title = (f"Anatomy of the losses ({k} classes): where p → 0 the model is sure the "
                  "label is wrong (a confidently mislabelled sample)")
-        for ax in (value_ax, grad_ax):
-            ax.axvspan(0, 0.1, color="tab:red", alpha=0.08, lw=0)
-        grad_ax.annotate("confidently\nmislabelled", xy=(0.05, 0.97), xycoords=("data", "axes fraction"),
-                         ha="center", va="top", fontsize="small", color="tab:red")
-        value_ax.set_xlim(0, 1)
     else:
         xlabel = "residual r = ŷ − y"
         grad_label = "|∂ℓ/∂ŷ|"
         title = "Anatomy of the losses (regression): value and gradient against the residual"
-    # cross-entropy's value runs to ~7 at p = 0.001: clip the view, not the curves
-    top = float(np.nanpercentile(np.concatenate([c.value for c in curves]), 98))
-    value_ax.set_ylim(bottom=min(0.0, float(np.nanmin([c.value.min() for c in curves]))),
-                      top=top * 1.1 if top > 0 else None)
+    _draw_panel(value_ax, [c.value for c in curves], xs, styles, labels, value_view, "ℓ")
+    _draw_panel(grad_ax, [c.grad for c in curves], xs, styles, labels, grad_view, grad_label)
+    if task == CLASSIFICATION:
+        # the band is named in the legend, where no curve can run over its name
+        for ax in (value_ax, grad_ax):
+            ax.axvspan(0, 0.1, color="tab:red", alpha=0.08, lw=0,
+                       label="p < 0.1: confidently\nmislabelled" if ax is value_ax else None)
+        value_ax.set_xlim(0, 1)
+    if value_view == "linear":  # cross-entropy's value runs to ~7 at p = 0.001: clip the view
+        top = float(np.nanpercentile(np.concatenate([c.value for c in curves]), 98))
+        value_ax.set_ylim(bottom=min(0.0, float(np.nanmin([c.value.min() for c in curves]))),
+                          top=top * 1.1 if top > 0 else None)
+    if grad_view != "log":
+        grad_ax.set_ylim(bottom=0)
     value_ax.set_title("loss ℓ")
-    grad_ax.set_title("gradient size")
+    grad_ax.set_title("gradient size" + (" w.r.t. the logits" if task == CLASSIFICATION
+                                         else ""))
     value_ax.set_xlabel(xlabel)
     grad_ax.set_xlabel(xlabel)
-    value_ax.set_ylabel("ℓ")
-    grad_ax.set_ylabel(grad_label)
-    grad_ax.set_ylim(bottom=0)
     for ax in (value_ax, grad_ax):
         ax.grid(alpha=0.3)
     fig.suptitle(wrap_title(title, 11))
@@ -229,7 +278,7 @@ def anatomy_figure(curves: Sequence[Curve], task: str, k: int):
 
 
 def plot_losses(names: Sequence[str], overrides: Sequence[str], out: str | Path, k: int = 10,
-                r_max: float = 3.0) -> tuple[Path, list[Curve], str]:
+                r_max: float = 3.0, scale: str = "auto") -> tuple[Path, list[Curve], str]:
     """Draw `names` into `out`; returns (path, curves, task)."""
     if k < 2:
         raise UserError(f"--classes {k}: a classification needs at least 2 classes")
@@ -245,11 +294,12 @@ def plot_losses(names: Sequence[str], overrides: Sequence[str], out: str | Path,
                       else regression_curve(name, module, r_max, label))
     from lossbench.results.plots import save_png
 
-    return save_png(anatomy_figure(curves, task, k), out), curves, task
+    return save_png(anatomy_figure(curves, task, k, scale), out), curves, task
 
 
 def plot_losses_command(argv: list[str]) -> int:
-    """`lossbench plot-losses LOSSES [NAME.KEY=VALUE ...] [--out FILE] [--classes K]`."""
+    """`lossbench plot-losses LOSSES [NAME.KEY=VALUE ...] [--out FILE] [--classes K]
+    [--scale auto|linear|log|normalised]`."""
     args = parse_args(argv)
     names = [n.strip() for n in args.losses.split(",") if n.strip()]
     if not names:
@@ -259,6 +309,7 @@ def plot_losses_command(argv: list[str]) -> int:
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise UserError(f"--out {out}: plot-losses writes a PNG; name it *.png")
-    path, _, task = plot_losses(names, args.overrides, out, args.classes, args.residual_range)
+    path, _, task = plot_losses(names, args.overrides, out, args.classes, args.residual_range,
+                                args.scale)
     print(f"wrote {path} ({task}: {', '.join(names)})")
     return 0

@@ -307,7 +307,8 @@ def fit(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
     trainer, dist = Settings.of(trainer), distributed.current()
     run = Epochs(model, loss_fn, optimizer, scheduler, splits, head, trainer, device, generator,
                  progress, stop=stop if not dist.active else None, keep_rng=save is not None)
-    core, selection = run.core, selection_rule(splits.task, trainer, splits.val.y_clean is not None)
+    core, selection = run.core, selection_rule(splits.task, trainer, splits.val.y_clean is not None,
+                                               len(splits.val))
     epochs = planned_epochs(trainer.epochs, selection["min_steps"], steps_per_epoch(
         len(splits.train), trainer.batch_size, dist.world_size, trainer.get("max_batches")))
     stopping = EarlyStopping.of(selection, hook(loss_fn, "first_selectable_epoch")(epochs))

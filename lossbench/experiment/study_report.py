@@ -132,7 +132,7 @@ def sensitivity_plot(dataset: str, per_loss: Mapping[str, Mapping[str, Any]],
     from matplotlib.figure import Figure
 
     names = list(per_loss)
-    fig = Figure(figsize=(3.2 * len(names), 3.0))
+    fig = Figure(figsize=(3.2 * len(names), 3.4))
     first = None
     for i, loss in enumerate(names):
         # one y scale for every loss: the panels compare how flat each loss's optimum is
@@ -154,7 +154,7 @@ def sensitivity_plot(dataset: str, per_loss: Mapping[str, Mapping[str, Any]],
         ax.set_title(loss)
         ax.set_xlabel(key)
         if i == 0:
-            ax.set_ylabel("validation (mean over tuning seeds)")
+            ax.set_ylabel("validation\n(mean over tuning seeds)")  # fits the short axes
             ax.legend(fontsize="small")
         ax.grid(alpha=0.3)
     fig.suptitle(f"{dataset}: sensitivity to {key}")

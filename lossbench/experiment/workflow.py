@@ -172,8 +172,9 @@ def prepare(cfg: DictConfig, run_dir: Path, console: Console, started: float,
                                      dist.world_size)
     precision = autocast_dtype(trainer.get("precision", 32))
     splits = load_data(cfg)
-    monitor, mode = resolve_monitor(splits.task, trainer.monitor, trainer.mode)
-    selection = selection_rule(splits.task, trainer, splits.val.y_clean is not None)
+    monitor, mode = resolve_monitor(splits.task, trainer.monitor, trainer.mode, len(splits.val))
+    selection = selection_rule(splits.task, trainer, splits.val.y_clean is not None,
+                               len(splits.val))
     per_epoch = steps_per_epoch(len(splits.train), trainer.batch_size, dist.world_size,
                                 trainer.get("max_batches"))
     epochs = planned_epochs(trainer.epochs, selection["min_steps"], per_epoch)

@@ -19,6 +19,8 @@ from lossbench.results.files import write_bytes_atomic
 
 # Past this many classes the confusion matrix drops its per-cell numbers and most tick labels.
 MAX_ANNOTATED_CLASSES = 20
+# Curves of more epochs than this are drawn as lines without a marker per epoch.
+MAX_MARKED_EPOCHS = 30
 
 
 def _figure(width: float, height: float):
@@ -70,7 +72,7 @@ def curves_figure(history: Sequence[dict[str, Any]], monitor: str, best_epoch: i
     for ax in (loss_ax, metric_ax, *memo_ax):  # epochs are whole: no tick at 1.2 in a two-epoch run
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     epochs = [row["epoch"] for row in history]
-    marker = "o" if len(epochs) <= 30 else None  # a two-epoch smoke run still shows points
+    marker = "o" if len(epochs) <= MAX_MARKED_EPOCHS else None  # a smoke run still shows points
     for key, name in (("train_loss", "train"), ("val_loss", "validation")):
         values = [row.get(key, np.nan) for row in history]
         loss_ax.plot(epochs, values, marker=marker, label=name)
@@ -168,7 +170,9 @@ def reliability_figure(scores: np.ndarray, y_true: np.ndarray, label: str, n_bin
     """Reliability diagram: accuracy against confidence per bin, with the samples per bin below.
 
     A calibrated model's bars reach their bin's mean confidence (red) and so follow the diagonal;
-    a bar below its red mark means over-confidence.
+    the hatched red gap between a bar and its red mark is the bin's miscalibration (above the
+    bar: over-confidence). A bin whose samples are all wrong is a full gap on no bar; a bin with
+    no samples is shaded grey, so the two never look alike.
     """
     from lossbench.results.report import calibration_bins, calibration_metrics
 
@@ -180,19 +184,29 @@ def reliability_figure(scores: np.ndarray, y_true: np.ndarray, label: str, n_bin
     filled = bins["count"] > 0
     fig = _figure(6, 7)
     acc_ax, count_ax = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
-    acc_ax.bar(centers[filled], bins["accuracy"][filled], width=width, edgecolor="black",
-               color="tab:blue", label="accuracy")
-    acc_ax.errorbar(centers[filled], bins["confidence"][filled], xerr=width / 2, fmt="none",
+    accuracy, confidence = bins["accuracy"][filled], bins["confidence"][filled]
+    for x in centers[~filled]:
+        acc_ax.axvspan(x - width / 2, x + width / 2, facecolor="0.92", linewidth=0,
+                       label="empty bin (no samples)")
+    acc_ax.bar(centers[filled], accuracy, width=width, edgecolor="black", color="tab:blue",
+               label="accuracy")
+    acc_ax.bar(centers[filled], confidence - accuracy, bottom=accuracy, width=width,
+               facecolor=(1, 0, 0, 0.12), edgecolor="tab:red", hatch="//", linewidth=0.8,
+               label="gap to confidence")
+    acc_ax.errorbar(centers[filled], confidence, xerr=width / 2, fmt="none",
                     ecolor="tab:red", elinewidth=2.5, label="mean confidence")
     acc_ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfect calibration")
     acc_ax.set_xlim(0, 1)
     acc_ax.set_ylim(0, 1)
     acc_ax.set_ylabel("accuracy")
-    acc_ax.set_title(wrap_title(f"Reliability diagram (test, {n_bins} bins): {label}\n"
-                                f"ECE {summary['ece']:.4f}, NLL {summary['nll']:.4f}, "
-                                f"Brier {summary['brier']:.4f}", 6))
+    # three lines, each its own: what, which run (wrapped only when it is long), the scores
+    acc_ax.set_title(f"Reliability diagram (test, {n_bins} bins)\n{wrap_title(label, 6)}\n"
+                     f"ECE {summary['ece']:.4f}, NLL {summary['nll']:.4f}, "
+                     f"Brier {summary['brier']:.4f}")
     # bars can reach any corner of the axes: the legend goes below the figure, never over them
-    fig.legend(*acc_ax.get_legend_handles_labels(), loc="outside lower center", ncol=3,
+    handles, labels = acc_ax.get_legend_handles_labels()
+    shown = dict(zip(labels, handles))  # one entry for all the empty bins
+    fig.legend(list(shown.values()), list(shown), loc="outside lower center", ncol=3,
                fontsize="small", frameon=False)
     count_ax.bar(centers, bins["count"], width=width, edgecolor="black", color="tab:grey")
     count_ax.set_xlabel("confidence (max class probability)")
