@@ -605,3 +605,41 @@ def test_a_fixed_seed_with_swept_training_seeds_still_pairs(tmp_path, cli):
     assert rows["gce"]["test"] == "paired t" and rows["gce"]["n_compared"] == "4"
     assert float(rows["gce"]["p_value"]) == pytest.approx(
         stats.ttest_rel(GCE[:4], CE[:4]).pvalue)
+
+
+# --- copies of a run count once ----------------------------------------------------------
+
+
+def test_a_run_found_twice_counts_once_and_copies_that_disagree_are_refused(tmp_path, cli):
+    paired_sweep(tmp_path / "reg", {"ce": CE[:3], "gce": GCE[:3]})
+    shutil.copytree(tmp_path / "reg", tmp_path / "copy")
+    # another sweep holding one identical run beside a run of another seed
+    fake_run(tmp_path / "other" / "0", loss="ce", seed=0, test={"accuracy": CE[0],
+             "macro_f1": CE[0]}, pairing=pairing(0))
+    fake_run(tmp_path / "other" / "1", loss="ce", seed=7, test={"accuracy": 0.8,
+             "macro_f1": 0.8}, pairing=pairing(7))
+    alone = cli("compare", "reg", "--format", "csv", "--no-plots")
+    proc = cli("compare", "reg", "copy", "other", "--format", "csv", "--no-plots")
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["loss"]: r for r in csv.DictReader(proc.stdout.splitlines())}
+    assert rows["gce"]["n_runs"] == "3" and rows["ce"]["n_runs"] == "4"  # + seed 7
+    lone = {r["loss"]: r for r in csv.DictReader(alone.stdout.splitlines())}
+    assert rows["gce"]["accuracy_ci95_low"] == lone["gce"]["accuracy_ci95_low"]
+    warnings = proc.stderr.strip().splitlines()
+    assert len(warnings) == 7  # the 6 copied runs and other/0
+    assert all(w.startswith("lossbench: warning: ") and w.endswith("counted once")
+               for w in warnings)
+    assert f"{(tmp_path / 'other' / '0').resolve()} is a copy of " \
+           f"{(tmp_path / 'reg' / 'ce0').resolve()}" in proc.stderr
+
+    # a copy whose result differs: which to count is the user's call
+    record = read_metrics(tmp_path / "copy" / "gce1")
+    record["test"]["accuracy"] += 0.01
+    (tmp_path / "copy" / "gce1" / "metrics.json").write_text(json.dumps(record))
+    refused = cli("compare", "reg", "copy", "--out", "out")
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        f"lossbench: error: {(tmp_path / 'reg' / 'gce1').resolve()} and "
+        f"{(tmp_path / 'copy' / 'gce1').resolve()} are the same run (same config and seed 1) "
+        "with different results; compare one of them, or tell them apart by a config key"]
+    assert not (tmp_path / "out").exists()

@@ -24,6 +24,38 @@ DEFAULT_IGNORE = ("seed", "data_seed", "train_seed", "run_dir", "resume", "print
 RATE_KEYS = ("dataset.noise.rate", "dataset.imbalance.ratio")
 
 
+def distinct_runs(runs: Sequence[Run]) -> tuple[list[Run], list[str]]:
+    """The runs with copies counted once: two records of one configuration (every key that can
+    change a result, DEFAULT_IGNORE aside) and one replicate (seed, data and training seeds) are
+    one run, e.g. a copied run directory or a grid's run found again in another sweep. Returns
+    the runs, the first found of each kept, and a line per run left out naming its copy.
+    Copies that disagree in their outcome (status, test metrics) are refused (UserError): which
+    one to count is the user's to decide. Unreadable and unfinished records are left alone."""
+    import json
+
+    kept: dict[tuple, Run] = {}
+    out: list[Run] = []
+    lines: list[str] = []
+    for run in runs:
+        if run.status not in ("completed", "failed", "diverged") or not run.config:
+            out.append(run)
+            continue
+        identity = (config_key(run, None, DEFAULT_IGNORE), run.replicate)
+        first = kept.setdefault(identity, run)
+        if first is run:
+            out.append(run)
+            continue
+        outcome = [json.dumps([r.status, r.metrics.get("test"), r.metrics.get("test_at")],
+                              sort_keys=True, default=str) for r in (first, run)]
+        if outcome[0] != outcome[1]:
+            raise UserError(f"{first.path} and {run.path} are the same run (same config and seed "
+                            f"{run.seed}) with different results; compare one of them, or tell "
+                            "them apart by a config key")
+        lines.append(f"{run.path} is a copy of {first.path} (same config, seed {run.seed} and "
+                     "results): counted once")
+    return out, lines
+
+
 def build_blocks(runs: Sequence[Run], metric: str | None, mode: str | None, alpha: float,
                  group_by: Sequence[str] | None, ignore: Sequence[str], at: str = "best",
                  baseline: str | None = None, mde: float | None = None,
