@@ -643,3 +643,80 @@ def test_a_run_found_twice_counts_once_and_copies_that_disagree_are_refused(tmp_
         f"{(tmp_path / 'copy' / 'gce1').resolve()} are the same run (same config and seed 1) "
         "with different results; compare one of them, or tell them apart by a config key"]
     assert not (tmp_path / "out").exists()
+
+
+# --- statistics that agree with their verdict --------------------------------------------
+
+
+def test_the_interval_of_a_paired_difference_is_the_paired_t_tests_own(tmp_path, cli):
+    """At 3 pairs a percentile bootstrap of Δ excluded 0 beside "not separated"; the t interval
+    of the differences excludes 0 exactly when the paired test's p is below 0.05."""
+    cases = {"small": [0.01, 0.02, 0.05], "clear": [0.03, 0.031, 0.032, 0.029],
+             "none": [0.01, -0.02, 0.015, 0.0, -0.005]}
+    for name, diffs in cases.items():
+        ce = [0.8 + 0.01 * i for i in range(len(diffs))]
+        paired_sweep(tmp_path / name, {"ce": ce, "gce": [c + d for c, d in zip(ce, diffs)]})
+        proc = cli("compare", name, "--baseline", "ce", "--format", "csv", "--no-plots")
+        assert proc.returncode == 0, proc.stderr
+        gce = [r for r in csv.DictReader(proc.stdout.splitlines()) if r["loss"] == "gce"][0]
+        d = np.array([g - c for c, g in zip(ce, [c + x for c, x in zip(ce, diffs)])])
+        half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+        low, high = float(gce["diff_ci95_low"]), float(gce["diff_ci95_high"])
+        assert (low, high) == pytest.approx((d.mean() - half, d.mean() + half))
+        assert gce["diff_ci"] == "t of the paired differences"
+        assert (low > 0 or high < 0) == (float(gce["p_value"]) < 0.05), name
+    small = cli("compare", "small", "--baseline", "ce", "--format", "markdown", "--no-plots")
+    assert "not separated (n = 3)" in small.stdout
+    assert "95% CI of Δ: Student's t of the paired differences" in small.stdout
+    assert "bootstrap" not in small.stdout
+
+
+def test_a_configuration_alone_in_its_family_is_not_called_best(tmp_path, cli):
+    for seed in range(3):
+        fake_run(tmp_path / "one" / str(seed), loss="ce", seed=seed,
+                 test={"accuracy": 0.9 + 0.01 * seed})
+    rows = list(csv.DictReader(cli("compare", "one", "--format", "csv").stdout.splitlines()))
+    assert [r["mark"] for r in rows] == [""]
+    # gce ran only at rate 0.2: at 0 ce has no rival, at 0.2 the two are compared
+    for seed in range(3):
+        for loss, rate, acc in (("ce", 0.0, 0.9), ("ce", 0.2, 0.7), ("gce", 0.2, 0.85)):
+            fake_run(tmp_path / "rates" / f"{loss}{rate}-{seed}", loss=loss, seed=seed,
+                     noise=rate, test={"accuracy": acc + 0.001 * seed}, pairing=pairing(seed))
+    rows = list(csv.DictReader(cli("compare", "rates", "--format", "csv").stdout.splitlines()))
+    marks = {(r["loss"], r["dataset.noise.rate"]): r["mark"] for r in rows}
+    assert marks == {("ce", "0"): "", ("gce", "0.2"): "best", ("ce", "0.2"): "worse than best"}
+
+
+def test_a_warning_is_flagged_only_in_the_table_of_its_epoch(tmp_path, cli):
+    for seed in range(2):
+        for loss in ("ce", "gce"):
+            fake_run(tmp_path / "s" / f"{loss}{seed}", loss=loss, seed=seed,
+                     test={"accuracy": 0.9, "macro_f1": 0.9}, **at_fields(0.9, 0.34),
+                     warnings=[{"kind": "near_chance", "at": "last", "message": "0.34"}]
+                     if loss == "ce" else [])
+    best = {r["loss"]: r for r in csv.DictReader(
+        cli("compare", "s", "--format", "csv", "--no-plots").stdout.splitlines())}
+    assert best["ce"]["warnings"] == "" and "⚠" not in cli(
+        "compare", "s", "--format", "markdown", "--no-plots").stdout
+    last = {r["loss"]: r for r in csv.DictReader(cli(
+        "compare", "s", "--format", "csv", "--at", "last", "--no-plots").stdout.splitlines())}
+    assert last["ce"]["warnings"] == "near_chance (2/2)" and last["gce"]["warnings"] == ""
+
+
+def test_a_row_that_pools_noise_rates_names_every_rate_not_the_first(tmp_path, cli):
+    for rate in (0.0, 0.2, 0.4):
+        for seed in range(2):
+            data = {"noise": {"kind": "symmetric", "rate": rate,
+                              "realised_rate": {"train_and_val": rate + 0.01}}}
+            for loss in ("ce", "gce"):
+                fake_run(tmp_path / "s" / f"{loss}-{rate}-{seed}", loss=loss, seed=seed,
+                         noise=rate, data=data, test={"accuracy": 0.9 - rate})
+    md = cli("compare", "s", "--group-by", "loss", "--format", "markdown", "--no-plots").stdout
+    assert "pooled: symmetric 0 / symmetric 0.2 / symmetric 0.4" in md
+    assert "realised" not in md
+    rows = list(csv.DictReader(cli("compare", "s", "--group-by", "loss", "--format", "csv",
+                                   "--no-plots").stdout.splitlines()))
+    assert {(r["noise_kind"], r["noise_realised_rate"]) for r in rows} == {("pooled", "nan")}
+    # one rate per row: its own rate and realised rate, as before
+    split = cli("compare", "s", "--format", "markdown", "--no-plots").stdout
+    assert "symmetric 0.2 (realised 0.210)" in split and "pooled" not in split

@@ -11,7 +11,7 @@ Rows are compared inside a *family*: one dataset × condition (every varying key
 pair, so that the best row is never tested against rows it was picked from without paying for
 it. Holm's method adjusts the p-values of each family. Two rows are *paired* when every seed
 ran in both with equal pairing hashes (split and noise, initial weights, batch order): then the
-paired t-test and a bootstrap CI of the mean difference; else Welch's test. A seed that failed
+paired t-test and the t interval of the paired differences; else Welch's test and interval. A seed that failed
 or diverged stays in the comparison as a loss for that seed. A run found twice (a copied run
 directory, or one run under two folders given) counts once, with a warning; copies whose results
 disagree are refused.

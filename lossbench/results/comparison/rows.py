@@ -136,9 +136,6 @@ def mean_of(values: Sequence[float]) -> float:
 
 def describe_row(row: Row, at: str) -> None:
     """The corruption, memorisation, warnings and selection the row's runs record."""
-    first = row.runs[0]
-    noise = first.section("data").get("noise") or {}
-    imbalance = first.section("data").get("imbalance") or {}
     realised = []
     for run in row.runs:
         rate = (run.section("data").get("noise") or {}).get("realised_rate")
@@ -146,17 +143,13 @@ def describe_row(row: Row, at: str) -> None:
             rate = rate.get("train_and_val", rate.get("train"))
         if isinstance(rate, (int, float)):
             realised.append(float(rate))
-    kind = noise.get("kind", first.value("dataset.noise.kind"))
-    imbalance_kind = imbalance.get("kind", first.value("dataset.imbalance.kind"))
-    row.corruption = {
-        "noise_kind": kind or "none",
-        "noise_rate": noise.get("rate", first.value("dataset.noise.rate")) if kind not in (
-            None, "none") else 0.0,
-        "noise_realised": mean_of(realised),
-        "imbalance_kind": imbalance_kind or "none",
-        "imbalance_ratio": imbalance.get("ratio", first.value("dataset.imbalance.ratio"))
-        if imbalance_kind not in (None, "none") else None,
-    }
+    pooled = [run_corruption(run) for run in row.runs]
+    kind, rate, imbalance_kind, ratio = pooled[0]
+    row.corruption = {"noise_kind": kind, "noise_rate": rate, "noise_realised": mean_of(realised),
+                      "imbalance_kind": imbalance_kind, "imbalance_ratio": ratio}
+    # a row that pools corruptions (`--group-by loss` over a rate sweep) names them all
+    if any(c != pooled[0] for c in pooled):
+        row.corruption["pooled"] = sorted(set(pooled), key=lambda c: json.dumps(c, default=str))
     memorised = [float(m[at]["memorised"]) for r in row.runs
                  if isinstance(m := r.metrics.get("memorisation"), dict)
                  and isinstance(m.get(at), dict)
@@ -164,10 +157,22 @@ def describe_row(row: Row, at: str) -> None:
     row.memorised = mean_of(memorised)
     row.warnings = {}
     for run in row.runs:
-        for kind in dict.fromkeys(run.warnings()):
+        for kind in dict.fromkeys(run.warnings(at)):
             row.warnings[kind] = row.warnings.get(kind, 0) + 1
     row.privileged = any(r.section("selection").get("labels") == "clean"
                          or r.section("selection").get("privileged") is True for r in row.runs)
+
+
+def run_corruption(run: Run) -> tuple[str, Any, str, Any]:
+    """(noise kind, rate, imbalance kind, ratio) as the run's record or config gives them."""
+    noise = run.section("data").get("noise") or {}
+    imbalance = run.section("data").get("imbalance") or {}
+    kind = noise.get("kind", run.value("dataset.noise.kind")) or "none"
+    rate = noise.get("rate", run.value("dataset.noise.rate")) if kind != "none" else 0.0
+    imbalance_kind = imbalance.get("kind", run.value("dataset.imbalance.kind")) or "none"
+    ratio = imbalance.get("ratio", run.value("dataset.imbalance.ratio")) if (
+        imbalance_kind != "none") else None
+    return (str(kind), rate, str(imbalance_kind), ratio)
 
 
 def block_values(row: Row, metric: str, at: str) -> list[float]:
