@@ -720,3 +720,32 @@ def test_a_row_that_pools_noise_rates_names_every_rate_not_the_first(tmp_path, c
     # one rate per row: its own rate and realised rate, as before
     split = cli("compare", "s", "--format", "markdown", "--no-plots").stdout
     assert "symmetric 0.2 (realised 0.210)" in split and "pooled" not in split
+
+
+# --- a loss put in an option's place is named by its class -----------------------------------
+
+
+OWN_LOSS = '''
+from lossbench.losses import CrossEntropyLoss
+
+
+class MyLoss(CrossEntropyLoss):
+    """Cross-entropy under another name: a loss from outside the package."""
+'''
+
+
+def test_a_loss_target_given_on_the_command_line_is_named_by_its_class(tmp_path, cli):
+    (tmp_path / "my_pkg.py").write_text(OWN_LOSS)
+    env = {"PYTHONPATH": os.pathsep.join(
+        p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)}
+    tiny = ("dataset=iris", "trainer=smoke", "model=linear", "trainer.plots=false",
+            "print_config=false")
+    own = cli("train", "loss._target_=my_pkg.MyLoss", *tiny, "hydra.run.dir=runs/own", env=env)
+    assert own.returncode == 0, own.stderr
+    assert "lossbench loss=MyLoss dataset=iris" in own.stdout  # the header
+    assert read_metrics(tmp_path / "runs" / "own")["choices"]["loss"] == "MyLoss"
+    ce = cli("train", *tiny, "hydra.run.dir=runs/ce", env=env)
+    assert ce.returncode == 0, ce.stderr
+    rows = list(csv.DictReader(cli("compare", "runs", "--format", "csv", "--no-plots")
+                               .stdout.splitlines()))
+    assert sorted(r["loss"] for r in rows) == ["MyLoss", "ce"]

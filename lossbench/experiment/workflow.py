@@ -32,8 +32,8 @@ from lossbench.engine.progress import EpochProgress
 from lossbench.engine.threads import set_threads
 from lossbench.experiment.builders import (Schedule, build_loss_and_model, build_scheduler,
                                            build_training_optimizer, data_to_device, load_data,
-                                           loss_name, order_hash, pick_device, run_seeds,
-                                           seed_everything, state_hash)
+                                           loss_name, order_hash, pick_device, replaced_targets,
+                                           run_seeds, seed_everything, state_hash)
 from lossbench.config.hydra_context import hydra_config, in_sweep
 from lossbench.experiment.outcome import (loss_params_line, loss_record,
                                           memorisation_summary, report_notes, robust_line,
@@ -47,11 +47,17 @@ log = logging.getLogger("lossbench")
 
 
 def choices(cfg: DictConfig) -> dict[str, str]:
-    """The config-group options this run was composed from (dataset=..., loss=..., ...)."""
+    """The config-group options this run was composed from (dataset=..., loss=..., ...); a group
+    whose `_target_` the command line replaced is named by that class (`loss._target_=
+    my_pkg.MyLoss` runs MyLoss, not the option's loss)."""
     runtime = hydra_config()
     if runtime is not None:
-        return {k: v for k, v in runtime.runtime.choices.items()
-                if not k.startswith("hydra") and v is not None}
+        picked = {k: v for k, v in runtime.runtime.choices.items()
+                  if not k.startswith("hydra") and v is not None}
+        for group in replaced_targets() & set(picked):
+            if target := (cfg.get(group) or {}).get("_target_"):
+                picked[group] = str(target).rsplit(".", 1)[-1]
+        return picked
     names = {}  # called without Hydra (tests, notebooks): the classes' names
     for group in ("dataset", "model", "loss", "optimizer", "scheduler"):
         target = (cfg.get(group) or {}).get("_target_") or "none"

@@ -118,7 +118,11 @@ def label_rows(rows: list[Row], group_by: Sequence[str] | None, ignore: Sequence
         keys: list[str] = []
         for row in rows:
             for run in row.runs:
-                keys += [k for k in run.overrides if k not in keys and not ignored(k, ignore)]
+                # `loss._target_=my_pkg.MyLoss` replaced the loss option: the loss column
+                # (its choice names the class) tells it apart
+                named = [k.removesuffix("._target_") if k.removesuffix("._target_") in
+                         run.choices else k for k in run.overrides]
+                keys += [k for k in named if k not in keys and not ignored(k, ignore)]
         columns = varying(keys, rows)
         shown = {tuple(fmt_value(r.runs[0].value(c)) for c in columns) for r in rows}
         if len(shown) < len(rows):
