@@ -228,8 +228,9 @@ def announce(run: Run, parts: Parts, tracker: Any) -> None:
                   f"train/val/test) model={run.picked.get('model')} device={run.device}"
                   f"{', ' + corruption if corruption else ''}", highlight=False)
     run.selection["noise_injected"] = splits.val.y_clean is not None
-    console.print(f"{describe_selection(run.selection)}; budget {run.trainer.epochs} epochs × "
-                  f"{run.per_epoch} steps", highlight=False)
+    keep = run.trainer.get("keep", "best")
+    console.print(f"{describe_selection(run.selection, keep)}; budget {run.trainer.epochs} "
+                  f"epochs × {run.per_epoch} steps", highlight=False)
 
 
 def train(run: Run, parts: Parts, tracker: Any) -> FitResult:
@@ -375,7 +376,7 @@ def run_metrics(run: Run, parts: Parts, result: FitResult, test_at: dict[str, di
         "last_epoch": result.epochs_run,
         "budget": {"epochs": trainer.epochs, "epochs_run": result.epochs_run,
                    "steps_run": result.steps_run,
-                   "early_stopping": bool(trainer.early_stopping)},
+                   "early_stopping": run.selection["patience"] is not None},
         "selection": {k: v for k, v in run.selection.items()
                       if k not in ("column", "tie_column")},
         "memorisation": memorised,
