@@ -247,5 +247,5 @@ def check_last_budgets(block: Block) -> None:
                          for (epochs, steps), labels in budgets.items())
         raise UserError(f"--at last: the runs of {block.dataset} trained for different budgets "
                         f"({seen}), so their last epochs are not comparable (early stopping "
-                        "ends a run at best + patience); rerun with trainer.early_stopping=false "
-                        "or compare --at best")
+                        "ends a run at best + patience); rerun with trainer.keep=last (or "
+                        "trainer.early_stopping=false) or compare --at best")
