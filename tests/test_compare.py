@@ -749,3 +749,35 @@ def test_a_loss_target_given_on_the_command_line_is_named_by_its_class(tmp_path,
     rows = list(csv.DictReader(cli("compare", "runs", "--format", "csv", "--no-plots")
                                .stdout.splitlines()))
     assert sorted(r["loss"] for r in rows) == ["MyLoss", "ce"]
+
+
+# --- calibration compared like with like -------------------------------------------------
+
+
+def test_class_probabilities_are_recorded_and_calibration_is_not_ranked_across_kinds(tmp_path,
+                                                                                     cli):
+    tiny = ("dataset=iris", "trainer=smoke", "model=mlp", "trainer.plots=false",
+            "print_config=false")
+    for loss in ("ce", "triplet"):
+        proc = cli("train", f"loss={loss}", *tiny, f"hydra.run.dir=runs/{loss}")
+        assert proc.returncode == 0, proc.stderr
+    ce, triplet = (read_metrics(tmp_path / "runs" / loss) for loss in ("ce", "triplet"))
+    assert ce["class_scores"] == "softmax" and triplet["class_scores"] == "knn_votes"
+    assert "class probabilities: vote shares of the 5 nearest training embeddings" in (
+        tmp_path / "runs" / "triplet" / "report.txt").read_text()
+    assert "class probabilities: softmax of the logits" in (
+        tmp_path / "runs" / "ce" / "report.txt").read_text()
+    for metric in ("ece", "nll", "brier"):
+        proc = cli("compare", "runs", "--metric", metric, "--out", "out")
+        assert proc.returncode == 2
+        assert proc.stderr.strip().splitlines() == [
+            f"lossbench: error: --metric {metric}: the runs of iris have class probabilities of "
+            "two kinds (kNN vote shares: triplet; model probabilities: ce), whose calibration "
+            "is not comparable; compare each kind apart, or by accuracy"]
+        assert not (tmp_path / "out").exists()
+    by_accuracy = cli("compare", "runs", "--format", "markdown", "--no-plots")
+    assert by_accuracy.returncode == 0, by_accuracy.stderr
+    assert ("iris: nll, brier and ece of kNN vote shares (triplet) are not comparable with "
+            "those of model probabilities (ce).") in by_accuracy.stdout
+    alone = cli("compare", "runs/ce", "--metric", "ece", "--format", "csv", "--no-plots")
+    assert alone.returncode == 0, alone.stderr

@@ -27,7 +27,7 @@ from lossbench.engine.precision import autocast, autocast_dtype, training_model
 from lossbench.engine.selection import (describe_selection, planned_epochs, resolve_monitor,
                                         selection_rule, steps_per_epoch)
 from lossbench.engine.optim import optimizer_kernel
-from lossbench.engine.predict import predict
+from lossbench.engine.predict import SCORE_SOURCES, predict, score_source
 from lossbench.engine.progress import EpochProgress
 from lossbench.engine.threads import set_threads
 from lossbench.experiment.builders import (Schedule, build_loss_and_model, build_scheduler,
@@ -325,6 +325,9 @@ def report(run: Run, parts: Parts, result: FitResult,
     memorised = memorisation_summary(splits, result)
     notes, warnings = report_notes(splits, result, tested, test_at, keep, run.selection,
                                    memorised)
+    if splits.task != "regression":  # what nll, brier and ece measure the calibration of
+        source = score_source(parts.loss_fn, parts.head, parts.num_outputs)
+        notes.insert(0, f"class probabilities: {SCORE_SOURCES[source]}")
     for line in notes:
         style = "[yellow]" if line.startswith("warning:") else ""
         console.print(f"{style}{line}", highlight=False, soft_wrap=True)
@@ -382,6 +385,8 @@ def run_metrics(run: Run, parts: Parts, result: FitResult, test_at: dict[str, di
         "memorisation": memorised,
         "warnings": warnings,
         "pairing": run.pairing,
+        "class_scores": None if splits.task == "regression" else score_source(
+            parts.loss_fn, parts.head, parts.num_outputs),
         "data": splits.info,
         "config": resolved_config(run.cfg),  # what a resumed sweep compares to skip this job
         **loss_record(parts.loss_fn, parts.head),

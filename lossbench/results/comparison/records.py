@@ -87,6 +87,12 @@ class Run:
             return None
         return float(value)
 
+    @property
+    def class_scores(self) -> str | None:
+        """Where its class probabilities come from (softmax, knn_votes, ...); None if unknown."""
+        value = self.metrics.get("class_scores")
+        return value if isinstance(value, str) else None
+
     def section(self, name: str) -> dict[str, Any]:
         value = self.metrics.get(name)
         return value if isinstance(value, dict) else {}

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lossbench.results import stats
+from lossbench.results.comparison.blocks import score_kinds
 from lossbench.results.comparison.families import Comparison, Family
 from lossbench.results.comparison.records import Run
 from lossbench.results.comparison.rows import Block, Row, fmt_value
@@ -191,6 +192,12 @@ def footnotes(blocks: Sequence[Block], notes: Notes) -> list[str]:
                          "the family's α / m (noncentral t), from the spread of the runs; not "
                          "shown below 3 pairs" + (f"; n for Δ={notes.mde:g}: seeds needed for "
                                                   "that difference" if notes.mde else "") + ".")
+    for block in blocks:
+        kinds = score_kinds([run for row in block.rows for run in row.runs])
+        if len(kinds) > 1:
+            lines.append(f"{block.dataset}: nll, brier and ece of kNN vote shares "
+                         f"({', '.join(kinds['knn_votes'])}) are not comparable with those of "
+                         f"model probabilities ({', '.join(kinds['model'])}).")
     if any(r.privileged for b in blocks for r in b.rows):
         lines.append("Selection on clean validation labels uses privileged information a "
                      "real noisy dataset does not have.")
