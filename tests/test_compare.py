@@ -525,7 +525,8 @@ def test_rows_ignore_only_keys_that_cannot_change_results(tmp_path, cli):
         fake_run(tmp_path / "s" / f"a{seed}", loss="ce", seed=seed, test={"accuracy": 0.9},
                  config={"print_config": True, "logger._target_": "lossbench.results.tracking.Null",
                          "trainer.plots": True, "trainer.device": "cpu"})
-        fake_run(tmp_path / "s" / f"b{seed}", loss="ce", seed=seed, test={"accuracy": 0.9},
+        # (other seeds: with the same seeds these would be copies of a's runs, counted once)
+        fake_run(tmp_path / "s" / f"b{seed}", loss="ce", seed=seed + 2, test={"accuracy": 0.9},
                  config={"print_config": False, "logger._target_": "lossbench.results.tracking.MLflow",
                          "logger.uri": "file:./mlruns", "trainer.plots": False,
                          "trainer.device": "cpu"})

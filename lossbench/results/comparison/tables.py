@@ -12,7 +12,8 @@ from lossbench.results import stats
 from lossbench.results.comparison.blocks import score_kinds
 from lossbench.results.comparison.families import Comparison, Family
 from lossbench.results.comparison.records import Run
-from lossbench.results.comparison.rows import Block, Row, fmt_value
+from lossbench.results.comparison.rows import (Block, Row, corruption_text, fmt_value,
+                                               has_corruption)
 from lossbench.results.stats import Stat
 from lossbench.tasks import lower_is_better
 
@@ -41,37 +42,6 @@ def mean_std(stat: Stat, digits: int = 4) -> str:
 
 def ci_text(stat: Stat, digits: int = 4) -> str:
     return "–" if stat.n < 2 else f"[{_num(stat.ci_low, digits)}, {_num(stat.ci_high, digits)}]"
-
-
-def has_corruption(block: Block) -> bool:
-    return any(r.corruption.get("noise_kind") != "none" or r.corruption.get("imbalance_kind")
-               != "none" or r.corruption.get("pooled") for r in block.rows)
-
-
-def corruption_text(row: Row, compact: bool = False) -> str:
-    """"symmetric 0.4 (realised 0.394); longtail ratio 10"; compact drops the word realised.
-    A row pooling runs of several corruptions names each, without a realised rate:
-    "pooled: symmetric 0 / symmetric 0.2 / symmetric 0.4"."""
-    c = row.corruption
-    if c.get("pooled"):
-        return "pooled: " + " / ".join(pooled_text(p) for p in c["pooled"])
-    parts = []
-    if c.get("noise_kind") != "none":
-        realised = c.get("noise_realised")
-        word = "" if compact else "realised "
-        real = "" if realised is None or math.isnan(realised) else f" ({word}{realised:.3f})"
-        parts.append(f"{c['noise_kind']} {fmt_value(c.get('noise_rate'))}{real}")
-    if c.get("imbalance_kind") != "none":
-        parts.append(f"{c['imbalance_kind']} ratio {fmt_value(c.get('imbalance_ratio'))}")
-    return "; ".join(parts) or "clean"
-
-
-def pooled_text(corruption: tuple) -> str:
-    noise_kind, rate, imbalance_kind, ratio = corruption
-    parts = [f"{noise_kind} {fmt_value(rate)}"] if noise_kind != "none" else []
-    if imbalance_kind != "none":
-        parts.append(f"{imbalance_kind} ratio {fmt_value(ratio)}")
-    return "; ".join(parts) or "clean"
 
 
 def improvement_text(c: Comparison, digits: int = 2) -> str:
