@@ -99,7 +99,8 @@ def check_study_runs(settings: StudySettings) -> None:
             search_space(loss)
             cfg = checked_config([f"loss={loss}", *settings.train, *data_overrides])
             try:
-                splits = splits or load_data(cfg)  # once per stratum: only its task is needed
+                if splits is None:  # once per stratum: only its task is needed
+                    splits = load_data(cfg)
                 check_loss_fits(instantiate(cfg.loss), loss, splits)
             except UserError as err:
                 raise UserError(f"study: {err}") from None
