@@ -525,7 +525,8 @@ def test_rows_ignore_only_keys_that_cannot_change_results(tmp_path, cli):
         fake_run(tmp_path / "s" / f"a{seed}", loss="ce", seed=seed, test={"accuracy": 0.9},
                  config={"print_config": True, "logger._target_": "lossbench.results.tracking.Null",
                          "trainer.plots": True, "trainer.device": "cpu"})
-        fake_run(tmp_path / "s" / f"b{seed}", loss="ce", seed=seed, test={"accuracy": 0.9},
+        # (other seeds: with the same seeds these would be copies of a's runs, counted once)
+        fake_run(tmp_path / "s" / f"b{seed}", loss="ce", seed=seed + 2, test={"accuracy": 0.9},
                  config={"print_config": False, "logger._target_": "lossbench.results.tracking.MLflow",
                          "logger.uri": "file:./mlruns", "trainer.plots": False,
                          "trainer.device": "cpu"})
@@ -605,3 +606,179 @@ def test_a_fixed_seed_with_swept_training_seeds_still_pairs(tmp_path, cli):
     assert rows["gce"]["test"] == "paired t" and rows["gce"]["n_compared"] == "4"
     assert float(rows["gce"]["p_value"]) == pytest.approx(
         stats.ttest_rel(GCE[:4], CE[:4]).pvalue)
+
+
+# --- copies of a run count once ----------------------------------------------------------
+
+
+def test_a_run_found_twice_counts_once_and_copies_that_disagree_are_refused(tmp_path, cli):
+    paired_sweep(tmp_path / "reg", {"ce": CE[:3], "gce": GCE[:3]})
+    shutil.copytree(tmp_path / "reg", tmp_path / "copy")
+    # another sweep holding one identical run beside a run of another seed
+    fake_run(tmp_path / "other" / "0", loss="ce", seed=0, test={"accuracy": CE[0],
+             "macro_f1": CE[0]}, pairing=pairing(0))
+    fake_run(tmp_path / "other" / "1", loss="ce", seed=7, test={"accuracy": 0.8,
+             "macro_f1": 0.8}, pairing=pairing(7))
+    alone = cli("compare", "reg", "--format", "csv", "--no-plots")
+    proc = cli("compare", "reg", "copy", "other", "--format", "csv", "--no-plots")
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["loss"]: r for r in csv.DictReader(proc.stdout.splitlines())}
+    assert rows["gce"]["n_runs"] == "3" and rows["ce"]["n_runs"] == "4"  # + seed 7
+    lone = {r["loss"]: r for r in csv.DictReader(alone.stdout.splitlines())}
+    assert rows["gce"]["accuracy_ci95_low"] == lone["gce"]["accuracy_ci95_low"]
+    warnings = proc.stderr.strip().splitlines()
+    assert len(warnings) == 7  # the 6 copied runs and other/0
+    assert all(w.startswith("lossbench: warning: ") and w.endswith("counted once")
+               for w in warnings)
+    assert f"{(tmp_path / 'other' / '0').resolve()} is a copy of " \
+           f"{(tmp_path / 'reg' / 'ce0').resolve()}" in proc.stderr
+
+    # a copy whose result differs: which to count is the user's call
+    record = read_metrics(tmp_path / "copy" / "gce1")
+    record["test"]["accuracy"] += 0.01
+    (tmp_path / "copy" / "gce1" / "metrics.json").write_text(json.dumps(record))
+    refused = cli("compare", "reg", "copy", "--out", "out")
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        f"lossbench: error: {(tmp_path / 'reg' / 'gce1').resolve()} and "
+        f"{(tmp_path / 'copy' / 'gce1').resolve()} are the same run (same config and seed 1) "
+        "with different results; compare one of them, or tell them apart by a config key"]
+    assert not (tmp_path / "out").exists()
+
+
+# --- statistics that agree with their verdict --------------------------------------------
+
+
+def test_the_interval_of_a_paired_difference_is_the_paired_t_tests_own(tmp_path, cli):
+    """At 3 pairs a percentile bootstrap of Δ excluded 0 beside "not separated"; the t interval
+    of the differences excludes 0 exactly when the paired test's p is below 0.05."""
+    cases = {"small": [0.01, 0.02, 0.05], "clear": [0.03, 0.031, 0.032, 0.029],
+             "none": [0.01, -0.02, 0.015, 0.0, -0.005]}
+    for name, diffs in cases.items():
+        ce = [0.8 + 0.01 * i for i in range(len(diffs))]
+        paired_sweep(tmp_path / name, {"ce": ce, "gce": [c + d for c, d in zip(ce, diffs)]})
+        proc = cli("compare", name, "--baseline", "ce", "--format", "csv", "--no-plots")
+        assert proc.returncode == 0, proc.stderr
+        gce = [r for r in csv.DictReader(proc.stdout.splitlines()) if r["loss"] == "gce"][0]
+        d = np.array([g - c for c, g in zip(ce, [c + x for c, x in zip(ce, diffs)])])
+        half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+        low, high = float(gce["diff_ci95_low"]), float(gce["diff_ci95_high"])
+        assert (low, high) == pytest.approx((d.mean() - half, d.mean() + half))
+        assert gce["diff_ci"] == "t of the paired differences"
+        assert (low > 0 or high < 0) == (float(gce["p_value"]) < 0.05), name
+    small = cli("compare", "small", "--baseline", "ce", "--format", "markdown", "--no-plots")
+    assert "not separated (n = 3)" in small.stdout
+    assert "95% CI of Δ: Student's t of the paired differences" in small.stdout
+    assert "bootstrap" not in small.stdout
+
+
+def test_a_configuration_alone_in_its_family_is_not_called_best(tmp_path, cli):
+    for seed in range(3):
+        fake_run(tmp_path / "one" / str(seed), loss="ce", seed=seed,
+                 test={"accuracy": 0.9 + 0.01 * seed})
+    rows = list(csv.DictReader(cli("compare", "one", "--format", "csv").stdout.splitlines()))
+    assert [r["mark"] for r in rows] == [""]
+    # gce ran only at rate 0.2: at 0 ce has no rival, at 0.2 the two are compared
+    for seed in range(3):
+        for loss, rate, acc in (("ce", 0.0, 0.9), ("ce", 0.2, 0.7), ("gce", 0.2, 0.85)):
+            fake_run(tmp_path / "rates" / f"{loss}{rate}-{seed}", loss=loss, seed=seed,
+                     noise=rate, test={"accuracy": acc + 0.001 * seed}, pairing=pairing(seed))
+    rows = list(csv.DictReader(cli("compare", "rates", "--format", "csv").stdout.splitlines()))
+    marks = {(r["loss"], r["dataset.noise.rate"]): r["mark"] for r in rows}
+    assert marks == {("ce", "0"): "", ("gce", "0.2"): "best", ("ce", "0.2"): "worse than best"}
+
+
+def test_a_warning_is_flagged_only_in_the_table_of_its_epoch(tmp_path, cli):
+    for seed in range(2):
+        for loss in ("ce", "gce"):
+            fake_run(tmp_path / "s" / f"{loss}{seed}", loss=loss, seed=seed,
+                     test={"accuracy": 0.9, "macro_f1": 0.9}, **at_fields(0.9, 0.34),
+                     warnings=[{"kind": "near_chance", "at": "last", "message": "0.34"}]
+                     if loss == "ce" else [])
+    best = {r["loss"]: r for r in csv.DictReader(
+        cli("compare", "s", "--format", "csv", "--no-plots").stdout.splitlines())}
+    assert best["ce"]["warnings"] == "" and "⚠" not in cli(
+        "compare", "s", "--format", "markdown", "--no-plots").stdout
+    last = {r["loss"]: r for r in csv.DictReader(cli(
+        "compare", "s", "--format", "csv", "--at", "last", "--no-plots").stdout.splitlines())}
+    assert last["ce"]["warnings"] == "near_chance (2/2)" and last["gce"]["warnings"] == ""
+
+
+def test_a_row_that_pools_noise_rates_names_every_rate_not_the_first(tmp_path, cli):
+    for rate in (0.0, 0.2, 0.4):
+        for seed in range(2):
+            data = {"noise": {"kind": "symmetric", "rate": rate,
+                              "realised_rate": {"train_and_val": rate + 0.01}}}
+            for loss in ("ce", "gce"):
+                fake_run(tmp_path / "s" / f"{loss}-{rate}-{seed}", loss=loss, seed=seed,
+                         noise=rate, data=data, test={"accuracy": 0.9 - rate})
+    md = cli("compare", "s", "--group-by", "loss", "--format", "markdown", "--no-plots").stdout
+    assert "pooled: symmetric 0 / symmetric 0.2 / symmetric 0.4" in md
+    assert "realised" not in md
+    rows = list(csv.DictReader(cli("compare", "s", "--group-by", "loss", "--format", "csv",
+                                   "--no-plots").stdout.splitlines()))
+    assert {(r["noise_kind"], r["noise_realised_rate"]) for r in rows} == {("pooled", "nan")}
+    # one rate per row: its own rate and realised rate, as before
+    split = cli("compare", "s", "--format", "markdown", "--no-plots").stdout
+    assert "symmetric 0.2 (realised 0.210)" in split and "pooled" not in split
+
+
+# --- a loss put in an option's place is named by its class -----------------------------------
+
+
+OWN_LOSS = '''
+from lossbench.losses import CrossEntropyLoss
+
+
+class MyLoss(CrossEntropyLoss):
+    """Cross-entropy under another name: a loss from outside the package."""
+'''
+
+
+def test_a_loss_target_given_on_the_command_line_is_named_by_its_class(tmp_path, cli):
+    (tmp_path / "my_pkg.py").write_text(OWN_LOSS)
+    env = {"PYTHONPATH": os.pathsep.join(
+        p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)}
+    tiny = ("dataset=iris", "trainer=smoke", "model=linear", "trainer.plots=false",
+            "print_config=false")
+    own = cli("train", "loss._target_=my_pkg.MyLoss", *tiny, "hydra.run.dir=runs/own", env=env)
+    assert own.returncode == 0, own.stderr
+    assert "lossbench loss=MyLoss dataset=iris" in own.stdout  # the header
+    assert read_metrics(tmp_path / "runs" / "own")["choices"]["loss"] == "MyLoss"
+    ce = cli("train", *tiny, "hydra.run.dir=runs/ce", env=env)
+    assert ce.returncode == 0, ce.stderr
+    rows = list(csv.DictReader(cli("compare", "runs", "--format", "csv", "--no-plots")
+                               .stdout.splitlines()))
+    assert sorted(r["loss"] for r in rows) == ["MyLoss", "ce"]
+
+
+# --- calibration compared like with like -------------------------------------------------
+
+
+def test_class_probabilities_are_recorded_and_calibration_is_not_ranked_across_kinds(tmp_path,
+                                                                                     cli):
+    tiny = ("dataset=iris", "trainer=smoke", "model=mlp", "trainer.plots=false",
+            "print_config=false")
+    for loss in ("ce", "triplet"):
+        proc = cli("train", f"loss={loss}", *tiny, f"hydra.run.dir=runs/{loss}")
+        assert proc.returncode == 0, proc.stderr
+    ce, triplet = (read_metrics(tmp_path / "runs" / loss) for loss in ("ce", "triplet"))
+    assert ce["class_scores"] == "softmax" and triplet["class_scores"] == "knn_votes"
+    assert "class probabilities: vote shares of the 5 nearest training embeddings" in (
+        tmp_path / "runs" / "triplet" / "report.txt").read_text()
+    assert "class probabilities: softmax of the logits" in (
+        tmp_path / "runs" / "ce" / "report.txt").read_text()
+    for metric in ("ece", "nll", "brier"):
+        proc = cli("compare", "runs", "--metric", metric, "--out", "out")
+        assert proc.returncode == 2
+        assert proc.stderr.strip().splitlines() == [
+            f"lossbench: error: --metric {metric}: the runs of iris have class probabilities of "
+            "two kinds (kNN vote shares: triplet; model probabilities: ce), whose calibration "
+            "is not comparable; compare each kind apart, or by accuracy"]
+        assert not (tmp_path / "out").exists()
+    by_accuracy = cli("compare", "runs", "--format", "markdown", "--no-plots")
+    assert by_accuracy.returncode == 0, by_accuracy.stderr
+    assert ("iris: nll, brier and ece of kNN vote shares (triplet) are not comparable with "
+            "those of model probabilities (ce).") in by_accuracy.stdout
+    alone = cli("compare", "runs/ce", "--metric", "ece", "--format", "csv", "--no-plots")
+    assert alone.returncode == 0, alone.stderr

@@ -41,6 +41,13 @@ def test_curves_show_both_losses_and_the_monitored_metric_with_the_best_epoch():
     assert metric_ax.get_ylabel() == "val_accuracy"
     best = [line for line in metric_ax.get_lines() if line.get_label().startswith("best")]
     assert best and best[0].get_xdata()[0] == 3 and best[0].get_ydata()[0] == pytest.approx(0.8)
+    # the last epoch is tested too (trainer.keep=last keeps it): marked apart from the best
+    last = [line for line in metric_ax.get_lines() if line.get_label().startswith("last")]
+    assert last and last[0].get_label() == "last epoch 5: 0.77"
+    assert last[0].get_xdata()[0] == 5 and last[0].get_ydata()[0] == pytest.approx(0.77)
+    same = plots.curves_figure(HISTORY, "val_accuracy", 5, "loss=ce").axes[1]
+    assert [line.get_label() for line in same.get_lines() if line.get_label()[:4] in (
+        "best", "last")] == ["best epoch 5 (the last): 0.77"]
 
 
 def test_confusion_matrix_is_normalised_per_true_class_and_names_the_classes():

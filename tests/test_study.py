@@ -181,6 +181,9 @@ def test_study_mistakes_are_one_line_and_write_nothing(cli, tmp_path):
         (("trials=two",), "trials"),
         (("losses=ce", "model=nope"), "model"),
         (("losses=ce,gce", "sampler=grid", "trials=3"), "fewer points (ce 2, gce 6)"),
+        # every loss against every dataset, as `lossbench train` checks one: before any trial
+        (("losses=ce,huber", "datasets=iris,wine"),
+         "study: loss=huber does not fit the multiclass task of dataset iris; losses that do: "),
     ]:
         proc = cli("study", *args, "dir=s")
         assert proc.returncode == 2, (args, proc.stderr)
@@ -408,3 +411,65 @@ def test_no_extra_pins_optuna_below_3_and_the_study_extra_needs_3():
                 assert not req.specifier.contains("2.10.1"), f"[{name}] allows optuna 2"
                 assert req.specifier.contains("5.0.0"), f"[{name}] refuses a current optuna"
     assert any(Requirement(t).name == "optuna" for t in extras["study"])
+
+
+def trial_params(study_dir: Path) -> dict[str, list[dict[str, float]]]:
+    import optuna
+
+    storage = f"sqlite:///{study_dir / 'optuna.db'}"
+    return {s.study_name: [t.params for t in optuna.load_study(
+        study_name=s.study_name, storage=storage).get_trials()]
+        for s in optuna.get_all_study_summaries(storage)}
+
+
+@pytest.mark.slow
+def test_a_study_killed_at_several_points_and_resumed_tries_what_an_uninterrupted_one_does(
+        cli, tmp_path):
+    """Rebuilt on resuming, a sampler seeded once would start its stream again and give the
+    trials after a kill the values of the first ones: fewer distinct settings for that loss."""
+    args = ("losses=ce", "datasets=iris", "trials=5", "seeds.tune=1", "seeds.report=1",
+            "sampler=random", *TINY)
+    whole = cli("study", *args, f"dir={tmp_path / 'whole'}")
+    assert whole.returncode == 0, whole.stderr
+    expected = trial_params(tmp_path / "whole")
+    assert len(expected["iris/ce"]) == 5
+
+    study_dir = tmp_path / "killed"
+    for kill_after in (1, 2, 1):  # trials with a result before each kill
+        proc = subprocess.Popen([*lossbench_cmd(), "study", *args, f"dir={study_dir}"],
+                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+        seen = 0
+        for line in proc.stdout:
+            seen += " trial " in line and "validation" in line
+            if seen == kill_after:
+                proc.send_signal(signal.SIGKILL)
+                break
+        proc.wait()
+        proc.stdout.close()
+    assert len(trial_params(study_dir)["iris/ce"]) < 5  # still unfinished
+    resumed = cli("study", f"dir={study_dir}")
+    assert resumed.returncode == 0, resumed.stderr
+    got = trial_params(study_dir)
+    assert got == expected
+    values = [p["optimizer.lr"] for p in got["iris/ce"]]
+    assert len(set(values)) == len(values)  # no trial repeats another
+
+
+@pytest.mark.slow
+def test_a_study_with_a_loss_it_could_not_tune_reports_the_rest_and_exits_non_zero(cli, tmp_path):
+    (tmp_path / "brokenloss.py").write_text(
+        "import torch\n\n"
+        "class Broken(torch.nn.Module):\n"
+        "    def __init__(self, **kwargs):\n"
+        "        super().__init__()\n\n"
+        "    def forward(self, input, target):\n"
+        "        raise RuntimeError('broken on purpose')\n")
+    study_dir = tmp_path / "s"
+    proc = cli("study", "losses=ce", "datasets=iris", "trials=1", "seeds.tune=1",
+               "seeds.report=1", *TINY, "loss._target_=brokenloss.Broken", f"dir={study_dir}",
+               env={"PYTHONPATH": str(tmp_path)})
+    assert proc.returncode == 1, proc.stderr
+    assert "study: could not tune ce on iris: every trial failed" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (study_dir / "study.md").is_file()  # the report of what could be tuned is written

@@ -11,8 +11,10 @@ Rows are compared inside a *family*: one dataset × condition (every varying key
 pair, so that the best row is never tested against rows it was picked from without paying for
 it. Holm's method adjusts the p-values of each family. Two rows are *paired* when every seed
 ran in both with equal pairing hashes (split and noise, initial weights, batch order): then the
-paired t-test and a bootstrap CI of the mean difference; else Welch's test. A seed that failed
-or diverged stays in the comparison as a loss for that seed.
+paired t-test and the t interval of the paired differences; else Welch's test and interval. A seed that failed
+or diverged stays in the comparison as a loss for that seed. A run found twice (a copied run
+directory, or one run under two folders given) counts once, with a warning; copies whose results
+disagree are refused.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import sys
 from pathlib import Path
 
 from lossbench.errors import UserError
-from lossbench.results.comparison.blocks import DEFAULT_IGNORE, build_blocks
+from lossbench.results.comparison.blocks import DEFAULT_IGNORE, build_blocks, distinct_runs
 from lossbench.results.comparison.records import find_runs
 from lossbench.results.files import write_bytes_atomic, write_csv_atomic, write_text_atomic
 
@@ -84,7 +86,9 @@ def compare_command(argv: list[str]) -> int:
     from lossbench.results.comparison import plots, tables
 
     args = parse_args(argv)
-    runs = find_runs(args.paths)
+    runs, copies = distinct_runs(find_runs(args.paths))
+    for line in copies:  # stderr: stdout may be CSV
+        print(f"lossbench: warning: {line}", file=sys.stderr)
     from lossbench.results.tuning import tuned_runs
 
     runs = tuned_runs(runs, args)  # unchanged without --tune

@@ -73,7 +73,32 @@ def class_scores(output: torch.Tensor, head: str, loss_fn: nn.Module | None = No
     return default_scores(output, head)
 
 
-def knn_classifier(train_embeddings: np.ndarray, train_labels: np.ndarray, k: int = 5):
+# Where a run's class probabilities come from (metrics.json's `class_scores`): calibration (nll,
+# brier, ece) of kNN vote shares, which move in steps of 1/k, is not that of a model's
+# probabilities, and lossbench compare does not rank one against the other.
+KNN_NEIGHBOURS = 5
+SCORE_SOURCES = {
+    "softmax": "softmax of the logits",
+    "sigmoid": "sigmoid of the one logit",
+    "ovr_sigmoid": "one-vs-rest sigmoids of the logits, normalised to sum to 1",
+    "loss": "the loss's own scores (its `scores` hook)",
+    "knn_votes": f"vote shares of the {KNN_NEIGHBOURS} nearest training embeddings",
+}
+
+
+def score_source(loss_fn: nn.Module | None, head: str, num_outputs: int) -> str:
+    """Which of SCORE_SOURCES `predict` turns this loss's outputs into class probabilities by."""
+    if hook(loss_fn, "scores") is not None:
+        return "loss"
+    if head == "embedding":
+        return "knn_votes"
+    if num_outputs == 1:
+        return "sigmoid"
+    return "ovr_sigmoid" if head == "sigmoid" else "softmax"
+
+
+def knn_classifier(train_embeddings: np.ndarray, train_labels: np.ndarray,
+                   k: int = KNN_NEIGHBOURS):
     """A k-nearest-neighbour classifier on embeddings, as used for metric-learning runs."""
     from sklearn.neighbors import KNeighborsClassifier
 

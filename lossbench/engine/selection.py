@@ -46,7 +46,9 @@ def selection_rule(task: str, trainer: Any, noisy: bool, n_val: int | None = Non
     accuracy saturates still follows the predictions that keep improving. `labels`: the noisy
     validation labels (what a user of noisy data has) or, asked for, the clean ones (privileged
     information: only a benchmark that injected the noise knows them). `min_steps`: early
-    stopping may not end a run before that many optimizer steps.
+    stopping may not end a run before that many optimizer steps. `trainer.keep=last` tests the
+    last epoch as the end of the budget: it turns early stopping off, or "last" would be
+    wherever patience ran out.
     """
     monitor, mode = resolve_monitor(task, trainer.monitor, trainer.mode, n_val)
     labels = trainer.get("select_on", "noisy")
@@ -68,18 +70,20 @@ def selection_rule(task: str, trainer: Any, noisy: bool, n_val: int | None = Non
             "column": monitor + suffix,
             "tie_column": tie_break + suffix if tie_break else None,
             "min_steps": int(trainer.get("min_steps", 0) or 0),
-            "patience": int(trainer.patience) if trainer.early_stopping else None,
+            "patience": int(trainer.patience) if trainer.early_stopping and trainer.get(
+                "keep", "best") != "last" else None,
             "on_test": False}
 
 
-def describe_selection(selection: dict[str, Any]) -> str:
+def describe_selection(selection: dict[str, Any], keep: str = "best") -> str:
     """One console line: which epoch is tested, and why."""
     ties = f", ties by lower {selection['tie_break']}" if selection["tie_break"] else ""
     labels = (" on CLEAN validation labels (privileged)" if selection["privileged"]
               else " on the validation labels" + (" (noisy)" if selection.get("noise_injected") else ""))
     stop = (f"; early stopping after {selection['patience']} epochs without improvement, "
             f"not before {selection['min_steps']} steps" if selection["patience"] is not None
-            else "; no early stopping")
+            else "; no early stopping" + (": trainer.keep=last keeps the end of the whole budget"
+                                          if keep == "last" else ""))
     return (f"selection: best {selection['metric']} ({selection['mode']}){ties}{labels}{stop}; "
             "never on test")
 

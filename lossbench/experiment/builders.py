@@ -171,14 +171,21 @@ def check_loss_fits(loss_fn: torch.nn.Module, loss_name: str, splits: Splits) ->
                     f"{splits.name}; losses that do: {', '.join(fitting)}")
 
 
+def replaced_targets() -> set[str]:
+    """The config groups whose `_target_` the command line replaced (`loss._target_=
+    mylosses.SquaredHingeLoss` gives {"loss"}): their option's name no longer says what runs."""
+    runtime = hydra_config()
+    if runtime is None:
+        return set()
+    keys = (o.lstrip("+~").split("=", 1)[0] for o in runtime.overrides.task)
+    return {key.removesuffix("._target_") for key in keys if key.endswith("._target_")}
+
+
 def loss_name(cfg: DictConfig, option: str) -> str:
     """How messages name the loss (`loss=<name>`): its option (`ce`), or, when `loss._target_`
     was overridden on the command line, the class put in the option's place
     (`mylosses.SquaredHingeLoss`): the option's name would point at the wrong loss."""
-    runtime = hydra_config()
-    overridden = runtime is not None and any(
-        o.lstrip("+~").split("=", 1)[0] == "loss._target_" for o in runtime.overrides.task)
-    return str(cfg.loss._target_) if overridden else option
+    return str(cfg.loss._target_) if "loss" in replaced_targets() else option
 
 
 def output_size(head: str, splits: Splits, embedding_dim: int) -> int:

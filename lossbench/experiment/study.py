@@ -16,7 +16,8 @@ seed), and only those runs are compared (lossbench.commands.compare) and aggrega
 
 Killed, the same command with `dir=<that study>` resumes: completed runs are kept, a trial the
 kill left running is finished with the parameters it was given, and each loss still gets exactly
-`trials` trials. Every other `key=value` argument goes to every run, as `lossbench train` takes it.
+`trials` trials, each drawn as an uninterrupted study would have drawn it (the sampler of trial
+k is seeded from sampler_seed, the (stratum, loss) and k: study_settings.make_sampler). Every other `key=value` argument goes to every run, as `lossbench train` takes it.
 
 The settings, their command line and the search spaces are lossbench.experiment.study_settings';
 this module runs the trials and the report runs.
@@ -65,8 +66,9 @@ def compose_run(overrides: list[str], run_dir: Path):
     return cfg
 
 
-def checked_config(overrides: list[str]) -> None:
-    """Compose and check a run's config before anything is written (a mistake: UserError)."""
+def checked_config(overrides: list[str]):
+    """Compose and check a run's config before anything is written (a mistake: UserError);
+    returns it."""
     from lossbench.errors import config_mistake
     from lossbench.config.schema import check_config
 
@@ -78,6 +80,30 @@ def checked_config(overrides: list[str]) -> None:
             raise
         raise UserError(f"study: {' '.join(overrides)}: {message}") from None
     check_config(cfg)
+    return cfg
+
+
+def check_study_runs(settings: StudySettings) -> None:
+    """Every (stratum, loss) checked before anything is written or trained: its search space,
+    its run config, and the loss against the stratum's data (the line `lossbench train` gives
+    for a loss that does not fit the dataset's task), so that no loss is found unfit only after
+    the others were tuned."""
+    from hydra.utils import instantiate
+
+    from lossbench.experiment.builders import check_loss_fits, load_data
+
+    check_grid_budget(settings)
+    for _, data_overrides in settings.strata():
+        splits = None
+        for loss in settings.losses:
+            search_space(loss)
+            cfg = checked_config([f"loss={loss}", *settings.train, *data_overrides])
+            try:
+                if splits is None:  # once per stratum: only its task is needed
+                    splits = load_data(cfg)
+                check_loss_fits(instantiate(cfg.loss), loss, splits)
+            except UserError as err:
+                raise UserError(f"study: {err}") from None
 
 
 def run_in_process(overrides: list[str], run_dir: str) -> dict[str, Any]:
@@ -147,7 +173,7 @@ def tune_loss(settings: StudySettings, study_dir: Path, stratum: tuple[str, list
     distributions = {p.key: p.distribution() for p in space}
     study = optuna.create_study(
         study_name=f"{dataset}/{loss}", storage=storage_url(study_dir), direction="maximize",
-        sampler=make_sampler(settings, space, index), load_if_exists=True)
+        sampler=make_sampler(settings, space, index, 0), load_if_exists=True)
 
     def evaluate(number: int, params: dict[str, float]) -> float:
         trial_dir = study_dir / "tune" / dataset / loss / f"trial{number:03d}"
@@ -175,6 +201,7 @@ def tune_loss(settings: StudySettings, study_dir: Path, stratum: tuple[str, list
     while (number := len(study.get_trials(deepcopy=False))) < settings.trials:
         if points:
             study.enqueue_trial(points[number])
+        study.sampler = make_sampler(settings, space, index, number)  # resumable: see there
         trial = study.ask(distributions)
         tell(trial.number, evaluate(trial.number, trial.params))
 
@@ -199,15 +226,18 @@ def load_trials(study_dir: Path, dataset: str, loss: str) -> list[Any]:
 
 
 def report_runs(settings: StudySettings, study_dir: Path, stratum: tuple[str, list[str]],
-                loss: str) -> None:
-    """The winner of (stratum, loss) on the report seeds: the only runs the study compares."""
+                loss: str) -> bool:
+    """The winner of (stratum, loss) on the report seeds: the only runs the study compares.
+    False when every trial failed: the loss could not be tuned, nothing is reported for it."""
     from optuna.trial import TrialState
 
     dataset = stratum[0]
     trials = [t for t in load_trials(study_dir, dataset, loss) if t.state == TrialState.COMPLETE]
     if not trials:
-        print(f"study: {dataset} {loss}: every trial failed; nothing to report", file=sys.stderr)
-        return
+        print(f"study: {dataset} {loss}: every trial failed; nothing to report (the runs' "
+              f"console.txt under {study_dir / 'tune' / dataset / loss} say why)",
+              file=sys.stderr)
+        return False
     best = max(trials, key=lambda t: (t.value, -t.number))  # ties: the earlier trial
     params = " ".join(f"{k}={v:.4g}" for k, v in best.params.items())
     print(f"study: {dataset} {loss}: trial {best.number + 1} chosen [{params}]; reporting seeds "
@@ -216,9 +246,12 @@ def report_runs(settings: StudySettings, study_dir: Path, stratum: tuple[str, li
              study_dir / "report" / dataset / loss / f"seed{seed}")
             for seed in settings.report_seeds()]
     run_many(settings, jobs)
+    return True
 
 
-def run_study(settings: StudySettings) -> Path:
+def run_study(settings: StudySettings) -> tuple[Path, list[str]]:
+    """Tune, report and write the report; returns it and the (stratum, loss) pairs that could
+    not be tuned (every trial failed)."""
     from omegaconf import OmegaConf
 
     from lossbench.experiment import study_report
@@ -234,9 +267,9 @@ def run_study(settings: StudySettings) -> Path:
     pairs = [(stratum, loss) for stratum in settings.strata() for loss in settings.losses]
     for index, (stratum, loss) in enumerate(pairs):
         tune_loss(settings, study_dir, stratum, loss, index)
-    for stratum, loss in pairs:
-        report_runs(settings, study_dir, stratum, loss)
-    return study_report.write_report(settings, study_dir)
+    untuned = [f"{loss} on {stratum[0]}" for stratum, loss in pairs
+               if not report_runs(settings, study_dir, stratum, loss)]
+    return study_report.write_report(settings, study_dir), untuned
 
 
 def study_command(argv: list[str]) -> int:
@@ -256,16 +289,14 @@ def study_command(argv: list[str]) -> int:
         print(f"study: resuming {settings.dir}", flush=True)
     else:
         settings.dir = settings.dir or datetime.now().strftime("outputs/studies/%Y-%m-%d/%H-%M-%S")
-        # every run's config, checked before anything is written
-        check_grid_budget(settings)
-        for _, data_overrides in settings.strata():
-            for loss in settings.losses:
-                search_space(loss)
-                checked_config([f"loss={loss}", *settings.train, *data_overrides])
+        check_study_runs(settings)  # every run's config, before anything is written
     try:
-        report = run_study(settings)
+        report, untuned = run_study(settings)
     except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM: the trial in progress stays RUNNING
         print(f"study: stopped; lossbench study dir={settings.dir} resumes it", file=sys.stderr)
         raise SystemExit(getattr(err, "exit_code", 130)) from None
     print(f"study: report {report}", flush=True)
+    if untuned:  # the report compares the others; the study did not do what it was asked
+        print(f"study: could not tune {', '.join(untuned)}: every trial failed", file=sys.stderr)
+        return 1
     return 0

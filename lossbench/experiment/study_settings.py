@@ -214,10 +214,16 @@ def search_space(loss: str) -> list[Param]:
     return params
 
 
-def make_sampler(settings: StudySettings, space: list[Param], index: int):
+def make_sampler(settings: StudySettings, space: list[Param], index: int, number: int):
+    """The sampler that draws trial `number` of the `index`-th (stratum, loss): seeded from the
+    study's sampler seed, the index and the trial number, so that a resumed study draws each
+    trial as an uninterrupted one would (a sampler seeded once and rebuilt on resuming would
+    start its stream again and repeat the first trials). The history it learns from is the
+    study's storage, the same either way."""
+    import numpy as np
     import optuna
 
-    seed = settings.sampler_seed + index  # each (stratum, loss) its own stream, reproducibly
+    seed = int(np.random.SeedSequence([settings.sampler_seed, index, number]).generate_state(1)[0])
     if settings.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if settings.sampler == "grid":  # the points come from grid_points, enqueued one per trial

@@ -27,13 +27,13 @@ from lossbench.engine.precision import autocast, autocast_dtype, training_model
 from lossbench.engine.selection import (describe_selection, planned_epochs, resolve_monitor,
                                         selection_rule, steps_per_epoch)
 from lossbench.engine.optim import optimizer_kernel
-from lossbench.engine.predict import predict
+from lossbench.engine.predict import SCORE_SOURCES, predict, score_source
 from lossbench.engine.progress import EpochProgress
 from lossbench.engine.threads import set_threads
 from lossbench.experiment.builders import (Schedule, build_loss_and_model, build_scheduler,
                                            build_training_optimizer, data_to_device, load_data,
-                                           loss_name, order_hash, pick_device, run_seeds,
-                                           seed_everything, state_hash)
+                                           loss_name, order_hash, pick_device, replaced_targets,
+                                           run_seeds, seed_everything, state_hash)
 from lossbench.config.hydra_context import hydra_config, in_sweep
 from lossbench.experiment.outcome import (loss_params_line, loss_record,
                                           memorisation_summary, report_notes, robust_line,
@@ -47,11 +47,17 @@ log = logging.getLogger("lossbench")
 
 
 def choices(cfg: DictConfig) -> dict[str, str]:
-    """The config-group options this run was composed from (dataset=..., loss=..., ...)."""
+    """The config-group options this run was composed from (dataset=..., loss=..., ...); a group
+    whose `_target_` the command line replaced is named by that class (`loss._target_=
+    my_pkg.MyLoss` runs MyLoss, not the option's loss)."""
     runtime = hydra_config()
     if runtime is not None:
-        return {k: v for k, v in runtime.runtime.choices.items()
-                if not k.startswith("hydra") and v is not None}
+        picked = {k: v for k, v in runtime.runtime.choices.items()
+                  if not k.startswith("hydra") and v is not None}
+        for group in replaced_targets() & set(picked):
+            if target := (cfg.get(group) or {}).get("_target_"):
+                picked[group] = str(target).rsplit(".", 1)[-1]
+        return picked
     names = {}  # called without Hydra (tests, notebooks): the classes' names
     for group in ("dataset", "model", "loss", "optimizer", "scheduler"):
         target = (cfg.get(group) or {}).get("_target_") or "none"
@@ -223,8 +229,9 @@ def announce(run: Run, parts: Parts, tracker: Any) -> None:
                   f"train/val/test) model={run.picked.get('model')} device={run.device}"
                   f"{', ' + corruption if corruption else ''}", highlight=False)
     run.selection["noise_injected"] = splits.val.y_clean is not None
-    console.print(f"{describe_selection(run.selection)}; budget {run.trainer.epochs} epochs × "
-                  f"{run.per_epoch} steps", highlight=False)
+    keep = run.trainer.get("keep", "best")
+    console.print(f"{describe_selection(run.selection, keep)}; budget {run.trainer.epochs} "
+                  f"epochs × {run.per_epoch} steps", highlight=False)
 
 
 def train(run: Run, parts: Parts, tracker: Any) -> FitResult:
@@ -319,6 +326,9 @@ def report(run: Run, parts: Parts, result: FitResult,
     memorised = memorisation_summary(splits, result)
     notes, warnings = report_notes(splits, result, tested, test_at, keep, run.selection,
                                    memorised)
+    if splits.task != "regression":  # what nll, brier and ece measure the calibration of
+        source = score_source(parts.loss_fn, parts.head, parts.num_outputs)
+        notes.insert(0, f"class probabilities: {SCORE_SOURCES[source]}")
     for line in notes:
         style = "[yellow]" if line.startswith("warning:") else ""
         console.print(f"{style}{line}", highlight=False, soft_wrap=True)
@@ -370,12 +380,14 @@ def run_metrics(run: Run, parts: Parts, result: FitResult, test_at: dict[str, di
         "last_epoch": result.epochs_run,
         "budget": {"epochs": trainer.epochs, "epochs_run": result.epochs_run,
                    "steps_run": result.steps_run,
-                   "early_stopping": bool(trainer.early_stopping)},
+                   "early_stopping": run.selection["patience"] is not None},
         "selection": {k: v for k, v in run.selection.items()
                       if k not in ("column", "tie_column")},
         "memorisation": memorised,
         "warnings": warnings,
         "pairing": run.pairing,
+        "class_scores": None if splits.task == "regression" else score_source(
+            parts.loss_fn, parts.head, parts.num_outputs),
         "data": splits.info,
         "config": resolved_config(run.cfg),  # what a resumed sweep compares to skip this job
         **loss_record(parts.loss_fn, parts.head),

@@ -90,9 +90,13 @@ def curves_figure(history: Sequence[dict[str, Any]], monitor: str, best_epoch: i
                        linestyle=":", label=other)
     if best_epoch and best_epoch in epochs:
         best = values[epochs.index(best_epoch)]
+        also = " (the last)" if best_epoch == epochs[-1] else ""
         metric_ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1)
         metric_ax.plot([best_epoch], [best], marker="*", markersize=14, color="tab:red",
-                       linestyle="none", label=f"best epoch {best_epoch}: {best:.4g}")
+                       linestyle="none", label=f"best epoch {best_epoch}{also}: {best:.4g}")
+    if epochs and epochs[-1] != best_epoch:  # both are tested (metrics.json's test_at)
+        metric_ax.plot([epochs[-1]], [values[-1]], marker="D", markersize=8, color="tab:purple",
+                       linestyle="none", label=f"last epoch {epochs[-1]}: {values[-1]:.4g}")
     metric_ax.set_title(f"Monitored metric: {monitor}")
     metric_ax.set_xlabel("epoch")
     metric_ax.set_ylabel(monitor)

@@ -46,6 +46,10 @@ A completed run adds:
 - `memorisation`: with injected label noise, how many flipped training labels the model
   predicts as the noisy label / the true one at the best and the last epoch (else null).
 - `warnings`: a list of {kind, message} (near_chance, constant_prediction, ...).
+- `class_scores` (classification; else null): where the class probabilities that nll, brier and
+  ece score come from: `softmax`, `sigmoid` (one logit), `ovr_sigmoid`, `loss` (the loss's own
+  `scores`) or `knn_votes` (vote shares of the nearest training embeddings, for a
+  metric-learning loss): lossbench.engine.predict.SCORE_SOURCES. Absent in older records.
 - `data`: the split's corruption statistics (noise, imbalance, resampling), as the data layer
   records them.
 - optional: `head` (a cosine classifier asked for by the loss), `loss_description`,

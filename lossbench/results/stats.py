@@ -8,7 +8,8 @@ For one configuration over its n seeds (values x₁..xₙ of a test metric):
 Two configurations A and B (higher is better after the sign of the metric is applied):
 
 - paired (same seeds, same split/noise/initial weights/batch order): dᵢ = aᵢ − bᵢ, paired
-  t-test t = d̄ / (s_d / √n) on n − 1 degrees of freedom, and a percentile bootstrap CI of d̄;
+  t-test t = d̄ / (s_d / √n) on n − 1 degrees of freedom, and its interval d̄ ± t · s_d / √n
+  (`summarize` of the dᵢ), which excludes 0 exactly when the test's p is below 1 − confidence;
 - unpaired: Welch's t-test, t = (ā − b̄) / sqrt(s_a²/n_a + s_b²/n_b), Welch–Satterthwaite df;
 - probability of improvement P(A > B) (Bouthillier et al. 2021; Agarwal et al. 2021):
   paired, the share of seeds where A beats B; unpaired, the Mann–Whitney share U / (n_a·n_b);
@@ -121,7 +122,8 @@ def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
 
 def bootstrap_mean_ci(values: Sequence[float], confidence: float = 0.95,
                       n_resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean (for the paired differences dᵢ); NaN below 2."""
+    """Percentile bootstrap CI of the mean; NaN below 2. Too narrow for a few values: compare's
+    paired differences use the t interval instead."""
     x = np.asarray(values, dtype=float)
     if len(x) < 2:
         return (NAN, NAN)

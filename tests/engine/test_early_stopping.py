@@ -111,3 +111,22 @@ def test_the_first_epoch_is_kept_whatever_it_scores():
     stopping = EarlyStopping("val_loss", "min", patience=1)
     assert stopping.observe(1, {"val_loss": math.inf}, 0) == "best"
     assert stopping.observe(2, {"val_loss": math.inf}, 0) == "stop"
+
+
+def test_keep_last_runs_the_whole_budget_and_says_so(cli, tmp_path):
+    """With lr=0 nothing improves: patience 1 would end the run at epoch 2, and `last` would be
+    wherever patience ran out, not the end of the budget."""
+    from conftest import read_metrics
+
+    rule = selection_rule("multiclass", Settings(monitor="auto", mode="auto",
+                                                 early_stopping=True, patience=1,
+                                                 keep="last"), noisy=False)
+    assert rule["patience"] is None
+    proc = cli("train", "dataset=iris", "model=linear", "trainer.epochs=6", "trainer.patience=1",
+               "trainer.min_steps=0", "optimizer.lr=0", "trainer.keep=last",
+               "trainer.plots=false", "print_config=false", "hydra.run.dir=run")
+    assert proc.returncode == 0, proc.stderr
+    assert "no early stopping: trainer.keep=last keeps the end of the whole budget" in proc.stdout
+    metrics = read_metrics(tmp_path / "run")
+    assert metrics["epochs_run"] == 6 and metrics["stopped_early"] is False
+    assert metrics["budget"]["early_stopping"] is False

@@ -20,8 +20,68 @@ from lossbench.tasks import HEADLINE, lower_is_better, task_kind
 # precision, compile, batch sizes, ...) can, and splits rows.
 DEFAULT_IGNORE = ("seed", "data_seed", "train_seed", "run_dir", "resume", "print_config",
                   "logger", "trainer.plots", "trainer.checkpoint_every", "hydra")
+# Metrics of the class probabilities' calibration: not comparable between a model's probabilities
+# and kNN vote shares (metrics.json's class_scores)
+CALIBRATION_METRICS = ("nll", "brier", "ece")
 # The keys whose sweep draws a rate curve (metric against rate, one line per loss).
 RATE_KEYS = ("dataset.noise.rate", "dataset.imbalance.ratio")
+
+
+def score_kinds(runs: Sequence[Run]) -> dict[str, list[str]]:
+    """{kind of class probabilities: the losses whose runs have it}, where runs record it; kNN
+    vote shares are one kind, a model's probabilities (softmax, sigmoids, a loss's own) the
+    other."""
+    kinds: dict[str, list[str]] = {}
+    for run in runs:
+        if run.class_scores is None:
+            continue
+        kind = "knn_votes" if run.class_scores == "knn_votes" else "model"
+        losses = kinds.setdefault(kind, [])
+        if (loss := str(run.value("loss"))) not in losses:
+            losses.append(loss)
+    return kinds
+
+
+def check_score_kinds(runs: Sequence[Run], metric: str, dataset: str) -> None:
+    """Refuse to rank calibration across kinds of class probabilities (UserError)."""
+    kinds = score_kinds(runs)
+    if len(kinds) > 1:
+        raise UserError(f"--metric {metric}: the runs of {dataset} have class probabilities of "
+                        f"two kinds (kNN vote shares: {', '.join(kinds['knn_votes'])}; model "
+                        f"probabilities: {', '.join(kinds['model'])}), whose calibration is not "
+                        "comparable; compare each kind apart, or by accuracy")
+
+
+def distinct_runs(runs: Sequence[Run]) -> tuple[list[Run], list[str]]:
+    """The runs with copies counted once: two records of one configuration (every key that can
+    change a result, DEFAULT_IGNORE aside) and one replicate (seed, data and training seeds) are
+    one run, e.g. a copied run directory or a grid's run found again in another sweep. Returns
+    the runs, the first found of each kept, and a line per run left out naming its copy.
+    Copies that disagree in their outcome (status, test metrics) are refused (UserError): which
+    one to count is the user's to decide. Unreadable and unfinished records are left alone."""
+    import json
+
+    kept: dict[tuple, Run] = {}
+    out: list[Run] = []
+    lines: list[str] = []
+    for run in runs:
+        if run.status not in ("completed", "failed", "diverged") or not run.config:
+            out.append(run)
+            continue
+        identity = (config_key(run, None, DEFAULT_IGNORE), run.replicate)
+        first = kept.setdefault(identity, run)
+        if first is run:
+            out.append(run)
+            continue
+        outcome = [json.dumps([r.status, r.metrics.get("test"), r.metrics.get("test_at")],
+                              sort_keys=True, default=str) for r in (first, run)]
+        if outcome[0] != outcome[1]:
+            raise UserError(f"{first.path} and {run.path} are the same run (same config and seed "
+                            f"{run.seed}) with different results; compare one of them, or tell "
+                            "them apart by a config key")
+        lines.append(f"{run.path} is a copy of {first.path} (same config, seed {run.seed} and "
+                     "results): counted once")
+    return out, lines
 
 
 def build_blocks(runs: Sequence[Run], metric: str | None, mode: str | None, alpha: float,
@@ -56,6 +116,8 @@ def build_blocks(runs: Sequence[Run], metric: str | None, mode: str | None, alph
         block_mode = mode if chosen == metric and mode else (
             "min" if lower_is_better(chosen) else "max")
         metrics = [chosen] + [m for m in headline if m != chosen]
+        if chosen in CALIBRATION_METRICS:
+            check_score_kinds(members, chosen, dataset)
         if any({"imbalance", "resample"} & set(r.section("data")) for r in members):
             metrics += [m for m in IMBALANCE_COLUMNS if m not in metrics and has(members, m)]
         # keys that follow the seed (a dataset's `random_state: ${seed}`) vary with it

@@ -112,10 +112,10 @@ def compare_rows(a: Row, b: Row, metric: str, mode: str, at: str, worst: float,
     bounds = stats.difference_range(metric)
     if paired:
         diffs = [x - y for x, y in zip(va, vb)]
-        diff = mean_of(diffs)
-        low, high = stats.clip(*stats.bootstrap_mean_ci(diffs, confidence), bounds)
-        sd = float("nan") if len(diffs) < 2 else float(
-            math.sqrt(math.fsum((d - diff) ** 2 for d in diffs) / (len(diffs) - 1)))
+        # the paired t-test's own interval: it excludes 0 exactly when p < 1 − confidence (a
+        # percentile bootstrap of 3 to 10 differences is too narrow and can contradict the test)
+        summary = stats.summarize(diffs, confidence, bounds)
+        diff, sd, low, high = summary.mean, summary.std, summary.ci_low, summary.ci_high
         return Comparison(a, b, "paired t", str(len(diffs)), len(diffs), diff, low, high,
                           stats.paired_t_p(va, vb), improvement, sd)
     diff = mean_of(va) - mean_of(vb)
@@ -197,7 +197,8 @@ def build_families(block: Block, baseline: tuple[str, str] | None, at: str, alph
 
 def mark_rows(family: Family, against_baseline: bool, alpha: float, mode: str) -> None:
     reference = family.reference
-    if reference is None:
+    if reference is None or (not against_baseline and len(family.rows) < 2):
+        # alone in its family, the top row was chosen from nothing: no "best"
         for row in family.rows:
             row.mark = "no baseline here" if against_baseline else ""
         return
@@ -246,5 +247,5 @@ def check_last_budgets(block: Block) -> None:
                          for (epochs, steps), labels in budgets.items())
         raise UserError(f"--at last: the runs of {block.dataset} trained for different budgets "
                         f"({seen}), so their last epochs are not comparable (early stopping "
-                        "ends a run at best + patience); rerun with trainer.early_stopping=false "
-                        "or compare --at best")
+                        "ends a run at best + patience); rerun with trainer.keep=last (or "
+                        "trainer.early_stopping=false) or compare --at best")

@@ -87,6 +87,12 @@ class Run:
             return None
         return float(value)
 
+    @property
+    def class_scores(self) -> str | None:
+        """Where its class probabilities come from (softmax, knn_votes, ...); None if unknown."""
+        value = self.metrics.get("class_scores")
+        return value if isinstance(value, str) else None
+
     def section(self, name: str) -> dict[str, Any]:
         value = self.metrics.get(name)
         return value if isinstance(value, dict) else {}
@@ -100,10 +106,14 @@ class Run:
             return None
         return tuple(json.dumps(record[k]) for k in keys)
 
-    def warnings(self) -> list[str]:
+    def warnings(self, at: str = "best") -> list[str]:
+        """The kinds of the warnings about the test metrics at `at` (best: the selected epoch;
+        last); a warning that names no epoch counts at both."""
         found = self.metrics.get("warnings")
+        if not isinstance(found, list):
+            return []
         return [str(w.get("kind", "warning")) if isinstance(w, dict) else str(w)
-                for w in found] if isinstance(found, list) else []
+                for w in found if not isinstance(w, dict) or w.get("at", at) == at]
 
 
 def _load_yaml(path: Path, resolve: bool = True) -> Any:

@@ -118,7 +118,11 @@ def label_rows(rows: list[Row], group_by: Sequence[str] | None, ignore: Sequence
         keys: list[str] = []
         for row in rows:
             for run in row.runs:
-                keys += [k for k in run.overrides if k not in keys and not ignored(k, ignore)]
+                # `loss._target_=my_pkg.MyLoss` replaced the loss option: the loss column
+                # (its choice names the class) tells it apart
+                named = [k.removesuffix("._target_") if k.removesuffix("._target_") in
+                         run.choices else k for k in run.overrides]
+                keys += [k for k in named if k not in keys and not ignored(k, ignore)]
         columns = varying(keys, rows)
         shown = {tuple(fmt_value(r.runs[0].value(c)) for c in columns) for r in rows}
         if len(shown) < len(rows):
@@ -136,9 +140,6 @@ def mean_of(values: Sequence[float]) -> float:
 
 def describe_row(row: Row, at: str) -> None:
     """The corruption, memorisation, warnings and selection the row's runs record."""
-    first = row.runs[0]
-    noise = first.section("data").get("noise") or {}
-    imbalance = first.section("data").get("imbalance") or {}
     realised = []
     for run in row.runs:
         rate = (run.section("data").get("noise") or {}).get("realised_rate")
@@ -146,17 +147,13 @@ def describe_row(row: Row, at: str) -> None:
             rate = rate.get("train_and_val", rate.get("train"))
         if isinstance(rate, (int, float)):
             realised.append(float(rate))
-    kind = noise.get("kind", first.value("dataset.noise.kind"))
-    imbalance_kind = imbalance.get("kind", first.value("dataset.imbalance.kind"))
-    row.corruption = {
-        "noise_kind": kind or "none",
-        "noise_rate": noise.get("rate", first.value("dataset.noise.rate")) if kind not in (
-            None, "none") else 0.0,
-        "noise_realised": mean_of(realised),
-        "imbalance_kind": imbalance_kind or "none",
-        "imbalance_ratio": imbalance.get("ratio", first.value("dataset.imbalance.ratio"))
-        if imbalance_kind not in (None, "none") else None,
-    }
+    pooled = [run_corruption(run) for run in row.runs]
+    kind, rate, imbalance_kind, ratio = pooled[0]
+    row.corruption = {"noise_kind": kind, "noise_rate": rate, "noise_realised": mean_of(realised),
+                      "imbalance_kind": imbalance_kind, "imbalance_ratio": ratio}
+    # a row that pools corruptions (`--group-by loss` over a rate sweep) names them all
+    if any(c != pooled[0] for c in pooled):
+        row.corruption["pooled"] = sorted(set(pooled), key=lambda c: json.dumps(c, default=str))
     memorised = [float(m[at]["memorised"]) for r in row.runs
                  if isinstance(m := r.metrics.get("memorisation"), dict)
                  and isinstance(m.get(at), dict)
@@ -164,10 +161,53 @@ def describe_row(row: Row, at: str) -> None:
     row.memorised = mean_of(memorised)
     row.warnings = {}
     for run in row.runs:
-        for kind in dict.fromkeys(run.warnings()):
+        for kind in dict.fromkeys(run.warnings(at)):
             row.warnings[kind] = row.warnings.get(kind, 0) + 1
     row.privileged = any(r.section("selection").get("labels") == "clean"
                          or r.section("selection").get("privileged") is True for r in row.runs)
+
+
+def run_corruption(run: Run) -> tuple[str, Any, str, Any]:
+    """(noise kind, rate, imbalance kind, ratio) as the run's record or config gives them."""
+    noise = run.section("data").get("noise") or {}
+    imbalance = run.section("data").get("imbalance") or {}
+    kind = noise.get("kind", run.value("dataset.noise.kind")) or "none"
+    rate = noise.get("rate", run.value("dataset.noise.rate")) if kind != "none" else 0.0
+    imbalance_kind = imbalance.get("kind", run.value("dataset.imbalance.kind")) or "none"
+    ratio = imbalance.get("ratio", run.value("dataset.imbalance.ratio")) if (
+        imbalance_kind != "none") else None
+    return (str(kind), rate, str(imbalance_kind), ratio)
+
+
+def has_corruption(block: Block) -> bool:
+    return any(r.corruption.get("noise_kind") != "none" or r.corruption.get("imbalance_kind")
+               != "none" or r.corruption.get("pooled") for r in block.rows)
+
+
+def corruption_text(row: Row, compact: bool = False) -> str:
+    """"symmetric 0.4 (realised 0.394); longtail ratio 10"; compact drops the word realised.
+    A row pooling runs of several corruptions names each, without a realised rate:
+    "pooled: symmetric 0 / symmetric 0.2 / symmetric 0.4"."""
+    c = row.corruption
+    if c.get("pooled"):
+        return "pooled: " + " / ".join(pooled_text(p) for p in c["pooled"])
+    parts = []
+    if c.get("noise_kind") != "none":
+        realised = c.get("noise_realised")
+        word = "" if compact else "realised "
+        real = "" if realised is None or math.isnan(realised) else f" ({word}{realised:.3f})"
+        parts.append(f"{c['noise_kind']} {fmt_value(c.get('noise_rate'))}{real}")
+    if c.get("imbalance_kind") != "none":
+        parts.append(f"{c['imbalance_kind']} ratio {fmt_value(c.get('imbalance_ratio'))}")
+    return "; ".join(parts) or "clean"
+
+
+def pooled_text(corruption: tuple) -> str:
+    noise_kind, rate, imbalance_kind, ratio = corruption
+    parts = [f"{noise_kind} {fmt_value(rate)}"] if noise_kind != "none" else []
+    if imbalance_kind != "none":
+        parts.append(f"{imbalance_kind} ratio {fmt_value(ratio)}")
+    return "; ".join(parts) or "clean"
 
 
 def block_values(row: Row, metric: str, at: str) -> list[float]:

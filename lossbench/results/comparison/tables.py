@@ -9,9 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from lossbench.results import stats
+from lossbench.results.comparison.blocks import score_kinds
 from lossbench.results.comparison.families import Comparison, Family
 from lossbench.results.comparison.records import Run
-from lossbench.results.comparison.rows import Block, Row, fmt_value
+from lossbench.results.comparison.rows import (Block, Row, corruption_text, fmt_value,
+                                               has_corruption)
 from lossbench.results.stats import Stat
 from lossbench.tasks import lower_is_better
 
@@ -40,25 +42,6 @@ def mean_std(stat: Stat, digits: int = 4) -> str:
 
 def ci_text(stat: Stat, digits: int = 4) -> str:
     return "–" if stat.n < 2 else f"[{_num(stat.ci_low, digits)}, {_num(stat.ci_high, digits)}]"
-
-
-def has_corruption(block: Block) -> bool:
-    return any(r.corruption.get("noise_kind") != "none" or r.corruption.get("imbalance_kind")
-               != "none" for r in block.rows)
-
-
-def corruption_text(row: Row, compact: bool = False) -> str:
-    """"symmetric 0.4 (realised 0.394); longtail ratio 10"; compact drops the word realised."""
-    c = row.corruption
-    parts = []
-    if c.get("noise_kind") != "none":
-        realised = c.get("noise_realised")
-        word = "" if compact else "realised "
-        real = "" if realised is None or math.isnan(realised) else f" ({word}{realised:.3f})"
-        parts.append(f"{c['noise_kind']} {fmt_value(c.get('noise_rate'))}{real}")
-    if c.get("imbalance_kind") != "none":
-        parts.append(f"{c['imbalance_kind']} ratio {fmt_value(c.get('imbalance_ratio'))}")
-    return "; ".join(parts) or "clean"
 
 
 def improvement_text(c: Comparison, digits: int = 2) -> str:
@@ -152,8 +135,9 @@ def footnotes(blocks: Sequence[Block], notes: Notes) -> list[str]:
     tests = sorted({t for b in blocks for t in b.tests})
     if tests:
         used = " and ".join({"paired t": "paired t-test (runs paired by seed: same split, "
-                             "noise, initial weights and batch order; 95% CI of Δ by "
-                             "bootstrap)", "Welch": "Welch's t-test (unpaired)"}[t]
+                             "noise, initial weights and batch order; 95% CI of Δ: Student's "
+                             "t of the paired differences, the test's own interval)",
+                             "Welch": "Welch's t-test (unpaired; 95% CI of Δ: Welch's t)"}[t]
                             for t in tests)
         family = (f"the k − 1 tests against {notes.baseline}" if notes.baseline
                   else "all pairs")
@@ -178,6 +162,12 @@ def footnotes(blocks: Sequence[Block], notes: Notes) -> list[str]:
                          "the family's α / m (noncentral t), from the spread of the runs; not "
                          "shown below 3 pairs" + (f"; n for Δ={notes.mde:g}: seeds needed for "
                                                   "that difference" if notes.mde else "") + ".")
+    for block in blocks:
+        kinds = score_kinds([run for row in block.rows for run in row.runs])
+        if len(kinds) > 1:
+            lines.append(f"{block.dataset}: nll, brier and ece of kNN vote shares "
+                         f"({', '.join(kinds['knn_votes'])}) are not comparable with those of "
+                         f"model probabilities ({', '.join(kinds['model'])}).")
     if any(r.privileged for b in blocks for r in b.rows):
         lines.append("Selection on clean validation labels uses privileged information a "
                      "real noisy dataset does not have.")
@@ -246,6 +236,9 @@ def csv_rows(blocks: Sequence[Block], at: str) -> list[dict[str, Any]]:
                 out.update({f"{m}_mean": s.mean, f"{m}_std": s.std, f"{m}_ci95_low": s.ci_low,
                             f"{m}_ci95_high": s.ci_high})
             c = row.corruption
+            if c.get("pooled"):  # no one kind or rate: every corruption the row pools
+                c = {"noise_kind": "pooled", "noise_rate": corruption_text(row),
+                     "noise_realised": float("nan"), "imbalance_kind": "pooled"}
             out.update(noise_kind=c.get("noise_kind"), noise_rate=c.get("noise_rate"),
                        noise_realised_rate=c.get("noise_realised"),
                        imbalance_kind=c.get("imbalance_kind"),
@@ -260,16 +253,21 @@ def csv_rows(blocks: Sequence[Block], at: str) -> list[dict[str, Any]]:
     return rows
 
 
+# Which interval of Δ each test comes with (the CSV's and JSON's `diff_ci`)
+DIFF_INTERVALS = {"paired t": "t of the paired differences", "Welch": "Welch t"}
+
+
 def comparison_fields(c: Comparison | None) -> dict[str, Any]:
     nan = float("nan")
     if c is None:
         return dict(reference="", test="", n_compared="", diff=nan, diff_ci95_low=nan,
-                    diff_ci95_high=nan, p_value=nan, p_holm=nan, p_better=nan,
+                    diff_ci95_high=nan, diff_ci="", p_value=nan, p_holm=nan, p_better=nan,
                     p_better_ci95_low=nan, p_better_ci95_high=nan, detectable_diff="",
                     n_needed="")
     i = c.improvement
     return dict(reference=c.b.label, test=c.test, n_compared=c.n, diff=c.diff,
-                diff_ci95_low=c.diff_low, diff_ci95_high=c.diff_high, p_value=c.p,
+                diff_ci95_low=c.diff_low, diff_ci95_high=c.diff_high,
+                diff_ci=DIFF_INTERVALS[c.test], p_value=c.p,
                 p_holm=c.p_holm, p_better=i.p, p_better_ci95_low=i.ci_low,
                 p_better_ci95_high=i.ci_high,
                 detectable_diff="" if math.isnan(c.mde) else c.mde,
