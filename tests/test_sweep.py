@@ -22,9 +22,14 @@ TINY = ("trainer=smoke", "model=linear", "dataset=iris")
 
 
 def job(sweep: Path, *overrides: str) -> Path:
-    """A job's folder in its sweep: named by its overrides, sorted and joined by ',' (as
-    Hydra's override_dirname), whatever its place in the sweep."""
-    return sweep / ",".join(sorted(overrides))
+    """A job's folder in its sweep: named by its overrides as Hydra hands them to the job
+    (`trainer.plots=False`, `optimizer.lr=1e+38`), sorted and joined by ',' (as Hydra's
+    override_dirname), whatever its place in the sweep."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    return sweep / ",".join(sorted(f"{o.get_key_element()}={o.get_value_element_as_str()}"
+                                   for o in parsed))
 
 
 def summary_lines(proc, warnings: bool = False) -> list[str]:
@@ -89,7 +94,7 @@ def test_diverging_job_is_recorded_as_failed(cli, tmp_path):
     assert proc.returncode == 1
     assert read_metrics(job(sweep, "optimizer=sgd", "optimizer.lr=0.1", *TINY))["status"] \
         == "completed"
-    bad = job(sweep, "optimizer=sgd", "optimizer.lr=1e+38", *TINY)  # as Hydra writes it
+    bad = job(sweep, "optimizer=sgd", "optimizer.lr=1e38", *TINY)
     diverged = read_metrics(bad)
     assert diverged["status"] == "failed" and "diverged" in diverged["error"]
     # what the run itself wrote when it stopped is kept beside the failure
@@ -110,21 +115,28 @@ def test_user_error_in_a_sweep_counts_as_a_failed_job(cli, tmp_path):
     assert summary_lines(proc) == [f"lossbench: 1 of 2 jobs failed: {bad}"]
 
 
+def write_iris_csv(path: Path) -> None:
+    from sklearn.datasets import load_iris
+
+    load_iris(as_frame=True).frame.to_csv(path, index=False)
+
+
 def test_resumed_sweep_skips_completed_jobs_and_reruns_the_failed_one(cli, tmp_path):
     sweep = tmp_path / "sweep"
-    # job 1's reduction comes from an environment variable: unset, the job fails
-    args = ("train", "-m", "loss=ce", "+loss.reduction=mean,${oc.env:LB_TEST_REDUCTION}", *TINY,
-            f"hydra.sweep.dir={sweep}")
-    env = {k: v for k, v in os.environ.items() if k != "LB_TEST_REDUCTION"}
-    first = cli(*args, env=env)
+    # job 1 reads a CSV file that is not there yet: it fails, and runs once the file exists
+    run = ("dataset=csv", "dataset.path=a.csv,b.csv", "trainer=smoke", "model=linear")
+    args = ("train", "-m", *run, f"hydra.sweep.dir={sweep}")
+    write_iris_csv(tmp_path / "a.csv")
+    first = cli(*args)
     assert first.returncode == 1
-    job0, job1 = (job(sweep, "loss=ce", f"+loss.reduction={r}", *TINY)
-                  for r in ("mean", "${oc.env:LB_TEST_REDUCTION}"))
+    job0, job1 = (job(sweep, "dataset=csv", f"dataset.path={name}", *run[2:])
+                  for name in ("a.csv", "b.csv"))
     assert read_metrics(job1)["status"] == "failed"
     metrics0 = (job0 / "metrics.json").read_bytes()
     model0 = (job0 / "model.pt").stat().st_mtime_ns
 
-    second = cli(*args, env={"LB_TEST_REDUCTION": "sum"})
+    write_iris_csv(tmp_path / "b.csv")
+    second = cli(*args)
     assert second.returncode == 0, second.stderr
     out = second.stdout + second.stderr
     # the run directory as the user would type it: relative to where lossbench runs
@@ -135,7 +147,7 @@ def test_resumed_sweep_skips_completed_jobs_and_reruns_the_failed_one(cli, tmp_p
     assert (job0 / "metrics.json").read_bytes() == metrics0
     assert (job0 / "model.pt").stat().st_mtime_ns == model0
     rerun = read_metrics(job1)
-    assert rerun["status"] == "completed" and rerun["config"]["loss"]["reduction"] == "sum"
+    assert rerun["status"] == "completed" and rerun["config"]["dataset"]["path"] == "b.csv"
     assert summary_lines(second) == [
         f"lossbench: all 2 jobs completed (1 skipped: already completed) in {sweep}"]
 

@@ -193,6 +193,7 @@ def train_command(argv: list[str]) -> int:
     _overwrite = OVERWRITE_FLAG in argv
     sweep.add_to_other_sweep = ADD_FLAG in argv
     argv = [a for a in argv if a not in (OVERWRITE_FLAG, ADD_FLAG)]
+    sweep.command_argv[:] = argv
     sys.argv = ["lossbench train", *argv]
     debug = debug_requested(argv)
     if debug:  # hydra.verbose=true asks for tracebacks, as LOSSBENCH_DEBUG=1 does
@@ -204,10 +205,12 @@ def train_command(argv: list[str]) -> int:
     try:
         _train()
     except StopBeforeStart as stop:  # before anything ran: the run is done, or refused
+        if stop.error is not None:
+            raise stop.error
         print(stop.message, file=sys.stdout if stop.status == 0 else sys.stderr, flush=True)
         return stop.status
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM stopped a sweep's job
-        line = None if debug else sweep.interrupted_sweep_line(err, argv)
+        line = None if debug else sweep.interrupted_sweep_line(err)
         if line is None:
             raise
         tell(line)
@@ -229,4 +232,6 @@ def train_command(argv: list[str]) -> int:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         release_run_lock()
         sweep.release_locks()
+    if sweep.stopped_by is not None:  # Ctrl-C or SIGTERM stopped a parallel sweep
+        return 128 + sweep.stopped_by
     return 1 if sweep.failed_jobs else 0  # the summary line has named them

@@ -219,12 +219,19 @@ def report_runs(settings: StudySettings, study_dir: Path, stratum: tuple[str, li
 
 
 def run_study(settings: StudySettings) -> Path:
+    from lossbench.results.folder_lock import FolderLock
+
+    study_dir = Path(str(settings.dir))
+    with FolderLock(study_dir, "study directory"):  # one writer: a second study is refused
+        return _run_locked_study(settings, study_dir)
+
+
+def _run_locked_study(settings: StudySettings, study_dir: Path) -> Path:
     from omegaconf import OmegaConf
 
     from lossbench.experiment import study_report
     from lossbench.results.files import write_text_atomic
 
-    study_dir = Path(str(settings.dir))
     if not (study_dir / "study.yaml").is_file():
         record = OmegaConf.to_yaml(OmegaConf.structured(settings))
         write_text_atomic(study_dir / "study.yaml", record)

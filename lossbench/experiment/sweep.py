@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -53,7 +54,9 @@ from lossbench.results.record import (LOCATION_KEYS, METRICS,  # noqa: F401
 # or is skipped ("skipped"); the summary counts these jobs, their status read from their records.
 SWEEP_RECORD = ".lossbench-sweep.json"
 JOB_LEDGER = ".lossbench-sweep-jobs"
-SWEEP_FILES = (SWEEP_RECORD, JOB_LEDGER, LOCK_FILE, "multirun.yaml")
+# Written when Ctrl-C (or SIGTERM) stops a parallel sweep: the jobs still queued do not start.
+STOP_FLAG = ".lossbench-sweep-stopped"
+SWEEP_FILES = (SWEEP_RECORD, JOB_LEDGER, STOP_FLAG, LOCK_FILE, "multirun.yaml")
 # hydra.sweep.subdir in conf/config.yaml: ${lossbench_job_dir:${hydra.overrides.task}}
 JOB_DIR_RESOLVER = "lossbench_job_dir"
 
@@ -65,21 +68,43 @@ _started: Path | None = None
 add_to_other_sweep = False
 _sweep_lock: FolderLock | None = None
 _job_lock: FolderLock | None = None
+# `lossbench train`'s arguments: the command that continues a stopped sweep
+command_argv: list[str] = []
+# The signal that stopped a parallel sweep in this process (then exit 128 + it), if any.
+stopped_by: int | None = None
 
 
-class StopBeforeStart(BaseException):
-    """Ends `lossbench train` from one of its Hydra callbacks, before any job or run starts:
-    `message` is printed as is, `status` is the exit status (0: nothing to do, on stdout; 2: a
-    mistake, on stderr). A BaseException because Hydra turns an Exception raised in a callback
-    into a warning and goes on."""
+def parallel_launcher(hydra_cfg: DictConfig) -> bool:
+    """Whether jobs run side by side in worker processes (joblib)."""
+    launcher = hydra_cfg.get("launcher") or {}
+    return "JoblibLauncher" in str(launcher.get("_target_", ""))
 
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.message, self.status = message, status
 
-    @classmethod
-    def refused(cls, err: UserError) -> "StopBeforeStart":
-        return cls(f"lossbench: error: {err}", 2)
+def flag_stop(sweep_dir: Path, signum: int) -> None:
+    """Stop the sweep after the running jobs (see stop_when_done)."""
+    global stopped_by
+    stopped_by = stopped_by or signum
+    try:
+        (sweep_dir / STOP_FLAG).write_text(f"{signum}\n", encoding="utf-8")
+    except OSError:
+        pass
+
+
+def stop_when_done(sweep_dir: Path) -> Any:
+    """Ctrl-C or SIGTERM in a parallel sweep, in its launching process and in each job: no
+    exception at some random point (a job writing its results would be cut short, the launcher
+    would kill its workers), but the training loop's own first-signal rule (`StopOnSignal`:
+    note it; a second one stops at once) plus a flag in the sweep folder: the jobs in training
+    stop after their step with a checkpoint (the loop's handler), the others finish writing
+    their record, and queued jobs do not start."""
+    from lossbench.engine.checkpoint import StopOnSignal
+
+    class StopWhenDone(StopOnSignal):
+        def _handle(self, signum: int, frame: Any) -> None:
+            super()._handle(signum, frame)
+            flag_stop(sweep_dir, signum)
+
+    return StopWhenDone(announce=False)
 
 
 def job_dirname(overrides: Sequence[str]) -> str:
@@ -87,7 +112,8 @@ def job_dirname(overrides: Sequence[str]) -> str:
     override_dirname writes them (`loss=gce,seed=1`), whatever the job's place in the sweep.
     '/' and '%' are escaped (%2F, %25) so that a path value stays one folder; a name too long
     for a file system keeps its start and ends in a hash of the whole."""
-    name = ",".join(sorted(str(o) for o in overrides)) or "defaults"
+    # Hydra hands the job's overrides escaped for OmegaConf (`$\{oc.env\:X\}`): as typed
+    name = re.sub(r"\\(.)", r"\1", ",".join(sorted(str(o) for o in overrides))) or "defaults"
     name = name.replace("%", "%25").replace("/", "%2F")
     if len(name.encode()) > 200:
         digest = hashlib.sha256(name.encode()).hexdigest()[:16]
@@ -229,14 +255,25 @@ def run_sweep_job(cfg: DictConfig, hydra_cfg: DictConfig,
     run_dir = Path(hydra_cfg.runtime.output_dir)
     sweep_dir = Path(hydra_cfg.sweep.dir)
     label = f"job {hydra_cfg.job.num} [{' '.join(hydra_cfg.overrides.task)}]"
+    if (sweep_dir / STOP_FLAG).exists():  # Ctrl-C came while this job waited in the queue
+        if {p.name for p in run_dir.iterdir()} <= {".hydra", LOCK_FILE}:
+            import shutil
+
+            shutil.rmtree(run_dir, ignore_errors=True)  # Hydra's folder for it: nothing ran
+        print(f"lossbench: {label} not started: the sweep was stopped", file=sys.stderr,
+              flush=True)
+        return None
     try:  # one writer per job folder, whichever process runs the job
         _job_lock = FolderLock(run_dir, "run directory").acquire()
     except UserError as err:
         note_job(sweep_dir, run_dir, "ran")
         print(f"lossbench: {label} not run: {err}", file=sys.stderr, flush=True)
         return None
+    from contextlib import nullcontext
+
     try:
-        return _run_locked_job(cfg, hydra_cfg, run, choices, run_dir, sweep_dir, label)
+        with stop_when_done(sweep_dir) if parallel_launcher(hydra_cfg) else nullcontext():
+            return _run_locked_job(cfg, hydra_cfg, run, choices, run_dir, sweep_dir, label)
     finally:
         if _job_lock is not None:
             _job_lock.release()
@@ -286,6 +323,10 @@ def _run_locked_job(cfg: DictConfig, hydra_cfg: DictConfig, run: Callable[..., f
             # (hydra's launcher is checkpointable) and ends this process
             print(f"lossbench: {label} {err}; submitit requeues it", file=sys.stderr, flush=True)
             signal.raise_signal(preempt)
+        if parallel_launcher(hydra_cfg):  # the other jobs finish writing; queued ones wait
+            flag_stop(sweep_dir, err.exit_code - 128)
+            print(job_line(label, run_dir, time.time() - started), file=sys.stderr, flush=True)
+            return None
         raise
     except Exception as err:
         try:
@@ -405,8 +446,6 @@ def check_launcher(config: DictConfig) -> None:
 def missing_plugin(err: BaseException) -> str | None:
     """The line for Hydra's "Could not load 'hydra/launcher/joblib'" (a launcher or sweeper
     preset whose plugin is not installed): which package brings it; None for other errors."""
-    import re
-
     found = re.search(r"Could not load '(hydra/(launcher|sweeper))/([\w.-]+)'", str(err))
     if found is None:
         return None
@@ -416,22 +455,14 @@ def missing_plugin(err: BaseException) -> str | None:
     return f"the {name} {kind} (a Hydra plugin) is not installed; {install} brings it"
 
 
-def interrupted_sweep_line(err: KeyboardInterrupt, argv: Sequence[str]) -> str | None:
+def interrupted_sweep_line(err: KeyboardInterrupt) -> str | None:
     """What Ctrl-C (or SIGTERM) says when it stops a sweep: the stopped job's state and the
     sweep command that continues the whole sweep (its finished jobs are skipped, the stopped
     one continues from its checkpoint), not `resume=` of that one job. None outside a sweep."""
-    import shlex
-
     if _started is None:
         return None
-    what = str(err) or "stopped by Ctrl-C"
-    what = what.split(". Continue with:")[0]
-    args = list(argv)
-    if not any(a.startswith("hydra.sweep.dir=") for a in args):
-        args.append(f"hydra.sweep.dir={_started}")
-    if "-m" not in args and "--multirun" not in args:
-        args.insert(0, "-m")
-    return f"{what}; the sweep stopped. Continue it with: lossbench train {shlex.join(args)}"
+    what = (str(err) or "stopped by Ctrl-C").split(". Continue with:")[0]
+    return f"{what}; the sweep stopped. {continue_command(_started)}"
 
 
 def planned_jobs(config: DictConfig) -> list[list[str]] | None:
@@ -483,7 +514,11 @@ def check_every_job(config: DictConfig, jobs: list[list[str]]) -> None:
                     del job_cfg["hydra"]
                 check_job_config(job_cfg)
             except Exception as err:
+                from omegaconf.errors import OmegaConfBaseException
+
                 report = exit_report(err, composing=True)
+                if report is None and isinstance(err, OmegaConfBaseException):
+                    report = (error_line(err), 2)  # e.g. ${oc.env:X} with X unset
                 if report is None or report[1] != 2:
                     raise
                 reason = report[0].removeprefix("error: ")
@@ -534,14 +569,16 @@ class SweepSummary(Callback):
             self._start(config)
         except UserError as err:
             raise StopBeforeStart.refused(err) from None
+        except Exception as err:  # a bug: `lossbench train` raises it, traceback and all
+            raise StopBeforeStart("", 1, err) from err
 
     def _start(self, config: DictConfig) -> None:
         global _started, _sweep_lock
         sweep_dir = Path(config.hydra.sweep.dir)
-        check_launcher(config)
         jobs = planned_jobs(config)
         if jobs is not None:
             check_every_job(config, jobs)
+        check_launcher(config)
         keys = override_keys([str(o) for o in config.hydra.overrides.task])
         existed = sweep_dir.exists()
         lock = FolderLock(sweep_dir, "sweep directory")
@@ -565,17 +602,57 @@ class SweepSummary(Callback):
             raise
         _sweep_lock = lock
         _started = sweep_dir
+        global stopped_by
+        stopped_by = None
+        (sweep_dir / STOP_FLAG).unlink(missing_ok=True)
+        if parallel_launcher(config.hydra):
+            self._stop = stop_when_done(sweep_dir).__enter__()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         global _started
         if _started is None:
             return
         sweep_dir = Path(config.hydra.sweep.dir)
+        if getattr(self, "_stop", None) is not None:
+            self._stop.__exit__()
+            self._stop = None
         line, failed = summary_line(sweep_dir, *ledger_jobs(sweep_dir))
+        if stopped_by is None and (sweep_dir / STOP_FLAG).is_file():
+            flag_stop(sweep_dir, signal.SIGINT)  # a job's Ctrl-C: it reached the jobs only
+        if stopped_by is not None:
+            line = stopped_line(sweep_dir, failed)
         failed_jobs[:] = failed
         _started = None
         release_locks()
         print(line, file=sys.stderr if failed else sys.stdout, flush=True)
+
+
+def stopped_line(sweep_dir: Path, unfinished: list[Path]) -> str:
+    """The end line of a parallel sweep stopped by Ctrl-C or SIGTERM: what each job's record
+    says, and the command that continues the sweep."""
+    name = signal.Signals(stopped_by or signal.SIGINT).name
+    jobs, _ = ledger_jobs(sweep_dir)
+    interrupted = [job for job in unfinished if job_status(job) == "interrupted"]
+    waiting = len(unfinished) - len(interrupted)
+    done = len(jobs) - len(unfinished)
+    parts = [f"{done} completed", f"{len(interrupted)} interrupted with a checkpoint"]
+    if waiting:
+        parts.append(f"{waiting} not run")
+    return (f"lossbench: the sweep stopped ({name}): {', '.join(parts)}. "
+            f"{continue_command(sweep_dir)}")
+
+
+def continue_command(sweep_dir: Path) -> str:
+    """'Continue it with: lossbench train -m ... hydra.sweep.dir=<dir>' (completed jobs are
+    skipped, stopped ones continue from their checkpoints)."""
+    import shlex
+
+    args = list(command_argv)
+    if not any(a.startswith("hydra.sweep.dir=") for a in args):
+        args.append(f"hydra.sweep.dir={sweep_dir}")
+    if "-m" not in args and "--multirun" not in args:
+        args.insert(0, "-m")
+    return f"Continue it with: lossbench train {shlex.join(args)}"
 
 
 def _raw_subdir(config: DictConfig) -> str:
