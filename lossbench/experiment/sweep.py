@@ -107,6 +107,21 @@ def stop_when_done(sweep_dir: Path) -> Any:
     return StopWhenDone(announce=False)
 
 
+class StopBeforeStart(BaseException):
+    """Ends `lossbench train` from one of its Hydra callbacks, before any job or run starts:
+    `message` is printed as is, `status` is the exit status (0: nothing to do, on stdout; 2: a
+    mistake, on stderr). A BaseException because Hydra turns an Exception raised in a callback
+    into a warning and goes on. `error`: a bug met there, raised again with its traceback."""
+
+    def __init__(self, message: str, status: int, error: Exception | None = None) -> None:
+        super().__init__(message)
+        self.message, self.status, self.error = message, status, error
+
+    @classmethod
+    def refused(cls, err: UserError) -> "StopBeforeStart":
+        return cls(f"lossbench: error: {err}", 2)
+
+
 def job_dirname(overrides: Sequence[str]) -> str:
     """A job's folder in its sweep: its overrides sorted and joined by ',', as Hydra's
     override_dirname writes them (`loss=gce,seed=1`), whatever the job's place in the sweep.
