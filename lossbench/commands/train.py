@@ -14,7 +14,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from lossbench.config.schema import check_config, register_schemas
-from lossbench.experiment.sweep import StopBeforeStart, register_job_dir_resolver
+from lossbench.experiment.sweep_checks import StopBeforeStart, missing_plugin
+from lossbench.experiment.sweep_folder import register_job_dir_resolver
 from lossbench.results.files import discard_empty_folders
 from lossbench.results.folder_lock import LOCK_FILE, FolderLock
 from lossbench.errors import (Diverged, Interrupted, UserError, config_mistake, debug_requested,
@@ -68,8 +69,9 @@ _run_lock: FolderLock | None = None
 
 def guard_run_directory(config: DictConfig) -> None:
     """Before Hydra writes anything into the run directory: take its lock (one writer at a
-    time), and never overwrite a run there. The same config, completed: AlreadyDone. Another
-    config, or a run that stopped: one line, unless `--overwrite` asks to replace it."""
+    time), and never overwrite a run there. The same config, completed: nothing to do
+    (StopBeforeStart, exit 0). Another config, or a run that stopped: one line, unless
+    `--overwrite` asks to replace it (the old run's files go first)."""
     global _run_lock
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict, read_write
@@ -109,15 +111,19 @@ def guard_run_directory(config: DictConfig) -> None:
             raise UserError(f"{OVERWRITE_FLAG} would empty {shown}, which holds the working "
                             f"directory; choose another hydra.run.dir")
         for entry in folder.iterdir():  # the old run's files go: nothing of it is mixed in
-            if entry.name != LOCK_FILE:
-                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            if entry.name == LOCK_FILE:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
         return
     if status == "completed":
         what = "a completed run of another config"
     elif stopped and status in ("stopped", "interrupted"):
-        what = (f"an interrupted run (continue it with `lossbench train resume={shown}`)")
+        what = f"an interrupted run (continue it with `lossbench train resume={shown}`)"
     else:
-        what = f"a {status} run"
+        what = f"a run whose record says {status}"
     raise UserError(f"{shown} holds {what}; choose another hydra.run.dir, or replace it with "
                     f"`lossbench train {OVERWRITE_FLAG} ...`")
 
@@ -188,7 +194,7 @@ def raised_in_job(err: BaseException) -> bool:
 def train_command(argv: list[str]) -> int:
     """`lossbench train [overrides]`: hand the arguments to Hydra as if it were the program."""
     global _overwrite
-    from lossbench.experiment import sweep
+    from lossbench.experiment import sweep_folder as sweep
 
     _overwrite = OVERWRITE_FLAG in argv
     sweep.add_to_other_sweep = ADD_FLAG in argv
@@ -219,7 +225,7 @@ def train_command(argv: list[str]) -> int:
         if not debug and sweep.summary_after_error(err):
             return 1  # the sweeper gave up after jobs failed (optuna: every trial failed)
         composing = not (raised_in_job(err) or user_full_error or debug)
-        plugin = sweep.missing_plugin(err) if composing else None
+        plugin = missing_plugin(err) if composing else None
         report = (f"error: {plugin}", 2) if plugin is not None else (
             exit_report(err, composing=True) if composing else None)
         if report is None:
