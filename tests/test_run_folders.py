@@ -102,6 +102,12 @@ def test_a_sweep_is_checked_whole_before_its_first_job(cli, tmp_path):
     assert list(tmp_path.iterdir()) == []  # no sweep folder, no job folder
 
 
+OFF_A_CLUSTER = pytest.mark.skipif(
+    any(Path(p, tool).exists() for p in os.get_exec_path() for tool in ("srun", "sbatch")),
+    reason="a SLURM cluster: hydra/launcher=slurm would submit the jobs")
+
+
+@OFF_A_CLUSTER
 def test_help_shows_a_sweep_that_runs(cli, tmp_path):
     """`lossbench --help`'s sweep example passes the checks made before a sweep starts."""
     from lossbench.cli import USAGE
@@ -114,8 +120,7 @@ def test_help_shows_a_sweep_that_runs(cli, tmp_path):
     assert "hydra/launcher=slurm submits the jobs to SLURM" in one_error_line(proc)
 
 
-@pytest.mark.skipif(any(Path(p, "srun").exists() for p in os.get_exec_path()),
-                    reason="a SLURM cluster: srun is here")
+@OFF_A_CLUSTER
 def test_the_slurm_launcher_off_a_cluster_is_one_line(cli, tmp_path):
     proc = cli("train", "-m", "hydra/launcher=slurm", "loss=ce,gce", *TINY,
                "hydra.sweep.dir=sweep")
