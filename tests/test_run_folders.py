@@ -183,22 +183,36 @@ def _wait_for(condition, proc: subprocess.Popen, what: str, limit: float = 240) 
         time.sleep(0.01)
 
 
+RUN = ["trainer.device=cpu", "trainer.batch_size=8", "trainer.early_stopping=false",
+       "print_config=false", "trainer.plots=false", "model=linear", "dataset=iris"]
+
+
 @pytest.mark.slow
-def test_two_sweeps_into_one_folder_and_a_job_folder_deleted_mid_sweep(cli, tmp_path):
-    """Two real lossbench processes: a second sweep into a running sweep's folder, and a run
-    into one of its job folders, are refused naming the first's PID. A job folder deleted
-    while the sweep runs is counted as not completed: the summary reads each job's record."""
+def test_a_second_sweep_into_a_running_sweeps_folder_is_refused(cli, tmp_path):
+    """Two real lossbench processes: the second sweep into the folder of a running one is
+    refused in one line naming the first's PID, and writes nothing."""
     sweep = tmp_path / "sweep"
-    run = ["trainer.device=cpu", "trainer.batch_size=8", "trainer.early_stopping=false",
-           "print_config=false", "trainer.plots=false", "trainer.epochs=150",
-           "model=linear", "dataset=iris"]
-    job0, job1 = job(sweep, "seed=0", *run), job(sweep, "seed=1", *run)
-    with _running(["-m", "seed=0,1", *run, f"hydra.sweep.dir={sweep}"], tmp_path) as proc:
+    args = ["-m", "seed=0,1", *RUN, "trainer.epochs=100000", f"hydra.sweep.dir={sweep}"]
+    job0 = job(sweep, "seed=0", *RUN, "trainer.epochs=100000")
+    with _running(args, tmp_path) as proc:
         _wait_for(lambda: (job0 / "train.log").is_file(), proc, "job 0 started")
-        second = cli("train", "-m", "seed=0,1", *run, f"hydra.sweep.dir={sweep}")
+        second = cli("train", *args)
+        assert proc.poll() is None  # the first one still runs
         assert second.returncode == 2
         assert f"(PID {proc.pid})" in one_error_line(second)
+        assert [p.name for p in sweep.iterdir() if p.is_dir()] == [job0.name]
+
+
+@pytest.mark.slow
+def test_a_job_folder_deleted_mid_sweep_counts_as_not_completed(tmp_path):
+    """The end line reads each job's record: a job folder deleted while the sweep runs is a job
+    that did not complete (not a smaller sweep that did), and the exit status is 1."""
+    sweep = tmp_path / "sweep"
+    job0, job1 = (job(sweep, f"trainer.epochs={n}", *RUN) for n in (3, 600))
+    with _running(["-m", "trainer.epochs=3,600", *RUN, f"hydra.sweep.dir={sweep}"],
+                  tmp_path) as proc:
         _wait_for(lambda: (job1 / "train.log").is_file(), proc, "job 1 started")
+        assert read_metrics(job0)["status"] == "completed"
         import shutil
 
         shutil.rmtree(job0)  # finished, then deleted while job 1 runs
