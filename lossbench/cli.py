@@ -26,7 +26,7 @@ commands:
 
 examples:
   lossbench train loss=bce optimizer=adam
-  lossbench train -m loss=ce,gce,sce dataset.noise.rate=0.4 seed=0,1,2
+  lossbench train -m loss=ce,gce,sce dataset.noise.kind=symmetric dataset.noise.rate=0.4 seed=0,1,2
   lossbench compare outputs/multirun/2026-01-01/12-00-00
   lossbench plot-losses ce,gce,mae,sce --out anatomy.png
 

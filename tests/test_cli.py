@@ -123,9 +123,11 @@ def test_multirun_runs_all_four_seed_losses(cli, tmp_path):
     proc = cli("train", "-m", "loss=ce,bce,mse,contrastive", "trainer=smoke",
                f"hydra.sweep.dir={sweep}", check=True)
     dirs = run_dirs(sweep)
-    assert [d.name for d in dirs] == ["0", "1", "2", "3"]
+    # each job's folder is named by its overrides, sorted (not by its place in the sweep)
+    assert [d.name for d in dirs] == [f"loss={loss},trainer=smoke"
+                                      for loss in ("bce", "ce", "contrastive", "mse")]
     losses = [read_metrics(d)["choices"]["loss"] for d in dirs]
-    assert losses == ["ce", "bce", "mse", "contrastive"]
+    assert losses == ["bce", "ce", "contrastive", "mse"]
     assert all(read_metrics(d)["status"] == "completed" for d in dirs)
     # one console line per job; each job's report is in its own report.txt
     assert proc.stdout.count("] completed: test accuracy ") == 4

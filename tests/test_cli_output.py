@@ -107,7 +107,11 @@ def test_a_sweep_prints_one_line_per_job_and_the_summary(cli, tmp_path):
     import re
 
     assert all(re.fullmatch(r"lossbench: job \d \[.*\] completed: test accuracy [\d.]+ "
-                            r"\([\d.]+ s; run directory: sweep/\d\)", ln) for ln in done), done
+                            r"\([\d.]+ s; run directory: sweep/(\S+)\)", ln) for ln in done), done
+    # each job's folder is named by its overrides: the job's own, as the line shows them
+    for ln in done:
+        overrides, folder = re.search(r"\[(.*)\].*run directory: sweep/(\S+)\)$", ln).groups()
+        assert folder == ",".join(sorted(overrides.split()))
     assert "reduction must be one of" in failed[0]
     assert lines[-1].startswith("lossbench: 2 of 4 jobs failed")
     for job in run_dirs(sweep):  # the details went to each job's own files

@@ -143,4 +143,6 @@ def test_a_sweep_prints_no_config_tree(cli, tmp_path):
               f"hydra.sweep.dir={tmp_path / 'sweep'}", check=True).stdout
     assert "├── dataset (iris)" not in out
     assert out.count("] completed: test accuracy ") == 2
-    assert (tmp_path / "sweep" / "1" / ".hydra" / "config.yaml").is_file()
+    # each job's folder is named by its overrides
+    assert (tmp_path / "sweep" / "dataset=iris,seed=1,trainer=smoke" / ".hydra"
+            / "config.yaml").is_file()

@@ -314,7 +314,12 @@ def test_ctrl_c_stops_a_sweep_instead_of_going_on(tmp_path):
     # a sweep's console is one line per job: the first job's epochs show in its train.log
     import time
 
-    log = sweep / "0" / "train.log"
+    # each job's folder is named by its overrides, as Hydra hands them to the job
+    from test_sweep import job
+
+    job0, job1 = job(sweep, "seed=0", *RUN, "trainer.epochs=60"), \
+        job(sweep, "seed=1", *RUN, "trainer.epochs=60")
+    log = job0 / "train.log"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         if log.is_file() and "epoch {'epoch': 1," in log.read_text():
@@ -323,9 +328,12 @@ def test_ctrl_c_stops_a_sweep_instead_of_going_on(tmp_path):
         time.sleep(0.05)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    assert "Traceback" not in err and "resume=" in err
-    assert read_metrics(sweep / "0")["status"] == "interrupted"
-    assert not (sweep / "1" / "metrics.json").exists()
+    # the advice continues the whole sweep (resume= of job 0 would never run job 1)
+    assert "Traceback" not in err and "resume=" not in err
+    assert (f"Continue it with: lossbench train -m seed=0,1 {' '.join(RUN)} trainer.epochs=60 "
+            f"hydra.sweep.dir={sweep}") in err
+    assert read_metrics(job0)["status"] == "interrupted"
+    assert not (job1 / "metrics.json").exists()
 
 
 @pytest.mark.slow

@@ -21,6 +21,17 @@ from conftest import lossbench_cmd, read_metrics, run_dirs
 TINY = ("trainer=smoke", "model=linear", "dataset=iris")
 
 
+def job(sweep: Path, *overrides: str) -> Path:
+    """A job's folder in its sweep: named by its overrides as Hydra hands them to the job
+    (`trainer.plots=False`, `optimizer.lr=1e+38`), sorted and joined by ',' (as Hydra's
+    override_dirname), whatever its place in the sweep."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    return sweep / ",".join(sorted(f"{o.get_key_element()}={o.get_value_element_as_str()}"
+                                   for o in parsed))
+
+
 def summary_lines(proc, warnings: bool = False) -> list[str]:
     """The end-of-sweep lines; without `warnings`, less the note on runs that carry warnings
     (smoke runs may end near chance, which is not what these tests are about)."""
@@ -62,13 +73,16 @@ def test_failing_job_is_recorded_and_the_others_still_run(cli, tmp_path):
     proc = cli("train", "-m", "loss=ce", "+loss.reduction=mean,bogus,sum", *TINY,
                f"hydra.sweep.dir={sweep}")
     assert proc.returncode == 1
-    statuses = {run.name: read_metrics(run)["status"] for run in run_dirs(sweep)}
-    assert statuses == {"0": "completed", "1": "failed", "2": "completed"}
-    failed = read_metrics(sweep / "1")
+    jobs = {r: job(sweep, "loss=ce", f"+loss.reduction={r}", *TINY)
+            for r in ("mean", "bogus", "sum")}
+    statuses = {r: read_metrics(run)["status"] for r, run in jobs.items()}
+    assert statuses == {"mean": "completed", "bogus": "failed", "sum": "completed"}
+    assert sorted(run_dirs(sweep)) == sorted(jobs.values())
+    failed = read_metrics(jobs["bogus"])
     assert "bogus" in failed["error"] and "ValueError" in failed["error"]
     assert failed["config"]["loss"]["reduction"] == "bogus"
-    assert not (sweep / "1" / "model.pt").exists()
-    assert summary_lines(proc) == [f"lossbench: 1 of 3 jobs failed: {sweep / '1'}"]
+    assert not (jobs["bogus"] / "model.pt").exists()
+    assert summary_lines(proc) == [f"lossbench: 1 of 3 jobs failed: {jobs['bogus']}"]
     assert "Traceback" not in proc.stderr
 
 
@@ -78,12 +92,14 @@ def test_diverging_job_is_recorded_as_failed(cli, tmp_path):
     proc = cli("train", "-m", "optimizer=sgd", "optimizer.lr=0.1,1e38", *TINY,
                f"hydra.sweep.dir={sweep}")
     assert proc.returncode == 1
-    assert read_metrics(sweep / "0")["status"] == "completed"
-    diverged = read_metrics(sweep / "1")
+    assert read_metrics(job(sweep, "optimizer=sgd", "optimizer.lr=0.1", *TINY))["status"] \
+        == "completed"
+    bad = job(sweep, "optimizer=sgd", "optimizer.lr=1e38", *TINY)
+    diverged = read_metrics(bad)
     assert diverged["status"] == "failed" and "diverged" in diverged["error"]
     # what the run itself wrote when it stopped is kept beside the failure
     assert diverged["stopped"] == "diverged" and diverged["stopped_at"]["epoch"] >= 1
-    assert summary_lines(proc) == [f"lossbench: 1 of 2 jobs failed: {sweep / '1'}"]
+    assert summary_lines(proc) == [f"lossbench: 1 of 2 jobs failed: {bad}"]
 
 
 def test_user_error_in_a_sweep_counts_as_a_failed_job(cli, tmp_path):
@@ -92,35 +108,46 @@ def test_user_error_in_a_sweep_counts_as_a_failed_job(cli, tmp_path):
     proc = cli("train", "-m", "trainer.monitor=val_accuracy,val_rmse", *TINY,
                f"hydra.sweep.dir={sweep}")
     assert proc.returncode == 1
-    assert read_metrics(sweep / "0")["status"] == "completed"
-    assert "val_rmse" in read_metrics(sweep / "1")["error"]
-    assert summary_lines(proc) == [f"lossbench: 1 of 2 jobs failed: {sweep / '1'}"]
+    assert read_metrics(job(sweep, "trainer.monitor=val_accuracy", *TINY))["status"] \
+        == "completed"
+    bad = job(sweep, "trainer.monitor=val_rmse", *TINY)
+    assert "val_rmse" in read_metrics(bad)["error"]
+    assert summary_lines(proc) == [f"lossbench: 1 of 2 jobs failed: {bad}"]
+
+
+def write_iris_csv(path: Path) -> None:
+    from sklearn.datasets import load_iris
+
+    load_iris(as_frame=True).frame.to_csv(path, index=False)
 
 
 def test_resumed_sweep_skips_completed_jobs_and_reruns_the_failed_one(cli, tmp_path):
     sweep = tmp_path / "sweep"
-    # job 1's reduction comes from an environment variable: unset, the job fails
-    args = ("train", "-m", "loss=ce", "+loss.reduction=mean,${oc.env:LB_TEST_REDUCTION}", *TINY,
-            f"hydra.sweep.dir={sweep}")
-    env = {k: v for k, v in os.environ.items() if k != "LB_TEST_REDUCTION"}
-    first = cli(*args, env=env)
+    # job 1 reads a CSV file that is not there yet: it fails, and runs once the file exists
+    run = ("dataset=csv", "dataset.path=a.csv,b.csv", "trainer=smoke", "model=linear")
+    args = ("train", "-m", *run, f"hydra.sweep.dir={sweep}")
+    write_iris_csv(tmp_path / "a.csv")
+    first = cli(*args)
     assert first.returncode == 1
-    assert read_metrics(sweep / "1")["status"] == "failed"
-    job0 = (sweep / "0" / "metrics.json").read_bytes()
-    model0 = (sweep / "0" / "model.pt").stat().st_mtime_ns
+    job0, job1 = (job(sweep, "dataset=csv", f"dataset.path={name}", *run[2:])
+                  for name in ("a.csv", "b.csv"))
+    assert read_metrics(job1)["status"] == "failed"
+    metrics0 = (job0 / "metrics.json").read_bytes()
+    model0 = (job0 / "model.pt").stat().st_mtime_ns
 
-    second = cli(*args, env={"LB_TEST_REDUCTION": "sum"})
+    write_iris_csv(tmp_path / "b.csv")
+    second = cli(*args)
     assert second.returncode == 0, second.stderr
     out = second.stdout + second.stderr
     # the run directory as the user would type it: relative to where lossbench runs
     assert re.search(r"job 0 \[.*\] already completed: skipped \(run directory: "
-                     + re.escape(str(sweep.relative_to(tmp_path) / "0")) + r"\)",
+                     + re.escape(str(job0.relative_to(tmp_path))) + r"\)",
                      out)
     assert not re.search(r"job 1 \[.*\] already completed", out)
-    assert (sweep / "0" / "metrics.json").read_bytes() == job0
-    assert (sweep / "0" / "model.pt").stat().st_mtime_ns == model0
-    rerun = read_metrics(sweep / "1")
-    assert rerun["status"] == "completed" and rerun["config"]["loss"]["reduction"] == "sum"
+    assert (job0 / "metrics.json").read_bytes() == metrics0
+    assert (job0 / "model.pt").stat().st_mtime_ns == model0
+    rerun = read_metrics(job1)
+    assert rerun["status"] == "completed" and rerun["config"]["dataset"]["path"] == "b.csv"
     assert summary_lines(second) == [
         f"lossbench: all 2 jobs completed (1 skipped: already completed) in {sweep}"]
 
@@ -130,10 +157,11 @@ def test_resume_reruns_unfinished_jobs_and_jobs_whose_config_changed(cli, tmp_pa
     args = ("train", "-m", "seed=0,1,2", *TINY, f"hydra.sweep.dir={sweep}")
     assert cli(*args).returncode == 0
     # job 1 was killed before it wrote metrics.json; job 2 finished under another config
-    (sweep / "1" / "metrics.json").unlink()
-    metrics2 = read_metrics(sweep / "2")
+    job1, job2 = job(sweep, "seed=1", *TINY), job(sweep, "seed=2", *TINY)
+    (job1 / "metrics.json").unlink()
+    metrics2 = read_metrics(job2)
     metrics2["config"]["trainer"]["epochs"] = 3
-    (sweep / "2" / "metrics.json").write_text(json.dumps(metrics2))
+    (job2 / "metrics.json").write_text(json.dumps(metrics2))
 
     proc = cli(*args)
     assert proc.returncode == 0, proc.stderr
@@ -141,7 +169,7 @@ def test_resume_reruns_unfinished_jobs_and_jobs_whose_config_changed(cli, tmp_pa
     skipped = re.findall(r"job (\d+) \[.*\] already completed", out)
     assert skipped == ["0"]
     assert all(read_metrics(run)["status"] == "completed" for run in run_dirs(sweep))
-    assert read_metrics(sweep / "2")["config"]["trainer"]["epochs"] == 2
+    assert read_metrics(job2)["config"]["trainer"]["epochs"] == 2
     assert summary_lines(proc) == [
         f"lossbench: all 3 jobs completed (1 skipped: already completed) in {sweep}"]
 
@@ -182,10 +210,12 @@ def test_submitit_launcher_runs_the_same_sweep(cli, tmp_path):
     proc = cli("train", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5",
                "loss=ce", "+loss.reduction=mean,bogus", *TINY, f"hydra.sweep.dir={sweep}")
     assert proc.returncode == 1
-    assert read_metrics(sweep / "0")["status"] == "completed"
-    assert read_metrics(sweep / "1")["status"] == "failed"
+    failed = job(sweep, "loss=ce", "+loss.reduction=bogus", *TINY)
+    assert read_metrics(job(sweep, "loss=ce", "+loss.reduction=mean", *TINY))["status"] \
+        == "completed"
+    assert read_metrics(failed)["status"] == "failed"
     assert (sweep / ".submitit").is_dir()
-    assert summary_lines(proc) == [f"lossbench: 1 of 2 jobs failed: {sweep / '1'}"]
+    assert summary_lines(proc) == [f"lossbench: 1 of 2 jobs failed: {failed}"]
 
 
 def test_a_sweep_whose_runs_carry_warnings_says_so_in_its_last_line(cli, tmp_path):
@@ -194,16 +224,17 @@ def test_a_sweep_whose_runs_carry_warnings_says_so_in_its_last_line(cli, tmp_pat
     assert cli(*args).returncode == 0
     # job 1 completed with a warning in its record (as a run near chance accuracy writes it);
     # resuming the sweep skips both jobs and still reports the warning at the end
-    metrics = read_metrics(sweep / "1")
+    job0, job1 = job(sweep, "seed=0", *TINY), job(sweep, "seed=1", *TINY)
+    metrics = read_metrics(job1)
     metrics["warnings"] = [{"kind": "near_chance", "message": "test accuracy 0.33 ~ chance"}]
-    (sweep / "1" / "metrics.json").write_text(json.dumps(metrics))
+    (job1 / "metrics.json").write_text(json.dumps(metrics))
     proc = cli(*args)
     assert proc.returncode == 0, proc.stderr
     # job 0 may warn by itself (a 2-epoch smoke run can end near chance)
-    warned = [sweep / job for job in ("0", "1") if read_metrics(sweep / job).get("warnings")]
-    assert sweep / "1" in warned
-    kinds = list(dict.fromkeys(w["kind"] for job in warned
-                               for w in read_metrics(job)["warnings"]))
+    warned = [run for run in (job0, job1) if read_metrics(run).get("warnings")]
+    assert job1 in warned
+    kinds = list(dict.fromkeys(w["kind"] for run in warned
+                               for w in read_metrics(run)["warnings"]))
     jobs = "1 job carries" if len(warned) == 1 else f"{len(warned)} jobs carry"
     assert summary_lines(proc, warnings=True) == [
         f"lossbench: all 2 jobs completed (2 skipped: already completed) in {sweep}; "
@@ -240,20 +271,21 @@ def test_a_job_killed_outright_continues_from_its_checkpoint(cli, tmp_path):
            "model.dropout=0.2", "scheduler=onecycle", "print_config=false",
            "trainer.plots=false", f"trainer.epochs={epochs}", "trainer.checkpoint_every=1"]
     args = ["-m", "seed=0,1", *run, f"hydra.sweep.dir={sweep}"]
+    job0, job1 = job(sweep, "seed=0", *run), job(sweep, "seed=1", *run)
     proc = _start_sweep(args, tmp_path)
     deadline = time.monotonic() + 240
-    while not any(e >= 8 for e in logged_epochs(sweep / "1" / "train.log")):
+    while not any(e >= 8 for e in logged_epochs(job1 / "train.log")):
         assert proc.poll() is None, "the sweep ended before job 1 logged its epoch 8"
         assert time.monotonic() < deadline, "job 1 never reached epoch 8"
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)  # no handler runs, nothing more is written
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL
-    assert read_metrics(sweep / "0")["status"] == "completed"
-    assert not (sweep / "1" / "metrics.json").exists()  # killed mid-run
-    killed_log = logged_epochs(sweep / "1" / "train.log")
+    assert read_metrics(job0)["status"] == "completed"
+    assert not (job1 / "metrics.json").exists()  # killed mid-run
+    killed_log = logged_epochs(job1 / "train.log")
     assert killed_log == list(range(1, killed_log[-1] + 1)) and 8 <= killed_log[-1] < epochs
-    epoch = torch.load(sweep / "1" / "checkpoint.pt", weights_only=True)["loop"]["epoch"]
+    epoch = torch.load(job1 / "checkpoint.pt", weights_only=True)["loop"]["epoch"]
     # the epoch a resumed run starts with: the one after the last logged (its checkpoint was
     # written), or the last logged itself when the kill came between its log line and checkpoint
     assert 8 <= epoch <= epochs and epoch in (killed_log[-1], killed_log[-1] + 1)
@@ -263,17 +295,18 @@ def test_a_job_killed_outright_continues_from_its_checkpoint(cli, tmp_path):
     assert re.search(r"job 0 \[.*\] already completed", again.stdout)
     # the path as the user typed it: relative to where lossbench ran
     assert re.search(rf"job 1 \[seed=1 [^\]]*\] continues from its checkpoint at epoch {epoch} "
-                     rf"\(run directory: sweep/1\)", again.stdout)
-    resumed_log = logged_epochs(sweep / "1" / "train.log")
+                     rf"\(run directory: {re.escape(str(job1.relative_to(tmp_path)))}\)",
+                     again.stdout)
+    resumed_log = logged_epochs(job1 / "train.log")
     assert resumed_log[:len(killed_log)] == killed_log
     assert resumed_log[len(killed_log):] == list(range(epoch, epochs + 1))  # not from epoch 1
-    metrics = read_metrics(sweep / "1")
+    metrics = read_metrics(job1)
     assert metrics["status"] == "completed" and metrics["epochs_run"] == epochs
-    assert not (sweep / "1" / "checkpoint.pt").exists()
+    assert not (job1 / "checkpoint.pt").exists()
 
     whole = cli("train", "seed=1", *run, f"hydra.run.dir={tmp_path / 'whole'}")
     assert whole.returncode == 0, whole.stderr
-    assert_same_result(sweep / "1", tmp_path / "whole")
+    assert_same_result(job1, tmp_path / "whole")
     assert summary_lines(again) == [
         f"lossbench: all 2 jobs completed (1 skipped: already completed) in {sweep}"]
 
@@ -337,12 +370,13 @@ def test_submitit_job_preempted_writes_its_checkpoint_and_is_requeued(cli, tmp_p
            "trainer.plots=false", "trainer.epochs=200", "seed=3"]
     proc = _start_sweep(["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5",
                          *run, f"hydra.sweep.dir={sweep}"], tmp_path)
+    job0 = job(sweep, *run)
     deadline = time.monotonic() + 240
     pid = None
     while time.monotonic() < deadline and proc.poll() is None:
         pid = pid or _submitit_task(sweep)
         # a sweep's console shows one line per job: the epochs are in the job's train.log
-        if pid is not None and any(e >= 20 for e in logged_epochs(sweep / "0" / "train.log")):
+        if pid is not None and any(e >= 20 for e in logged_epochs(job0 / "train.log")):
             os.kill(pid, signal.SIGUSR2)
             break
         time.sleep(0.02)
@@ -356,10 +390,10 @@ def test_submitit_job_preempted_writes_its_checkpoint_and_is_requeued(cli, tmp_p
     assert "Requeued job" in logs
     resumed_at = re.findall(r"job 0 \[.*\] continues from its checkpoint at epoch (\d+)", logs)
     assert len(resumed_at) == 1 and int(resumed_at[0]) >= 20
-    metrics = read_metrics(sweep / "0")
+    metrics = read_metrics(job0)
     assert metrics["status"] == "completed" and metrics["epochs_run"] == 200
     assert summary_lines(subprocess.CompletedProcess([], 0, stdout, stderr)) == [
         f"lossbench: all 1 jobs completed in {sweep}"]
     whole = cli("train", *run, f"hydra.run.dir={tmp_path / 'whole'}")
     assert whole.returncode == 0, whole.stderr
-    assert_same_result(sweep / "0", tmp_path / "whole")
+    assert_same_result(job0, tmp_path / "whole")

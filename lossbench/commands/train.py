@@ -10,14 +10,19 @@ import traceback
 from pathlib import Path
 
 import hydra
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from lossbench.config.schema import check_config, register_schemas
+from lossbench.experiment.sweep_checks import StopBeforeStart, missing_plugin
+from lossbench.experiment.sweep_folder import register_job_dir_resolver
 from lossbench.results.files import discard_empty_folders
-from lossbench.errors import (Diverged, Interrupted, config_mistake, debug_requested, exit_report,
-                              instantiation_mistake, report)
+from lossbench.results.folder_lock import LOCK_FILE, FolderLock
+from lossbench.errors import (Diverged, Interrupted, UserError, config_mistake, debug_requested,
+                              exit_report, instantiation_mistake, report)
 
 register_schemas()  # conf/config.yaml's defaults list starts with the typed schema
+register_job_dir_resolver()  # hydra.sweep.subdir names each job's folder by its overrides
 
 # What turns an exception into one line and an exit status lives in lossbench/errors.py;
 # instantiation_mistake and config_error_message (errors.config_mistake) stay importable from
@@ -34,7 +39,7 @@ def _discard_empty_run_dir(run_dir: Path, user_dir: Path) -> None:
     if run_dir == user_dir or run_dir in user_dir.parents:
         return  # hydra.run.dir=. (or above): that folder is the user's, not Hydra's
     leftovers = [p.name for p in run_dir.iterdir()] if run_dir.is_dir() else []
-    if set(leftovers) <= {".hydra", "train.log"}:
+    if set(leftovers) <= {".hydra", "train.log", LOCK_FILE}:
         shutil.rmtree(run_dir, ignore_errors=True)
     if run_dir.exists():
         return
@@ -52,6 +57,92 @@ def interrupted_message(run_dir: Path) -> str:
         return (f"stopped by Ctrl-C; {run_dir / CHECKPOINT} is kept. Continue with: "
                 f"lossbench train resume={run_dir}")
     return f"stopped by Ctrl-C; {run_dir} holds what was written so far (no checkpoint)"
+
+
+# `lossbench train --overwrite`: replace a finished (or stopped) run in hydra.run.dir
+OVERWRITE_FLAG = "--overwrite"
+# `lossbench train -m --add`: sweep into a folder that holds a sweep of other override keys
+ADD_FLAG = "--add"
+_overwrite = False
+_run_lock: FolderLock | None = None
+
+
+def guard_run_directory(config: DictConfig) -> None:
+    """Before Hydra writes anything into the run directory: take its lock (one writer at a
+    time), and never overwrite a run there. The same config, completed: nothing to do
+    (StopBeforeStart, exit 0). Another config, or a run that stopped: one line, unless
+    `--overwrite` asks to replace it (the old run's files go first)."""
+    global _run_lock
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict, read_write
+
+    from lossbench.engine.checkpoint import CHECKPOINT
+    from lossbench.experiment.sweep_console import headline, shown_path
+    from lossbench.results.record import read_metrics, resolved_config
+
+    if config.get("resume"):  # the run goes on in its own directory: that one is locked
+        folder = Path(str(config.resume))
+        if folder.is_dir():
+            _run_lock = FolderLock(folder, "run directory").acquire()
+        return
+    folder = Path(str(config.hydra.run.dir))
+    _run_lock = FolderLock(folder, "run directory").acquire()
+    try:
+        metrics = read_metrics(folder)
+    except (OSError, ValueError):
+        metrics = {"status": "unreadable"}
+    stopped = (folder / CHECKPOINT).is_file()
+    if metrics is None and not stopped:
+        return
+    shown = shown_path(folder)
+    status = str((metrics or {}).get("status", "stopped"))
+    if status == "completed" and not _overwrite:
+        HydraConfig.instance().set_config(config)  # ${hydra:...} resolves as in the job
+        task = config.copy()
+        with read_write(task), open_dict(task):
+            del task["hydra"]
+        if metrics.get("config") == resolved_config(task):
+            result = headline(metrics)
+            raise StopBeforeStart(f"lossbench: {shown} already holds this run, completed"
+                                  f"{' (' + result + ')' if result else ''}: nothing to do", 0)
+    if _overwrite:
+        user_dir = Path.cwd().resolve()
+        if folder.resolve() == user_dir or folder.resolve() in user_dir.parents:
+            raise UserError(f"{OVERWRITE_FLAG} would empty {shown}, which holds the working "
+                            f"directory; choose another hydra.run.dir")
+        for entry in folder.iterdir():  # the old run's files go: nothing of it is mixed in
+            if entry.name == LOCK_FILE:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        return
+    if status == "completed":
+        what = "a completed run of another config"
+    elif stopped and status in ("stopped", "interrupted"):
+        what = f"an interrupted run (continue it with `lossbench train resume={shown}`)"
+    else:
+        what = f"a run whose record says {status}"
+    raise UserError(f"{shown} holds {what}; choose another hydra.run.dir, or replace it with "
+                    f"`lossbench train {OVERWRITE_FLAG} ...`")
+
+
+class RunDirectoryGuard(Callback):
+    """Registered in conf/config.yaml: `guard_run_directory` before a single run starts."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: object) -> None:
+        try:
+            guard_run_directory(config)
+        except UserError as err:
+            raise StopBeforeStart.refused(err) from None
+
+
+def release_run_lock() -> None:
+    global _run_lock
+    if _run_lock is not None:
+        _run_lock.release()
+        _run_lock = None
 
 
 @hydra.main(version_base="1.3", config_path="pkg://lossbench.conf", config_name="config")
@@ -101,6 +192,13 @@ def raised_in_job(err: BaseException) -> bool:
 
 def train_command(argv: list[str]) -> int:
     """`lossbench train [overrides]`: hand the arguments to Hydra as if it were the program."""
+    global _overwrite
+    from lossbench.experiment import sweep_folder as sweep
+
+    _overwrite = OVERWRITE_FLAG in argv
+    sweep.add_to_other_sweep = ADD_FLAG in argv
+    argv = [a for a in argv if a not in (OVERWRITE_FLAG, ADD_FLAG)]
+    sweep.command_argv[:] = argv
     sys.argv = ["lossbench train", *argv]
     debug = debug_requested(argv)
     if debug:  # hydra.verbose=true asks for tracebacks, as LOSSBENCH_DEBUG=1 does
@@ -111,13 +209,23 @@ def train_command(argv: list[str]) -> int:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         _train()
+    except StopBeforeStart as stop:  # before anything ran: the run is done, or refused
+        if stop.error is not None:  # refused: a UserError's line and exit status
+            return report(*exit_report(stop.error))
+        print(stop.message, file=sys.stdout if stop.status == 0 else sys.stderr, flush=True)
+        return stop.status
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM stopped a sweep's job
+        line = None if debug else sweep.interrupted_sweep_line(err)
+        if line is None:
+            raise
+        return report(line, err.exit_code if isinstance(err, Interrupted) else 130)
     except Exception as err:
-        from lossbench.experiment import sweep
-
         if not debug and sweep.summary_after_error(err):
             return 1  # the sweeper gave up after jobs failed (optuna: every trial failed)
-        reported = None if raised_in_job(err) or user_full_error or debug else (
-            exit_report(err, composing=True))
+        composing = not (raised_in_job(err) or user_full_error or debug)
+        plugin = missing_plugin(err) if composing else None
+        reported = (f"error: {plugin}", 2) if plugin is not None else (
+            exit_report(err, composing=True) if composing else None)
         if reported is None:
             raise
         sweep.discard_unstarted_sweep()  # a typo in a sweep value: no sweep was run
@@ -125,6 +233,8 @@ def train_command(argv: list[str]) -> int:
     finally:
         if user_full_error is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
-    from lossbench.experiment import sweep
-
+        release_run_lock()
+        sweep.release_locks()
+    if sweep.stopped_by is not None:  # Ctrl-C or SIGTERM stopped a parallel sweep
+        return 128 + sweep.stopped_by
     return 1 if sweep.failed_jobs else 0  # the summary line has named them

@@ -251,13 +251,20 @@ def report_runs(settings: StudySettings, study_dir: Path, stratum: tuple[str, li
 
 def run_study(settings: StudySettings) -> tuple[Path, list[str]]:
     """Tune, report and write the report; returns it and the (stratum, loss) pairs that could
-    not be tuned (every trial failed)."""
+    not be tuned (every trial failed). One writer: a second study into the folder is refused."""
+    from lossbench.results.folder_lock import FolderLock
+
+    study_dir = Path(str(settings.dir))
+    with FolderLock(study_dir, "study directory"):
+        return _run_locked_study(settings, study_dir)
+
+
+def _run_locked_study(settings: StudySettings, study_dir: Path) -> tuple[Path, list[str]]:
     from omegaconf import OmegaConf
 
     from lossbench.experiment import study_report
     from lossbench.results.files import write_text_atomic
 
-    study_dir = Path(str(settings.dir))
     if not (study_dir / "study.yaml").is_file():
         record = OmegaConf.to_yaml(OmegaConf.structured(settings))
         write_text_atomic(study_dir / "study.yaml", record)

@@ -1,4 +1,4 @@
-"""Sweeps that finish and resume.
+"""A sweep's jobs that finish and resume (the job side; the sweep folder is sweep_folder.py).
 
 - A job that raises (a bug, a bad hyperparameter for one value, a diverged run, a user error) is
   recorded as failed in its own `metrics.json` and the sweep goes on with the other jobs.
@@ -9,8 +9,10 @@
 - Under submitit (`hydra/launcher=slurm`), the scheduler's warning signal before it preempts or
   times out a job stops the run like Ctrl-C (checkpoint.pt written), then submitit requeues the
   job, which continues from that checkpoint.
-- `SweepSummary`, a Hydra callback registered in conf/config.yaml, prints one line at the end:
-  how many of how many jobs failed, and where; `lossbench train -m` then exits with status 1.
+- `SweepSummary`, a Hydra callback registered in conf/config.yaml, checks the whole sweep
+  before its first job and prints the end line (sweep_folder.start_sweep, end_sweep).
+- Each job holds its folder's lock while it runs (one writer at a time) and writes a line in
+  the sweep's ledger, from which the end-of-sweep line counts the jobs.
 
 Nothing here imports torch at module level (run_sweep_job sets its threads when it runs).
 """
@@ -23,6 +25,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -30,21 +33,17 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from lossbench.errors import Interrupted, UserError, debug_requested
-from lossbench.results.files import write_text_atomic
-# resolved_config, LOCATION_KEYS and error_line used to live here: still importable from here
+from lossbench.experiment import sweep_folder
+from lossbench.experiment.sweep_checks import StopBeforeStart
+from lossbench.experiment.sweep_folder import (LOCK_FILE, STOP_FLAG, flag_stop, job_status,
+                                               note_job, parallel_launcher, stop_when_done)
+from lossbench.results.folder_lock import FolderLock
+# names that used to live here: still importable from here
 from lossbench.errors import error_line  # noqa: F401
+from lossbench.experiment.sweep_folder import summary_line  # noqa: F401
 from lossbench.results.record import (LOCATION_KEYS, METRICS,  # noqa: F401
                                       failure_record, metrics_path, read_metrics,
                                       resolved_config, write_metrics)
-
-# Written into the sweep directory when a multirun starts; jobs whose `.hydra/` files are newer
-# belong to this invocation (both times come from the same file system's clock).
-START_MARKER = ".lossbench-sweep-start"
-
-# Set by SweepSummary.on_multirun_end in the launching process: the failed job directories.
-failed_jobs: list[Path] = []
-# (sweep directory, start mtime) of the multirun in progress in this process, if any.
-_started: tuple[Path, float] | None = None
 
 
 def completed_run(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
@@ -126,14 +125,41 @@ def run_sweep_job(cfg: DictConfig, hydra_cfg: DictConfig,
     it was stopped, else run it; a failure is recorded and returns None (the optuna sweeper
     marks the trial failed) instead of stopping the sweep."""
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    sweep_dir = Path(hydra_cfg.sweep.dir)
     label = f"job {hydra_cfg.job.num} [{' '.join(hydra_cfg.overrides.task)}]"
+    if (sweep_dir / STOP_FLAG).exists():  # Ctrl-C came while this job waited in the queue
+        if {p.name for p in run_dir.iterdir()} <= {".hydra", LOCK_FILE}:
+            import shutil
+
+            shutil.rmtree(run_dir, ignore_errors=True)  # Hydra's folder for it: nothing ran
+        print(f"lossbench: {label} not started: the sweep was stopped", file=sys.stderr,
+              flush=True)
+        return None
+    try:  # one writer per job folder, whichever process runs the job
+        lock = FolderLock(run_dir, "run directory").acquire()
+    except UserError as err:
+        note_job(sweep_dir, run_dir, "ran")
+        print(f"lossbench: {label} not run: {err}", file=sys.stderr, flush=True)
+        return None
+    try:
+        with stop_when_done(sweep_dir) if parallel_launcher(hydra_cfg) else nullcontext():
+            return _run_locked_job(cfg, hydra_cfg, run, choices, run_dir, sweep_dir, label)
+    finally:
+        lock.release()
+
+
+def _run_locked_job(cfg: DictConfig, hydra_cfg: DictConfig, run: Callable[..., float],
+                    choices: Callable[[DictConfig], dict[str, str]], run_dir: Path,
+                    sweep_dir: Path, label: str) -> float | None:
     done = completed_run(cfg, run_dir)
     if done is not None:
         from lossbench.experiment.sweep_console import shown_path
 
+        note_job(sweep_dir, run_dir, "skipped")
         print(f"lossbench: {label} already completed: skipped (run directory: "
               f"{shown_path(run_dir)})", flush=True)
         return done.get("best_val")
+    note_job(sweep_dir, run_dir, "ran")
     resume = unfinished_checkpoint(cfg, run_dir)
     if resume is not None:
         loop = resume["loop"]
@@ -165,6 +191,10 @@ def run_sweep_job(cfg: DictConfig, hydra_cfg: DictConfig,
             # (hydra's launcher is checkpointable) and ends this process
             print(f"lossbench: {label} {err}; submitit requeues it", file=sys.stderr, flush=True)
             signal.raise_signal(preempt)
+        if parallel_launcher(hydra_cfg):  # the other jobs finish writing; queued ones wait
+            flag_stop(sweep_dir, err.exit_code - 128)
+            print(job_line(label, run_dir, time.time() - started), file=sys.stderr, flush=True)
+            return None
         raise
     except Exception as err:
         try:
@@ -181,113 +211,21 @@ def run_sweep_job(cfg: DictConfig, hydra_cfg: DictConfig,
         checkpoint.EXTRA_STOP_SIGNALS.clear()
 
 
-def sweep_jobs(sweep_dir: Path, since: float) -> list[Path]:
-    """Job directories under sweep_dir that Hydra (re)started at or after `since` (an mtime)."""
-    jobs = set()
-    # Hydra rewrites .hydra/ for every job it starts, skipped ones included; metrics.json
-    # catches the rest when hydra.output_subdir=null
-    for name in (".hydra/overrides.yaml", METRICS):
-        for path in sweep_dir.rglob(name):
-            if path.stat().st_mtime >= since:
-                jobs.add(path.parent.parent if name.startswith(".hydra") else path.parent)
-    return sorted(jobs, key=lambda p: (len(p.parts), str(p)))
-
-
-def job_status(job_dir: Path) -> str:
-    """completed, failed, or unfinished (no readable metrics.json: killed, still running)."""
-    try:
-        return str((read_metrics(job_dir) or {}).get("status", "unfinished"))
-    except (OSError, ValueError):
-        return "unfinished"
-
-
-def job_warnings(job_dir: Path) -> list[str]:
-    """The kinds of warning a completed job's metrics.json carries (near_chance, ...)."""
-    try:
-        found = (read_metrics(job_dir) or {}).get("warnings")
-    except (OSError, ValueError):
-        return []
-    if not isinstance(found, list):
-        return []
-    return [str(w.get("kind", "warning")) if isinstance(w, dict) else str(w) for w in found]
-
-
-def warnings_note(jobs: list[Path]) -> str:
-    """'; 2 jobs carry warnings (near_chance): <dirs>', so a suspicious sweep never ends on a
-    plain "all completed"."""
-    warned = {job: kinds for job in jobs if (kinds := job_warnings(job))}
-    if not warned:
-        return ""
-    kinds = ", ".join(dict.fromkeys(k for found in warned.values() for k in found))
-    dirs = " ".join(str(job) for job in warned)
-    return f"; {len(warned)} {'job carries' if len(warned) == 1 else 'jobs carry'} " \
-           f"warnings ({kinds}): {dirs}"
-
-
-def summary_line(sweep_dir: Path, jobs: list[Path], since: float) -> tuple[str, list[Path]]:
-    failed = [job for job in jobs if job_status(job) != "completed"]
-    note = warnings_note([job for job in jobs if job not in failed])
-    if failed:
-        dirs = " ".join(str(job) for job in failed)
-        return f"lossbench: {len(failed)} of {len(jobs)} jobs failed: {dirs}{note}", failed
-    reused = sum(1 for job in jobs if metrics_path(job).stat().st_mtime < since)
-    skipped = f" ({reused} skipped: already completed)" if reused else ""
-    return f"lossbench: all {len(jobs)} jobs completed{skipped} in {sweep_dir}{note}", failed
-
-
-def summary_after_error(err: BaseException) -> bool:
-    """The sweeper itself raised after its jobs ran (optuna's, when every trial failed or more
-    than `max_failure_rate` did): if jobs of this sweep failed, print its error and the summary
-    line instead of a traceback and return True; else False (the error is someone else's)."""
-    if _started is None:
-        return False
-    sweep_dir, since = _started
-    line, failed = summary_line(sweep_dir, sweep_jobs(sweep_dir, since), since)
-    if not failed:
-        return False
-    failed_jobs[:] = failed
-    print(f"lossbench: the sweep stopped: {error_line(err)}", file=sys.stderr, flush=True)
-    print(line, file=sys.stderr, flush=True)
-    return True
-
-
-def discard_unstarted_sweep() -> None:
-    """A sweep that stopped on a config mistake before its first job leaves nothing behind:
-    its start marker and Hydra's multirun.yaml go, and the sweep directory if that empties it."""
-    global _started
-    if _started is None:
-        return
-    sweep_dir, _ = _started
-    _started = None
-    if not sweep_dir.is_dir() or {p.name for p in sweep_dir.iterdir()} - {
-            START_MARKER, "multirun.yaml"}:
-        return  # jobs of an earlier invocation live there: keep its record
-    for name in (START_MARKER, "multirun.yaml"):
-        (sweep_dir / name).unlink(missing_ok=True)
-    from lossbench.results.files import discard_empty_folders
-
-    discard_empty_folders(sweep_dir, Path.cwd())
-
-
 class SweepSummary(Callback):
-    """Prints the end-of-sweep line and remembers the failed jobs for the exit status."""
+    """The sweep's start and end in the launching process (sweep_folder.py). Hydra turns an
+    Exception raised here into a warning: a refusal goes out as StopBeforeStart."""
 
     def __init__(self) -> None:
-        self.since: float | None = None
+        self._stop: Any = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        global _started
-        failed_jobs.clear()
-        marker = Path(config.hydra.sweep.dir) / START_MARKER
-        write_text_atomic(marker, f"{time.time()}\n")
-        self.since = marker.stat().st_mtime
-        _started = (Path(config.hydra.sweep.dir), self.since)
+        try:
+            self._stop = sweep_folder.start_sweep(config)
+        except UserError as err:
+            raise StopBeforeStart.refused(err) from None
+        except Exception as err:  # a bug: `lossbench train` raises it, traceback and all
+            raise StopBeforeStart("", 1, err) from err
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if self.since is None:
-            return
-        sweep_dir = Path(config.hydra.sweep.dir)
-        jobs = sweep_jobs(sweep_dir, self.since)
-        line, failed = summary_line(sweep_dir, jobs, self.since)
-        failed_jobs[:] = failed
-        print(line, file=sys.stderr if failed else sys.stdout, flush=True)
+        sweep_folder.end_sweep(config, self._stop)
+        self._stop = None
