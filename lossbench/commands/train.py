@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -15,7 +16,7 @@ from omegaconf import DictConfig
 from lossbench.config.schema import check_config, register_schemas
 from lossbench.results.files import discard_empty_folders
 from lossbench.errors import (Diverged, Interrupted, config_mistake, debug_requested, exit_report,
-                              instantiation_mistake, tell)
+                              instantiation_mistake, stop_name, tell)
 
 register_schemas()  # conf/config.yaml's defaults list starts with the typed schema
 
@@ -41,17 +42,20 @@ def _discard_empty_run_dir(run_dir: Path, user_dir: Path) -> None:
     discard_empty_folders(run_dir.parent, user_dir)
 
 
-def interrupted_message(run_dir: Path) -> str:
-    """What a Ctrl-C outside the training loop left: nothing, a checkpoint to resume from, or a
-    run directory with what was written so far."""
+def interrupted_message(run_dir: Path, signum: int = signal.SIGINT) -> str:
+    """What a stop signal outside the training loop left (start-up, or a second signal):
+    nothing, a checkpoint to resume from, or a run directory with what was written so far."""
     from lossbench.engine.checkpoint import CHECKPOINT
+    from lossbench.engine.signals import resume_command
+    from lossbench.experiment.sweep_console import shown_path
 
+    name = stop_name(signum)
     if not run_dir.exists():
-        return "stopped by Ctrl-C before the run started; nothing was written"
+        return f"stopped by {name} before the run started; nothing was written"
     if (run_dir / CHECKPOINT).is_file():
-        return (f"stopped by Ctrl-C; {run_dir / CHECKPOINT} is kept. Continue with: "
-                f"lossbench train resume={run_dir}")
-    return f"stopped by Ctrl-C; {run_dir} holds what was written so far (no checkpoint)"
+        return (f"stopped by {name}; {shown_path(run_dir) / CHECKPOINT} is kept. Continue with: "
+                f"{resume_command(shown_path(run_dir))}")
+    return f"stopped by {name}; {shown_path(run_dir)} holds what was written so far (no checkpoint)"
 
 
 @hydra.main(version_base="1.3", config_path="pkg://lossbench.conf", config_name="config")
@@ -83,8 +87,8 @@ def _train(cfg: DictConfig) -> float | None:
             # and raises Interrupted): nothing worth keeping was written
             _discard_empty_run_dir(output_dir, user_dir)
         if isinstance(err, KeyboardInterrupt) and not isinstance(err, Interrupted):
-            # Ctrl-C during start-up: say what is left (nothing, a checkpoint, some files)
-            line = interrupted_message(output_dir)
+            # a stop during start-up: say what is left (nothing, a checkpoint, some files)
+            line = interrupted_message(output_dir, getattr(err, "signum", signal.SIGINT))
         tell(line)
         sys.exit(status)
     finally:
@@ -102,7 +106,10 @@ def raised_in_job(err: BaseException) -> bool:
 
 def train_command(argv: list[str]) -> int:
     """`lossbench train [overrides]`: hand the arguments to Hydra as if it were the program."""
-    sys.argv = ["lossbench train", *argv]
+    from lossbench.engine.signals import StopOnSignal, plain_resume_argument
+
+    # `resume='dir with spaces'`: the shell's quotes only; Hydra gets the path in its own
+    sys.argv = ["lossbench train", *map(plain_resume_argument, argv)]
     debug = debug_requested(argv)
     if debug:  # hydra.verbose=true asks for tracebacks, as LOSSBENCH_DEBUG=1 does
         os.environ["LOSSBENCH_DEBUG"] = "1"
@@ -111,7 +118,10 @@ def train_command(argv: list[str]) -> int:
     user_full_error = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
-        _train()
+        # a stop signal before a run begins (and between a sweep's jobs) ends it at once; each
+        # run installs its own for training and finishing (lossbench/engine/signals.py)
+        with StopOnSignal(announce=False):
+            _train()
     except Exception as err:
         from lossbench.experiment import sweep
 
