@@ -150,3 +150,20 @@ def test_resume_accepts_the_plain_quoted_path(cli, tmp_path):
     proc = cli("train", "resume=no such ü run")
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr == "lossbench: error: resume=no such ü run: no such run directory\n"
+
+
+def test_a_closed_stdout_loses_nothing(tmp_path):
+    """`lossbench train ... | head -2`: the reader leaves after two lines; training goes on
+    quietly, every result is written, and lossbench exits as Unix tools do when their reader
+    has gone: 141 (128 + SIGPIPE), nothing on stderr."""
+    command = (f"set -o pipefail; {shlex.join(lossbench_cmd())} train trainer=smoke "
+               "hydra.run.dir=run | head -2")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert proc.returncode == 141, proc.stderr
+    assert proc.stderr == ""
+    assert len(proc.stdout.splitlines()) == 2
+    metrics = read_metrics(tmp_path / "run")
+    assert metrics["status"] == "completed"
+    assert (tmp_path / "run" / "model.pt").is_file() and (tmp_path / "run" / REPORT).is_file()
