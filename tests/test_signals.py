@@ -167,3 +167,32 @@ def test_a_closed_stdout_loses_nothing(tmp_path):
     metrics = read_metrics(tmp_path / "run")
     assert metrics["status"] == "completed"
     assert (tmp_path / "run" / "model.pt").is_file() and (tmp_path / "run" / REPORT).is_file()
+
+
+@pytest.mark.slow
+def test_a_killed_parallel_sweep_leaves_no_worker_running(tmp_path):
+    """SIGKILL to `lossbench train -m hydra/launcher=parallel` (the OOM killer): its workers end
+    with it instead of training on and idling, each job it held leaving a checkpoint and an
+    "interrupted" record, and the same command continues them."""
+    sweep = tmp_path / "sweep"
+    args = ["train", "-m", "hydra/launcher=parallel", "seed=0,1", *LONG,
+            f"hydra.sweep.dir={sweep}"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([*lossbench_cmd(), *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while not all(logged_epochs(sweep / job) for job in ("0", "1")):
+        assert proc.poll() is None and time.monotonic() < deadline, "the jobs never started"
+        time.sleep(0.05)
+    workers = descendants(proc.pid)
+    assert workers
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 60
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in workers if alive(pid)], "workers outlived their parent"
+    for job in ("0", "1"):
+        metrics = json.loads((sweep / job / "metrics.json").read_text())
+        assert metrics["status"] == "interrupted", metrics
+        assert (sweep / job / "checkpoint.pt").is_file()

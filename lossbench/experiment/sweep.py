@@ -147,6 +147,9 @@ def run_sweep_job(cfg: DictConfig, hydra_cfg: DictConfig,
         import torch
 
         torch.set_num_threads(threads)
+        from lossbench.engine.signals import end_with_parent
+
+        end_with_parent()  # a joblib worker: it stops and ends when the sweep's process dies
     started = time.time()  # wall clock: compared with file mtimes
     from lossbench.experiment.sweep_console import job_line
 
