@@ -196,3 +196,34 @@ def test_a_killed_parallel_sweep_leaves_no_worker_running(tmp_path):
         metrics = json.loads((sweep / job / "metrics.json").read_text())
         assert metrics["status"] == "interrupted", metrics
         assert (sweep / job / "checkpoint.pt").is_file()
+
+
+@pytest.mark.slow
+def test_a_preemption_warning_during_start_up_still_requeues_the_submitit_job(tmp_path):
+    """Under submitit, SIGUSR2 warns of a preemption: in start-up as in training, the job hands
+    it back to submitit, which requeues it; the new attempt then runs to the end."""
+    from test_sweep import _submitit_task
+
+    sweep = tmp_path / "sweep"
+    data = StalledData(tmp_path)
+    run = start_train(tmp_path, "-m", "hydra/launcher=submitit_local",
+                      "hydra.launcher.timeout_min=5", *data.overrides, "trainer=smoke",
+                      f"hydra.sweep.dir={sweep}")
+    data.wait_opened(run)  # the first attempt waits for its data
+    task = _submitit_task(sweep)
+    assert task is not None
+    os.kill(task, signal.SIGUSR2)
+
+    def logs() -> str:
+        return "".join(p.read_text(errors="replace") for p in sweep.rglob("*_log.*"))
+
+    run.wait_until(lambda: "Requeued job" in logs(), "the job to be requeued")
+    os.close(data.fd)  # the next attempt opens the data anew
+    data.fd = None
+    data.wait_opened(run)
+    data.release()
+    ended = run.finish(timeout=300)
+    assert ended.returncode == 0, ended.stdout + ended.stderr
+    assert re.search(r"job 0 \[.*\] stopped by SIGUSR2 during start-up; submitit requeues it",
+                     logs())
+    assert read_metrics(sweep / "0")["status"] == "completed"

@@ -120,7 +120,7 @@ def train_command(argv: list[str]) -> int:
     try:
         # a stop signal before a run begins (and between a sweep's jobs) ends it at once; each
         # run installs its own for training and finishing (lossbench/engine/signals.py)
-        with StopOnSignal(announce=False):
+        with StopOnSignal(announce=False, phase="start-up"):
             _train()
     except Exception as err:
         from lossbench.experiment import sweep

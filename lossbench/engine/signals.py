@@ -44,14 +44,15 @@ PHASES = ("start-up", "training", "finishing")
 
 class StopOnSignal:
     """While active (a `with` block; blocks nest, the outermost installs the handlers), a stop
-    signal is handled as its `phase` says (see the module docstring): `requested` holds the
-    signal's number once one arrived in training or finishing. Outside the main thread signals
+    signal is handled as its `phase` says (see the module docstring; a run moves it on from
+    "start-up"): `requested` holds the signal's number once one arrived in training or
+    finishing. Outside the main thread signals
     cannot be caught: then it does nothing.
     """
 
     active = 0  # blocks of this process with their handlers installed
 
-    def __init__(self, announce: bool = True, phase: str = "start-up") -> None:
+    def __init__(self, announce: bool = True, phase: str = "training") -> None:
         assert phase in PHASES, phase
         self.requested: int | None = None  # the signal number once one arrived
         self.announce = announce  # one process of several says it on the terminal

@@ -103,7 +103,8 @@ def _run_in(cfg: DictConfig, resume: dict[str, Any] | None = None) -> float:
         log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False  # the console shows the progress bar and the report, not log lines
-    stop = StopOnSignal(announce=main)  # start-up, then training, then finishing (engine.signals)
+    # start-up, then training, then finishing (lossbench/engine/signals.py)
+    stop = StopOnSignal(announce=main, phase="start-up")
     try:
         with stop:
             best = run_process(cfg, run_dir, console, started, resume, stop)
@@ -139,8 +140,8 @@ def _spawn_ranks(cfg: DictConfig, devices: int, resume: dict[str, Any] | None = 
 
         hydra_cfg = HydraConfig.instance().cfg
 
-    # rank 0 announces a signal; this process waits for the ranks, which stop as its phase says
-    stop, started = StopOnSignal(announce=False, phase="training"), time.time()
+    # rank 0 announces a signal; this process only notes it and waits for the ranks to stop
+    stop, started = StopOnSignal(announce=False), time.time()
     try:
         with stop:
             distributed.spawn(_rank_main, devices, (cfg, hydra_cfg, resume))

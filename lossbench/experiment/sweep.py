@@ -29,7 +29,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from lossbench.errors import Interrupted, UserError, debug_requested
+from lossbench.errors import Interrupted, Stopped, UserError, debug_requested, exit_report
 from lossbench.results.files import write_text_atomic
 # resolved_config, LOCATION_KEYS and error_line used to live here: still importable from here
 from lossbench.errors import error_line  # noqa: F401
@@ -162,11 +162,12 @@ def run_sweep_job(cfg: DictConfig, hydra_cfg: DictConfig,
         value = run(cfg, resume) if resume is not None else run(cfg)
         print(job_line(label, run_dir, time.time() - started), flush=True)
         return value
-    except Interrupted as err:
+    except (Interrupted, Stopped) as err:  # Stopped: the warning came during start-up
         if preempt is not None and err.exit_code == 128 + preempt:
             # checkpoint.pt is written: submitit's own handler, back in place, requeues the job
             # (hydra's launcher is checkpointable) and ends this process
-            print(f"lossbench: {label} {err}; submitit requeues it", file=sys.stderr, flush=True)
+            what = exit_report(err)[0] + (" during start-up" if isinstance(err, Stopped) else "")
+            print(f"lossbench: {label} {what}; submitit requeues it", file=sys.stderr, flush=True)
             signal.raise_signal(preempt)
         raise
     except Exception as err:

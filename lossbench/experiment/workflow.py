@@ -138,7 +138,8 @@ def run_process(cfg: DictConfig, run_dir: Path, console: Console, started: float
     """This process's share of the run (the whole run in a single process); returns the best
     value of the monitored validation metric. `stop`: how signals stop the run, its phase moved
     on here (`engine.signals`); the caller sees `stop.requested` of a run that completed."""
-    stop = stop if stop is not None else StopOnSignal(announce=distributed.current().is_main)
+    stop = stop if stop is not None else StopOnSignal(announce=distributed.current().is_main,
+                                                      phase="start-up")
     run = prepare(cfg, run_dir, console, started, resume)
     parts = build(run)
     # a tracker whose package is missing is the user's to install: checked before any file
