@@ -7,7 +7,6 @@ scikit-learn at module level.
 from __future__ import annotations
 
 import gc
-import os
 import sys
 
 USAGE = """\
@@ -42,23 +41,22 @@ def console_main() -> None:
     machine). Frozen, those objects are not walked; atexit handlers, log handlers and the
     flushing of stdout and stderr still run. Only here, in a process that is about to end:
     `main` called from a program that goes on keeps its garbage collection whole."""
+    from lossbench.console import discard_output, outlive_readers, stdout_reader_gone
+
+    # the reader of stdout (head, less, grep -m1, a closed terminal) may leave: the work goes
+    # on quietly, and the command then exits as Unix tools do, 141 (128 + SIGPIPE), unless it
+    # has a failure of its own to report
+    outlive_readers()
     try:
         main()
-    except SystemExit:
+    except SystemExit as end:
         gc.freeze()
+        if stdout_reader_gone() and not end.code:
+            sys.exit(141)
         raise
-    except BrokenPipeError:  # `lossbench ... | head` read what it wanted and closed the pipe
-        stdout_closed_by_reader()
-        sys.exit(141)  # 128 + SIGPIPE, what a shell reports for a command killed by it
-
-
-def stdout_closed_by_reader() -> None:
-    """The reader of our stdout (head, less, grep -m1) has gone: end quietly. Whatever is still
-    buffered for stdout goes to /dev/null, so the interpreter's last flush at exit cannot raise
-    a second BrokenPipeError and print "Exception ignored" on stderr."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
+    except BrokenPipeError:  # written past sys.stdout (a library's own handle on fd 1)
+        discard_output(sys.stdout)
+        sys.exit(141)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,11 +3,13 @@
 Rich sizes its output to the terminal, and to 80 columns when stdout is not one (a CI log, a
 file, `| tee`): tables were cut to fit, headers and values ending in "…". Output that is kept
 should be whole, so off a terminal the console is as wide as its widest line, unless the user
-set COLUMNS.
+set COLUMNS. And output outlives its reader (`OutlivedStream`): a closed pipe or terminal
+silences it, without stopping the work.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from typing import Any
@@ -40,3 +42,70 @@ def output_console(**kwargs: Any):
 
     kwargs["quiet"] = kwargs.get("quiet", False) or QUIET
     return Console(width=console_width(), **kwargs)
+
+
+class OutlivedStream:
+    """sys.stdout or sys.stderr, which outlives its reader.
+
+    `lossbench train ... | head -2` closes the pipe after two lines; a closed terminal (SIGHUP)
+    makes every later write fail with EIO. Output is a view of the run, whose results go to
+    its files: the run goes on quietly. The first write that finds the reader gone sends the
+    rest to /dev/null (`reader_gone` then holds), so that no later write, nor the interpreter's
+    last flush, raises or prints "Exception ignored"."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.reader_gone = False
+
+    def write(self, text: str) -> int:
+        return self._outlive(self._stream.write, text, len(text))
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        self._outlive(self._stream.flush)
+
+    def _outlive(self, call: Any, *args: Any) -> Any:
+        done = args[-1] if args else None  # what a write into the void returns
+        if self.reader_gone:
+            return done
+        try:
+            return call(*args[:1])
+        except OSError as err:
+            if err.errno not in (errno.EPIPE, errno.EIO):
+                raise
+        self.reader_gone = True
+        discard_output(self._stream)
+        return done
+
+    def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding, buffer, ...
+        return getattr(self._stream, name)
+
+
+def discard_output(stream: Any) -> None:
+    """From now on `stream`'s file descriptor writes to /dev/null; what its buffer still holds
+    goes there too."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, stream.fileno())
+    finally:
+        os.close(devnull)
+    try:
+        stream.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def outlive_readers() -> None:
+    """Make sys.stdout and sys.stderr `OutlivedStream`s (the `lossbench` command does, at start)."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, OutlivedStream):
+            setattr(sys, name, OutlivedStream(stream))
+
+
+def stdout_reader_gone() -> bool:
+    """Whether the reader of stdout left while lossbench was writing to it."""
+    return isinstance(sys.stdout, OutlivedStream) and sys.stdout.reader_gone

@@ -41,17 +41,36 @@ class Diverged(Exception):
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM stopped the run after its current step.
+    """A stop signal (Ctrl-C, SIGTERM, SIGHUP, ...: `engine.signals`) stopped the run after its
+    current step, or once it had written its results.
 
-    `run()` raises it after writing checkpoint.pt and metrics.json (status "interrupted");
-    `lossbench train resume=<run dir>` continues the run. A KeyboardInterrupt, so that a sweep
-    stops as well instead of going on to its next job. Exit status 130 for SIGINT, 143 for
-    SIGTERM (128 + the signal number, as shells report).
+    `run()` raises it after writing checkpoint.pt and metrics.json (status "interrupted";
+    `lossbench train resume=<run dir>` continues the run), or after writing the whole record of
+    a run that completed while it stopped. A KeyboardInterrupt, so that a sweep stops as well
+    instead of going on to its next job. Exit status 128 + the signal number, as shells report
+    (130 for SIGINT, 143 for SIGTERM).
     """
 
     def __init__(self, message: str, exit_code: int = 130):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class Stopped(KeyboardInterrupt):
+    """A stop signal that ended lossbench at once: during start-up, with nothing to save yet, or
+    a second signal. Exit status 128 + the signal number."""
+
+    def __init__(self, signum: int):
+        super().__init__(stop_name(signum))
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
+def stop_name(signum: int) -> str:
+    """How a stop is named to the user: Ctrl-C for SIGINT, else the signal's name."""
+    import signal
+
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
 
 
 # From an exception to what the user reads and the exit status: the one place that decides.
@@ -64,7 +83,8 @@ def exit_report(err: BaseException, composing: bool = False) -> tuple[str, int] 
     error, which keeps its traceback.
 
     - UserError: "error: <message>", 2;
-    - Diverged: its message, 3; Interrupted: its message, 130 (SIGINT) or 143 (SIGTERM);
+    - Diverged: its message, 3; Interrupted: its message, 128 + the signal (130 for SIGINT);
+    - Stopped (a signal during start-up, or a second one): "stopped by SIGTERM", 128 + it;
     - a bare KeyboardInterrupt (Ctrl-C before any run began): "stopped by Ctrl-C", 130;
     - a config object that could not be built because of its config (`instantiation_mistake`):
       "error: ...", 2;
@@ -76,6 +96,8 @@ def exit_report(err: BaseException, composing: bool = False) -> tuple[str, int] 
     if isinstance(err, (Diverged, Interrupted)):
         # metrics.json says what happened and checkpoint.pt is kept: the message says so
         return str(err), err.exit_code
+    if isinstance(err, Stopped):
+        return f"stopped by {stop_name(err.signum)}", err.exit_code
     if isinstance(err, KeyboardInterrupt):
         return "stopped by Ctrl-C", 130
     if not isinstance(err, Exception):

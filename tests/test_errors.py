@@ -39,6 +39,17 @@ def test_lossbench_errors_and_ctrl_c_keep_their_statuses():
     assert exit_report(SystemExit(0)) is None
 
 
+def test_a_signal_that_stops_at_once_exits_128_plus_its_number():
+    import signal
+
+    from lossbench.errors import Stopped
+
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+        assert exit_report(Stopped(signum)) == (
+            f"stopped by {signal.Signals(signum).name}", 128 + signum)
+    assert exit_report(Stopped(signal.SIGINT)) == ("stopped by Ctrl-C", 130)
+
+
 def test_composition_errors_are_user_errors_only_while_composing():
     err = composition_error("optimizer=adamm")
     line, status = exit_report(err, composing=True)

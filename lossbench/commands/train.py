@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -19,7 +20,7 @@ from lossbench.experiment.sweep_folder import register_job_dir_resolver
 from lossbench.results.files import discard_empty_folders
 from lossbench.results.folder_lock import LOCK_FILE, FolderLock
 from lossbench.errors import (Diverged, Interrupted, UserError, config_mistake, debug_requested,
-                              exit_report, instantiation_mistake, report)
+                              exit_report, instantiation_mistake, report, stop_name)
 
 register_schemas()  # conf/config.yaml's defaults list starts with the typed schema
 register_job_dir_resolver()  # hydra.sweep.subdir names each job's folder by its overrides
@@ -46,17 +47,20 @@ def _discard_empty_run_dir(run_dir: Path, user_dir: Path) -> None:
     discard_empty_folders(run_dir.parent, user_dir)
 
 
-def interrupted_message(run_dir: Path) -> str:
-    """What a Ctrl-C outside the training loop left: nothing, a checkpoint to resume from, or a
-    run directory with what was written so far."""
+def interrupted_message(run_dir: Path, signum: int = signal.SIGINT) -> str:
+    """What a stop signal outside the training loop left (start-up, or a second signal):
+    nothing, a checkpoint to resume from, or a run directory with what was written so far."""
     from lossbench.engine.checkpoint import CHECKPOINT
+    from lossbench.engine.signals import resume_command
+    from lossbench.experiment.sweep_console import shown_path
 
+    name = stop_name(signum)
     if not run_dir.exists():
-        return "stopped by Ctrl-C before the run started; nothing was written"
+        return f"stopped by {name} before the run started; nothing was written"
     if (run_dir / CHECKPOINT).is_file():
-        return (f"stopped by Ctrl-C; {run_dir / CHECKPOINT} is kept. Continue with: "
-                f"lossbench train resume={run_dir}")
-    return f"stopped by Ctrl-C; {run_dir} holds what was written so far (no checkpoint)"
+        return (f"stopped by {name}; {shown_path(run_dir) / CHECKPOINT} is kept. Continue with: "
+                f"{resume_command(shown_path(run_dir))}")
+    return f"stopped by {name}; {shown_path(run_dir)} holds what was written so far (no checkpoint)"
 
 
 # `lossbench train --overwrite`: replace a finished (or stopped) run in hydra.run.dir
@@ -174,8 +178,8 @@ def _train(cfg: DictConfig) -> float | None:
             # and raises Interrupted): nothing worth keeping was written
             _discard_empty_run_dir(output_dir, user_dir)
         if isinstance(err, KeyboardInterrupt) and not isinstance(err, Interrupted):
-            # Ctrl-C during start-up: say what is left (nothing, a checkpoint, some files)
-            line = interrupted_message(output_dir)
+            # a stop during start-up: say what is left (nothing, a checkpoint, some files)
+            line = interrupted_message(output_dir, getattr(err, "signum", signal.SIGINT))
         sys.exit(report(line, status))
     finally:
         if cfg.get("resume"):  # the resumed run went on in its own directory
@@ -193,11 +197,13 @@ def raised_in_job(err: BaseException) -> bool:
 def train_command(argv: list[str]) -> int:
     """`lossbench train [overrides]`: hand the arguments to Hydra as if it were the program."""
     global _overwrite
+    from lossbench.engine.signals import StopOnSignal, plain_resume_argument
     from lossbench.experiment import sweep_folder as sweep
 
     _overwrite = OVERWRITE_FLAG in argv
     sweep.add_to_other_sweep = ADD_FLAG in argv
-    argv = [a for a in argv if a not in (OVERWRITE_FLAG, ADD_FLAG)]
+    # `resume='dir with spaces'`: the shell's quotes only; Hydra gets the path in its own
+    argv = [plain_resume_argument(a) for a in argv if a not in (OVERWRITE_FLAG, ADD_FLAG)]
     sweep.command_argv[:] = argv
     sys.argv = ["lossbench train", *argv]
     debug = debug_requested(argv)
@@ -208,7 +214,10 @@ def train_command(argv: list[str]) -> int:
     user_full_error = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
-        _train()
+        # a stop signal before a run begins (and between a sweep's jobs) ends it at once; each
+        # run installs its own for training and finishing (lossbench/engine/signals.py)
+        with StopOnSignal(announce=False, phase="start-up"):
+            _train()
     except StopBeforeStart as stop:  # before anything ran: the run is done, or refused
         if stop.error is not None:  # refused: a UserError's line and exit status
             return report(*exit_report(stop.error))

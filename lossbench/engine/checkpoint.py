@@ -1,4 +1,4 @@
-"""Checkpoints of a run in progress, and stopping a run cleanly on Ctrl-C or SIGTERM.
+"""Checkpoints of a run in progress, from which a stopped run continues.
 
 `checkpoint.pt` (in the run directory) holds everything needed to continue a run so that it
 ends exactly as if it had never stopped (bit for bit on CPU):
@@ -11,7 +11,8 @@ ends exactly as if it had never stopped (bit for bit on CPU):
 
 When: `CheckpointClock` says when a periodic checkpoint is due (every
 `trainer.checkpoint_interval_s` seconds of training, or every `trainer.checkpoint_every` epochs);
-one is always written when Ctrl-C or SIGTERM stops the run, and when the loss diverges the state
+one is always written when a stop signal (Ctrl-C, SIGTERM, SIGHUP, ...: `engine.signals`) stops
+the run in training, and when the loss diverges the state
 at the end of the last good epoch is written (kept in memory meanwhile, `training_states`).
 
 Only tensors, numbers, strings, lists, tuples and dicts go in, so the file loads with
@@ -24,9 +25,6 @@ from __future__ import annotations
 
 import pickle
 import random
-import signal
-import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from time import monotonic
@@ -36,6 +34,8 @@ import numpy as np
 import torch
 
 from lossbench.errors import UserError
+# stopping on a signal lives in engine/signals.py (no torch there); importable from here too
+from lossbench.engine.signals import EXTRA_STOP_SIGNALS, StopOnSignal  # noqa: F401
 from lossbench.results.files import save_torch_atomic
 from lossbench.results.record import read_metrics
 
@@ -190,41 +190,3 @@ def resume_state(run_dir: str | Path) -> dict[str, Any]:
         raise UserError(f"resume={run_dir}: no {CHECKPOINT} in it (checkpoints are written every "
                         "trainer.checkpoint_interval_s seconds of training and on Ctrl-C)")
     return load_checkpoint(run_dir / CHECKPOINT)
-
-
-# Signals that stop a run like Ctrl-C besides SIGINT and SIGTERM: a batch scheduler's warning
-# before it preempts or times out a job (submitit's, see `sweep.run_sweep_job`).
-EXTRA_STOP_SIGNALS: list[int] = []
-
-
-class StopOnSignal:
-    """While active, the first Ctrl-C (SIGINT), SIGTERM or signal of `EXTRA_STOP_SIGNALS` only
-    sets `requested`: the training loop finishes its step, writes a checkpoint and stops. A
-    second one stops at once (KeyboardInterrupt). Outside the main thread signals cannot be
-    caught: then it does nothing.
-    """
-
-    def __init__(self, announce: bool = True) -> None:
-        self.requested: int | None = None  # the signal number once one arrived
-        self.announce = announce  # one process of several says it on the terminal
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested is not None:
-            raise KeyboardInterrupt
-        self.requested = signum
-        if self.announce:
-            print(f"\nlossbench: {signal.Signals(signum).name} received: stopping after this step "
-                  "and saving a checkpoint (Ctrl-C again to stop at once)", file=sys.stderr,
-                  flush=True)
-
-    def __enter__(self) -> StopOnSignal:
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM, *EXTRA_STOP_SIGNALS):
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()

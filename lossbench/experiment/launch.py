@@ -20,10 +20,12 @@ from lossbench.config.moved import current_targets
 from lossbench.config.schema import check_config
 from lossbench.console import output_console
 from lossbench.engine import distributed
-from lossbench.engine.checkpoint import StopOnSignal, resume_state
+from lossbench.engine.checkpoint import resume_state
+from lossbench.engine.signals import StopOnSignal
 from lossbench.errors import Diverged, Interrupted, UserError
 from lossbench.experiment.builders import pick_device
 from lossbench.config.hydra_context import hydra_config, in_sweep
+from lossbench.experiment.outcome import stopped_after_completing
 from lossbench.experiment.workflow import log, run_process
 from lossbench.results import tracking
 from lossbench.results.record import has_metrics, metrics_path, read_metrics
@@ -62,8 +64,10 @@ def run(cfg: DictConfig, resume: dict[str, Any] | None = None) -> float:
     directory (see `lossbench.engine.distributed`); under torchrun this process is one of them already.
 
     A run that stops early raises once its files are written: `Diverged` (NaN/inf loss;
-    metrics.json status "diverged", the last good checkpoint.pt kept) or `Interrupted` (Ctrl-C or
-    SIGTERM; checkpoint.pt written, status "interrupted"; `resume=<run dir>` continues it).
+    metrics.json status "diverged", the last good checkpoint.pt kept) or `Interrupted` (a stop
+    signal, `engine.signals`: in training, checkpoint.pt written, status "interrupted",
+    `resume=<run dir>` continues it; after training, once the completed run is all written).
+    A signal during start-up raises `Stopped` at once: there is nothing to save yet.
     """
     check_config(cfg)
     if cfg.get("resume"):
@@ -100,14 +104,22 @@ def _run_in(cfg: DictConfig, resume: dict[str, Any] | None = None) -> float:
         log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False  # the console shows the progress bar and the report, not log lines
+    # start-up, then training, then finishing (lossbench/engine/signals.py)
+    stop = StopOnSignal(announce=main, phase="start-up")
     try:
-        return run_process(cfg, run_dir, console, started, resume)
+        with stop:
+            best = run_process(cfg, run_dir, console, started, resume, stop)
     except BaseException as err:
         tracking.fail_open_runs(err)
         raise
     finally:
         log.removeHandler(handler)
         handler.close()
+    # a signal that came once training was over: the run wrote its whole record, now it stops
+    # (spawned ranks leave that to the process that started them)
+    if stop.requested is not None and not distributed.current().active:
+        raise stopped_after_completing(run_dir, stop.requested)
+    return best
 
 
 def _spawn_ranks(cfg: DictConfig, devices: int, resume: dict[str, Any] | None = None) -> float:
@@ -129,7 +141,8 @@ def _spawn_ranks(cfg: DictConfig, devices: int, resume: dict[str, Any] | None = 
 
         hydra_cfg = HydraConfig.instance().cfg
 
-    stop, started = StopOnSignal(announce=False), time.time()  # rank 0 announces it
+    # rank 0 announces a signal; this process only notes it and waits for the ranks to stop
+    stop, started = StopOnSignal(announce=False), time.time()
     try:
         with stop:
             distributed.spawn(_rank_main, devices, (cfg, hydra_cfg, resume))
@@ -144,6 +157,8 @@ def _spawn_ranks(cfg: DictConfig, devices: int, resume: dict[str, Any] | None = 
         raise Interrupted(metrics["message"], 128 + (stop.requested or signal.SIGINT)) from None
     if failure is not None:
         raise failure
+    if stop.requested is not None:  # the ranks completed the run, then the stop
+        raise stopped_after_completing(run_dir, stop.requested)
     return float(metrics["best_val"])
 
 

@@ -19,8 +19,10 @@ from rich.console import Console
 from lossbench.data import Splits
 from lossbench.engine import distributed
 from lossbench.engine.checkpoint import CHECKPOINT
+from lossbench.engine.signals import resume_command
 from lossbench.engine.predict import predict, robust_accuracy
-from lossbench.errors import Diverged, Interrupted
+from lossbench.errors import Diverged, Interrupted, stop_name
+from lossbench.experiment.sweep_console import shown_path
 from lossbench.losses.base import hook, needs_class_counts
 from lossbench.results import report as rep
 from lossbench.results.files import save_torch_atomic
@@ -173,10 +175,7 @@ def stop_early(result: Any, run_dir: Path, signum: int | None, cfg: DictConfig,
     and step), keep checkpoint.pt, and raise `Diverged` or `Interrupted` with the line the user
     reads: what happened and what to do."""
     at = result.stopped_at
-    try:  # the paths as the user would type them: relative to where they ran lossbench
-        run_dir = run_dir.resolve().relative_to(Path.cwd().resolve())
-    except ValueError:
-        pass
+    run_dir = shown_path(run_dir)  # as the user would type it
     checkpoint = run_dir / CHECKPOINT
     if result.status == "diverged":
         kept = (f"the last good checkpoint ({checkpoint}) holds the state before epoch "
@@ -192,7 +191,7 @@ def stop_early(result: Any, run_dir: Path, signum: int | None, cfg: DictConfig,
         where = (f"at epoch {at['epoch']}, step {at['step']} of {at['steps']}" if at["step"]
                  else f"before epoch {at['epoch']}")
         message = (f"interrupted by {name} {where}; checkpoint saved in {checkpoint}. Continue "
-                   f"with: lossbench train resume={run_dir}")
+                   f"with: {resume_command(run_dir)}")
         error = Interrupted(message, 128 + signum if signum else 130)
     if main:
         write_record(run_dir, result.history, {
@@ -207,6 +206,13 @@ def stop_early(result: Any, run_dir: Path, signum: int | None, cfg: DictConfig,
     if dist.active:  # no rank exits (and has the others stopped) before rank 0 has written
         distributed.broadcast_object(None, dist)
     raise error
+
+
+def stopped_after_completing(run_dir: Path, signum: int) -> Interrupted:
+    """What a run says when a stop signal came once training was over: it completed and wrote
+    every file first (exit status 128 + the signal: it did stop when asked)."""
+    return Interrupted(f"stopped by {stop_name(signum)} after the run completed; its results are "
+                       f"all in {shown_path(run_dir)}", 128 + signum)
 
 
 def _checkpoint_epoch(path: Path) -> int:

@@ -32,7 +32,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from lossbench.errors import Interrupted, UserError, debug_requested
+from lossbench.errors import Interrupted, Stopped, UserError, debug_requested, exit_report
 from lossbench.experiment import sweep_folder
 from lossbench.experiment.sweep_checks import StopBeforeStart
 from lossbench.experiment.sweep_folder import (LOCK_FILE, STOP_FLAG, flag_stop, job_status,
@@ -173,6 +173,9 @@ def _run_locked_job(cfg: DictConfig, hydra_cfg: DictConfig, run: Callable[..., f
         import torch
 
         torch.set_num_threads(threads)
+        from lossbench.engine.signals import end_with_parent
+
+        end_with_parent()  # a joblib worker: it stops and ends when the sweep's process dies
     started = time.time()  # wall clock: compared with file mtimes
     from lossbench.experiment.sweep_console import job_line
 
@@ -185,11 +188,12 @@ def _run_locked_job(cfg: DictConfig, hydra_cfg: DictConfig, run: Callable[..., f
         value = run(cfg, resume) if resume is not None else run(cfg)
         print(job_line(label, run_dir, time.time() - started), flush=True)
         return value
-    except Interrupted as err:
+    except (Interrupted, Stopped) as err:  # Stopped: the warning came during start-up
         if preempt is not None and err.exit_code == 128 + preempt:
             # checkpoint.pt is written: submitit's own handler, back in place, requeues the job
             # (hydra's launcher is checkpointable) and ends this process
-            print(f"lossbench: {label} {err}; submitit requeues it", file=sys.stderr, flush=True)
+            what = exit_report(err)[0] + (" during start-up" if isinstance(err, Stopped) else "")
+            print(f"lossbench: {label} {what}; submitit requeues it", file=sys.stderr, flush=True)
             signal.raise_signal(preempt)
         if parallel_launcher(hydra_cfg):  # the other jobs finish writing; queued ones wait
             flag_stop(sweep_dir, err.exit_code - 128)

@@ -21,7 +21,8 @@ from rich.tree import Tree
 from lossbench.data import Splits
 from lossbench.data.noise import describe_corruption
 from lossbench.engine import distributed
-from lossbench.engine.checkpoint import CHECKPOINT, StopOnSignal, save_checkpoint
+from lossbench.engine.checkpoint import CHECKPOINT, save_checkpoint
+from lossbench.engine.signals import StopOnSignal
 from lossbench.engine.loop import FitResult, Settings, fit
 from lossbench.engine.precision import autocast, autocast_dtype, training_model
 from lossbench.engine.selection import (describe_selection, planned_epochs, resolve_monitor,
@@ -139,9 +140,12 @@ class Parts:
 
 
 def run_process(cfg: DictConfig, run_dir: Path, console: Console, started: float,
-                resume: dict[str, Any] | None = None) -> float:
+                resume: dict[str, Any] | None = None, stop: StopOnSignal | None = None) -> float:
     """This process's share of the run (the whole run in a single process); returns the best
-    value of the monitored validation metric."""
+    value of the monitored validation metric. `stop`: how signals stop the run, its phase moved
+    on here (`engine.signals`); the caller sees `stop.requested` of a run that completed."""
+    stop = stop if stop is not None else StopOnSignal(announce=distributed.current().is_main,
+                                                      phase="start-up")
     run = prepare(cfg, run_dir, console, started, resume)
     parts = build(run)
     # a tracker whose package is missing is the user's to install: checked before any file
@@ -149,7 +153,7 @@ def run_process(cfg: DictConfig, run_dir: Path, console: Console, started: float
                else tracking.NoTracker())
     # Everything the user could have got wrong has been checked: from here on, files are written.
     announce(run, parts, tracker)
-    result = train(run, parts, tracker)
+    result = train(run, parts, tracker, stop)
     tested = test_weights(run, parts, result)
     if not run.is_main:
         return float(result.best_value)
@@ -234,15 +238,16 @@ def announce(run: Run, parts: Parts, tracker: Any) -> None:
                   f"epochs × {run.per_epoch} steps", highlight=False)
 
 
-def train(run: Run, parts: Parts, tracker: Any) -> FitResult:
+def train(run: Run, parts: Parts, tracker: Any, stop: StopOnSignal) -> FitResult:
     """Epochs of train/validate keeping the best weights; checkpoint.pt lets a stopped run go
-    on. A run that diverged or was interrupted is recorded and raises (`stop_early`)."""
+    on. A run that diverged or was interrupted is recorded and raises (`stop_early`). From here
+    a stop signal lets the step end and writes a checkpoint; once training is over it lets the
+    run write its results first."""
     device, trainer = run.device, run.trainer
     generator = torch.Generator(device=device if device.type == "cuda" else "cpu")
     generator.manual_seed(run.train_seed)
     run.pairing["order_hash"] = order_hash(generator, len(run.splits.train))
     saved_config = resolved_config(run.cfg)
-    stop = StopOnSignal(announce=run.is_main)
     scheduler = parts.schedule.scheduler
 
     def save(loop: dict[str, Any], states: dict[str, Any] | None = None) -> None:
@@ -253,6 +258,7 @@ def train(run: Run, parts: Parts, tracker: Any) -> FitResult:
                             sync=stop.requested is not None or states is not None,
                             states=states)
 
+    stop.phase = "training"
     with stop, EpochProgress(run.console, trainer.epochs, run.monitor,
                              enabled=run.is_main) as progress:  # no hidden bars on other ranks
         result = fit(training_model(parts.model, device, trainer.get("compile", False)),
@@ -261,6 +267,7 @@ def train(run: Run, parts: Parts, tracker: Any) -> FitResult:
                      on_epoch=lambda row: (log.info("epoch %s", row), tracker.log_epoch(row)),
                      resume=run.resume["loop"] if run.resume is not None else None, save=save,
                      stop=stop)
+        stop.phase = "finishing"
     if result.status != "completed":
         stop_early(result, run.run_dir, stop.requested, run.cfg, run.picked, run.splits.name,
                    run.splits.task, run.monitor, run.mode, run.wall_time(),
