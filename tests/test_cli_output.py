@@ -189,3 +189,28 @@ def test_a_target_hydra_refuses_is_one_line_for_train_too(cli, tmp_path):
     assert proc.stderr.startswith("lossbench: error: Target 'os.system' is blocklisted")
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("table", ["regression", "classification", "confusion"])
+def test_a_report_title_wraps_at_the_terminal_not_at_its_narrow_table(table):
+    """A rich table's own title wrapped at the table's width: a regression report's long title
+    above its two columns became seven lines of twenty characters."""
+    from rich.console import Console
+
+    from lossbench.results import report
+
+    title = ("Test split: loss=mse dataset=diabetes, selected epoch 2 (val_rmse=71.6337, chosen "
+             "on validation, not on test)")
+    renderable = {
+        "regression": lambda: report.regression_table(
+            {"mse": 1.0, "rmse": 1.0, "mae": 1.0, "r2": 0.5}, title),
+        "classification": lambda: report.classification_report_table(
+            {"a": {"precision": 1.0, "recall": 1.0, "f1-score": 1.0, "support": 3},
+             "macro avg": {"precision": 1.0, "recall": 1.0, "f1-score": 1.0, "support": 3}},
+            title),
+        "confusion": lambda: report.confusion_matrix_table([[3]], ["a"], title)}[table]()
+    console = Console(width=80, record=True, file=open(os.devnull, "w"))
+    console.print(renderable)
+    lines = console.export_text().splitlines()
+    assert " ".join(line.strip() for line in lines[:2]) == title  # two lines at 80 columns
+    assert len(lines[0].rstrip()) > 60

@@ -60,6 +60,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--format", choices=FORMATS, default="table",
                         help="what to print: a rich table (default), markdown, csv, json or a "
                              "LaTeX booktabs table")
+    parser.add_argument("--wide", action="store_true",
+                        help="the table with every column of comparison.md (std, p (Holm), "
+                             "P(better), best epoch, ...), for a wide terminal; default: the "
+                             "key columns, which fit 80 columns")
     parser.add_argument("--out", metavar="DIR",
                         help="where to write comparison.csv/.md/.tex/.png, curves.png and "
                              "rates.png (default: the first PATH)")
@@ -117,7 +121,7 @@ def compare_command(argv: list[str]) -> int:
             written.append(out_dir / "rates.png")
 
     if args.format == "table":
-        tables.print_table(blocks, failed, notes)
+        tables.print_table(blocks, failed, notes, wide=args.wide)
         if not blocks:
             print(f"no completed runs to compare ({len(failed)} failed or unfinished)")
         print("wrote " + " ".join(str(p) for p in written))

@@ -26,8 +26,13 @@ class Notes:
     confidence: float = 0.95
 
 
-def _num(value: float | None, digits: int = 4) -> str:
-    return "–" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+def _num(value: float | None, digits: int = 4, sign: bool = False) -> str:
+    """value at `digits` decimals, "–" for none; a value that rounds to zero prints as 0, never
+    as "-0.000" (a difference of nothing has no direction)."""
+    if value is None or math.isnan(value):
+        return "–"
+    value = round(value, digits) + 0.0  # -0.0 + 0.0 is +0.0
+    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
 
 
 def mean_std(stat: Stat, digits: int = 4) -> str:
@@ -71,7 +76,7 @@ def improvement_text(c: Comparison, digits: int = 2) -> str:
 def diff_text(c: Comparison, digits: int = 4) -> str:
     ci = "" if math.isnan(c.diff_low) else \
         f" [{_num(c.diff_low, digits)}, {_num(c.diff_high, digits)}]"
-    return f"{c.diff:+.{digits}f}{ci}"
+    return f"{_num(c.diff, digits, sign=True)}{ci}"
 
 
 def extras(block: Block) -> dict[str, bool]:
@@ -291,37 +296,85 @@ def to_json(blocks: Sequence[Block], failed: Sequence[Run], at: str) -> str:
                                   for r in failed]}, indent=2, default=str) + "\n"
 
 
-def print_table(blocks: Sequence[Block], failed: Sequence[Run], notes: Notes) -> None:
-    from lossbench.console import output_console
-    from rich.table import Table
+def key_header(block: Block, notes: Notes) -> list[str]:
+    """The terminal's table: what answers "which loss is best here?", in reading order."""
+    return [*block.columns, "n", f"{block.metric} [95% CI]",
+            f"Δ {reference_name(block, notes)} [95% CI]", "verdict"]
 
-    console = output_console()
+
+def key_cells(block: Block, row: Row, digits: int = 3) -> list[str]:
+    stat = row.stats[block.metric]
+    mean = _num(stat.mean, digits) if stat.n else "–"
+    if stat.n >= 2:
+        mean += f" {ci_text(stat, digits)}"
+    lost = f" ({len(row.lost)} lost)" if row.lost else ""
+    diff = diff_text(row.reference, digits) if row.reference else ""
+    verdict = row.mark + (" ⚠" if row.warnings else "")
+    return [*(fmt_value(row.labels.get(c)) for c in block.columns), f"{len(row.runs)}{lost}",
+            mean, diff, verdict]
+
+
+def print_table(blocks: Sequence[Block], failed: Sequence[Run], notes: Notes, wide: bool = False,
+                console: Any = None) -> None:
+    """Each block as a table for the terminal it has: the key columns (key_header), numbers
+    never cut or broken (labels and verdicts wrap at spaces when the terminal is narrow), the
+    title as a line of its own so that it wraps at the terminal's width, not the table's. `wide`:
+    every column of comparison.md instead."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    from lossbench.console import output_console
+
+    console = console or output_console()
     for block in blocks:
-        table = Table(title=block.title)
-        for i, name in enumerate(table_header(block, notes, compact=True)):
-            table.add_column(name, justify="left" if i <= len(block.columns) else "right",
-                             no_wrap=i == 0)
-        for row in block.rows:
+        console.print(block.title, style="bold", highlight=False, markup=False)
+        if wide:
+            header = table_header(block, notes, compact=True)
+            body = [table_cells(block, row, notes, digits=3, compact=True) for row in block.rows]
+            text_columns = len(block.columns) + 1
+        else:
+            header = key_header(block, notes)
+            body = [key_cells(block, row) for row in block.rows]
+            text_columns = len(block.columns)
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False,
+                      collapse_padding=True)
+        for i, name in enumerate(header):
+            text = i < text_columns or (not wide and i == len(header) - 1)  # labels, verdict
+            if wide:  # as wide as it is: cut where the terminal is narrower
+                table.add_column(name, justify="left" if text else "right", no_wrap=i == 0)
+            else:
+                table.add_column(name, justify="left" if text else "right", no_wrap=not text,
+                                 overflow="fold")
+        for row, cells in zip(block.rows, body):
             style = "bold green" if row.mark in ("best", "better") else None
-            table.add_row(*table_cells(block, row, notes, digits=3, compact=True), style=style)
+            table.add_row(*map(Text, cells), style=style)  # Text: a "[" is not markup
         console.print(table)
         if block.rate_key:
             header, body = rate_table(block, digits=3)
-            rates = Table(title=f"test {block.metric} against {block.rate_key}")
+            console.print(f"test {block.metric} against {block.rate_key}", style="bold",
+                          highlight=False, markup=False)
+            rates = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
             for name in header:
-                rates.add_column(name)
+                rates.add_column(name, overflow="fold")
             for cells in body:
-                rates.add_row(*cells)
+                rates.add_row(*map(Text, cells))
             console.print(rates)
     for line in footnotes(blocks, notes) if blocks else []:
         console.print(line, highlight=False, markup=False)
+    if blocks and not wide:
+        console.print("More columns (std, p (Holm), P(better), best epoch, train time, ...): "
+                      "--wide, or comparison.md.", highlight=False, markup=False)
     if failed:
-        table = Table(title=f"{len(failed)} failed or unfinished runs (not averaged)")
-        table.add_column("run")
+        word = "run" if len(failed) == 1 else "runs"
+        console.print(f"{len(failed)} failed or unfinished {word} (not averaged)", style="bold",
+                      highlight=False, markup=False)
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+        table.add_column("run", overflow="fold")
         table.add_column("status")
-        table.add_column("error")
+        table.add_column("error", overflow="fold")
         for run in failed:
-            table.add_row(str(run.path), run.status, run.error)
+            table.add_row(*map(Text, (str(run.path), run.status, run.error or "")))
         console.print(table)
 
 
