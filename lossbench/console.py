@@ -29,6 +29,11 @@ def console_width() -> int | None:
     return UNCUT_WIDTH
 
 
+def counted(n: int, noun: str) -> str:
+    """"1 step", "2 steps": a count and its noun, singular for one."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def output_console(**kwargs: Any):
     """A rich Console for lossbench's output, uncut off a terminal (see the module docstring)."""
     from rich.console import Console

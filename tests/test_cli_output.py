@@ -214,3 +214,16 @@ def test_a_report_title_wraps_at_the_terminal_not_at_its_narrow_table(table):
     lines = console.export_text().splitlines()
     assert " ".join(line.strip() for line in lines[:2]) == title  # two lines at 80 columns
     assert len(lines[0].rstrip()) > 60
+
+
+def test_counts_of_one_are_singular(cli, tmp_path):
+    """"1 steps", "1 configurations": a count of one takes the singular everywhere it prints."""
+    run = cli("train", *TINY, "trainer.epochs=1", "trainer.max_batches=1",
+              "trainer.early_stopping=true", "trainer.patience=1", "trainer.min_steps=1",
+              "print_config=false", "hydra.run.dir=one", check=True)
+    assert "budget 1 epoch × 1 step" in run.stdout
+    assert "early stopping after 1 epoch without improvement, not before 1 step" in run.stdout
+    compared = cli("compare", "one", "--no-plots", check=True)
+    assert "iris (multiclass): 1 configuration, 1 run;" in compared.stdout
+    for wrong in ("1 steps", "1 epochs", "1 configurations", "1 runs"):
+        assert wrong not in run.stdout + compared.stdout

@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -492,6 +493,16 @@ def test_the_terminal_table_keeps_its_key_columns_whole_at_any_width(tmp_path, w
                     assert cells[-1] in lines[first]
         # the title is a line of its own, wrapped at the terminal, not at the table's width
         assert lines[0].startswith(blocks[0].title[:70])
+
+
+def test_a_difference_that_rounds_to_zero_has_no_sign(tmp_path, cli):
+    paired_sweep(tmp_path / "s", {"ce": CE, "gce": [c - 1e-7 for c in CE]})
+    for args in ((), ("--format", "markdown"), ("--format", "latex")):
+        proc = cli("compare", "s", "--baseline", "ce", "--no-plots", *args)
+        assert proc.returncode == 0, proc.stderr
+        assert not re.search(r"-0\.0+\b", proc.stdout), proc.stdout
+    assert "+0.0000 [0.0000, 0.0000]" in cli("compare", "s", "--baseline", "ce", "--no-plots",
+                                             "--format", "markdown").stdout
 
 
 def test_wide_shows_every_column_and_the_default_says_how_to_get_them(tmp_path, cli):

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from lossbench.console import counted
 from lossbench.errors import UserError
 from lossbench.tasks import VALIDATION_METRICS, task_kind
 
@@ -66,8 +67,9 @@ def describe_selection(selection: dict[str, Any]) -> str:
     ties = f", ties by lower {selection['tie_break']}" if selection["tie_break"] else ""
     labels = (" on CLEAN validation labels (privileged)" if selection["privileged"]
               else " on the validation labels" + (" (noisy)" if selection.get("noise_injected") else ""))
-    stop = (f"; early stopping after {selection['patience']} epochs without improvement, "
-            f"not before {selection['min_steps']} steps" if selection["patience"] is not None
+    stop = (f"; early stopping after {counted(selection['patience'], 'epoch')} without "
+            f"improvement, not before {counted(selection['min_steps'], 'step')}"
+            if selection["patience"] is not None
             else "; no early stopping")
     return (f"selection: best {selection['metric']} ({selection['mode']}){ties}{labels}{stop}; "
             "never on test")

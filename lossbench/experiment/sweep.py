@@ -29,6 +29,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from lossbench.console import counted
 from lossbench.errors import Interrupted, UserError, debug_requested
 from lossbench.results.files import write_text_atomic
 # resolved_config, LOCATION_KEYS and error_line used to live here: still importable from here
@@ -229,10 +230,12 @@ def summary_line(sweep_dir: Path, jobs: list[Path], since: float) -> tuple[str, 
     note = warnings_note([job for job in jobs if job not in failed])
     if failed:
         dirs = " ".join(str(job) for job in failed)
-        return f"lossbench: {len(failed)} of {len(jobs)} jobs failed: {dirs}{note}", failed
+        return (f"lossbench: {len(failed)} of {counted(len(jobs), 'job')} failed: {dirs}{note}",
+                failed)
     reused = sum(1 for job in jobs if metrics_path(job).stat().st_mtime < since)
     skipped = f" ({reused} skipped: already completed)" if reused else ""
-    return f"lossbench: all {len(jobs)} jobs completed{skipped} in {sweep_dir}{note}", failed
+    done = f"all {len(jobs)} jobs" if len(jobs) > 1 else counted(len(jobs), "job")
+    return f"lossbench: {done} completed{skipped} in {sweep_dir}{note}", failed
 
 
 def summary_after_error(err: BaseException) -> bool:

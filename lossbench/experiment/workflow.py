@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.tree import Tree
 
+from lossbench.console import counted
 from lossbench.data import Splits
 from lossbench.data.noise import describe_corruption
 from lossbench.engine import distributed
@@ -222,8 +223,9 @@ def announce(run: Run, parts: Parts, tracker: Any) -> None:
                   f"train/val/test) model={run.picked.get('model')} device={run.device}"
                   f"{', ' + corruption if corruption else ''}", highlight=False)
     run.selection["noise_injected"] = splits.val.y_clean is not None
-    console.print(f"{describe_selection(run.selection)}; budget {run.trainer.epochs} epochs × "
-                  f"{run.per_epoch} steps", highlight=False)
+    console.print(f"{describe_selection(run.selection)}; budget "
+                  f"{counted(run.trainer.epochs, 'epoch')} × {counted(run.per_epoch, 'step')}",
+                  highlight=False)
 
 
 def train(run: Run, parts: Parts, tracker: Any) -> FitResult:
