@@ -227,3 +227,15 @@ def test_counts_of_one_are_singular(cli, tmp_path):
     assert "iris (multiclass): 1 configuration, 1 run;" in compared.stdout
     for wrong in ("1 steps", "1 epochs", "1 configurations", "1 runs"):
         assert wrong not in run.stdout + compared.stdout
+
+
+def test_the_divergence_hint_names_a_smaller_learning_rate_in_the_same_notation(cli):
+    proc = cli("train", *TINY, "optimizer=sgd", "optimizer.lr=1e6", "print_config=false",
+               "hydra.run.dir=run")
+    assert proc.returncode == 3, proc.stderr
+    import re
+
+    hint = re.search(r"optimizer\.lr=(\S+), a tenth of (\S+)\)", proc.stderr)
+    assert hint, proc.stderr
+    assert float(hint.group(1)) == 1e5 and float(hint.group(2)) == 1e6
+    assert hint.group(1) == "1e+05"  # as the epoch lines print lr ("lr=1e+06"), not "100000"

@@ -182,7 +182,10 @@ def stop_early(result: Any, run_dir: Path, signum: int | None, cfg: DictConfig,
         kept = (f"the last good checkpoint ({checkpoint}) holds the state before epoch "
                 f"{_checkpoint_epoch(checkpoint)}" if checkpoint.is_file()
                 else "no checkpoint was written before it")
-        lower = f"optimizer.lr={lr / 10:g}" if isinstance(lr, (int, float)) else "optimizer.lr"
+        # both in one notation (.3g, as the epoch lines print lr): "optimizer.lr=100000" beside
+        # "lr=1e+06" read as a larger rate
+        lower = (f"optimizer.lr={lr / 10:.3g}, a tenth of {lr:.3g}"
+                 if isinstance(lr, (int, float)) else "optimizer.lr")
         message = (f"training diverged at epoch {at['epoch']}, step {at['step']} of "
                    f"{at['steps']} ({at['phase']} loss {at['loss']}); {kept}. Try a lower "
                    f"learning rate ({lower}) or gradient clipping (trainer.grad_clip=1.0)")
