@@ -239,3 +239,27 @@ def test_the_divergence_hint_names_a_smaller_learning_rate_in_the_same_notation(
     assert hint, proc.stderr
     assert float(hint.group(1)) == 1e5 and float(hint.group(2)) == 1e6
     assert hint.group(1) == "1e+05"  # as the epoch lines print lr ("lr=1e+06"), not "100000"
+
+
+def test_run_metadata_says_what_happened_and_nothing_else(cli, tmp_path):
+    """Clean data is not "selected on noisy labels", and patience that runs out on the last
+    epoch of the budget stopped nothing early. lr=0: the weights never change, so the first
+    epoch stays the best and patience 1 runs out one epoch later."""
+    frozen = (*TINY, "optimizer.lr=0", "trainer.early_stopping=true", "trainer.patience=1",
+              "trainer.min_steps=0", "print_config=false")
+    cli("train", *frozen, "trainer.epochs=2", "hydra.run.dir=full", check=True)
+    full = read_metrics(tmp_path / "full")
+    assert full["epochs_run"] == 2 and full["stopped_early"] is False
+    assert full["selection"]["labels"] == "given" and full["selection"]["privileged"] is False
+    cli("train", *frozen, "trainer.epochs=3", "hydra.run.dir=early", check=True)
+    early = read_metrics(tmp_path / "early")
+    assert early["epochs_run"] == 2 and early["stopped_early"] is True
+    cli("train", *frozen, "trainer.epochs=2", "dataset.noise.kind=symmetric",
+        "dataset.noise.rate=0.2", "hydra.run.dir=noisy", check=True)
+    assert read_metrics(tmp_path / "noisy")["selection"]["labels"] == "noisy"
+    compared = cli("compare", "full", "noisy", "--format", "csv", "--no-plots",
+                   "--out", "cmp", check=True).stdout
+    import csv
+
+    selection = {r["noise_kind"]: r["selection"] for r in csv.DictReader(compared.splitlines())}
+    assert selection == {"none": "given", "symmetric": "noisy"}

@@ -33,9 +33,10 @@ def selection_rule(task: str, trainer: Any, noisy: bool) -> dict[str, Any]:
 
     Classification: the monitored metric (validation accuracy by default), ties broken by the
     validation NLL of the class scores (lower wins), so that a small validation split whose
-    accuracy saturates still follows the predictions that keep improving. `labels`: the noisy
-    validation labels (what a user of noisy data has) or, asked for, the clean ones (privileged
-    information: only a benchmark that injected the noise knows them). `min_steps`: early
+    accuracy saturates still follows the predictions that keep improving. `labels`: with
+    injected noise, the noisy validation labels (what a user of noisy data has) or, asked for,
+    the clean ones (privileged information: only a benchmark that injected the noise knows
+    them); without, "given": the dataset's own labels, neither. `min_steps`: early
     stopping may not end a run before that many optimizer steps.
     """
     monitor, mode = resolve_monitor(task, trainer.monitor, trainer.mode)
@@ -52,7 +53,8 @@ def selection_rule(task: str, trainer: Any, noisy: bool) -> dict[str, Any]:
         raise UserError("trainer.select_on=clean scores the predictions against the clean labels "
                         "(val_accuracy, val_macro_f1, val_nll); the loss itself is only known on "
                         "the noisy ones: choose another trainer.monitor")
-    return {"metric": monitor, "mode": mode, "tie_break": tie_break, "labels": labels,
+    return {"metric": monitor, "mode": mode, "tie_break": tie_break,
+            "labels": labels if noisy else "given",
             "privileged": labels == "clean",
             # the history.csv columns the rule reads
             "column": monitor + suffix,

@@ -66,6 +66,14 @@ def corruption_text(row: Row, compact: bool = False) -> str:
     return "; ".join(parts) or "clean"
 
 
+def selection_labels(row: Row) -> str:
+    """The validation labels that picked the row's epoch: clean (privileged), noisy, or the
+    dataset's own where no noise was injected."""
+    if row.privileged:
+        return "clean (privileged)"
+    return "noisy" if row.corruption.get("noise_kind") not in (None, "none") else "given"
+
+
 def improvement_text(c: Comparison, digits: int = 2) -> str:
     i = c.improvement
     if math.isnan(i.p):
@@ -144,7 +152,8 @@ def table_cells(block: Block, row: Row, notes: Notes, digits: int = 4, compact: 
     if show["warnings"]:
         cells.append(("⚠ " + row.warning_text()) if row.warnings else "")
     if show["selection"]:
-        cells.append("clean labels (privileged)" if row.privileged else "noisy labels")
+        cells.append("clean labels (privileged)" if row.privileged
+                     else f"{selection_labels(row)} labels")
     return cells
 
 
@@ -256,7 +265,7 @@ def csv_rows(blocks: Sequence[Block], at: str) -> list[dict[str, Any]]:
                        imbalance_kind=c.get("imbalance_kind"),
                        imbalance_ratio=c.get("imbalance_ratio"), memorised=row.memorised,
                        warnings=row.warning_text(),
-                       selection="clean (privileged)" if row.privileged else "noisy",
+                       selection=selection_labels(row),
                        best_epoch_mean=row.best_epoch, train_time_s_mean=row.train_time_s,
                        sort_metric=block.metric, mark=row.mark)
             out.update(comparison_fields(row.reference))
