@@ -683,3 +683,19 @@ def test_a_fixed_seed_with_swept_training_seeds_still_pairs(tmp_path, cli):
     assert rows["gce"]["test"] == "paired t" and rows["gce"]["n_compared"] == "4"
     assert float(rows["gce"]["p_value"]) == pytest.approx(
         stats.ttest_rel(GCE[:4], CE[:4]).pvalue)
+
+
+def test_latex_carries_the_seeds_needed_for_mde(tmp_path, cli):
+    paired_sweep(tmp_path / "s", {"ce": CE, "gce": GCE})
+    rows = {r["loss"]: r for r in csv.DictReader(cli(
+        "compare", "s", "--baseline", "ce", "--mde", "0.01", "--format", "csv").stdout
+        .splitlines())}
+    latex = cli("compare", "s", "--baseline", "ce", "--mde", "0.01", "--format", "latex",
+                "--no-plots").stdout
+    assert r"loss & accuracy & macro\_f1 & n for $\Delta=0.01$ \\" in latex
+    assert r"\begin{tabular}{lrrr}" in latex
+    gce = next(line for line in latex.splitlines() if line.startswith("gce &"))
+    assert gce.endswith(f"& {rows['gce']['n_needed']} \\\\")
+    assert "seeds needed to detect that difference" in latex
+    plain = cli("compare", "s", "--baseline", "ce", "--format", "latex", "--no-plots").stdout
+    assert "n for" not in plain

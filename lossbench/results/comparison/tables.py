@@ -408,6 +408,10 @@ def to_latex(blocks: Sequence[Block], notes: Notes, digits: int = 3) -> str:
         show_corruption = has_corruption(block)
         head = [latex_escape(c) for c in block.columns] + (
             ["corruption"] if show_corruption else []) + [latex_escape(m) for m in block.metrics]
+        # --mde: the seeds each row needs to detect that difference, as comparison.md says
+        show_n = bool(notes.mde) and extras(block)["n_needed"]
+        if show_n:
+            head.append(rf"n for $\Delta={notes.mde:g}$")
         best: dict[tuple[int, str], float] = {}  # (family, metric) -> best mean
         for i, family in enumerate(block.families):
             for m in block.metrics:
@@ -419,8 +423,9 @@ def to_latex(blocks: Sequence[Block], notes: Notes, digits: int = 3) -> str:
         lines = [r"\begin{table}[t]", r"\centering",
                  rf"\caption{{{latex_escape(block.dataset)}: test metrics at the {at}, "
                  rf"mean $\pm$ std over seeds.}}",
-                 r"\begin{tabular}{" + "l" * (len(head) - len(block.metrics))
-                 + "r" * len(block.metrics) + "}", r"\toprule", " & ".join(head) + r" \\",
+                 r"\begin{tabular}{" + "l" * (len(head) - len(block.metrics) - show_n)
+                 + "r" * (len(block.metrics) + show_n) + "}", r"\toprule",
+                 " & ".join(head) + r" \\",
                  r"\midrule"]
         for i, family in enumerate(block.families):
             if i:
@@ -438,6 +443,9 @@ def to_latex(blocks: Sequence[Block], notes: Notes, digits: int = 3) -> str:
                     if best.get((i, m)) == s.mean:
                         mean = rf"\textbf{{{mean}}}"
                     cells.append(mean if s.n < 2 else rf"{mean} $\pm$ {s.std:.{digits}f}")
+                if show_n:
+                    c = row.reference
+                    cells.append(str(c.n_needed) if c and c.n_needed else "--")
                 if row.warnings:
                     cells[0] += r"$^\dagger$"
                 lines.append(" & ".join(cells) + r" \\")
@@ -450,6 +458,9 @@ def to_latex(blocks: Sequence[Block], notes: Notes, digits: int = 3) -> str:
         seeds = str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}--{sizes[-1]}"
         foot = (rf"\par\smallskip{{\footnotesize Bold: best mean in its group. Test: {used}, "
                 rf"{against}, Holm-adjusted, $\alpha={notes.alpha:g}$; n = {seeds} seeds.")
+        if show_n:
+            foot += (rf" n for $\Delta={notes.mde:g}$: seeds needed to detect that difference "
+                     r"with power 0.8 at the family's $\alpha / m$.")
         if any(r.warnings for r in block.rows):
             foot += r" $^\dagger$: a run carries a warning (near chance or majority rate)."
         lines += [foot + "}", r"\end{table}", ""]
