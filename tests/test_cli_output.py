@@ -263,3 +263,27 @@ def test_run_metadata_says_what_happened_and_nothing_else(cli, tmp_path):
 
     selection = {r["noise_kind"]: r["selection"] for r in csv.DictReader(compared.splitlines())}
     assert selection == {"none": "given", "symmetric": "noisy"}
+
+
+def test_resume_says_where_it_continues(cli, tmp_path):
+    """A real SIGTERM after the first epoch line; `resume=` then names the epoch it goes on
+    from, as a sweep's job does."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([*lossbench_cmd(), "train", *TINY, "trainer.epochs=300",
+                             "print_config=false", "hydra.run.dir=stopped"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("epoch 1/"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    proc.communicate(timeout=120)
+    assert proc.returncode == 143
+    stopped_at = read_metrics(tmp_path / "stopped")["stopped_at"]
+    resumed = cli("train", "resume=stopped", check=True)
+    import re
+
+    said = re.search(r"lossbench: resume=stopped: continuing from epoch (\d+)", resumed.stdout)
+    assert said, resumed.stdout
+    assert int(said.group(1)) in (stopped_at["epoch"], stopped_at["epoch"] + 1)
+    assert read_metrics(tmp_path / "stopped")["status"] == "completed"

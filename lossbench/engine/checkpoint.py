@@ -192,6 +192,12 @@ def resume_state(run_dir: str | Path) -> dict[str, Any]:
     return load_checkpoint(run_dir / CHECKPOINT)
 
 
+def resume_point(state: dict[str, Any]) -> str:
+    """Where a checkpoint goes on: "epoch 4", or "epoch 4, step 3" inside an epoch."""
+    loop = state["loop"]
+    return f"epoch {loop['epoch']}" + (f", step {loop['batch'] + 1}" if loop["batch"] else "")
+
+
 # Signals that stop a run like Ctrl-C besides SIGINT and SIGTERM: a batch scheduler's warning
 # before it preempts or times out a job (submitit's, see `sweep.run_sweep_job`).
 EXTRA_STOP_SIGNALS: list[int] = []

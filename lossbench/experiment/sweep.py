@@ -137,10 +137,10 @@ def run_sweep_job(cfg: DictConfig, hydra_cfg: DictConfig,
         return done.get("best_val")
     resume = unfinished_checkpoint(cfg, run_dir)
     if resume is not None:
-        loop = resume["loop"]
-        where = f"epoch {loop['epoch']}" + (f", step {loop['batch'] + 1}" if loop["batch"] else "")
+        from lossbench.engine.checkpoint import resume_point
         from lossbench.experiment.sweep_console import shown_path
 
+        where = resume_point(resume)
         print(f"lossbench: {label} continues from its checkpoint at {where} (run directory: "
               f"{shown_path(run_dir)})", flush=True)
     threads = threads_per_job(hydra_cfg)
