@@ -287,3 +287,15 @@ def test_resume_says_where_it_continues(cli, tmp_path):
     assert said, resumed.stdout
     assert int(said.group(1)) in (stopped_at["epoch"], stopped_at["epoch"] + 1)
     assert read_metrics(tmp_path / "stopped")["status"] == "completed"
+
+
+@pytest.mark.parametrize("args, shown", [
+    (("trainer.precision=bf16",), "device=cpu precision=bf16"),
+    (("trainer.devices=2",), "device=cpu devices=2"),
+    ((), "device=cpu")], ids=["bf16", "two processes", "defaults"])
+def test_the_header_names_devices_and_precision_when_they_are_not_the_default(cli, args, shown):
+    proc = cli("train", *TINY, "print_config=false", "hydra.run.dir=run", *args, check=True)
+    [header] = [ln for ln in proc.stdout.splitlines() if ln.startswith("lossbench loss=")]
+    assert header.rstrip().endswith(shown)
+    if not args:
+        assert "precision" not in header and "devices" not in header

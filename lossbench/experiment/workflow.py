@@ -218,9 +218,14 @@ def announce(run: Run, parts: Parts, tracker: Any) -> None:
              optimizer_kernel(parts.optimizer))
     tracker.start(run.run_dir, OmegaConf.to_container(cfg, resolve=True), run.picked)
     corruption = describe_corruption(splits.info)  # noise, imbalance: '' for clean data
+    # how it trains, where that is not the default: N processes, mixed precision
+    devices = int(run.trainer.get("devices", 1) or 1)
+    precision = str(run.trainer.get("precision", 32))
+    how = (f" devices={devices}" if devices > 1 else "") + (
+        f" precision={precision}" if precision != "32" else "")
     console.print(f"[bold]lossbench[/] loss={run.picked.get('loss')} dataset={splits.name} "
                   f"({splits.task}, {len(splits.train)}/{len(splits.val)}/{len(splits.test)} "
-                  f"train/val/test) model={run.picked.get('model')} device={run.device}"
+                  f"train/val/test) model={run.picked.get('model')} device={run.device}{how}"
                   f"{', ' + corruption if corruption else ''}", highlight=False)
     run.selection["noise_injected"] = splits.val.y_clean is not None
     console.print(f"{describe_selection(run.selection)}; budget "
