@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 # Wide enough for any table lossbench prints; rich pads nothing to this width (tables and text
@@ -27,6 +28,15 @@ def console_width() -> int | None:
     except (AttributeError, ValueError):  # a replaced or closed stdout
         pass
     return UNCUT_WIDTH
+
+
+def shown_path(path: str | os.PathLike) -> Path:
+    """A path as the user would type it: relative to the working directory when inside it (the
+    same form on every line lossbench prints), else as it is."""
+    try:
+        return Path(path).resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return Path(path)
 
 
 def counted(n: int, noun: str) -> str:

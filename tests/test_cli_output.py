@@ -277,10 +277,13 @@ def test_resume_says_where_it_continues(cli, tmp_path):
         if line.startswith("epoch 1/"):
             proc.send_signal(signal.SIGTERM)
             break
-    proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143
     stopped_at = read_metrics(tmp_path / "stopped")["stopped_at"]
     resumed = cli("train", "resume=stopped", check=True)
+    # the run directory as it was typed, on every line that names it
+    assert "checkpoint saved in stopped/checkpoint.pt" in err
+    assert "run directory: stopped\n" in resumed.stdout and str(tmp_path) not in resumed.stdout
     import re
 
     said = re.search(r"lossbench: resume=stopped: continuing from epoch (\d+)", resumed.stdout)

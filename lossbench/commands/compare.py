@@ -85,7 +85,7 @@ def _keys(text: str | None) -> list[str]:
 
 def compare_command(argv: list[str]) -> int:
     """`lossbench compare PATH [PATH ...] [--metric M] [--at best|last] [--baseline B]`."""
-    from lossbench.results.comparison import plots, tables
+    from lossbench.results.comparison import latex, plots, tables
 
     args = parse_args(argv)
     runs = find_runs(args.paths)
@@ -107,8 +107,7 @@ def compare_command(argv: list[str]) -> int:
     if blocks:
         write_csv_atomic(out_dir / "comparison.csv", tables.csv_rows(blocks, args.at))
         written.append(out_dir / "comparison.csv")
-        latex = tables.to_latex(blocks, notes)
-        write_text_atomic(out_dir / "comparison.tex", latex)
+        write_text_atomic(out_dir / "comparison.tex", latex.to_latex(blocks, notes))
         written.append(out_dir / "comparison.tex")
     write_text_atomic(out_dir / "comparison.md", markdown)
     written.append(out_dir / "comparison.md")
@@ -130,7 +129,7 @@ def compare_command(argv: list[str]) -> int:
     elif args.format == "csv":
         sys.stdout.write((out_dir / "comparison.csv").read_text() if blocks else "")
     elif args.format == "latex":
-        sys.stdout.write(tables.to_latex(blocks, notes) if blocks else "")
+        sys.stdout.write(latex.to_latex(blocks, notes) if blocks else "")
     else:
         sys.stdout.write(tables.to_json(blocks, failed, args.at))
     return 0

@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig
 from rich.console import Console
 
+from lossbench.console import shown_path
 from lossbench.data import Splits
 from lossbench.engine import distributed
 from lossbench.engine.checkpoint import CHECKPOINT
@@ -173,10 +174,7 @@ def stop_early(result: Any, run_dir: Path, signum: int | None, cfg: DictConfig,
     and step), keep checkpoint.pt, and raise `Diverged` or `Interrupted` with the line the user
     reads: what happened and what to do."""
     at = result.stopped_at
-    try:  # the paths as the user would type them: relative to where they ran lossbench
-        run_dir = run_dir.resolve().relative_to(Path.cwd().resolve())
-    except ValueError:
-        pass
+    run_dir = shown_path(run_dir)  # as the user would type it, as every line shows it
     checkpoint = run_dir / CHECKPOINT
     if result.status == "diverged":
         kept = (f"the last good checkpoint ({checkpoint}) holds the state before epoch "

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lossbench.config.hydra_context import in_sweep  # noqa: F401 (imported from here)
+from lossbench.console import shown_path  # noqa: F401 (imported from here)
 from lossbench.results.record import read_metrics
 from lossbench.tasks import headline_metric
 
@@ -24,14 +25,6 @@ def headline(metrics: dict[str, Any]) -> str:
     name = headline_metric(metrics.get("task"))  # the one `compare` sorts by first
     value = (metrics.get("test") or {}).get(name)
     return f"test {name} {value:.4f}" if isinstance(value, (int, float)) else ""
-
-
-def shown_path(path: Path) -> Path:
-    """A path as the user would type it: relative to the working directory when inside it."""
-    try:
-        return Path(path).resolve().relative_to(Path.cwd().resolve())
-    except ValueError:
-        return Path(path)
 
 
 def job_line(label: str, run_dir: Path, seconds: float, error: str | None = None) -> str:

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.tree import Tree
 
-from lossbench.console import counted
+from lossbench.console import counted, shown_path
 from lossbench.data import Splits
 from lossbench.data.noise import describe_corruption
 from lossbench.engine import distributed
@@ -154,7 +154,7 @@ def run_process(cfg: DictConfig, run_dir: Path, console: Console, started: float
     # moments, a second copy of the weights) would only take disk space in every run of a sweep
     (run.run_dir / CHECKPOINT).unlink(missing_ok=True)
     tracker.finish(run.run_dir, metrics)
-    console.print(f"run directory: {run.run_dir}", highlight=False)
+    console.print(f"run directory: {shown_path(run.run_dir)}", highlight=False)
     log.info("completed: %s", {k: v for k, v in metrics["test"].items() if isinstance(v, float)})
     return float(result.best_value)
 
