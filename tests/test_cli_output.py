@@ -302,3 +302,20 @@ def test_the_header_names_devices_and_precision_when_they_are_not_the_default(cl
     assert header.rstrip().endswith(shown)
     if not args:
         assert "precision" not in header and "devices" not in header
+
+
+@pytest.mark.slow
+def test_submitit_local_prints_one_line_per_job_like_the_other_launchers(cli, tmp_path):
+    """submitit runs each job in a process of its own, its output in log files: Hydra's
+    launcher lines came instead of the jobs' own."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    proc = cli("train", "-m", "hydra/launcher=submitit_local", "+loss.reduction=mean,bogus",
+               *TINY, "hydra.sweep.dir=sweep", timeout=600)
+    out = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    err = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(out) == 1 and out[0].startswith("lossbench: job 0 [+loss.reduction=mean")
+    assert " completed: test accuracy " in out[0] and "run directory: sweep/0)" in out[0]
+    assert len(err) == 2, err  # the failed job's line, then the summary
+    assert err[0].startswith("lossbench: job 1 [+loss.reduction=bogus") and "] failed: " in err[0]
+    assert err[1].startswith("lossbench: 1 of 2 jobs failed: ")
+    assert "[HYDRA]" not in proc.stdout + proc.stderr

@@ -18,6 +18,7 @@ Nothing here imports torch at module level (run_sweep_job sets its threads when 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import time
@@ -272,6 +273,28 @@ def discard_unstarted_sweep() -> None:
     discard_empty_folders(sweep_dir, Path.cwd())
 
 
+JOB_LINE = re.compile(r"^lossbench: job (\d+) ")
+
+
+def submitit_job_lines(config: DictConfig, since: float) -> list[tuple[str, bool]]:
+    """(line, failed) for each line the jobs of this sweep printed, when a submitit launcher
+    (submitit_local, slurm) ran them: each job runs in a process of its own whose stdout and
+    stderr go to log files under `hydra.launcher.submitit_folder`, so its one line never
+    reached the console. Read back from there, in job order; [] for other launchers."""
+    launcher = config.hydra.get("launcher") or {}
+    if "submitit" not in str(launcher.get("_target_", "")).lower():
+        return []
+    folder = Path(str(launcher.get("submitit_folder", ""))).parent  # .../.submitit/%j
+    found: list[tuple[int, str, bool]] = []
+    for log in sorted(folder.glob("*/*_log.*")):
+        if log.suffix not in (".out", ".err") or log.stat().st_mtime < since:
+            continue
+        for line in log.read_text(errors="replace").splitlines():
+            if match := JOB_LINE.match(line):
+                found.append((int(match.group(1)), line, log.suffix == ".err"))
+    return [(line, failed) for _, line, failed in sorted(found, key=lambda f: f[0])]
+
+
 class SweepSummary(Callback):
     """Prints the end-of-sweep line and remembers the failed jobs for the exit status."""
 
@@ -290,6 +313,8 @@ class SweepSummary(Callback):
         if self.since is None:
             return
         sweep_dir = Path(config.hydra.sweep.dir)
+        for job, failed in submitit_job_lines(config, self.since):
+            print(job, file=sys.stderr if failed else sys.stdout, flush=True)
         jobs = sweep_jobs(sweep_dir, self.since)
         line, failed = summary_line(sweep_dir, jobs, self.since)
         failed_jobs[:] = failed
