@@ -61,7 +61,10 @@ def console_main() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if not argv:  # no command: the help, on stderr, and the status of a usage error
+        print(USAGE, end="", file=sys.stderr)
+        sys.exit(2)
+    if argv[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
         return
     if argv[0] in ("-V", "--version"):

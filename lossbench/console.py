@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 # Wide enough for any table lossbench prints; rich pads nothing to this width (tables and text
@@ -34,6 +35,20 @@ def console_width() -> int | None:
 # Set by `lossbench.api` for `quiet=True`: a console in a notebook draws through IPython's
 # display, which no redirection of stdout silences.
 QUIET = False
+
+
+def shown_path(path: str | os.PathLike) -> Path:
+    """A path as the user would type it: relative to the working directory when inside it (the
+    same form on every line lossbench prints), else as it is."""
+    try:
+        return Path(path).resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return Path(path)
+
+
+def counted(n: int, noun: str) -> str:
+    """"1 step", "2 steps": a count and its noun, singular for one."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def output_console(**kwargs: Any):

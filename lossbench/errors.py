@@ -172,7 +172,9 @@ def config_mistake(err: BaseException) -> str | None:
         unknown = isinstance(cause, (ConfigKeyError, ConfigAttributeError))
         siblings = getattr(cause, "parent_node", None)
         siblings = list(siblings.keys()) if hasattr(siblings, "keys") else []
-        hint = unknown_key_hint(key, siblings) if key and unknown else ""
+        # the key as typed, from Hydra's "Could not override 'optimzer.lr'."
+        typed = str(err).split("'", 2)[1] if str(err).count("'") >= 2 else None
+        hint = unknown_key_hint(key, siblings, typed) if key and unknown else ""
         rest = hint or " ".join(_lines(err)[1:2])
         return f"{message}\n{rest}" if rest else message
     if isinstance(err, (HydraException, OmegaConfBaseException)):

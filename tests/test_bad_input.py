@@ -20,6 +20,18 @@ CASES = [
     (["dataset.split.train=abc"], r"dataset\.split\.train=abc.*converted to Float"),
     (["seed=abc"], r"seed=abc.*converted to Integer"),
     (["seedd=1"], r"'seedd'"),
+    # a misspelt key is named from the known config, at the root or in a group
+    (["optimzer.lr=0.1"], r"'optimzer\.lr'.*\n.*did you mean optimizer\.lr\?"),
+    (["optimizer.lrr=0.1"], r"'optimizer\.lrr'.*\n.*did you mean optimizer\.lr\?"),
+    # a key added with + that nothing reads is a mistake, not a no-op
+    (["+optimzer.lr=0.1"], r"optimzer\.lr: nothing in lossbench reads this key; did you mean "
+                           r"optimizer\.lr\?"),
+    (["+foo=1"], r"foo: nothing in lossbench reads this key; root keys: seed, "),
+    (["+scheduler.step_size=3"], r"scheduler\.step_size: scheduler=none reads no settings"),
+    (["+logger.project=x"], r"logger\.project: logger=none reads no settings"),
+    (["+dataset.noise.rat=0.1"], r"dataset\.noise\.rat: nothing in lossbench reads this key; "
+                                 r"did you mean dataset\.noise\.rate\?"),
+    (["+dataset.augment.vflip=true"], r"dataset\.augment\.vflip: nothing in lossbench reads"),
     (["loss=foo"], r"Could not find 'loss/foo'\navailable options in 'loss': .*\bce\b"),
     (["optimizer=adamm"], r"Could not find 'optimizer/adamm' \(did you mean adam\?\)\n"
                           r".*\badam, adamw\b"),

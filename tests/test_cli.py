@@ -169,3 +169,11 @@ def test_metrics_json_holds_what_the_run_promises(cli, tmp_path):
     assert metrics["seed"] == 3
     assert metrics["monitor"] == "val_accuracy"
     assert 1 <= metrics["best_epoch"] <= metrics["epochs_run"]
+
+
+def test_bare_lossbench_prints_the_help_on_stderr_and_exits_2(cli):
+    proc = cli()
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr.startswith("usage: lossbench <command>")
+    assert "\n  train " in proc.stderr

@@ -193,3 +193,133 @@ def test_a_target_hydra_refuses_is_one_line_for_train_too(cli, tmp_path):
     assert proc.stderr.startswith("lossbench: error: Target 'os.system' is blocklisted")
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("table", ["regression", "classification", "confusion"])
+def test_a_report_title_wraps_at_the_terminal_not_at_its_narrow_table(table):
+    """A rich table's own title wrapped at the table's width: a regression report's long title
+    above its two columns became seven lines of twenty characters."""
+    from rich.console import Console
+
+    from lossbench.results import report
+
+    title = ("Test split: loss=mse dataset=diabetes, selected epoch 2 (val_rmse=71.6337, chosen "
+             "on validation, not on test)")
+    renderable = {
+        "regression": lambda: report.regression_table(
+            {"mse": 1.0, "rmse": 1.0, "mae": 1.0, "r2": 0.5}, title),
+        "classification": lambda: report.classification_report_table(
+            {"a": {"precision": 1.0, "recall": 1.0, "f1-score": 1.0, "support": 3},
+             "macro avg": {"precision": 1.0, "recall": 1.0, "f1-score": 1.0, "support": 3}},
+            title),
+        "confusion": lambda: report.confusion_matrix_table([[3]], ["a"], title)}[table]()
+    console = Console(width=80, record=True, file=open(os.devnull, "w"))
+    console.print(renderable)
+    lines = console.export_text().splitlines()
+    assert " ".join(line.strip() for line in lines[:2]) == title  # two lines at 80 columns
+    assert len(lines[0].rstrip()) > 60
+
+
+def test_counts_of_one_are_singular(cli, tmp_path):
+    """"1 steps", "1 configurations": a count of one takes the singular everywhere it prints."""
+    run = cli("train", *TINY, "trainer.epochs=1", "trainer.max_batches=1",
+              "trainer.early_stopping=true", "trainer.patience=1", "trainer.min_steps=1",
+              "print_config=false", "hydra.run.dir=one", check=True)
+    assert "budget 1 epoch × 1 step" in run.stdout
+    assert "early stopping after 1 epoch without improvement, not before 1 step" in run.stdout
+    compared = cli("compare", "one", "--no-plots", check=True)
+    assert "iris (multiclass): 1 configuration, 1 run;" in compared.stdout
+    for wrong in ("1 steps", "1 epochs", "1 configurations", "1 runs"):
+        assert wrong not in run.stdout + compared.stdout
+
+
+def test_the_divergence_hint_names_a_smaller_learning_rate_in_the_same_notation(cli):
+    proc = cli("train", *TINY, "optimizer=sgd", "optimizer.lr=1e6", "print_config=false",
+               "hydra.run.dir=run")
+    assert proc.returncode == 3, proc.stderr
+    import re
+
+    hint = re.search(r"optimizer\.lr=(\S+), a tenth of (\S+)\)", proc.stderr)
+    assert hint, proc.stderr
+    assert float(hint.group(1)) == 1e5 and float(hint.group(2)) == 1e6
+    assert hint.group(1) == "1e+05"  # as the epoch lines print lr ("lr=1e+06"), not "100000"
+
+
+def test_run_metadata_says_what_happened_and_nothing_else(cli, tmp_path):
+    """Clean data is not "selected on noisy labels", and patience that runs out on the last
+    epoch of the budget stopped nothing early. lr=0: the weights never change, so the first
+    epoch stays the best and patience 1 runs out one epoch later."""
+    frozen = (*TINY, "optimizer.lr=0", "trainer.early_stopping=true", "trainer.patience=1",
+              "trainer.min_steps=0", "print_config=false")
+    cli("train", *frozen, "trainer.epochs=2", "hydra.run.dir=full", check=True)
+    full = read_metrics(tmp_path / "full")
+    assert full["epochs_run"] == 2 and full["stopped_early"] is False
+    assert full["selection"]["labels"] == "given" and full["selection"]["privileged"] is False
+    cli("train", *frozen, "trainer.epochs=3", "hydra.run.dir=early", check=True)
+    early = read_metrics(tmp_path / "early")
+    assert early["epochs_run"] == 2 and early["stopped_early"] is True
+    cli("train", *frozen, "trainer.epochs=2", "dataset.noise.kind=symmetric",
+        "dataset.noise.rate=0.2", "hydra.run.dir=noisy", check=True)
+    assert read_metrics(tmp_path / "noisy")["selection"]["labels"] == "noisy"
+    compared = cli("compare", "full", "noisy", "--format", "csv", "--no-plots",
+                   "--out", "cmp", check=True).stdout
+    import csv
+
+    selection = {r["noise_kind"]: r["selection"] for r in csv.DictReader(compared.splitlines())}
+    assert selection == {"none": "given", "symmetric": "noisy"}
+
+
+def test_resume_says_where_it_continues(cli, tmp_path):
+    """A real SIGTERM after the first epoch line; `resume=` then names the epoch it goes on
+    from, as a sweep's job does."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([*lossbench_cmd(), "train", *TINY, "trainer.epochs=300",
+                             "print_config=false", "hydra.run.dir=stopped"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("epoch 1/"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143
+    stopped_at = read_metrics(tmp_path / "stopped")["stopped_at"]
+    resumed = cli("train", "resume=stopped", check=True)
+    # the run directory as it was typed, on every line that names it
+    assert "checkpoint saved in stopped/checkpoint.pt" in err
+    assert "run directory: stopped\n" in resumed.stdout and str(tmp_path) not in resumed.stdout
+    import re
+
+    said = re.search(r"lossbench: resume=stopped: continuing from epoch (\d+)", resumed.stdout)
+    assert said, resumed.stdout
+    assert int(said.group(1)) in (stopped_at["epoch"], stopped_at["epoch"] + 1)
+    assert read_metrics(tmp_path / "stopped")["status"] == "completed"
+
+
+@pytest.mark.parametrize("args, shown", [
+    (("trainer.precision=bf16",), "device=cpu precision=bf16"),
+    (("trainer.devices=2",), "device=cpu devices=2"),
+    ((), "device=cpu")], ids=["bf16", "two processes", "defaults"])
+def test_the_header_names_devices_and_precision_when_they_are_not_the_default(cli, args, shown):
+    proc = cli("train", *TINY, "print_config=false", "hydra.run.dir=run", *args, check=True)
+    [header] = [ln for ln in proc.stdout.splitlines() if ln.startswith("lossbench loss=")]
+    assert header.rstrip().endswith(shown)
+    if not args:
+        assert "precision" not in header and "devices" not in header
+
+
+@pytest.mark.slow
+def test_submitit_local_prints_one_line_per_job_like_the_other_launchers(cli, tmp_path):
+    """submitit runs each job in a process of its own, its output in log files: Hydra's
+    launcher lines came instead of the jobs' own."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    proc = cli("train", "-m", "hydra/launcher=submitit_local", "+loss.reduction=mean,bogus",
+               *TINY, "hydra.sweep.dir=sweep", timeout=600)
+    out = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    err = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(out) == 1 and out[0].startswith("lossbench: job 0 [+loss.reduction=mean")
+    assert " completed: test accuracy " in out[0] and "run directory: sweep/0)" in out[0]
+    assert len(err) == 2, err  # the failed job's line, then the summary
+    assert err[0].startswith("lossbench: job 1 [+loss.reduction=bogus") and "] failed: " in err[0]
+    assert err[1].startswith("lossbench: 1 of 2 jobs failed: ")
+    assert "[HYDRA]" not in proc.stdout + proc.stderr

@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -56,11 +57,14 @@ def assert_png(path: Path) -> None:
 def test_compare_sweep_writes_table_csv_markdown_and_plots(sweep, tmp_path):
     proc = run_cli("compare", str(sweep), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    # a row's first line names its loss; a wrapped cell continues on lines with that cell empty
-    table_rows = [line for line in proc.stdout.splitlines()
-                  if line.startswith("│") and line.split("│")[2].strip()]
+    # under the header's rule, a row's first line names its loss; a wrapped cell continues on
+    # lines that start blank (the table has no borders: it fits an 80-column terminal)
+    lines = proc.stdout.splitlines()
+    rule = next(i for i, line in enumerate(lines) if line.startswith("─"))
+    body = lines[rule + 1:next(i for i, line in enumerate(lines) if line.startswith("Test "))]
+    table_rows = [line for line in body if not line.startswith(" ")]
     assert len(table_rows) == 2
-    assert {row.split("│")[2].strip() for row in table_rows} == {"ce", "bce"}
+    assert {row.split()[0] for row in table_rows} == {"ce", "bce"}
 
     rows = read_csv(sweep / "comparison.csv")
     assert len(rows) == 2
@@ -214,8 +218,10 @@ def test_all_pairs_with_holm_mark_top_not_separated_and_worse(tmp_path, cli):
     # the failed run is listed, not averaged
     assert rows["ce"]["n_runs"] == "3"
     assert float(rows["ce"]["accuracy_mean"]) == pytest.approx(np.mean(accuracies["ce"]))
-    failed_dir = str((tmp_path / "sweep" / "9").resolve())
+    # as the user typed the folder: relative to where compare ran, like the 'wrote' line
+    failed_dir = "sweep/9"
     assert failed_dir in proc.stdout.replace("\n", "")
+    assert str(tmp_path) not in proc.stdout
     markdown = (tmp_path / "sweep" / "comparison.md").read_text()
     assert "Failed or unfinished runs" in markdown and "ValueError: boom" in markdown
     # at alpha = 0.99 the same small difference separates: ce is best, above every other row
@@ -438,6 +444,80 @@ def test_too_few_seeds_say_what_they_cannot_show(tmp_path, cli):
     gce = [r for r in rows if r["loss"] == "gce"][0]
     assert gce["test"] == "paired t"
     assert gce["detectable_diff"] == "" and gce["n_needed"] == ""  # nothing below 3 pairs
+
+
+# --- the terminal table -----------------------------------------------------------------------
+
+
+def rendered_table(root: Path, width: int, baseline: str | None) -> tuple[str, list]:
+    """(what `lossbench compare` prints on a terminal `width` columns wide, its blocks)."""
+    from rich.console import Console
+
+    from lossbench.results.comparison import tables
+    from lossbench.results.comparison.blocks import DEFAULT_IGNORE, build_blocks
+    from lossbench.results.comparison.records import find_runs
+
+    runs = find_runs([root])
+    blocks = build_blocks(runs, None, None, 0.05, None, list(DEFAULT_IGNORE), baseline=baseline)
+    console = Console(width=width, record=True, file=open(os.devnull, "w"))
+    notes = tables.Notes(alpha=0.05, at="best", baseline=baseline, mde=None)
+    tables.print_table(blocks, [r for r in runs if r.status != "completed"], notes,
+                       console=console)
+    return console.export_text(), blocks
+
+
+@pytest.mark.parametrize("width", [80, 100, 160])
+def test_the_terminal_table_keeps_its_key_columns_whole_at_any_width(tmp_path, width):
+    from lossbench.results.comparison.tables import key_cells
+
+    paired_sweep(tmp_path / "s", {"ce": CE, "gce": GCE, "mae": MAE})  # mae: a lost seed
+    rate_sweep(tmp_path / "rates")  # two label columns: loss and the noise rate
+    for root, baseline in ((tmp_path / "s", "ce"), (tmp_path / "s", None),
+                           (tmp_path / "rates", "ce")):
+        text, blocks = rendered_table(root, width, baseline)
+        lines = text.splitlines()
+        assert "…" not in text
+        assert max(map(len, lines)) <= width
+        header = next(line for line in lines if line.startswith("loss "))
+        for column in ("n", "accuracy [95% CI]", "Δ vs ce" if baseline else "Δ vs top",
+                       "verdict"):
+            assert column in header
+        for block in blocks:
+            for row in block.rows:
+                cells = key_cells(block, row)
+                # the labels, n, mean [CI] and Δ [CI]: whole, on the row's first line
+                [first] = [i for i, line in enumerate(lines) if line.startswith(cells[0] + " ")
+                           and all(c in line for c in cells[1:-1])]
+                # the verdict whole, or wrapped at its spaces on the row's next lines
+                continued = " ".join(lines[first:first + 3])
+                assert all(word in continued for word in cells[-1].split())
+                if width >= 100:  # a row is one line
+                    assert cells[-1] in lines[first]
+        # the title is a line of its own, wrapped at the terminal, not at the table's width
+        assert lines[0].startswith(blocks[0].title[:70])
+
+
+def test_a_difference_that_rounds_to_zero_has_no_sign(tmp_path, cli):
+    paired_sweep(tmp_path / "s", {"ce": CE, "gce": [c - 1e-7 for c in CE]})
+    for args in ((), ("--format", "markdown"), ("--format", "latex")):
+        proc = cli("compare", "s", "--baseline", "ce", "--no-plots", *args)
+        assert proc.returncode == 0, proc.stderr
+        assert not re.search(r"-0\.0+\b", proc.stdout), proc.stdout
+    assert "+0.0000 [0.0000, 0.0000]" in cli("compare", "s", "--baseline", "ce", "--no-plots",
+                                             "--format", "markdown").stdout
+
+
+def test_wide_shows_every_column_and_the_default_says_how_to_get_them(tmp_path, cli):
+    paired_sweep(tmp_path / "s", {"ce": CE, "gce": GCE})
+    narrow = cli("compare", "s", "--baseline", "ce", "--no-plots", env={"COLUMNS": "100"})
+    assert narrow.returncode == 0, narrow.stderr
+    assert "P(better) [95% CI]" not in narrow.stdout and "--wide" in narrow.stdout
+    wide = cli("compare", "s", "--baseline", "ce", "--no-plots", "--wide",
+               env={"COLUMNS": "400"})
+    assert wide.returncode == 0, wide.stderr
+    for column in ("accuracy mean ± std", "p (Holm)", "P(better) [95% CI]", "best epoch",
+                   "train s"):
+        assert column in wide.stdout
 
 
 # --- best and last, corruption, warnings, grouping, rate curves, LaTeX -----------------------
@@ -782,3 +862,19 @@ def test_class_probabilities_are_recorded_and_calibration_is_not_ranked_across_k
             "those of model probabilities (ce).") in by_accuracy.stdout
     alone = cli("compare", "runs/ce", "--metric", "ece", "--format", "csv", "--no-plots")
     assert alone.returncode == 0, alone.stderr
+
+
+def test_latex_carries_the_seeds_needed_for_mde(tmp_path, cli):
+    paired_sweep(tmp_path / "s", {"ce": CE, "gce": GCE})
+    rows = {r["loss"]: r for r in csv.DictReader(cli(
+        "compare", "s", "--baseline", "ce", "--mde", "0.01", "--format", "csv").stdout
+        .splitlines())}
+    latex = cli("compare", "s", "--baseline", "ce", "--mde", "0.01", "--format", "latex",
+                "--no-plots").stdout
+    assert r"loss & accuracy & macro\_f1 & n for $\Delta=0.01$ \\" in latex
+    assert r"\begin{tabular}{lrrr}" in latex
+    gce = next(line for line in latex.splitlines() if line.startswith("gce &"))
+    assert gce.endswith(f"& {rows['gce']['n_needed']} \\\\")
+    assert "seeds needed to detect that difference" in latex
+    plain = cli("compare", "s", "--baseline", "ce", "--format", "latex", "--no-plots").stdout
+    assert "n for" not in plain

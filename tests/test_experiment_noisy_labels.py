@@ -4,6 +4,7 @@ run in its smoke form as a user would, one sweep that the compare command reads.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
@@ -74,3 +75,20 @@ def test_cpu_preset_smoke_form_runs_and_compares(cli, tmp_path):
     out = cli("compare", str(sweep))
     assert out.returncode == 0, out.stderr
     assert "mae" in out.stdout and "ce" in out.stdout
+
+
+def test_the_preset_comment_and_the_readme_give_one_timing_and_a_shipped_launcher():
+    import re
+
+    import lossbench
+
+    root = Path(lossbench.__file__).resolve().parents[1]
+    comment = (root / "conf" / "experiment" / "noisy_labels.yaml").read_text()
+    readme = (root / "README.md").read_text()
+    section = readme.split("## Label noise: a published trend", 1)[1].split("\n## ", 1)[0]
+    timing = re.compile(r"about (\d+)\s+(seconds|minutes) on (\d+) cores")
+    assert timing.search(" ".join(comment.replace("#", " ").split())).groups() == \
+        timing.search(" ".join(section.split())).groups()
+    launchers = re.findall(r"hydra/launcher=(\w+)", comment + section)
+    assert launchers and all(
+        (root / "conf" / "hydra" / "launcher" / f"{name}.yaml").is_file() for name in launchers)

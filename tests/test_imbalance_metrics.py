@@ -67,3 +67,16 @@ def test_classification_metrics_and_report_carry_them():
     text = report_text("multiclass", m, "test", "header")
     assert imbalance_summary(m).splitlines()[0] in text
     assert "thirds groups of 1/2/1 classes by training count" in text
+
+
+@pytest.mark.parametrize("counts", [[108, 107, 108], [59, 71, 48], [30, 300], [5, 50]],
+                         ids=["balanced", "nearly balanced", "binary", "binary 1:10"])
+def test_no_shot_groups_on_balanced_or_binary_training_data(counts):
+    y_true, y_pred = predictions(len(counts), 300, 3)
+    m = imbalance_metrics(y_true, y_pred, counts)
+    assert not {"shot_groups", "many_shot_accuracy", "few_shot_accuracy"} & set(m)
+    assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y_true, y_pred))
+    summary = imbalance_summary(m)
+    assert "few-shot" not in summary and len(summary.splitlines()) == 1
+    imbalanced = imbalance_metrics(*predictions(3, 300, 3), [100, 40, 10])
+    assert "few-shot" in imbalance_summary(imbalanced) and imbalanced["shot_groups"]

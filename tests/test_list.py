@@ -3,6 +3,7 @@ tree a run prints first."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,10 +24,21 @@ def listed(stdout: str, header: str) -> dict[str, tuple[str, str]]:
     block = stdout.split(header, 1)[1].split("\n\n", 1)[0]
     rows = {}
     for line in block.splitlines()[1:]:
+        if line.startswith("   "):  # a description wrapped onto the next line
+            tasks, description = rows[name]
+            rows[name] = (tasks, f"{description} {line.strip()}".strip())
+            continue
         name, rest = line.strip().split(None, 1)
         tasks, _, description = rest.partition("  ")
         rows[name] = (tasks.strip(), description.strip())
     return rows
+
+
+def list_at(columns: int) -> str:
+    proc = subprocess.run([sys.executable, "-m", "lossbench", "list"], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "COLUMNS": str(columns)})
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +158,43 @@ def test_a_sweep_prints_no_config_tree(cli, tmp_path):
     # each job's folder is named by its overrides
     assert (tmp_path / "sweep" / "dataset=iris,seed=1,trainer=smoke" / ".hydra"
             / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize("columns", [60, 80, 200])
+def test_list_wraps_its_descriptions_to_the_terminal_and_cuts_none(columns, listing):
+    from lossbench.commands.listing import GROUPS, group_lines
+
+    shown = list_at(columns)
+    assert max(len(line) for line in shown.splitlines()) <= columns
+    assert "…" not in shown
+    # every description whole, as the group's rows hold it (the first sentence, uncut)
+    for name in ("datasets", "models", "losses", "launchers"):
+        header = f"{name} (lossbench train {GROUPS[name]}=<name>):"
+        got = listed(shown, header)
+        for option, tasks, description in group_lines(name):
+            assert got[option] == (tasks, description) or (
+                columns < 80 and " ".join(got[option]) == f"{tasks} {description}".strip()), \
+                option
+    digits = listed(shown, "datasets (")["digits"][1]
+    assert digits.endswith("kept as (1, 8, 8) images")  # was cut at 80 characters
+
+
+@pytest.mark.parametrize("width", [80, 100])
+def test_losses_table_wraps_and_never_cuts_a_cell(width):
+    from rich.console import Console
+
+    from lossbench.commands.listing import format_value, loss_rows, losses_table
+
+    console = Console(width=width, record=True, file=open(os.devnull, "w"))
+    console.print(losses_table(None, width))
+    text = console.export_text()
+    assert "…" not in text
+    assert max(len(line) for line in text.splitlines()) <= width
+    for entry in loss_rows():
+        assert entry.name in text
+        for word in entry.reference.split():  # wrapped at its spaces, every word whole
+            assert word in text, (entry.name, word)
+        for key, value in entry.hyperparameters.items():
+            if len(f"{key}={format_value(value)}") <= 16:  # the narrowest column holds these
+                assert f"{key}={format_value(value)}" in text, (entry.name, key)
+    assert "learn_alpha=true" in text  # was "learn_alpha=…" at 80 columns

@@ -51,7 +51,7 @@ def test_wine_gets_enough_steps_and_ties_go_to_the_lower_nll(cli, tmp_path):
                            "early_stopping": True}
     assert m["selection"]["metric"] == "val_accuracy"
     assert m["selection"]["tie_break"] == "val_nll"
-    assert m["selection"]["labels"] == "noisy" and m["selection"]["privileged"] is False
+    assert m["selection"]["labels"] == "given" and m["selection"]["privileged"] is False
     assert "selection: best val_accuracy (max), ties by lower val_nll" in proc.stdout
     rows = history(run_dir)
     best = max(r["val_accuracy"] for r in rows)

@@ -121,3 +121,24 @@ def test_sample_sizes_match_cohens_tables():
     assert stats.sample_size(0.5, 1.0, 0.05, paired=False) == 64
     assert stats.sample_size(0.01, 0.0, 0.05) is None  # no spread: nothing to plan with
     assert math.isnan(stats.minimum_detectable_difference(0.01, 1, 0.05))
+
+
+def test_metrics_equal_but_for_rounding_are_equal_and_scipy_stays_quiet():
+    """0.1 + 0.2 against 0.3: the same accuracy summed two ways. Kept as they were, scipy's
+    t-tests printed a RuntimeWarning (catastrophic cancellation) and found a difference."""
+    import warnings
+
+    from lossbench.results.stats import paired_t_p, welch_p
+
+    noisy = [0.1 + 0.2, 0.3, 0.3]
+    spread = [0.3, 0.4, 0.1 + 0.2]  # a real spread beside a constant sample
+    a, b = [0.35, 0.41, 0.45, 0.5], [0.3, 0.3, 0.1 + 0.2, 0.31]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy's own warning for the reference below
+        welch = sp.ttest_ind([0.3, 0.4, 0.3], [0.3, 0.3, 0.3], equal_var=False).pvalue
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        assert paired_t_p([0.3, 0.3, 0.3], noisy) == 1.0
+        assert welch_p([0.3, 0.3, 0.3], noisy) == 1.0
+        assert welch_p(spread, noisy) == pytest.approx(welch)
+        assert paired_t_p(a, b) == pytest.approx(sp.ttest_rel(a, b).pvalue)

@@ -62,6 +62,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--format", choices=FORMATS, default="table",
                         help="what to print: a rich table (default), markdown, csv, json or a "
                              "LaTeX booktabs table")
+    parser.add_argument("--wide", action="store_true",
+                        help="the table with every column of comparison.md (std, p (Holm), "
+                             "P(better), best epoch, ...), for a wide terminal; default: the "
+                             "key columns, which fit 80 columns")
     parser.add_argument("--out", metavar="DIR",
                         help="where to write comparison.csv/.md/.tex/.png, curves.png and "
                              "rates.png (default: the first PATH)")
@@ -83,7 +87,7 @@ def _keys(text: str | None) -> list[str]:
 
 def compare_command(argv: list[str]) -> int:
     """`lossbench compare PATH [PATH ...] [--metric M] [--at best|last] [--baseline B]`."""
-    from lossbench.results.comparison import plots, tables
+    from lossbench.results.comparison import latex, plots, tables
 
     args = parse_args(argv)
     runs, copies = distinct_runs(find_runs(args.paths))
@@ -107,8 +111,7 @@ def compare_command(argv: list[str]) -> int:
     if blocks:
         write_csv_atomic(out_dir / "comparison.csv", tables.csv_rows(blocks, args.at))
         written.append(out_dir / "comparison.csv")
-        latex = tables.to_latex(blocks, notes)
-        write_text_atomic(out_dir / "comparison.tex", latex)
+        write_text_atomic(out_dir / "comparison.tex", latex.to_latex(blocks, notes))
         written.append(out_dir / "comparison.tex")
     write_text_atomic(out_dir / "comparison.md", markdown)
     written.append(out_dir / "comparison.md")
@@ -121,7 +124,7 @@ def compare_command(argv: list[str]) -> int:
             written.append(out_dir / "rates.png")
 
     if args.format == "table":
-        tables.print_table(blocks, failed, notes)
+        tables.print_table(blocks, failed, notes, wide=args.wide)
         if not blocks:
             print(f"no completed runs to compare ({len(failed)} failed or unfinished)")
         print("wrote " + " ".join(str(p) for p in written))
@@ -130,7 +133,7 @@ def compare_command(argv: list[str]) -> int:
     elif args.format == "csv":
         sys.stdout.write((out_dir / "comparison.csv").read_text() if blocks else "")
     elif args.format == "latex":
-        sys.stdout.write(tables.to_latex(blocks, notes) if blocks else "")
+        sys.stdout.write(latex.to_latex(blocks, notes) if blocks else "")
     else:
         sys.stdout.write(tables.to_json(blocks, failed, args.at))
     return 0

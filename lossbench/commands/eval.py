@@ -170,7 +170,7 @@ def evaluate_run(run_dir: Path, overrides: list[str], split: str = "test",
     from lossbench.config.schema import check_config
     from lossbench.engine.precision import autocast, autocast_dtype
 
-    check_config(cfg)
+    check_config(cfg, saved=True)
     trainer = cfg.trainer
     workflow.seed_everything(cfg.seed, trainer.deterministic)  # the same seed: the same split
     device = workflow.pick_device(trainer.device)

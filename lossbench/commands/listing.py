@@ -24,7 +24,7 @@ GROUPS = {"datasets": "dataset", "models": "model", "losses": "loss", "optimizer
 COMMENTED_GROUPS = {"experiments": "experiment", "launchers": "hydra/launcher"}
 GROUPS.update(COMMENTED_GROUPS)
 DEFAULT_GROUPS = tuple(GROUPS)  # `lossbench list`: every group, every option
-MAX_SUMMARY = 80  # characters of a description: one line each, even in a narrow terminal
+NARROWEST_DESCRIPTION = 24  # below this many columns beside the names, descriptions go below
 
 
 def _definition(target: str) -> tuple[ast.AST | None, ast.Module | None]:
@@ -47,8 +47,7 @@ def summary(target: str | None) -> str:
     doc = ast.get_docstring(node) if node is not None else None
     if not doc:
         return target
-    first = " ".join(doc.strip().split("\n\n")[0].split()).split(". ")[0].rstrip(".")
-    return first if len(first) <= MAX_SUMMARY else first[:MAX_SUMMARY - 1].rstrip() + "…"
+    return " ".join(doc.strip().split("\n\n")[0].split()).split(". ")[0].rstrip(".")
 
 
 def header_comment(text: str) -> str:
@@ -59,8 +58,7 @@ def header_comment(text: str) -> str:
             break
         if not line.startswith("# @package"):
             lines.append(line.lstrip("# ").strip())
-    first = " ".join(" ".join(lines).split(". ")[0].split()).rstrip(".,:")
-    return first if len(first) <= MAX_SUMMARY else first[:MAX_SUMMARY - 1].rstrip() + "…"
+    return " ".join(" ".join(lines).split(". ")[0].split()).rstrip(".,:")
 
 
 def dataset_tasks(target: str | None) -> tuple[str, ...]:
@@ -127,12 +125,30 @@ def group_lines(name: str) -> list[tuple[str, str, str]]:
     return rows
 
 
-def format_group(name: str) -> str:
+def format_group(name: str, width: int | None = None) -> str:
+    """One group's options in three columns, the descriptions wrapped (never cut) to `width`,
+    the terminal's (80 columns off a terminal, or COLUMNS)."""
+    import shutil
+    import textwrap
+
+    width = width or shutil.get_terminal_size((80, 24)).columns
     rows = group_lines(name)
-    width = max([len(r[0]) for r in rows] + [4])
+    name_width = max([len(r[0]) for r in rows] + [4])
     task_width = max([len(r[1]) for r in rows] + [5])
-    head = f"{name} (lossbench train {GROUPS[name]}=<name>):"
-    return "\n".join([head] + [f"  {o:<{width}}  {t:<{task_width}}  {d}" for o, t, d in rows])
+    indent = 2 + name_width + 2 + task_width + 2
+    if width - indent < NARROWEST_DESCRIPTION:  # a narrow terminal: the description below
+        indent = 6
+    lines = [f"{name} (lossbench train {GROUPS[name]}=<name>):"]
+    for option, tasks, description in rows:
+        first = f"  {option:<{name_width}}  {tasks:<{task_width}}  "
+        wrapped = textwrap.wrap(description, max(width - indent, NARROWEST_DESCRIPTION),
+                                break_on_hyphens=False) or [""]
+        if indent < len(first):
+            lines.append(first.rstrip())
+        else:
+            lines.append(first + wrapped.pop(0))
+        lines += [" " * indent + part for part in wrapped]
+    return "\n".join(lines)
 
 
 def func(argv: list[str]) -> int:
@@ -171,20 +187,38 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def losses_table(task: str | None = None):
-    """A rich Table of the losses (those fitting `task` when given)."""
+def losses_table(task: str | None = None, width: int | None = None):
+    """A rich Table of the losses (those fitting `task` when given), laid out for a console
+    `width` columns wide (None: as wide as it needs). Each hyperparameter on a line of its own,
+    every cell wrapped or folded, never cut: at 80 columns "learn_alpha=true" was
+    "learn_alpha=…" and the references a column of three letters."""
+    from rich import box
     from rich.table import Table
 
-    table = Table(title="Losses (lossbench train loss=<name>)", show_lines=False)
+    rows = [(entry.name, ", ".join(entry.tasks), entry.head,
+             "\n".join(f"{k}={format_value(v)}" for k, v in entry.hyperparameters.items())
+             or "-", entry.reference) for entry in loss_rows(task)]
+    fixed = [max(len(row[i]) for row in rows) for i in (0, 2)] if rows else [4, 4]
+    tasks_width = max(len(t) for row in rows for t in row[1].split()) if rows else 5
+    # as wide as a usual hyperparameter ("alpha_range=[0.001, 1.999]"); the rare long one (a
+    # composite loss's parts) wraps at its spaces
+    hyper_width = max([len(line) for row in rows for line in row[3].splitlines()
+                       if len(line) <= 32] + [1])
+    if width:
+        # what the name, tasks and head leave (two columns between cells), shared by the
+        # hyperparameters and a reference of at least 16 columns
+        left = width - sum(fixed) - tasks_width - 8
+        hyper_width = max(16, min(hyper_width, left - 16))
+    table = Table(title="Losses (lossbench train loss=<name>)", box=box.SIMPLE_HEAD,
+                  collapse_padding=True, pad_edge=False, show_edge=False)
     table.add_column("name", style="bold", no_wrap=True)
-    table.add_column("tasks")
-    table.add_column("head")
-    table.add_column("hyperparameters (defaults)")
-    table.add_column("reference")
-    for entry in loss_rows(task):
-        hyper = ", ".join(f"{k}={format_value(v)}" for k, v in entry.hyperparameters.items())
-        table.add_row(entry.name, ", ".join(entry.tasks), entry.head, hyper or "-",
-                      entry.reference)
+    table.add_column("tasks", max_width=tasks_width if width else None)
+    table.add_column("head", no_wrap=True)
+    table.add_column("hyperparameters (defaults)", overflow="fold",
+                     width=hyper_width if width else None)
+    table.add_column("reference", overflow="fold")
+    for row in rows:
+        table.add_row(*row)
     return table
 
 
@@ -196,8 +230,8 @@ def losses_command(argv: list[str]) -> int:
                     "defaults, and its reference. Use a name as `lossbench train loss=<name>`.")
     parser.add_argument("--task", help=f"only losses fitting this task ({', '.join(TASKS)})")
     args = parser.parse_args(argv)
-    table = losses_table(args.task)
     from lossbench.console import output_console
 
-    output_console().print(table)
+    console = output_console()
+    console.print(losses_table(args.task, console.width))
     return 0

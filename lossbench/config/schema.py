@@ -115,22 +115,92 @@ def register_schemas() -> None:
             "coalesce", lambda *values: next((v for v in values if v is not None), None))
 
 
-def unknown_key_hint(full_key: str, siblings: Iterable[str] = ()) -> str:
+def unknown_key_hint(full_key: str, siblings: Iterable[str] = (), typed: str | None = None
+                     ) -> str:
     """`trainer.epohcs` -> "did you mean trainer.epochs?" (empty when nothing is close).
 
-    siblings: the keys beside the unknown one in the composed config; a dataset's own arguments
-    are declared by its loader, not here, so `dataset.n_sample` is matched against them."""
+    full_key: the path up to the unknown key; siblings: the keys beside it in the composed
+    config (a dataset's own arguments are declared by its loader, an optimizer's by its
+    options, the root's by the schema and the groups), matched when the schema declares none;
+    typed: the whole key as the user typed it, so that `optimzer.lr` gets "did you mean
+    optimizer.lr?"."""
     parent, _, key = full_key.rpartition(".")
     known = {"trainer": [f.name for f in fields(TrainerConfig)],
              "dataset.split": [f.name for f in fields(SplitConfig)]}.get(parent)
-    if known is None and parent == "dataset":
-        known = [name for name in siblings if not str(name).startswith("_")]
+    if known is None:
+        known = [str(name) for name in siblings
+                 if not str(name).startswith("_") and str(name) != "hydra"]
     if not known:
         return ""
+    rest = typed[len(full_key):] if typed and typed.startswith(full_key) else ""
+    prefix = f"{parent}." if parent else ""
     close = difflib.get_close_matches(key, known, n=1)
     if close:
-        return f"did you mean {parent}.{close[0]}?"
-    return f"{parent} keys: {', '.join(known)}"
+        return f"did you mean {prefix}{close[0]}{rest}?"
+    return f"{parent or 'root'} keys: {', '.join(known)}"
+
+
+# The root keys something reads: the schema's, the config groups of conf/config.yaml's defaults
+# list, and run_dir (where a run writes, set by `resume=`, `lossbench study` and tests).
+GROUPS = ("dataset", "model", "loss", "optimizer", "scheduler", "trainer", "logger")
+ROOT_KEYS = tuple(dict.fromkeys([f.name for f in fields(RootConfig)] + list(GROUPS)
+                                 + ["run_dir"]))
+# dataset mappings that lossbench reads itself (data.prepare): their keys are the ones
+# conf/config.yaml declares
+PREPARED_MAPPINGS = ("noise", "imbalance", "augment")
+
+
+def _first_leaf(key: str, node: Any) -> str:
+    """`optimzer` holding {lr: 0.1} -> "optimzer.lr": the key as it was typed."""
+    while hasattr(node, "keys") and len(node):
+        child = next(iter(node.keys()))
+        key, node = f"{key}.{child}", node[child]
+    return key
+
+
+def _declared_dataset_keys() -> dict[str, list[str]]:
+    import yaml
+
+    from lossbench.config.catalogue import conf_dir
+
+    root = yaml.safe_load((conf_dir() / "config.yaml").read_text(encoding="utf-8"))
+    return {name: list(root["dataset"][name]) for name in PREPARED_MAPPINGS}
+
+
+def check_keys_are_read(cfg: Any) -> None:
+    """A key that nothing reads is a mistake, not a no-op: Hydra's hint for a misspelt key is to
+    add it with `+`, after which `+optimzer.lr=0.1` ran with the default learning rate. Keys of
+    a config with a `_target_` go to its constructor, which refuses one it does not take (a
+    dataset's, to its loader: `data.prepare.dataset_arguments`); trainer and dataset.split are
+    checked against the schema; here: the root, the groups set to none, and the dataset's
+    noise, imbalance and augment."""
+    for key in cfg:
+        if key not in ROOT_KEYS:
+            typed = _first_leaf(str(key), cfg[key])
+            hint = unknown_key_hint(str(key), ROOT_KEYS[:-1], typed)  # run_dir: internal
+            raise UserError(f"{typed}: nothing in lossbench reads this key"
+                            + (f"; {hint}" if hint else ""))
+    for group in GROUPS:
+        node = cfg.get(group)
+        if hasattr(node, "keys") and "_target_" in node and node.get("_target_") is None:
+            extra = [str(k) for k in node if k != "_target_"]
+            if extra:
+                raise UserError(f"{group}.{extra[0]}: {group}=none reads no settings; choose a "
+                                f"{group} (lossbench list {group}s)")
+    dataset = cfg.get("dataset")
+    if not hasattr(dataset, "keys"):
+        return
+    declared = None
+    for name in PREPARED_MAPPINGS:
+        node = dataset.get(name)
+        if not hasattr(node, "keys"):
+            continue
+        declared = declared or _declared_dataset_keys()
+        for key in node:
+            if key not in declared[name]:
+                hint = unknown_key_hint(f"dataset.{name}.{key}", declared[name])
+                raise UserError(f"dataset.{name}.{key}: nothing in lossbench reads this key"
+                                + (f"; {hint}" if hint else ""))
 
 
 def _positive_int(value: Any, name: str, minimum: int = 1) -> None:
@@ -168,11 +238,15 @@ def _check_optimizer(optimizer: Any) -> None:
             raise UserError(f"optimizer.{key}={value} must be {relation} {low:g}")
 
 
-def check_config(cfg: Any) -> None:
-    """Raise `UserError` for values of the right type that cannot work, and for a dataset config
-    its loader cannot take (`data.prepare.dataset_arguments`). Runs before any data is read or
-    model built; the monitor is checked against the task once the data is loaded
-    (`engine.selection.resolve_monitor`)."""
+def check_config(cfg: Any, saved: bool = False) -> None:
+    """Raise `UserError` for keys nothing reads (`check_keys_are_read`), values of the right
+    type that cannot work, and a dataset config its loader cannot take
+    (`data.prepare.dataset_arguments`). Runs before any data is read or model built; the
+    monitor is checked against the task once the data is loaded
+    (`engine.selection.resolve_monitor`). saved: a finished run's own config (`eval`), whose
+    keys an older lossbench may have read."""
+    if not saved:
+        check_keys_are_read(cfg)
     trainer = cfg.trainer
     for key in trainer:  # `+trainer.key=...` adds a key the schema does not know
         if key not in TRAINER_KEYS:

@@ -190,3 +190,9 @@ def resume_state(run_dir: str | Path) -> dict[str, Any]:
         raise UserError(f"resume={run_dir}: no {CHECKPOINT} in it (checkpoints are written every "
                         "trainer.checkpoint_interval_s seconds of training and on Ctrl-C)")
     return load_checkpoint(run_dir / CHECKPOINT)
+
+
+def resume_point(state: dict[str, Any]) -> str:
+    """Where a checkpoint goes on: "epoch 4", or "epoch 4, step 3" inside an epoch."""
+    loop = state["loop"]
+    return f"epoch {loop['epoch']}" + (f", step {loop['batch'] + 1}" if loop["batch"] else "")

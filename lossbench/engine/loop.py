@@ -359,7 +359,8 @@ def fit(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
         if verdict == "best":
             state.keep_best(core, loss_fn)
         elif verdict == "stop":
-            result.stopped_early = True
+            # patience running out on the budget's last epoch stops nothing early
+            result.stopped_early = epoch < epochs
             break
         stopping_now = stop is not None and bool(
             distributed.broadcast_object(bool(stop.requested), dist) if dist.active

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from lossbench.console import counted
 from lossbench.errors import UserError
 from lossbench.tasks import VALIDATION_METRICS, task_kind
 
@@ -43,9 +44,10 @@ def selection_rule(task: str, trainer: Any, noisy: bool, n_val: int | None = Non
     Classification: the monitored metric (validation accuracy by default, the validation NLL on
     a validation split of `n_val` < MIN_VAL_SAMPLES_FOR_ACCURACY samples), ties broken by the
     validation NLL of the class scores (lower wins), so that a small validation split whose
-    accuracy saturates still follows the predictions that keep improving. `labels`: the noisy
-    validation labels (what a user of noisy data has) or, asked for, the clean ones (privileged
-    information: only a benchmark that injected the noise knows them). `min_steps`: early
+    accuracy saturates still follows the predictions that keep improving. `labels`: with
+    injected noise, the noisy validation labels (what a user of noisy data has) or, asked for,
+    the clean ones (privileged information: only a benchmark that injected the noise knows
+    them); without, "given": the dataset's own labels, neither. `min_steps`: early
     stopping may not end a run before that many optimizer steps. `trainer.keep=last` tests the
     last epoch as the end of the budget: it turns early stopping off, or "last" would be
     wherever patience ran out.
@@ -64,7 +66,8 @@ def selection_rule(task: str, trainer: Any, noisy: bool, n_val: int | None = Non
         raise UserError("trainer.select_on=clean scores the predictions against the clean labels "
                         "(val_accuracy, val_macro_f1, val_nll); the loss itself is only known on "
                         "the noisy ones: choose another trainer.monitor")
-    return {"metric": monitor, "mode": mode, "tie_break": tie_break, "labels": labels,
+    return {"metric": monitor, "mode": mode, "tie_break": tie_break,
+            "labels": labels if noisy else "given",
             "privileged": labels == "clean",
             # the history.csv columns the rule reads
             "column": monitor + suffix,
@@ -80,8 +83,9 @@ def describe_selection(selection: dict[str, Any], keep: str = "best") -> str:
     ties = f", ties by lower {selection['tie_break']}" if selection["tie_break"] else ""
     labels = (" on CLEAN validation labels (privileged)" if selection["privileged"]
               else " on the validation labels" + (" (noisy)" if selection.get("noise_injected") else ""))
-    stop = (f"; early stopping after {selection['patience']} epochs without improvement, "
-            f"not before {selection['min_steps']} steps" if selection["patience"] is not None
+    stop = (f"; early stopping after {counted(selection['patience'], 'epoch')} without "
+            f"improvement, not before {counted(selection['min_steps'], 'step')}"
+            if selection["patience"] is not None
             else "; no early stopping" + (": trainer.keep=last keeps the end of the whole budget"
                                           if keep == "last" else ""))
     return (f"selection: best {selection['metric']} ({selection['mode']}){ties}{labels}{stop}; "

@@ -20,7 +20,7 @@ from lossbench.config.moved import current_targets
 from lossbench.config.schema import check_config
 from lossbench.console import output_console
 from lossbench.engine import distributed
-from lossbench.engine.checkpoint import resume_state
+from lossbench.engine.checkpoint import resume_point, resume_state
 from lossbench.engine.signals import StopOnSignal
 from lossbench.errors import Diverged, Interrupted, UserError
 from lossbench.experiment.builders import pick_device
@@ -71,7 +71,10 @@ def run(cfg: DictConfig, resume: dict[str, Any] | None = None) -> float:
     """
     check_config(cfg)
     if cfg.get("resume"):
+        typed = cfg.resume
         cfg, resume = resumed_config(cfg)
+        print(f"lossbench: resume={typed}: continuing from {resume_point(resume)} with its "
+              "checkpoint and saved config", flush=True)
     if resume is not None:
         if distributed.launched_by_torchrun():
             raise UserError("resume= under torchrun is not supported; use trainer.devices=N")

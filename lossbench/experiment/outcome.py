@@ -16,13 +16,13 @@ import torch
 from omegaconf import DictConfig
 from rich.console import Console
 
+from lossbench.console import shown_path
 from lossbench.data import Splits
 from lossbench.engine import distributed
 from lossbench.engine.checkpoint import CHECKPOINT
 from lossbench.engine.signals import resume_command
 from lossbench.engine.predict import predict, robust_accuracy
 from lossbench.errors import Diverged, Interrupted, stop_name
-from lossbench.experiment.sweep_console import shown_path
 from lossbench.losses.base import hook, needs_class_counts
 from lossbench.results import report as rep
 from lossbench.results.files import save_torch_atomic
@@ -175,13 +175,16 @@ def stop_early(result: Any, run_dir: Path, signum: int | None, cfg: DictConfig,
     and step), keep checkpoint.pt, and raise `Diverged` or `Interrupted` with the line the user
     reads: what happened and what to do."""
     at = result.stopped_at
-    run_dir = shown_path(run_dir)  # as the user would type it
+    run_dir = shown_path(run_dir)  # as the user would type it, as every line shows it
     checkpoint = run_dir / CHECKPOINT
     if result.status == "diverged":
         kept = (f"the last good checkpoint ({checkpoint}) holds the state before epoch "
                 f"{_checkpoint_epoch(checkpoint)}" if checkpoint.is_file()
                 else "no checkpoint was written before it")
-        lower = f"optimizer.lr={lr / 10:g}" if isinstance(lr, (int, float)) else "optimizer.lr"
+        # both in one notation (.3g, as the epoch lines print lr): "optimizer.lr=100000" beside
+        # "lr=1e+06" read as a larger rate
+        lower = (f"optimizer.lr={lr / 10:.3g}, a tenth of {lr:.3g}"
+                 if isinstance(lr, (int, float)) else "optimizer.lr")
         message = (f"training diverged at epoch {at['epoch']}, step {at['step']} of "
                    f"{at['steps']} ({at['phase']} loss {at['loss']}); {kept}. Try a lower "
                    f"learning rate ({lower}) or gradient clipping (trainer.grad_clip=1.0)")

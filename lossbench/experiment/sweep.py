@@ -20,6 +20,7 @@ Nothing here imports torch at module level (run_sweep_job sets its threads when 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import time
@@ -162,10 +163,10 @@ def _run_locked_job(cfg: DictConfig, hydra_cfg: DictConfig, run: Callable[..., f
     note_job(sweep_dir, run_dir, "ran")
     resume = unfinished_checkpoint(cfg, run_dir)
     if resume is not None:
-        loop = resume["loop"]
-        where = f"epoch {loop['epoch']}" + (f", step {loop['batch'] + 1}" if loop["batch"] else "")
+        from lossbench.engine.checkpoint import resume_point
         from lossbench.experiment.sweep_console import shown_path
 
+        where = resume_point(resume)
         print(f"lossbench: {label} continues from its checkpoint at {where} (run directory: "
               f"{shown_path(run_dir)})", flush=True)
     threads = threads_per_job(hydra_cfg)

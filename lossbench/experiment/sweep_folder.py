@@ -22,11 +22,14 @@ import json
 import re
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
+
+from lossbench.console import counted
 
 from lossbench.errors import UserError, error_line
 from lossbench.experiment.sweep_checks import check_every_job, check_launcher, planned_jobs
@@ -51,6 +54,7 @@ JOB_DIR_RESOLVER = "lossbench_job_dir"
 failed_jobs: list[Path] = []
 # The sweep directory of the multirun in progress in this process, if any.
 _started: Path | None = None
+_started_at = 0.0  # time.time() at the start: which submitit logs are this sweep's
 # Set by `lossbench train -m --add`: sweep into a folder that holds a sweep of other keys.
 add_to_other_sweep = False
 _sweep_lock: FolderLock | None = None
@@ -197,11 +201,12 @@ def summary_line(sweep_dir: Path, jobs: list[Path], skipped: set[Path] = frozens
     note = warnings_note([job for job in jobs if job not in failed])
     if failed:
         dirs = " ".join(str(job) for job in failed)
-        return f"lossbench: {len(failed)} of {len(jobs)} jobs failed: {dirs}{note}", failed
+        return (f"lossbench: {len(failed)} of {counted(len(jobs), 'job')} failed: {dirs}{note}",
+                failed)
     reused = len(skipped & set(jobs))
     skipped_note = f" ({reused} skipped: already completed)" if reused else ""
-    return (f"lossbench: all {len(jobs)} jobs completed{skipped_note} in {sweep_dir}{note}",
-            failed)
+    done = f"all {len(jobs)} jobs" if len(jobs) > 1 else counted(len(jobs), "job")
+    return f"lossbench: {done} completed{skipped_note} in {sweep_dir}{note}", failed
 
 
 def summary_after_error(err: BaseException) -> bool:
@@ -281,7 +286,7 @@ def start_sweep(config: DictConfig) -> Any:
     """Before the first job: check every job and the launcher, take the sweep folder's lock,
     refuse a folder holding another sweep, record this sweep's keys and start its ledger.
     Returns the parallel sweep's stop handler, entered (None for other launchers)."""
-    global _started, _sweep_lock, stopped_by
+    global _started, _started_at, _sweep_lock, stopped_by
     failed_jobs.clear()
     sweep_dir = Path(config.hydra.sweep.dir)
     jobs = planned_jobs(config)
@@ -310,7 +315,7 @@ def start_sweep(config: DictConfig) -> Any:
             discard_empty_folders(sweep_dir, Path.cwd())
         raise
     _sweep_lock = lock
-    _started = sweep_dir
+    _started, _started_at = sweep_dir, time.time()
     stopped_by = None
     (sweep_dir / STOP_FLAG).unlink(missing_ok=True)
     return stop_when_done(sweep_dir).__enter__() if parallel_launcher(config.hydra) else None
@@ -324,6 +329,10 @@ def end_sweep(config: DictConfig, stop: Any) -> None:
     sweep_dir = Path(config.hydra.sweep.dir)
     if stop is not None:
         stop.__exit__()
+    from lossbench.experiment.sweep_console import submitit_job_lines
+
+    for job, job_failed in submitit_job_lines(config, _started_at):  # their lines, at last
+        print(job, file=sys.stderr if job_failed else sys.stdout, flush=True)
     line, failed = summary_line(sweep_dir, *ledger_jobs(sweep_dir))
     if stopped_by is None and (sweep_dir / STOP_FLAG).is_file():
         flag_stop(sweep_dir, signal.SIGINT)  # a job's Ctrl-C: it reached the jobs only

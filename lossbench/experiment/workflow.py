@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.tree import Tree
 
+from lossbench.console import counted, shown_path
 from lossbench.data import Splits
 from lossbench.data.noise import describe_corruption
 from lossbench.engine import distributed
@@ -163,7 +164,7 @@ def run_process(cfg: DictConfig, run_dir: Path, console: Console, started: float
     # moments, a second copy of the weights) would only take disk space in every run of a sweep
     (run.run_dir / CHECKPOINT).unlink(missing_ok=True)
     tracker.finish(run.run_dir, metrics)
-    console.print(f"run directory: {run.run_dir}", highlight=False)
+    console.print(f"run directory: {shown_path(run.run_dir)}", highlight=False)
     log.info("completed: %s", {k: v for k, v in metrics["test"].items() if isinstance(v, float)})
     return float(result.best_value)
 
@@ -228,14 +229,20 @@ def announce(run: Run, parts: Parts, tracker: Any) -> None:
              optimizer_kernel(parts.optimizer))
     tracker.start(run.run_dir, OmegaConf.to_container(cfg, resolve=True), run.picked)
     corruption = describe_corruption(splits.info)  # noise, imbalance: '' for clean data
+    # how it trains, where that is not the default: N processes, mixed precision
+    devices = int(run.trainer.get("devices", 1) or 1)
+    precision = str(run.trainer.get("precision", 32))
+    how = (f" devices={devices}" if devices > 1 else "") + (
+        f" precision={precision}" if precision != "32" else "")
     console.print(f"[bold]lossbench[/] loss={run.picked.get('loss')} dataset={splits.name} "
                   f"({splits.task}, {len(splits.train)}/{len(splits.val)}/{len(splits.test)} "
-                  f"train/val/test) model={run.picked.get('model')} device={run.device}"
+                  f"train/val/test) model={run.picked.get('model')} device={run.device}{how}"
                   f"{', ' + corruption if corruption else ''}", highlight=False)
     run.selection["noise_injected"] = splits.val.y_clean is not None
     keep = run.trainer.get("keep", "best")
-    console.print(f"{describe_selection(run.selection, keep)}; budget {run.trainer.epochs} "
-                  f"epochs × {run.per_epoch} steps", highlight=False)
+    console.print(f"{describe_selection(run.selection, keep)}; budget "
+                  f"{counted(run.trainer.epochs, 'epoch')} × {counted(run.per_epoch, 'step')}",
+                  highlight=False)
 
 
 def train(run: Run, parts: Parts, tracker: Any, stop: StopOnSignal) -> FitResult:

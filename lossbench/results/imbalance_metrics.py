@@ -12,7 +12,9 @@ With recall_c the recall of class c on the evaluated split (over the classes it 
   an open world") cut at > 100, 20–100 and < 20 training samples. On small datasets those
   cut-offs leave a group with fewer than two classes (digits at ratio 10 has one "many"
   class), so then the classes ranked by training count are cut into thirds instead. The rule
-  used (`liu` or `thirds`) and the groups are recorded in `shot_groups`.
+  used (`liu` or `thirds`) and the groups are recorded in `shot_groups`. Only for an imbalanced
+  training split of three classes or more (`has_shot_groups`): on balanced data the "few-shot"
+  classes are those with 107 samples against 108, and two classes make no three groups.
 """
 
 from __future__ import annotations
@@ -25,6 +27,14 @@ from sklearn import metrics as skm
 
 MANY_ABOVE, FEW_BELOW = 100, 20  # Liu et al. 2019
 MIN_GROUP = 2  # fewer classes in a group than this and the groups are thirds instead
+# many/medium/few-shot groups need a largest training class at least this many times the smallest
+IMBALANCED_RATIO = 2.0
+
+
+def has_shot_groups(train_counts: Sequence[int]) -> bool:
+    """Three classes or more, and the largest at least IMBALANCED_RATIO × the smallest."""
+    counts = np.asarray(train_counts, dtype=np.float64)
+    return len(counts) >= 3 and counts.max() >= IMBALANCED_RATIO * max(counts.min(), 1.0)
 
 
 def shot_groups(train_counts: Sequence[int]) -> dict[str, Any]:
@@ -54,14 +64,15 @@ def imbalance_metrics(y_true: np.ndarray, y_pred: np.ndarray, train_counts: Sequ
     by_class = dict(zip(present.tolist(), recall.tolist()))
     prior = counts[present] / counts[present].sum() if counts[present].sum() > 0 else \
         np.full(len(present), 1.0 / len(present))
-    groups = shot_groups(train_counts)
     out: dict[str, Any] = {
         "balanced_accuracy": float(np.mean(recall)),
         "worst_class_recall": float(np.min(recall)),
         "prior_accuracy": float(np.dot(prior, recall)),
         "per_class_recall": {str(c): float(r) for c, r in by_class.items()},
-        "shot_groups": groups,
     }
+    if not has_shot_groups(train_counts):
+        return out
+    out["shot_groups"] = groups = shot_groups(train_counts)
     for name in ("many", "medium", "few"):
         values = [by_class[c] for c in groups[name] if c in by_class]
         out[f"{name}_shot_accuracy"] = float(np.mean(values)) if values else None
@@ -69,15 +80,18 @@ def imbalance_metrics(y_true: np.ndarray, y_pred: np.ndarray, train_counts: Sequ
 
 
 def imbalance_summary(metrics: dict[str, Any]) -> str:
-    """Two lines for the console and report.txt."""
+    """Two lines for the console and report.txt (one without shot groups)."""
     def num(v: Any) -> str:
         return "n/a" if v is None else f"{v:.4f}"
 
-    groups = metrics["shot_groups"]
+    first = (f"Imbalance: balanced accuracy {num(metrics['balanced_accuracy'])}, worst-class "
+             f"recall {num(metrics['worst_class_recall'])}, accuracy under the training prior "
+             f"{num(metrics['prior_accuracy'])}")
+    groups = metrics.get("shot_groups")
+    if groups is None:  # balanced or binary training data: no shot groups
+        return first
     sizes = "/".join(str(len(groups[g])) for g in ("many", "medium", "few"))
-    return (f"Imbalance: balanced accuracy {num(metrics['balanced_accuracy'])}, worst-class "
-            f"recall {num(metrics['worst_class_recall'])}, accuracy under the training prior "
-            f"{num(metrics['prior_accuracy'])}\n"
+    return (f"{first}\n"
             f"Many/medium/few-shot accuracy {num(metrics['many_shot_accuracy'])} / "
             f"{num(metrics['medium_shot_accuracy'])} / {num(metrics['few_shot_accuracy'])} "
             f"({groups['rule']} groups of {sizes} classes by training count)")

@@ -7,7 +7,9 @@ import math
 from typing import Any
 
 import numpy as np
+from rich.console import Group
 from rich.table import Table
+from rich.text import Text
 from sklearn import metrics as skm
 
 from lossbench.engine.predict import Predictions
@@ -122,9 +124,17 @@ def regression_metrics(pred: Predictions) -> dict[str, float]:
             "r2": float(skm.r2_score(pred.y_true, pred.y_pred))}
 
 
-def classification_report_table(report: dict[str, Any], title: str) -> Table:
+def titled(title: str, table: Table) -> Group:
+    """A table under its title. A rich table's own title wraps at the table's width: a run's
+    title ("Test split: loss=mse dataset=diabetes, selected epoch 2 (...)") above a two-column
+    table became seven lines of twenty characters. On a line of its own it wraps at the
+    terminal's."""
+    return Group(Text(title, style="italic"), table)
+
+
+def classification_report_table(report: dict[str, Any], title: str) -> Group:
     """scikit-learn's report dict as a rich table: one row per class, then the averages."""
-    table = Table(title=title, title_justify="left")
+    table = Table()
     table.add_column("", style="bold")
     for col in ("precision", "recall", "f1-score", "support"):
         table.add_column(col, justify="right")
@@ -142,27 +152,27 @@ def classification_report_table(report: dict[str, Any], title: str) -> Table:
             row = report[avg]
             table.add_row(avg, f"{row['precision']:.4f}", f"{row['recall']:.4f}",
                           f"{row['f1-score']:.4f}", str(int(row["support"])))
-    return table
+    return titled(title, table)
 
 
-def confusion_matrix_table(matrix: list[list[int]], names: list[str], title: str) -> Table:
+def confusion_matrix_table(matrix: list[list[int]], names: list[str], title: str) -> Group:
     """Rows: true class; columns: predicted class."""
-    table = Table(title=title, title_justify="left")
+    table = Table()
     table.add_column("true \\ pred", style="bold")
     for name in names:
         table.add_column(name, justify="right")
     for name, row in zip(names, matrix):
         table.add_row(name, *(str(v) for v in row))
-    return table
+    return titled(title, table)
 
 
-def regression_table(values: dict[str, float], title: str) -> Table:
-    table = Table(title=title, title_justify="left")
+def regression_table(values: dict[str, float], title: str) -> Group:
+    table = Table()
     table.add_column("metric", style="bold")
     table.add_column("value", justify="right")
     for key in ("mse", "rmse", "mae", "r2"):
         table.add_row(key.upper() if key != "r2" else "R²", f"{values[key]:.6g}")
-    return table
+    return titled(title, table)
 
 
 def confusion_matrix_text(matrix: list[list[int]], names: list[str]) -> str:

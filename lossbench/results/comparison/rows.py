@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from lossbench.console import counted
 from lossbench.results.comparison.records import Run
 from lossbench.results.stats import Stat
 
@@ -68,7 +69,8 @@ class Block:
     def title(self) -> str:
         better = "lower" if self.mode == "min" else "higher"
         runs = sum(len(r.runs) for r in self.rows)
-        return (f"{self.dataset} ({self.task}): {len(self.rows)} configurations, {runs} runs; "
+        return (f"{self.dataset} ({self.task}): {counted(len(self.rows), 'configuration')}, "
+                f"{counted(runs, 'run')}; "
                 f"sorted by test {self.metric} ({better} is better)")
 
     @property

@@ -1,4 +1,5 @@
-"""What `compare` prints and writes: the terminal table, comparison.csv/.md/.tex and JSON."""
+"""What `compare` prints and writes: the terminal table, comparison.csv/.md and JSON (the
+LaTeX table: latex.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from lossbench.results.comparison.records import Run
 from lossbench.results.comparison.rows import (Block, Row, corruption_text, fmt_value,
                                                has_corruption)
 from lossbench.results.stats import Stat
-from lossbench.tasks import lower_is_better
 
 
 @dataclass
@@ -28,8 +28,13 @@ class Notes:
     confidence: float = 0.95
 
 
-def _num(value: float | None, digits: int = 4) -> str:
-    return "–" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+def _num(value: float | None, digits: int = 4, sign: bool = False) -> str:
+    """value at `digits` decimals, "–" for none; a value that rounds to zero prints as 0, never
+    as "-0.000" (a difference of nothing has no direction)."""
+    if value is None or math.isnan(value):
+        return "–"
+    value = round(value, digits) + 0.0  # -0.0 + 0.0 is +0.0
+    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
 
 
 def mean_std(stat: Stat, digits: int = 4) -> str:
@@ -44,6 +49,14 @@ def ci_text(stat: Stat, digits: int = 4) -> str:
     return "–" if stat.n < 2 else f"[{_num(stat.ci_low, digits)}, {_num(stat.ci_high, digits)}]"
 
 
+def selection_labels(row: Row) -> str:
+    """The validation labels that picked the row's epoch: clean (privileged), noisy, or the
+    dataset's own where no noise was injected."""
+    if row.privileged:
+        return "clean (privileged)"
+    return "noisy" if row.corruption.get("noise_kind") not in (None, "none") else "given"
+
+
 def improvement_text(c: Comparison, digits: int = 2) -> str:
     i = c.improvement
     if math.isnan(i.p):
@@ -54,7 +67,7 @@ def improvement_text(c: Comparison, digits: int = 2) -> str:
 def diff_text(c: Comparison, digits: int = 4) -> str:
     ci = "" if math.isnan(c.diff_low) else \
         f" [{_num(c.diff_low, digits)}, {_num(c.diff_high, digits)}]"
-    return f"{c.diff:+.{digits}f}{ci}"
+    return f"{_num(c.diff, digits, sign=True)}{ci}"
 
 
 def extras(block: Block) -> dict[str, bool]:
@@ -122,7 +135,8 @@ def table_cells(block: Block, row: Row, notes: Notes, digits: int = 4, compact: 
     if show["warnings"]:
         cells.append(("⚠ " + row.warning_text()) if row.warnings else "")
     if show["selection"]:
-        cells.append("clean labels (privileged)" if row.privileged else "noisy labels")
+        cells.append("clean labels (privileged)" if row.privileged
+                     else f"{selection_labels(row)} labels")
     return cells
 
 
@@ -244,7 +258,7 @@ def csv_rows(blocks: Sequence[Block], at: str) -> list[dict[str, Any]]:
                        imbalance_kind=c.get("imbalance_kind"),
                        imbalance_ratio=c.get("imbalance_ratio"), memorised=row.memorised,
                        warnings=row.warning_text(),
-                       selection="clean (privileged)" if row.privileged else "noisy",
+                       selection=selection_labels(row),
                        best_epoch_mean=row.best_epoch, train_time_s_mean=row.train_time_s,
                        sort_metric=block.metric, mark=row.mark)
             out.update(comparison_fields(row.reference))
@@ -289,105 +303,83 @@ def to_json(blocks: Sequence[Block], failed: Sequence[Run], at: str) -> str:
                                   for r in failed]}, indent=2, default=str) + "\n"
 
 
-def print_table(blocks: Sequence[Block], failed: Sequence[Run], notes: Notes) -> None:
-    from lossbench.console import output_console
-    from rich.table import Table
+def key_header(block: Block, notes: Notes) -> list[str]:
+    """The terminal's table: what answers "which loss is best here?", in reading order."""
+    return [*block.columns, "n", f"{block.metric} [95% CI]",
+            f"Δ {reference_name(block, notes)} [95% CI]", "verdict"]
 
-    console = output_console()
+
+def key_cells(block: Block, row: Row, digits: int = 3) -> list[str]:
+    stat = row.stats[block.metric]
+    mean = _num(stat.mean, digits) if stat.n else "–"
+    if stat.n >= 2:
+        mean += f" {ci_text(stat, digits)}"
+    lost = f" ({len(row.lost)} lost)" if row.lost else ""
+    diff = diff_text(row.reference, digits) if row.reference else ""
+    verdict = row.mark + (" ⚠" if row.warnings else "")
+    return [*(fmt_value(row.labels.get(c)) for c in block.columns), f"{len(row.runs)}{lost}",
+            mean, diff, verdict]
+
+
+def print_table(blocks: Sequence[Block], failed: Sequence[Run], notes: Notes, wide: bool = False,
+                console: Any = None) -> None:
+    """Each block as a table for the terminal it has: the key columns (key_header), numbers
+    never cut or broken (labels and verdicts wrap at spaces when the terminal is narrow), the
+    title as a line of its own so that it wraps at the terminal's width, not the table's. `wide`:
+    every column of comparison.md instead."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    from lossbench.console import output_console, shown_path
+
+    console = console or output_console()
     for block in blocks:
-        table = Table(title=block.title)
-        for i, name in enumerate(table_header(block, notes, compact=True)):
-            table.add_column(name, justify="left" if i <= len(block.columns) else "right",
-                             no_wrap=i == 0)
-        for row in block.rows:
+        console.print(block.title, style="bold", highlight=False, markup=False)
+        if wide:
+            header = table_header(block, notes, compact=True)
+            body = [table_cells(block, row, notes, digits=3, compact=True) for row in block.rows]
+            text_columns = len(block.columns) + 1
+        else:
+            header = key_header(block, notes)
+            body = [key_cells(block, row) for row in block.rows]
+            text_columns = len(block.columns)
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False,
+                      collapse_padding=True)
+        for i, name in enumerate(header):
+            text = i < text_columns or (not wide and i == len(header) - 1)  # labels, verdict
+            if wide:  # as wide as it is: cut where the terminal is narrower
+                table.add_column(name, justify="left" if text else "right", no_wrap=i == 0)
+            else:
+                table.add_column(name, justify="left" if text else "right", no_wrap=not text,
+                                 overflow="fold")
+        for row, cells in zip(block.rows, body):
             style = "bold green" if row.mark in ("best", "better") else None
-            table.add_row(*table_cells(block, row, notes, digits=3, compact=True), style=style)
+            table.add_row(*map(Text, cells), style=style)  # Text: a "[" is not markup
         console.print(table)
         if block.rate_key:
             header, body = rate_table(block, digits=3)
-            rates = Table(title=f"test {block.metric} against {block.rate_key}")
+            console.print(f"test {block.metric} against {block.rate_key}", style="bold",
+                          highlight=False, markup=False)
+            rates = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
             for name in header:
-                rates.add_column(name)
+                rates.add_column(name, overflow="fold")
             for cells in body:
-                rates.add_row(*cells)
+                rates.add_row(*map(Text, cells))
             console.print(rates)
     for line in footnotes(blocks, notes) if blocks else []:
         console.print(line, highlight=False, markup=False)
+    if blocks and not wide:
+        console.print("More columns (std, p (Holm), P(better), best epoch, train time, ...): "
+                      "--wide, or comparison.md.", highlight=False, markup=False)
     if failed:
-        table = Table(title=f"{len(failed)} failed or unfinished runs (not averaged)")
-        table.add_column("run")
+        word = "run" if len(failed) == 1 else "runs"
+        console.print(f"{len(failed)} failed or unfinished {word} (not averaged)", style="bold",
+                      highlight=False, markup=False)
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+        table.add_column("run", overflow="fold")
         table.add_column("status")
-        table.add_column("error")
+        table.add_column("error", overflow="fold")
         for run in failed:
-            table.add_row(str(run.path), run.status, run.error)
+            table.add_row(*map(Text, (str(shown_path(run.path)), run.status, run.error or "")))
         console.print(table)
-
-
-# --------------------------------------------------------------------------------------------
-# LaTeX
-
-
-LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-                 "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
-                 "^": r"\textasciicircum{}"}
-
-
-def latex_escape(text: str) -> str:
-    return "".join(LATEX_SPECIAL.get(ch, ch) for ch in text)
-
-
-def to_latex(blocks: Sequence[Block], notes: Notes, digits: int = 3) -> str:
-    """One booktabs table per dataset: mean ± std per metric, the best mean of each family in
-    bold, the tests used in a footnote. Needs \\usepackage{booktabs} in the preamble."""
-    out = ["% lossbench compare --format latex; needs \\usepackage{booktabs}"]
-    for block in blocks:
-        show_corruption = has_corruption(block)
-        head = [latex_escape(c) for c in block.columns] + (
-            ["corruption"] if show_corruption else []) + [latex_escape(m) for m in block.metrics]
-        best: dict[tuple[int, str], float] = {}  # (family, metric) -> best mean
-        for i, family in enumerate(block.families):
-            for m in block.metrics:
-                means = [r.stats[m].mean for r in family.rows if r.stats[m].n]
-                if means:
-                    low = block.mode == "min" if m == block.metric else lower_is_better(m)
-                    best[(i, m)] = min(means) if low else max(means)
-        at = "selected (validation) epoch" if notes.at == "best" else "last epoch"
-        lines = [r"\begin{table}[t]", r"\centering",
-                 rf"\caption{{{latex_escape(block.dataset)}: test metrics at the {at}, "
-                 rf"mean $\pm$ std over seeds.}}",
-                 r"\begin{tabular}{" + "l" * (len(head) - len(block.metrics))
-                 + "r" * len(block.metrics) + "}", r"\toprule", " & ".join(head) + r" \\",
-                 r"\midrule"]
-        for i, family in enumerate(block.families):
-            if i:
-                lines.append(r"\midrule")
-            for row in family.rows:
-                cells = [latex_escape(fmt_value(row.labels.get(c))) for c in block.columns]
-                if show_corruption:
-                    cells.append(latex_escape(corruption_text(row, compact=True)))
-                for m in block.metrics:
-                    s = row.stats[m]
-                    if not s.n:
-                        cells.append("--")
-                        continue
-                    mean = f"{s.mean:.{digits}f}"
-                    if best.get((i, m)) == s.mean:
-                        mean = rf"\textbf{{{mean}}}"
-                    cells.append(mean if s.n < 2 else rf"{mean} $\pm$ {s.std:.{digits}f}")
-                if row.warnings:
-                    cells[0] += r"$^\dagger$"
-                lines.append(" & ".join(cells) + r" \\")
-        lines += [r"\bottomrule", r"\end{tabular}"]
-        tests = {"paired t": "paired $t$-test (runs paired by seed)",
-                 "Welch": "Welch's $t$-test"}
-        used = " and ".join(tests[t] for t in block.tests) or "no test (one configuration)"
-        against = f"against {latex_escape(notes.baseline)}" if notes.baseline else "all pairs"
-        sizes = sorted({len(r.runs) for r in block.rows})
-        seeds = str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}--{sizes[-1]}"
-        foot = (rf"\par\smallskip{{\footnotesize Bold: best mean in its group. Test: {used}, "
-                rf"{against}, Holm-adjusted, $\alpha={notes.alpha:g}$; n = {seeds} seeds.")
-        if any(r.warnings for r in block.rows):
-            foot += r" $^\dagger$: a run carries a warning (near chance or majority rate)."
-        lines += [foot + "}", r"\end{table}", ""]
-        out += lines
-    return "\n".join(out) + "\n"
