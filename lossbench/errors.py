@@ -64,10 +64,15 @@ def exit_report(err: BaseException, composing: bool = False) -> tuple[str, int] 
     - a config object that could not be built because of its config (`instantiation_mistake`):
       "error: ...", 2;
     - composing=True (Hydra had not called the job yet): Hydra's and OmegaConf's composition
-      errors (`config_mistake`), 2. The same types raised by a running job are bugs.
+      errors (`config_mistake`), 2. The same types raised by a running job are bugs;
+    - the machine refusing a file (`storage_fault`: a full disk, no permission, a read-only file
+      system, a name too long): "error: ...", 2, wherever it was raised.
     """
     if isinstance(err, UserError):
         return f"error: {err}", 2
+    fault = storage_fault(err)
+    if fault is not None:
+        return f"error: {fault}", 2
     if isinstance(err, (Diverged, Interrupted)):
         # metrics.json says what happened and checkpoint.pt is kept: the message says so
         return str(err), err.exit_code
@@ -77,6 +82,40 @@ def exit_report(err: BaseException, composing: bool = False) -> tuple[str, int] 
         return None  # SystemExit, GeneratorExit: not ours to report
     mistake = config_mistake(err) if composing else instantiation_mistake(err)
     return None if mistake is None else (f"error: {mistake}", 2)
+
+
+# errno → what the user can do about it. These come from the machine, not from lossbench: no
+# traceback would help, and the user is the one who can free space or change a permission.
+STORAGE_FAULTS = {
+    "ENOSPC": "free some space, then run the same command again",
+    "EDQUOT": "the disk quota is used up: free some space, then run the same command again",
+    "EACCES": "lossbench may not write (or read) there: change the folder's permissions or "
+              "choose another folder",
+    "EPERM": "lossbench may not write (or read) there: change the folder's permissions or "
+             "choose another folder",
+    "EROFS": "that file system is read-only: choose a folder on another one",
+    "ENAMETOOLONG": "a file or folder name is longer than the file system allows (255 bytes "
+                    "per name): choose a shorter one",
+}
+
+
+def storage_fault(err: BaseException) -> str | None:
+    """One line for an OSError the machine raised about a file (a full disk, no permission, a
+    read-only file system, a name too long): which file, why, what to do; None for any other
+    error. The errors `err` was raised from (`raise ... from`) are looked at too."""
+    import errno as errno_names
+
+    seen: BaseException | None = err
+    while seen is not None and not (isinstance(seen, OSError) and seen.errno is not None):
+        seen = seen.__cause__
+    if not isinstance(seen, OSError):
+        return None
+    name = errno_names.errorcode.get(seen.errno or 0, "")
+    if name not in STORAGE_FAULTS:
+        return None
+    what = seen.strerror or name
+    where = f"{seen.filename}: " if seen.filename is not None else ""
+    return f"{where}{what[:1].lower()}{what[1:]} ({name}); {STORAGE_FAULTS[name]}"
 
 
 def tell(line: str) -> None:

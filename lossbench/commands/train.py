@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from lossbench.config.schema import check_config, register_schemas
 from lossbench.results.files import discard_empty_folders
 from lossbench.errors import (Diverged, Interrupted, config_mistake, debug_requested, exit_report,
-                              instantiation_mistake, tell)
+                              instantiation_mistake, storage_fault, tell)
 
 register_schemas()  # conf/config.yaml's defaults list starts with the typed schema
 
@@ -54,6 +54,15 @@ def interrupted_message(run_dir: Path) -> str:
     return f"stopped by Ctrl-C; {run_dir} holds what was written so far (no checkpoint)"
 
 
+def continue_hint(run_dir: Path) -> str:
+    """What is left to continue a run that a full disk or a permission stopped."""
+    from lossbench.engine.checkpoint import CHECKPOINT
+
+    if (run_dir / CHECKPOINT).is_file():
+        return f". Its checkpoint is kept: continue with lossbench train resume={run_dir}"
+    return ""
+
+
 @hydra.main(version_base="1.3", config_path="pkg://lossbench.conf", config_name="config")
 def _train(cfg: DictConfig) -> float | None:
     from lossbench.config.hydra_context import hydra_config, in_sweep
@@ -85,6 +94,8 @@ def _train(cfg: DictConfig) -> float | None:
         if isinstance(err, KeyboardInterrupt) and not isinstance(err, Interrupted):
             # Ctrl-C during start-up: say what is left (nothing, a checkpoint, some files)
             line = interrupted_message(output_dir)
+        elif storage_fault(err) is not None:
+            line += continue_hint(Path(cfg.get("resume") or output_dir))
         tell(line)
         sys.exit(status)
     finally:
@@ -117,7 +128,10 @@ def train_command(argv: list[str]) -> int:
 
         if not debug and sweep.summary_after_error(err):
             return 1  # the sweeper gave up after jobs failed (optuna: every trial failed)
-        report = None if raised_in_job(err) or user_full_error or debug else (
+        # a full disk or a read-only folder is the machine's, wherever it was raised (a sweep
+        # job's record, Hydra's folders): one line too
+        in_job = raised_in_job(err) and storage_fault(err) is None
+        report = None if in_job or user_full_error or debug else (
             exit_report(err, composing=True))
         if report is None:
             raise

@@ -22,6 +22,7 @@ checkpoint whole.
 
 from __future__ import annotations
 
+import os
 import pickle
 import random
 import signal
@@ -189,6 +190,12 @@ def resume_state(run_dir: str | Path) -> dict[str, Any]:
     if not (run_dir / CHECKPOINT).is_file():
         raise UserError(f"resume={run_dir}: no {CHECKPOINT} in it (checkpoints are written every "
                         "trainer.checkpoint_interval_s seconds of training and on Ctrl-C)")
+    # the run goes on writing there (its log, checkpoints, results): say so before training
+    for path in (run_dir, run_dir / "train.log"):
+        if path.exists() and not os.access(path, os.W_OK):
+            raise UserError(f"resume={run_dir}: {path} is read-only for this user, and the "
+                            "resumed run writes there; make it writable (chmod u+w) or copy the "
+                            "run directory elsewhere and resume the copy")
     return load_checkpoint(run_dir / CHECKPOINT)
 
 

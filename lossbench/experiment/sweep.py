@@ -279,7 +279,10 @@ class SweepSummary(Callback):
         global _started
         failed_jobs.clear()
         marker = Path(config.hydra.sweep.dir) / START_MARKER
-        write_text_atomic(marker, f"{time.time()}\n")
+        try:
+            write_text_atomic(marker, f"{time.time()}\n")
+        except OSError:  # a read-only or full disk: the launcher's own write says so, once
+            return
         self.since = marker.stat().st_mtime
         _started = (Path(config.hydra.sweep.dir), self.since)
 
