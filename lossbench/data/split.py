@@ -47,6 +47,7 @@ class Splits:
     target_mean: float = 0.0  # regression targets are standardised for training ...
     target_std: float = 1.0  # ... and mapped back before any metric is computed
     info: dict = field(default_factory=dict)  # noise/imbalance statistics, written to metrics.json
+    data_hash: str = ""  # RawData.content_hash of the data as loaded, before the split
 
 
 def _split_indices(n: int, y: np.ndarray, first: float, second: float, stratify: bool,
