@@ -170,3 +170,25 @@ def test_resume_of_a_read_only_run_is_refused_before_training(tmp_path):
         assert read_metrics(run)["status"] == "completed"
     finally:
         shutil.rmtree(home)
+
+
+def test_a_rerun_sweep_runs_again_the_jobs_whose_files_are_damaged(tmp_path):
+    """A completed job is skipped only while the files its record names are whole: a zero-byte
+    model.pt and a history.csv cut short make their jobs run again; the whole one is skipped."""
+    args = ("train", "-m", *SMOKE, "dataset=iris", "seed=0,1,2", "hydra.sweep.dir=sweep")
+    first = lossbench(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    jobs = [tmp_path / "sweep" / str(n) for n in range(3)]
+    (jobs[0] / "model.pt").write_bytes(b"")
+    history = (jobs[1] / "history.csv").read_text()
+    (jobs[1] / "history.csv").write_text(history.rsplit("\n", 2)[0] + "\n")
+    again = lossbench(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    skipped = [ln for ln in again.stdout.splitlines() if "already completed: skipped" in ln]
+    assert len(skipped) == 1 and "seed=2" in skipped[0], again.stdout
+    assert "model.pt changed since the run completed" in again.stderr
+    assert "history.csv changed since the run completed" in again.stderr
+    for job in jobs:
+        metrics = read_metrics(job)
+        assert metrics["status"] == "completed"
+        assert metrics["files"]["model.pt"] == (job / "model.pt").stat().st_size > 0

@@ -41,9 +41,8 @@ import torch
 
 from lossbench.errors import UserError
 from lossbench.results.files import save_torch_atomic
-from lossbench.results.record import read_metrics
+from lossbench.results.record import CHECKPOINT, metrics_path, read_metrics
 
-CHECKPOINT = "checkpoint.pt"
 FORMAT = 1  # bumped when the layout changes; an older file is refused with a clear message
 
 
@@ -227,7 +226,7 @@ def check_identity(run_dir: Path, state: dict[str, Any], metrics: dict[str, Any]
     A checkpoint copied from another run would otherwise train that other run under this one's
     name."""
     config = state.get("config")
-    recorded = [(str(run_dir / "metrics.json"), metrics.get("config"))]
+    recorded = [(str(metrics_path(run_dir)), metrics.get("config"))]
     recorded.append(run_dir_identity(run_dir) or ("", None))
     for where, other in recorded:
         if not isinstance(other, dict) or config == other:
