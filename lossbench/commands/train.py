@@ -63,11 +63,30 @@ def continue_hint(run_dir: Path) -> str:
     return ""
 
 
+def record_absolute_paths(cfg: DictConfig, hydra_cfg: DictConfig) -> None:
+    """The user's own files (dataset.path=iris.csv) by their absolute path, in the job's config
+    and in its saved copy (.hydra/config.yaml), so that `eval` and `resume=` find them from any
+    folder."""
+    from lossbench.data.files import absolute_paths
+
+    if not cfg.get("dataset") or not absolute_paths(cfg.dataset, hydra_cfg.runtime.cwd):
+        return
+    if hydra_cfg.output_subdir is not None:
+        from omegaconf import OmegaConf
+
+        from lossbench.results.files import write_text_atomic
+
+        saved = Path(hydra_cfg.runtime.output_dir) / hydra_cfg.output_subdir / "config.yaml"
+        if saved.is_file():
+            write_text_atomic(saved, OmegaConf.to_yaml(cfg))
+
+
 @hydra.main(version_base="1.3", config_path="pkg://lossbench.conf", config_name="config")
 def _train(cfg: DictConfig) -> float | None:
     from lossbench.config.hydra_context import hydra_config, in_sweep
 
     hydra_cfg = hydra_config()  # always set here, inside the Hydra app
+    record_absolute_paths(cfg, hydra_cfg)
     if in_sweep():
         # a failing job (user errors included) is recorded and the sweep goes on; completed
         # jobs of a resumed sweep are skipped (lossbench/experiment/sweep.py)
