@@ -192,3 +192,75 @@ def test_a_rerun_sweep_runs_again_the_jobs_whose_files_are_damaged(tmp_path):
         metrics = read_metrics(job)
         assert metrics["status"] == "completed"
         assert metrics["files"]["model.pt"] == (job / "model.pt").stat().st_size > 0
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory) -> Path:
+    """A completed sweep of three seeds, copied by each test that damages it."""
+    root = tmp_path_factory.mktemp("sweep")
+    proc = lossbench("train", "-m", *SMOKE, "dataset=iris", "seed=0,1,2",
+                     "hydra.sweep.dir=sweep", cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    return root / "sweep"
+
+
+COMPARISON_FILES = ("comparison.csv", "comparison.md", "comparison.tex")
+
+
+def test_compare_of_a_read_only_sweep_prints_its_table_and_says_what_was_not_saved(
+        tmp_path, finished_sweep):
+    prefix, home = as_user(tmp_path)
+    try:
+        shutil.copytree(finished_sweep, home / "sweep")
+        for path in [home / "sweep", *(home / "sweep").rglob("*")]:
+            path.chmod(0o555 if path.is_dir() else 0o444)
+        proc = lossbench("compare", "sweep", "--no-plots", cwd=home, prefix=prefix)
+        assert proc.returncode == 0, proc.stderr
+        assert "accuracy" in proc.stdout and "Traceback" not in proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "comparison files not saved" in lines[0], proc.stderr
+        assert "permission denied" in lines[0] and "--out DIR" in lines[0]
+        assert not any((home / "sweep" / name).exists() for name in COMPARISON_FILES)
+        # asked for by --out, files that cannot be written are an error, after the table
+        asked = lossbench("compare", "sweep", "--no-plots", "--out", "sweep/saved", cwd=home,
+                          prefix=prefix)
+        assert asked.returncode == 2 and "accuracy" in asked.stdout
+        assert asked.stderr.startswith("lossbench: error: comparison files not saved")
+        # --format csv needs no file
+        as_csv = lossbench("compare", "sweep", "--format", "csv", "--no-plots", cwd=home,
+                           prefix=prefix)
+        rows = as_csv.stdout.splitlines()
+        assert as_csv.returncode == 0 and len(rows) == 2 and "accuracy" in rows[0], as_csv
+    finally:
+        shutil.rmtree(home)
+
+
+def test_compare_on_a_full_disk_prints_its_table_then_saves_once_there_is_room(
+        small_filesystem, finished_sweep):
+    fs = small_filesystem
+    shutil.copytree(finished_sweep, fs / "sweep")
+    filler = fill(fs, leave_kib=0)
+    proc = lossbench("compare", "sweep", "--no-plots", cwd=fs)
+    assert proc.returncode == 0 and "accuracy" in proc.stdout, proc.stderr
+    assert "no space left on device" in proc.stderr and "Traceback" not in proc.stderr
+    assert no_temporary_files(fs)
+    filler.unlink()
+    again = lossbench("compare", "sweep", "--no-plots", cwd=fs)
+    assert again.returncode == 0 and again.stderr == "", again.stderr
+    assert all((fs / "sweep" / name).is_file() for name in COMPARISON_FILES)
+
+
+def test_compare_names_the_jobs_an_incomplete_sweep_lacks(tmp_path, finished_sweep):
+    sweep = tmp_path / "sweep"
+    shutil.copytree(finished_sweep, sweep)
+    (sweep / "1" / "metrics.json").unlink()  # killed, or still running
+    shutil.rmtree(sweep / "2")  # not started yet
+    proc = lossbench("compare", "sweep", "--no-plots", cwd=tmp_path)
+    assert proc.returncode == 0 and "accuracy" in proc.stdout, proc.stderr
+    assert "the sweep sweep is incomplete: of its 3 jobs, 1 without a record" in proc.stderr
+    assert "sweep/1" in proc.stderr and "1 not started" in proc.stderr
+    assert "not written into an incomplete sweep folder" in proc.stderr
+    assert not any((sweep / name).exists() for name in COMPARISON_FILES)
+    elsewhere = lossbench("compare", "sweep", "--no-plots", "--out", "table", cwd=tmp_path)
+    assert elsewhere.returncode == 0
+    assert (tmp_path / "table" / "comparison.md").is_file()

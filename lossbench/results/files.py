@@ -61,7 +61,8 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, default=_json_default, allow_nan=True) + "\n")
 
 
-def write_csv_atomic(path: str | Path, rows: Sequence[dict[str, Any]]) -> None:
+def csv_text(rows: Sequence[dict[str, Any]]) -> str:
+    """A header and the rows, the columns in the order they first appear."""
     columns: list[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns]
@@ -69,7 +70,11 @@ def write_csv_atomic(path: str | Path, rows: Sequence[dict[str, Any]]) -> None:
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    write_text_atomic(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def write_csv_atomic(path: str | Path, rows: Sequence[dict[str, Any]]) -> None:
+    write_text_atomic(path, csv_text(rows))
 
 
 def save_torch_atomic(path: str | Path, obj: Any, sync: bool = True) -> None:
