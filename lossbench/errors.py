@@ -109,13 +109,47 @@ def storage_fault(err: BaseException) -> str | None:
     while seen is not None and not (isinstance(seen, OSError) and seen.errno is not None):
         seen = seen.__cause__
     if not isinstance(seen, OSError):
-        return None
+        return database_fault(err)
     name = errno_names.errorcode.get(seen.errno or 0, "")
     if name not in STORAGE_FAULTS:
         return None
     what = seen.strerror or name
     where = f"{seen.filename}: " if seen.filename is not None else ""
     return f"{where}{what[:1].lower()}{what[1:]} ({name}); {STORAGE_FAULTS[name]}"
+
+
+# SQLite's words (optuna's storage) for the same faults, and what to do about each
+DATABASE_FAULTS = {
+    "database or disk is full": STORAGE_FAULTS["ENOSPC"],
+    "readonly database": STORAGE_FAULTS["EACCES"],
+    "unable to open database file": STORAGE_FAULTS["EACCES"],
+    "disk image is malformed": "the file is damaged (truncated?): move it aside and run the "
+                               "command again to start over",
+    "file is not a database": "the file is damaged or is no SQLite database: move it aside and "
+                              "run the command again to start over",
+}
+
+
+def database_fault(err: BaseException) -> str | None:
+    """One line for a SQLite database (a study's optuna.db) that is full, read-only or
+    damaged, found among the errors `err` was raised from or while handling (optuna wraps
+    SQLAlchemy's, which wraps sqlite3's); None otherwise."""
+    import sqlite3
+
+    seen: BaseException | None = err
+    for _ in range(8):  # a chain, not a cycle
+        if seen is None:
+            return None
+        if isinstance(seen, sqlite3.Error):
+            break
+        seen = seen.__cause__ or seen.__context__
+    else:
+        return None
+    text = " ".join(str(seen).split())
+    for words, advice in DATABASE_FAULTS.items():
+        if words in text:
+            return f"the study's database (optuna.db): {text}; {advice}"
+    return None
 
 
 def tell(line: str) -> None:

@@ -264,3 +264,37 @@ def test_compare_names_the_jobs_an_incomplete_sweep_lacks(tmp_path, finished_swe
     elsewhere = lossbench("compare", "sweep", "--no-plots", "--out", "table", cwd=tmp_path)
     assert elsewhere.returncode == 0
     assert (tmp_path / "table" / "comparison.md").is_file()
+
+
+STUDY = ("study", "losses=ce", "datasets=iris", "trials=1", "seeds.tune=1", "seeds.report=1",
+         *SMOKE)
+
+
+def test_a_study_on_a_full_disk_is_one_line_and_the_same_command_finishes_it(small_filesystem):
+    fs = small_filesystem
+    filler = fill(fs, leave_kib=0)
+    proc = lossbench(*STUDY, "dir=study", cwd=fs)
+    assert_one_line(proc, "no space left on device")
+    filler.unlink()
+    again = lossbench(*STUDY, "dir=study", cwd=fs)
+    assert again.returncode == 0, again.stderr
+    assert (fs / "study" / "study.md").is_file()
+
+
+def test_a_damaged_or_read_only_study_database_is_one_line(tmp_path):
+    prefix, home = as_user(tmp_path)
+    try:
+        first = lossbench(*STUDY, "dir=study", cwd=home)
+        assert first.returncode == 0, first.stderr
+        database = home / "study" / "optuna.db"
+        whole = database.read_bytes()
+        for path in [home / "study", *(home / "study").rglob("*")]:
+            path.chmod(0o555 if path.is_dir() else 0o444)
+        read_only = lossbench("study", "dir=study", cwd=home, prefix=prefix)
+        assert_one_line(read_only, "optuna.db", "readonly database", "permissions")
+        database.chmod(0o644)
+        database.write_bytes(whole[:5000])  # truncated
+        truncated = lossbench("study", "dir=study", cwd=home)
+        assert_one_line(truncated, "optuna.db", "malformed", "move it aside")
+    finally:
+        shutil.rmtree(home)
