@@ -259,7 +259,7 @@ def test_compare_names_the_jobs_an_incomplete_sweep_lacks(tmp_path, finished_swe
     assert proc.returncode == 0 and "accuracy" in proc.stdout, proc.stderr
     assert "the sweep sweep is incomplete: of its 3 jobs, 1 without a record" in proc.stderr
     assert "sweep/1" in proc.stderr and "1 not started" in proc.stderr
-    assert "not written into an incomplete sweep folder" in proc.stderr
+    assert "not written into an incomplete folder" in proc.stderr
     assert not any((sweep / name).exists() for name in COMPARISON_FILES)
     elsewhere = lossbench("compare", "sweep", "--no-plots", "--out", "table", cwd=tmp_path)
     assert elsewhere.returncode == 0
@@ -298,3 +298,15 @@ def test_a_damaged_or_read_only_study_database_is_one_line(tmp_path):
         assert_one_line(truncated, "optuna.db", "malformed", "move it aside")
     finally:
         shutil.rmtree(home)
+
+
+def test_compare_names_a_run_whose_files_were_cut_short(tmp_path, finished_sweep):
+    sweep = tmp_path / "sweep"
+    shutil.copytree(finished_sweep, sweep)
+    history = (sweep / "0" / "history.csv").read_text()
+    (sweep / "0" / "history.csv").write_text(history.rsplit("\n", 2)[0] + "\n")
+    proc = lossbench("compare", "sweep", "--no-plots", cwd=tmp_path)
+    assert proc.returncode == 0 and "accuracy" in proc.stdout, proc.stderr
+    assert "history.csv changed since the run completed" in proc.stderr
+    assert str(sweep / "0") in proc.stderr or "sweep/0" in proc.stderr
+    assert not (sweep / "comparison.md").exists()

@@ -101,13 +101,14 @@ def compare_command(argv: list[str]) -> int:
 
     markdown = tables.to_markdown(blocks, failed, notes)
     lacking = [line for path in args.paths if (line := incomplete_sweep(Path(path)))]
+    lacking += damaged_runs(runs)
     for line in lacking:
         tell(line)
-    if lacking and not args.out:  # files that would go stale as the sweep goes on
+    if lacking and not args.out:  # files that would go stale as the sweep (re)runs
         written: list[Path] = []
         unsaved = None
-        tell("comparison files not written into an incomplete sweep folder; pass --out DIR "
-             "to write them")
+        tell("comparison files not written into an incomplete folder; pass --out DIR to write "
+             "them")
     else:
         written, unsaved = save_comparison(out_dir, blocks, markdown, notes, args)
 
@@ -177,6 +178,20 @@ def incomplete_sweep(path: Path) -> str:
         parts.append(f"{unstarted} not started")
     return (f"the sweep {path} is incomplete: of its {total} jobs, {' and '.join(parts)}; "
             "the table holds the others")
+
+
+def damaged_runs(runs: list) -> list[str]:
+    """A line per completed run whose files changed since its record was written (a history.csv
+    cut short draws its curve short; a zero-byte model.pt cannot be evaluated again)."""
+    from lossbench.results.record import damaged_files
+
+    lines = []
+    for run in runs:
+        if run.status == "completed" and (damaged := damaged_files(run.path, run.metrics)):
+            lines.append(f"{run.path}: {', '.join(damaged)} changed since the run completed "
+                         "(truncated or removed); its figures come from metrics.json, and a "
+                         "sweep rerun into its folder trains it again")
+    return lines
 
 
 def save_comparison(out_dir: Path, blocks: list, markdown: str, notes: object,
