@@ -104,4 +104,10 @@ def main(argv: list[str] | None = None) -> None:
         line, status = exit_report(err)
         tell(line)
         sys.exit(status)
+    except Exception as err:  # the machine's refusal (a full disk, a read-only folder): one line
+        report = None if debug_requested() else exit_report(err)
+        if report is None:
+            raise
+        tell(report[0])
+        sys.exit(report[1])
     sys.exit(code or 0)

@@ -89,10 +89,15 @@ def exit_report(err: BaseException, composing: bool = False) -> tuple[str, int] 
     - a config object that could not be built because of its config (`instantiation_mistake`):
       "error: ...", 2;
     - composing=True (Hydra had not called the job yet): Hydra's and OmegaConf's composition
-      errors (`config_mistake`), 2. The same types raised by a running job are bugs.
+      errors (`config_mistake`), 2. The same types raised by a running job are bugs;
+    - the machine refusing a file (`storage_fault`: a full disk, no permission, a read-only file
+      system, a name too long): "error: ...", 2, wherever it was raised.
     """
     if isinstance(err, UserError):
         return f"error: {err}", 2
+    fault = storage_fault(err)
+    if fault is not None:
+        return f"error: {fault}", 2
     if isinstance(err, (Diverged, Interrupted)):
         # metrics.json says what happened and checkpoint.pt is kept: the message says so
         return str(err), err.exit_code
@@ -104,6 +109,74 @@ def exit_report(err: BaseException, composing: bool = False) -> tuple[str, int] 
         return None  # SystemExit, GeneratorExit: not ours to report
     mistake = config_mistake(err) if composing else instantiation_mistake(err)
     return None if mistake is None else (f"error: {mistake}", 2)
+
+
+# errno → what the user can do about it. These come from the machine, not from lossbench: no
+# traceback would help, and the user is the one who can free space or change a permission.
+STORAGE_FAULTS = {
+    "ENOSPC": "free some space, then run the same command again",
+    "EDQUOT": "the disk quota is used up: free some space, then run the same command again",
+    "EACCES": "lossbench may not write (or read) there: change the folder's permissions or "
+              "choose another folder",
+    "EPERM": "lossbench may not write (or read) there: change the folder's permissions or "
+             "choose another folder",
+    "EROFS": "that file system is read-only: choose a folder on another one",
+    "ENAMETOOLONG": "a file or folder name is longer than the file system allows (255 bytes "
+                    "per name): choose a shorter one",
+}
+
+
+def storage_fault(err: BaseException) -> str | None:
+    """One line for an OSError the machine raised about a file (a full disk, no permission, a
+    read-only file system, a name too long): which file, why, what to do; None for any other
+    error. The errors `err` was raised from (`raise ... from`) are looked at too."""
+    import errno as errno_names
+
+    seen: BaseException | None = err
+    while seen is not None and not (isinstance(seen, OSError) and seen.errno is not None):
+        seen = seen.__cause__
+    if not isinstance(seen, OSError):
+        return database_fault(err)
+    name = errno_names.errorcode.get(seen.errno or 0, "")
+    if name not in STORAGE_FAULTS:
+        return None
+    what = seen.strerror or name
+    where = f"{seen.filename}: " if seen.filename is not None else ""
+    return f"{where}{what[:1].lower()}{what[1:]} ({name}); {STORAGE_FAULTS[name]}"
+
+
+# SQLite's words (optuna's storage) for the same faults, and what to do about each
+DATABASE_FAULTS = {
+    "database or disk is full": STORAGE_FAULTS["ENOSPC"],
+    "readonly database": STORAGE_FAULTS["EACCES"],
+    "unable to open database file": STORAGE_FAULTS["EACCES"],
+    "disk image is malformed": "the file is damaged (truncated?): move it aside and run the "
+                               "command again to start over",
+    "file is not a database": "the file is damaged or is no SQLite database: move it aside and "
+                              "run the command again to start over",
+}
+
+
+def database_fault(err: BaseException) -> str | None:
+    """One line for a SQLite database (a study's optuna.db) that is full, read-only or
+    damaged, found among the errors `err` was raised from or while handling (optuna wraps
+    SQLAlchemy's, which wraps sqlite3's); None otherwise."""
+    import sqlite3
+
+    seen: BaseException | None = err
+    for _ in range(8):  # a chain, not a cycle
+        if seen is None:
+            return None
+        if isinstance(seen, sqlite3.Error):
+            break
+        seen = seen.__cause__ or seen.__context__
+    else:
+        return None
+    text = " ".join(str(seen).split())
+    for words, advice in DATABASE_FAULTS.items():
+        if words in text:
+            return f"the study's database (optuna.db): {text}; {advice}"
+    return None
 
 
 def tell(line: str) -> None:

@@ -78,3 +78,60 @@ def test_eval_mistakes_are_one_line_user_errors(cli, tmp_path, args, message):
     assert proc.returncode == 2
     assert message in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_damaged_files_of_a_run_are_one_line_with_the_reason(cli, tmp_path):
+    """A zero-byte or truncated model.pt says why it cannot be read (the size against the one
+    the run recorded); a zero-byte .hydra/config.yaml is named, not a missing-key traceback."""
+    import shutil
+
+    run = tmp_path / "run"
+    cli("train", *TINY, "dataset=iris", f"hydra.run.dir={run}", check=True)
+    written = (run / "model.pt").stat().st_size
+    cases = {"empty": (b"", "model.pt", "the file is empty (0 bytes) where the run wrote "
+                                        f"{written}"),
+             "cut": ((run / "model.pt").read_bytes()[:100], "model.pt",
+                     f"the file has 100 bytes where the run wrote {written}"),
+             "noconfig": (b"", ".hydra/config.yaml", "config.yaml is empty (0 bytes)")}
+    for name, (content, damaged, message) in cases.items():
+        shutil.copytree(run, tmp_path / name)
+        (tmp_path / name / damaged).write_bytes(content)
+        proc = cli("eval", name)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert message in lines[0], lines[0]
+
+
+def test_eval_of_a_run_on_a_relative_file_works_from_another_folder(cli, tmp_path):
+    """dataset.path=iris.csv is recorded by its absolute path; a run saved with the relative
+    one (before lossbench recorded it) is read against the folder it was run from."""
+    from sklearn.datasets import load_iris
+
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir(), elsewhere.mkdir()
+    load_iris(as_frame=True).frame.to_csv(work / "iris.csv", index=False)
+    cli("train", *TINY, "dataset=csv", "dataset.path=iris.csv", "dataset.target=target",
+        "hydra.run.dir=run", cwd=work, check=True)
+    saved = (work / "run" / ".hydra" / "config.yaml").read_text()
+    assert f"path: {(work / 'iris.csv').resolve()}" in saved
+    assert read_metrics(work / "run")["config"]["dataset"]["path"] == str(
+        (work / "iris.csv").resolve())
+    first = cli("eval", "../work/run", cwd=elsewhere)
+    assert first.returncode == 0, first.stderr
+    # as an older lossbench saved it: the path as typed
+    config = work / "run" / ".hydra" / "config.yaml"
+    config.write_text(saved.replace(str((work / "iris.csv").resolve()), "iris.csv"))
+    again = cli("eval", "../work/run", cwd=elsewhere)
+    assert again.returncode == 0, again.stderr
+    assert report_rows(again.stdout) == report_rows(first.stdout)
+
+
+def test_eval_of_a_sweep_folder_says_how_to_eval_its_jobs(cli, tmp_path):
+    cli("train", "-m", *TINY, "dataset=iris", "seed=0,1", "hydra.sweep.dir=sweep", check=True)
+    proc = cli("eval", "sweep")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "sweep is a sweep folder (2 completed jobs" in lines[0]
+    assert "lossbench eval sweep/0" in lines[0] and "did not complete" not in lines[0]

@@ -393,3 +393,54 @@ def test_the_last_good_state_kept_in_memory_does_not_follow_training():
     assert torch.equal(kept["optimizer"]["state"][0]["exp_avg"], moments)
     assert int(kept["optimizer"]["state"][0]["step"]) == 1
     assert kept["scheduler"]["last_epoch"] == 1 and scheduler.state_dict()["last_epoch"] == 2
+
+
+def _interrupted(compose_cfg, monkeypatch, run_dir: Path, *overrides: str) -> Path:
+    """A run stopped by SIGINT at step 2 of epoch 1, as an interrupted run is left."""
+    from lossbench.errors import Interrupted
+
+    interrupt_at(monkeypatch, 1, 2)
+    with pytest.raises(Interrupted):
+        run_in(compose_cfg, run_dir, *RUN, "trainer.epochs=3", *overrides)
+    monkeypatch.undo()
+    assert (run_dir / "checkpoint.pt").is_file()
+    return run_dir
+
+
+def test_resume_refuses_a_checkpoint_of_another_run(compose_cfg, tmp_path, monkeypatch, cli):
+    """A checkpoint of ce seed 0 copied into a gce seed 1 run folder would train ce seed 0
+    under gce's name: resume= says so in one line, and trains nothing."""
+    ce = _interrupted(compose_cfg, monkeypatch, tmp_path / "ce", "loss=ce", "seed=0")
+    gce = _interrupted(compose_cfg, monkeypatch, tmp_path / "gce", "loss=gce", "seed=1")
+    (gce / "checkpoint.pt").write_bytes((ce / "checkpoint.pt").read_bytes())
+    before = (gce / "metrics.json").read_bytes()
+    proc = cli("train", "resume=gce")
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "of another run" in lines[0] and "seed: 0 in the checkpoint, 1 in" in lines[0]
+    assert (gce / "metrics.json").read_bytes() == before  # nothing written
+
+
+def test_resume_refuses_data_that_changed_under_the_run(compose_cfg, tmp_path, monkeypatch,
+                                                       cli):
+    """The CSV under an interrupted run changed: continuing would mix two datasets."""
+    from sklearn.datasets import load_iris
+
+    frame = load_iris(as_frame=True).frame
+    data = tmp_path / "iris.csv"
+    frame.to_csv(data, index=False)
+    run = _interrupted(compose_cfg, monkeypatch, tmp_path / "run", "dataset=csv",
+                       f"dataset.path={data}", "dataset.target=target")
+    frame.iloc[0, 0] += 1.0  # one value of 600
+    frame.to_csv(data, index=False)
+    proc = cli("train", "resume=run")
+    assert proc.returncode == 2, proc.stderr
+    assert "the data changed since checkpoint.pt was written" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert read_metrics(run)["status"] == "interrupted"
+    frame.iloc[0, 0] -= 1.0  # the same data again: resume goes on
+    frame.to_csv(data, index=False)
+    again = cli("train", "resume=run")
+    assert again.returncode == 0, again.stderr
+    assert read_metrics(run)["status"] == "completed"

@@ -53,11 +53,20 @@ def saved_config(run_dir: Path) -> DictConfig:
     path = run_dir / ".hydra" / "config.yaml"
     if path.is_file():
         try:
-            return current_targets(OmegaConf.load(path))
+            cfg = current_targets(OmegaConf.load(path))
         except Exception as err:  # yaml's parser errors, OmegaConf's: the file is damaged
             detail = " ".join(str(err).split())[:200]
             raise UserError(f"{path} cannot be read as a config ({type(err).__name__}: "
                             f"{detail})") from None
+        missing = [key for key in ("trainer", "dataset", "model", "loss")
+                   if not isinstance(cfg, DictConfig) or key not in cfg]
+        if missing:  # a zero-byte file reads as an empty config
+            size = path.stat().st_size
+            what = "is empty (0 bytes)" if size == 0 else f"lacks {', '.join(missing)}"
+            raise UserError(f"{path} {what}: it is not the config of a lossbench run (damaged "
+                            "or truncated?)")
+        original_cwd(run_dir, cfg)
+        return cfg
     try:
         config = (read_metrics(run_dir) or {}).get("config")
     except (OSError, ValueError):
@@ -66,6 +75,28 @@ def saved_config(run_dir: Path) -> DictConfig:
         raise UserError(f"{run_dir} holds no saved config (.hydra/config.yaml): is it a "
                         "lossbench run directory?")
     return current_targets(OmegaConf.create(config))
+
+
+def original_cwd(run_dir: Path, cfg: DictConfig) -> None:
+    """A run saved before lossbench recorded absolute paths names the user's files relative to
+    the folder it was run from (.hydra/hydra.yaml's hydra.runtime.cwd): make them absolute."""
+    from lossbench.data.files import absolute_paths
+
+    try:
+        cwd = OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra.runtime.cwd
+    except Exception:  # no hydra.yaml (hydra.output_subdir=null), or a damaged one
+        return
+    if cfg.get("dataset") is not None and isinstance(cwd, str):
+        absolute_paths(cfg.dataset, cwd)
+
+
+def sweep_folder_jobs(folder: Path) -> list[Path]:
+    """The job folders of a sweep folder (those holding model.pt), else []."""
+    if (folder / MODEL).exists() or (folder / ".hydra" / "config.yaml").exists():
+        return []
+    jobs = sorted((p.parent for p in folder.rglob(MODEL)),
+                  key=lambda p: (len(p.parts), str(p)))
+    return jobs if jobs or (folder / "multirun.yaml").is_file() else []
 
 
 def saved_choices(run_dir: Path) -> dict[str, str]:
@@ -153,6 +184,13 @@ def evaluate_run(run_dir: Path, overrides: list[str], split: str = "test",
     if not run_dir.is_dir():
         raise UserError(f"{run_dir} is not a directory")
     weights = run_dir / MODEL
+    jobs = sweep_folder_jobs(run_dir)
+    if jobs or (run_dir / "multirun.yaml").is_file() and not weights.exists():
+        example = f"lossbench eval {jobs[0]}" if jobs else "lossbench eval <its job folder>"
+        raise UserError(f"{run_dir} is a sweep folder ({len(jobs)} completed job"
+                        f"{'' if len(jobs) == 1 else 's'} with weights in it), not a run: eval "
+                        f"one job at a time, e.g. {example}; lossbench compare {run_dir} "
+                        "tabulates them all")
     if not weights.is_file():
         record = ("see its metrics.json" if has_metrics(run_dir)
                   else "it stopped before writing any result")
@@ -189,8 +227,8 @@ def evaluate_run(run_dir: Path, overrides: list[str], split: str = "test",
     try:
         state = torch.load(weights, map_location=device, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
-        raise UserError(f"{weights} cannot be read as weights: "
-                        f"{' '.join(str(err).split())[:160]}") from None
+        raise UserError(f"{weights} cannot be read as weights: {unreadable_reason(weights, err)}"
+                        ) from None
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
@@ -223,6 +261,26 @@ def evaluate_run(run_dir: Path, overrides: list[str], split: str = "test",
         metrics.pop("loss", None)  # the training loss of adjusted logits means nothing
         metrics["posthoc_logit_adjustment"] = {"tau": logit_adjust}
     return metrics, splits
+
+
+def unreadable_reason(path: Path, err: BaseException) -> str:
+    """Why torch could not load `path`, in words: the file's size against the one its run
+    record wrote down, else torch's own message (some of which are empty)."""
+    size = path.stat().st_size
+    try:
+        recorded = ((read_metrics(path.parent) or {}).get("files") or {}).get(path.name)
+    except (OSError, ValueError):
+        recorded = None
+    if size == 0:
+        reason = "the file is empty (0 bytes)"
+    elif isinstance(recorded, int) and recorded != size:
+        reason = f"the file has {size} bytes"
+    else:
+        detail = " ".join(str(err).split())[:160]
+        return f"{type(err).__name__}: {detail}" if detail else type(err).__name__
+    if isinstance(recorded, int) and recorded != size:
+        reason += f" where the run wrote {recorded}: it was truncated or damaged since"
+    return reason
 
 
 def posthoc_adjusted(model: Any, loss_fn: Any, splits: Any, head: str, tau: float,

@@ -20,7 +20,8 @@ from lossbench.experiment.sweep_folder import register_job_dir_resolver
 from lossbench.results.files import discard_empty_folders
 from lossbench.results.folder_lock import LOCK_FILE, FolderLock
 from lossbench.errors import (Diverged, Interrupted, UserError, config_mistake, debug_requested,
-                              exit_report, instantiation_mistake, report, stop_name)
+                              exit_report, instantiation_mistake, report, stop_name,
+                              storage_fault)
 
 register_schemas()  # conf/config.yaml's defaults list starts with the typed schema
 register_job_dir_resolver()  # hydra.sweep.subdir names each job's folder by its overrides
@@ -149,11 +150,42 @@ def release_run_lock() -> None:
         _run_lock = None
 
 
+def continue_hint(run_dir: Path) -> str:
+    """What is left to continue a run that a full disk or a permission stopped."""
+    from lossbench.engine.checkpoint import CHECKPOINT
+
+    from lossbench.engine.signals import resume_command
+    from lossbench.experiment.sweep_console import shown_path
+
+    if (run_dir / CHECKPOINT).is_file():
+        return f". Its checkpoint is kept: continue with {resume_command(shown_path(run_dir))}"
+    return ""
+
+
+def record_absolute_paths(cfg: DictConfig, hydra_cfg: DictConfig) -> None:
+    """The user's own files (dataset.path=iris.csv) by their absolute path, in the job's config
+    and in its saved copy (.hydra/config.yaml), so that `eval` and `resume=` find them from any
+    folder."""
+    from lossbench.data.files import absolute_paths
+
+    if not cfg.get("dataset") or not absolute_paths(cfg.dataset, hydra_cfg.runtime.cwd):
+        return
+    if hydra_cfg.output_subdir is not None:
+        from omegaconf import OmegaConf
+
+        from lossbench.results.files import write_text_atomic
+
+        saved = Path(hydra_cfg.runtime.output_dir) / hydra_cfg.output_subdir / "config.yaml"
+        if saved.is_file():
+            write_text_atomic(saved, OmegaConf.to_yaml(cfg))
+
+
 @hydra.main(version_base="1.3", config_path="pkg://lossbench.conf", config_name="config")
 def _train(cfg: DictConfig) -> float | None:
     from lossbench.config.hydra_context import hydra_config, in_sweep
 
     hydra_cfg = hydra_config()  # always set here, inside the Hydra app
+    record_absolute_paths(cfg, hydra_cfg)
     if in_sweep():
         # a failing job (user errors included) is recorded and the sweep goes on; completed
         # jobs of a resumed sweep are skipped (lossbench/experiment/sweep.py)
@@ -180,6 +212,8 @@ def _train(cfg: DictConfig) -> float | None:
         if isinstance(err, KeyboardInterrupt) and not isinstance(err, Interrupted):
             # a stop during start-up: say what is left (nothing, a checkpoint, some files)
             line = interrupted_message(output_dir, getattr(err, "signum", signal.SIGINT))
+        elif storage_fault(err) is not None:
+            line += continue_hint(Path(cfg.get("resume") or output_dir))
         sys.exit(report(line, status))
     finally:
         if cfg.get("resume"):  # the resumed run went on in its own directory
@@ -219,8 +253,11 @@ def train_command(argv: list[str]) -> int:
         with StopOnSignal(announce=False, phase="start-up"):
             _train()
     except StopBeforeStart as stop:  # before anything ran: the run is done, or refused
-        if stop.error is not None:  # refused: a UserError's line and exit status
-            return report(*exit_report(stop.error))
+        if stop.error is not None:  # refused (a UserError, a full disk): its line and status
+            reported = exit_report(stop.error)
+            if reported is None:  # a bug keeps its traceback
+                raise stop.error
+            return report(*reported)
         print(stop.message, file=sys.stdout if stop.status == 0 else sys.stderr, flush=True)
         return stop.status
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM stopped a sweep's job
@@ -231,7 +268,10 @@ def train_command(argv: list[str]) -> int:
     except Exception as err:
         if not debug and sweep.summary_after_error(err):
             return 1  # the sweeper gave up after jobs failed (optuna: every trial failed)
-        composing = not (raised_in_job(err) or user_full_error or debug)
+        # a full disk or a read-only folder is the machine's, wherever it was raised (a sweep
+        # job's record, Hydra's folders): one line too
+        in_job = raised_in_job(err) and storage_fault(err) is None
+        composing = not (in_job or user_full_error or debug)
         plugin = missing_plugin(err) if composing else None
         reported = (f"error: {plugin}", 2) if plugin is not None else (
             exit_report(err, composing=True) if composing else None)

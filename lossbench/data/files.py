@@ -33,6 +33,29 @@ def _existing(path: str | None, setting: str) -> Path:
     return p
 
 
+def is_path_key(key: str) -> bool:
+    """Whether a dataset config key holds a location: `path`, `*_path`, `root`, `*_dir`."""
+    return key in ("path", "root") or key.endswith(("_path", "_dir"))
+
+
+def absolute_paths(dataset: Any, cwd: str | Path) -> list[str]:
+    """Make the dataset config's relative file locations absolute, against `cwd` (the folder
+    lossbench was run from), in place; the keys changed. A run's saved config then names the
+    same files when it is evaluated or resumed from another folder. Only a value naming a file
+    or folder that exists there changes (a hub dataset's name stays a name)."""
+    changed = []
+    for key in list(dataset.keys()) if hasattr(dataset, "keys") else []:
+        value = dataset.get(key)
+        if not (is_path_key(str(key)) and isinstance(value, str) and value):
+            continue
+        path = Path(value).expanduser()
+        if path.is_absolute() or "://" in value or not (Path(cwd) / path).exists():
+            continue
+        dataset[key] = str((Path(cwd) / path).resolve())
+        changed.append(str(key))
+    return changed
+
+
 def encode_targets(y: np.ndarray, task: str | None, where: str
                    ) -> tuple[np.ndarray, str, list[str] | None]:
     """Targets as loaded (numbers or text) → (encoded targets, task, class names).

@@ -41,6 +41,27 @@ class RawData:
             raise UserError(f"{setting} needs {needs}, but dataset {self.name} is a regression "
                             "task")
 
+    def content_hash(self) -> str:
+        """A short digest of the samples and targets as loaded (shapes, dtypes, values; the
+        fixed test split too): a checkpoint records it, so that a run is never continued on
+        data that changed under it. Samples that are not an array (images read from disk per
+        item) count by their shape and file names."""
+        import hashlib
+
+        digest = hashlib.blake2b(digest_size=8)
+        for part in (self.x, self.y, self.x_test, self.y_test):
+            if part is None:
+                digest.update(b"none;")
+            elif isinstance(part, np.ndarray) and part.dtype != object:
+                array = np.ascontiguousarray(part)
+                digest.update(f"{array.dtype}:{array.shape};".encode())
+                digest.update(array.view(np.uint8).reshape(-1).data if array.size else b"")
+            else:  # read per item: its shape and file names, never the samples themselves
+                files = [str(f) for f in getattr(part, "files", [])]
+                digest.update(f"{type(part).__name__}:{getattr(part, 'shape', len(part))}:"
+                              f"{files}".encode())
+        return digest.hexdigest()
+
     @property
     def num_classes(self) -> int:
         """K for classification (binary counts as 2), 0 for regression."""

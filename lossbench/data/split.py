@@ -50,6 +50,7 @@ class Splits:
     # (mean, std) the inputs were standardised with (scalars, or arrays that broadcast against a
     # sample): what a caller's raw inputs need before the model sees them (lossbench.api)
     input_scale: tuple[Any, Any] = (0.0, 1.0)
+    data_hash: str = ""  # RawData.content_hash of the data as loaded, before the split
 
 
 def _split_indices(n: int, y: np.ndarray, first: float, second: float, stratify: bool,

@@ -6,7 +6,10 @@ ends exactly as if it had never stopped (bit for bit on CPU):
 - `loop`: the training loop's own state (`engine.loop.fit`): the epoch in progress and how many of its
   batches are done, their losses, the history, the best weights so far, early stopping's count,
   the RNG states at the start of that epoch (its data order) and at the moment of saving;
-- `config`: the resolved config and the config-group choices the run was composed from;
+- `config`: the resolved config and the config-group choices the run was composed from: the
+  run's identity, which `resume_state` checks against the run directory's own record;
+- `data_hash`: the digest of the data as loaded (`RawData.content_hash`), which
+  `check_same_data` compares with the data a resumed run loads;
 - `elapsed_s`: training time spent before the checkpoint.
 
 When: `CheckpointClock` says when a periodic checkpoint is due (every
@@ -23,6 +26,7 @@ checkpoint whole.
 
 from __future__ import annotations
 
+import os
 import pickle
 import random
 from collections.abc import Callable
@@ -37,9 +41,8 @@ from lossbench.errors import UserError
 # stopping on a signal lives in engine/signals.py (no torch there); importable from here too
 from lossbench.engine.signals import EXTRA_STOP_SIGNALS, StopOnSignal  # noqa: F401
 from lossbench.results.files import save_torch_atomic
-from lossbench.results.record import read_metrics
+from lossbench.results.record import CHECKPOINT, metrics_path, read_metrics
 
-CHECKPOINT = "checkpoint.pt"
 FORMAT = 1  # bumped when the layout changes; an older file is refused with a clear message
 
 
@@ -131,7 +134,8 @@ def _copy_tree(node: Any) -> Any:
 def save_checkpoint(path: str | Path, *, model: torch.nn.Module, loss_fn: torch.nn.Module,
                     optimizer: torch.optim.Optimizer, scheduler: Any, loop: dict[str, Any],
                     config: dict[str, Any], choices: dict[str, str], elapsed_s: float,
-                    sync: bool = True, states: dict[str, Any] | None = None) -> None:
+                    sync: bool = True, states: dict[str, Any] | None = None,
+                    data_hash: str = "") -> None:
     """Write checkpoint.pt atomically (a temporary file renamed into place), from the live
     modules or from `states` kept earlier (`training_states`). Periodic checkpoints pass
     `sync=False`: flushing to the disk costs several times the write itself, and a process
@@ -143,6 +147,7 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, loss_fn: torch.
         "config": config,
         "choices": choices,
         "elapsed_s": elapsed_s,
+        "data_hash": data_hash,
     }, sync=sync)
 
 
@@ -189,7 +194,79 @@ def resume_state(run_dir: str | Path) -> dict[str, Any]:
     if not (run_dir / CHECKPOINT).is_file():
         raise UserError(f"resume={run_dir}: no {CHECKPOINT} in it (checkpoints are written every "
                         "trainer.checkpoint_interval_s seconds of training and on Ctrl-C)")
-    return load_checkpoint(run_dir / CHECKPOINT)
+    # the run goes on writing there (its log, checkpoints, results): say so before training
+    for path in (run_dir, run_dir / "train.log"):
+        if path.exists() and not os.access(path, os.W_OK):
+            raise UserError(f"resume={run_dir}: {path} is read-only for this user, and the "
+                            "resumed run writes there; make it writable (chmod u+w) or copy the "
+                            "run directory elsewhere and resume the copy")
+    state = load_checkpoint(run_dir / CHECKPOINT)
+    check_identity(run_dir, state, metrics)
+    return state
+
+
+def run_dir_identity(run_dir: Path) -> tuple[str, dict[str, Any]] | None:
+    """(where, the resolved config) the run directory says it ran: its record's `config`, else
+    Hydra's `.hydra/config.yaml`; None when neither can be read."""
+
+    from lossbench.results.record import resolved_config
+
+    saved = run_dir / ".hydra" / "config.yaml"
+    try:
+        from omegaconf import OmegaConf
+
+        return str(saved), resolved_config(OmegaConf.load(saved))
+    except Exception:  # absent, damaged, or an interpolation only Hydra resolves
+        return None
+
+
+def check_identity(run_dir: Path, state: dict[str, Any], metrics: dict[str, Any]) -> None:
+    """UserError unless the checkpoint belongs to the run of run_dir: its config equals the one
+    the directory's record (metrics.json) and Hydra's config (.hydra/config.yaml) say ran there.
+    A checkpoint copied from another run would otherwise train that other run under this one's
+    name."""
+    config = state.get("config")
+    recorded = [(str(metrics_path(run_dir)), metrics.get("config"))]
+    recorded.append(run_dir_identity(run_dir) or ("", None))
+    for where, other in recorded:
+        if not isinstance(other, dict) or config == other:
+            continue
+        # the top-level keys first (seed), then the groups' (loss._target_)
+        differ = sorted(differing_keys(config or {}, other), key=lambda k: (k.count("."), k))
+        shown = ", ".join(f"{k}: {_value(config, k)} in the checkpoint, {_value(other, k)} in "
+                          f"{Path(where).name}" for k in differ[:3])
+        raise UserError(f"resume={run_dir}: its {CHECKPOINT} is of another run than the one "
+                        f"{where} records ({shown}{', ...' if len(differ) > 3 else ''}); "
+                        "resume refuses to mix two runs")
+
+
+def differing_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested configs."""
+    keys = []
+    for key in dict.fromkeys([*a, *b]):
+        x, y = a.get(key, "<absent>"), b.get(key, "<absent>")
+        if isinstance(x, dict) and isinstance(y, dict):
+            keys += differing_keys(x, y, f"{prefix}{key}.")
+        elif x != y:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def _value(config: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        config = config.get(part, "<absent>") if isinstance(config, dict) else "<absent>"
+    return config
+
+
+def check_same_data(state: dict[str, Any], data_hash: str, run_dir: str | Path) -> None:
+    """UserError when the data loaded now is not the data the checkpoint was trained on (a
+    file changed under an interrupted run): the result would mix two datasets. Checkpoints
+    written before the hash was recorded pass."""
+    saved = state.get("data_hash")
+    if saved and data_hash and saved != data_hash:
+        raise UserError(f"resume={run_dir}: the data changed since {CHECKPOINT} was written "
+                        f"(its digest was {saved}, the data loaded now gives {data_hash}); "
+                        "continuing would mix two datasets: start a new run instead")
 
 
 def resume_point(state: dict[str, Any]) -> str:

@@ -108,10 +108,12 @@ def load_data(cfg: DictConfig) -> Splits:
         raise
     if not isinstance(raw, RawData):
         raise TypeError(f"dataset {data_cfg._target_} returned {type(raw).__name__}, not RawData")
-    return prepare_data(raw, split=data_cfg.split, noise=data_cfg.get("noise"),
-                        imbalance=data_cfg.get("imbalance"), scale=data_cfg.get("scale", True),
-                        seed=run_seeds(cfg)[0], augment=data_cfg.get("augment"),
-                        resample=data_cfg.get("resample"))
+    splits = prepare_data(raw, split=data_cfg.split, noise=data_cfg.get("noise"),
+                          imbalance=data_cfg.get("imbalance"), scale=data_cfg.get("scale", True),
+                          seed=run_seeds(cfg)[0], augment=data_cfg.get("augment"),
+                          resample=data_cfg.get("resample"))
+    splits.data_hash = raw.content_hash()
+    return splits
 
 
 def data_to_device(splits: Splits, device: torch.device, num_workers: int | str = "auto"

@@ -43,7 +43,7 @@ from lossbench.results.folder_lock import FolderLock
 from lossbench.errors import error_line  # noqa: F401
 from lossbench.experiment.sweep_folder import summary_line  # noqa: F401
 from lossbench.results.record import (LOCATION_KEYS, METRICS,  # noqa: F401
-                                      failure_record, metrics_path, read_metrics,
+                                      damaged_files, failure_record, metrics_path, read_metrics,
                                       resolved_config, write_metrics)
 
 
@@ -54,6 +54,11 @@ def completed_run(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     if metrics is None or metrics.get("status") != "completed":
+        return None
+    damaged = damaged_files(run_dir, metrics)  # a zero-byte model.pt, a history.csv cut short
+    if damaged:
+        print(f"lossbench: {run_dir}: {', '.join(damaged)} changed since the run completed "
+              "(truncated or removed): the job runs again", file=sys.stderr, flush=True)
         return None
     return metrics if metrics.get("config") == resolved_config(cfg) else None
 

@@ -22,7 +22,7 @@ from lossbench.console import counted, shown_path
 from lossbench.data import Splits
 from lossbench.data.noise import describe_corruption
 from lossbench.engine import distributed
-from lossbench.engine.checkpoint import CHECKPOINT, save_checkpoint
+from lossbench.engine.checkpoint import CHECKPOINT, check_same_data, save_checkpoint
 from lossbench.engine.signals import StopOnSignal
 from lossbench.engine.loop import FitResult, Settings, fit
 from lossbench.engine.precision import autocast, autocast_dtype, training_model
@@ -183,6 +183,8 @@ def prepare(cfg: DictConfig, run_dir: Path, console: Console, started: float,
                                      dist.world_size)
     precision = autocast_dtype(trainer.get("precision", 32))
     splits = load_data(cfg)
+    if resume is not None:  # the same data as the checkpoint's, or a result of two datasets
+        check_same_data(resume, splits.data_hash, run_dir)
     monitor, mode = resolve_monitor(splits.task, trainer.monitor, trainer.mode, len(splits.val))
     selection = selection_rule(splits.task, trainer, splits.val.y_clean is not None,
                                len(splits.val))
@@ -263,7 +265,7 @@ def train(run: Run, parts: Parts, tracker: Any, stop: StopOnSignal) -> FitResult
                             optimizer=parts.optimizer, scheduler=scheduler, loop=loop,
                             config=saved_config, choices=run.picked, elapsed_s=run.wall_time(),
                             sync=stop.requested is not None or states is not None,
-                            states=states)
+                            states=states, data_hash=run.splits.data_hash)
 
     stop.phase = "training"
     with stop, EpochProgress(run.console, trainer.epochs, run.monitor,

@@ -26,7 +26,10 @@ def write_bytes_atomic(path: str | Path, data: bytes, sync: bool = True) -> None
     (the costly part for small files: leave it to files written once)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:  # the temporary name is ours: the user knows the file by its own
+        raise OSError(err.errno, err.strerror, str(path)) from err
     try:
         # mkstemp makes the file 0600; results are meant to be read by colleagues, so the file
         # gets the mode open() would give it: 0666 less the umask
@@ -37,8 +40,10 @@ def write_bytes_atomic(path: str | Path, data: bytes, sync: bool = True) -> None
             if sync:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.filename is None:  # a write to a full disk
+            raise OSError(err.errno, err.strerror, str(path)) from err
         raise
 
 
@@ -56,7 +61,8 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, default=_json_default, allow_nan=True) + "\n")
 
 
-def write_csv_atomic(path: str | Path, rows: Sequence[dict[str, Any]]) -> None:
+def csv_text(rows: Sequence[dict[str, Any]]) -> str:
+    """A header and the rows, the columns in the order they first appear."""
     columns: list[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns]
@@ -64,7 +70,11 @@ def write_csv_atomic(path: str | Path, rows: Sequence[dict[str, Any]]) -> None:
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    write_text_atomic(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def write_csv_atomic(path: str | Path, rows: Sequence[dict[str, Any]]) -> None:
+    write_text_atomic(path, csv_text(rows))
 
 
 def save_torch_atomic(path: str | Path, obj: Any, sync: bool = True) -> None:

@@ -30,6 +30,9 @@ A JSON object. Every run's record has:
 - `config`: the resolved task config without location keys (`resolved_config`): the run's
   identity, which a resumed sweep or study compares to skip a job.
 - `wall_time_s`: seconds of training (a failed job: from its start to the failure).
+- `files`: {file name: size in bytes} of the record's other files as they were when metrics.json
+  was written (history.csv, model.pt, loss.pt; checkpoint.pt of a run that did not complete):
+  a run is whole only while they are (`damaged_files`). Absent from records written before it.
 
 A completed run adds:
 
@@ -89,6 +92,7 @@ HISTORY = "history.csv"
 REPORT = "report.txt"
 MODEL = "model.pt"
 LOSS_STATE = "loss.pt"
+CHECKPOINT = "checkpoint.pt"  # its format belongs to lossbench.engine.checkpoint
 
 # 1: the layout the module docstring describes. Raise it when a key changes meaning or goes;
 # a key added (optional for readers) does not need a new version.
@@ -121,11 +125,43 @@ def has_metrics(run_dir: str | Path) -> bool:
     return metrics_path(run_dir).is_file()
 
 
+def recorded_files(run_dir: str | Path, status: Any) -> dict[str, int]:
+    """{name: size} of the files a record of `status` vouches for, those run_dir holds now. A
+    completed run's checkpoint is about to go: it is not one of them."""
+    names = [HISTORY, MODEL, LOSS_STATE] + ([] if status == "completed" else [CHECKPOINT])
+    sizes = {}
+    for name in names:
+        try:
+            sizes[name] = (Path(run_dir) / name).stat().st_size
+        except OSError:
+            continue
+    return sizes
+
+
+def damaged_files(run_dir: str | Path, record: Mapping[str, Any]) -> list[str]:
+    """The files the record names (`files`) that are gone or whose size changed since it was
+    written: a zero-byte or truncated model.pt, a history.csv cut short. [] for a whole run,
+    and for a record written before sizes were."""
+    files = record.get("files")
+    if not isinstance(files, Mapping):
+        return []
+    damaged = []
+    for name, size in files.items():
+        try:
+            if (Path(run_dir) / str(name)).stat().st_size != size:
+                damaged.append(str(name))
+        except OSError:
+            damaged.append(str(name))
+    return damaged
+
+
 def write_metrics(run_dir: str | Path, metrics: Mapping[str, Any]) -> None:
-    """Write metrics.json, stamped with SCHEMA_VERSION, atomically: a reader (or a crash in the
-    middle) sees the old file or the new one, never half of one."""
+    """Write metrics.json, stamped with SCHEMA_VERSION and the sizes of the files it vouches
+    for (`files`), atomically: a reader (or a crash in the middle) sees the old file or the new
+    one, never half of one."""
     record = {"schema_version": SCHEMA_VERSION,
-              **{k: v for k, v in metrics.items() if k != "schema_version"}}
+              **{k: v for k, v in metrics.items() if k not in ("schema_version", "files")},
+              "files": recorded_files(run_dir, metrics.get("status"))}
     write_json_atomic(metrics_path(run_dir), record)
 
 

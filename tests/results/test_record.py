@@ -44,8 +44,38 @@ def test_round_trip_stamps_the_schema_version_first(tmp_path):
     record.write_metrics(tmp_path, metrics)
     raw = json.loads((tmp_path / "metrics.json").read_text())
     assert list(raw)[0] == "schema_version" and raw["schema_version"] == record.SCHEMA_VERSION
-    assert record.read_metrics(tmp_path) == {"schema_version": record.SCHEMA_VERSION, **metrics}
+    # `files`: the sizes of the files the record vouches for (none here)
+    assert record.read_metrics(tmp_path) == {"schema_version": record.SCHEMA_VERSION, **metrics,
+                                             "files": {}}
     assert "schema_version" not in metrics  # the caller's dict is left as it was
+
+
+@pytest.mark.parametrize("status", ["completed", "interrupted"])
+def test_the_record_vouches_for_the_sizes_of_its_files(tmp_path, status):
+    """A run is whole only while every file its record names is as it was written: a
+    zero-byte or truncated model.pt, a cut history.csv or a removed file is caught."""
+    import torch
+
+    record.write_history(tmp_path, [{"epoch": 1, "val_loss": 0.5}, {"epoch": 2, "val_loss": 0.4}])
+    files.save_torch_atomic(tmp_path / record.MODEL, {"w": torch.ones(64)})
+    (tmp_path / record.CHECKPOINT).write_bytes(b"state")
+    record.write_metrics(tmp_path, {"status": status})
+    written = record.read_metrics(tmp_path)["files"]
+    names = {record.HISTORY, record.MODEL} | ({record.CHECKPOINT} if status != "completed"
+                                              else set())
+    assert set(written) == names  # a completed run's checkpoint is about to be removed
+    assert written[record.MODEL] == (tmp_path / record.MODEL).stat().st_size
+    metrics = record.read_metrics(tmp_path)
+    assert record.damaged_files(tmp_path, metrics) == []
+    model = (tmp_path / record.MODEL).read_bytes()
+    (tmp_path / record.MODEL).write_bytes(model[: len(model) // 2])  # truncated
+    history = (tmp_path / record.HISTORY).read_text()
+    (tmp_path / record.HISTORY).write_text(history.rsplit("\n", 2)[0] + "\n")  # last row cut
+    assert record.damaged_files(tmp_path, metrics) == [record.HISTORY, record.MODEL]
+    (tmp_path / record.MODEL).write_bytes(b"")  # zero bytes
+    (tmp_path / record.HISTORY).unlink()
+    assert record.damaged_files(tmp_path, metrics) == [record.HISTORY, record.MODEL]
+    assert record.damaged_files(tmp_path, {"status": "completed"}) == []  # an older record
 
 
 def test_a_stamp_in_the_input_is_replaced_by_the_writers_own(tmp_path):
@@ -102,7 +132,7 @@ def test_a_write_that_fails_half_way_leaves_the_old_record_and_no_temporary(tmp_
         record.write_metrics(tmp_path, {"status": "failed", "n": 2, "padding": "x" * 1000})
     monkeypatch.undo()
     assert record.read_metrics(tmp_path) == {"schema_version": record.SCHEMA_VERSION,
-                                             "status": "completed", "n": 1}
+                                             "status": "completed", "n": 1, "files": {}}
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 
 
