@@ -86,6 +86,17 @@ def test_grey_images_and_a_mode_conversion_give_the_channels(tmp_path):
     assert grey.class_names == ["0", "1", "2"]  # integer labels: named by their values
 
 
+def test_an_array_column_is_read_as_images_channels_first(tmp_path):
+    x = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)  # (N, H, W, C)
+    features = datasets.Features({"pixels": datasets.Array3D((8, 8, 3), "uint8"),
+                                  "label": datasets.ClassLabel(names=["a", "b"])})
+    datasets.Dataset.from_dict({"pixels": x, "label": [0, 1] * 3}, features=features
+                               ).save_to_disk(tmp_path / "a")
+    raw = hf(str(tmp_path / "a"))
+    np.testing.assert_array_equal(raw.x, x.transpose(0, 3, 1, 2))
+    assert raw.task == "binary" and raw.class_names == ["a", "b"]
+
+
 def test_numeric_columns_are_the_features_and_read_as_stored(tmp_path):
     rng = np.random.default_rng(0)
     table = {"a": rng.normal(size=20), "b": rng.normal(size=20).astype(np.float32),

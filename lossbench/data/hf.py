@@ -123,7 +123,7 @@ def hf(path: str | Sequence[str] | None, label: str = "label", image: str | None
     """A Hugging Face dataset: a `save_to_disk` folder, data files, or a Hub name.
 
     label: the label column (a ClassLabel, integers, or floats for regression). image: the
-    image column (null: the dataset's Image column, if any). features: numeric columns used
+    image column (null: the dataset's Image, Array2D or Array3D column, if any). features: numeric columns used
     when there is no image column (null: every numeric column but the label). task: as csv's.
     mode: RGB or L converts every image (null: as stored). name: the Hub dataset's config.
     """
@@ -151,7 +151,8 @@ def hf(path: str | Sequence[str] | None, label: str = "label", image: str | None
                         "numbers; make it a ClassLabel (dataset.class_encode_column"
                         f"({label!r})) or choose another column with dataset.label")
     if image is None and features is None:
-        found = [c for c, f in schema.items() if isinstance(f, datasets.Image)]
+        pictures = (datasets.Image, datasets.Array2D, datasets.Array3D)  # decoded or as arrays
+        found = [c for c, f in schema.items() if isinstance(f, pictures)]
         image = found[0] if found else None
     if image is not None:
         if image not in schema:
