@@ -157,3 +157,19 @@ def test_a_loss_sweep_on_an_hf_dataset_is_compared(cli, tmp_path, hf_env):
     rows = compared.stdout.splitlines()
     assert any(r.startswith("ce,") or ",ce," in r for r in rows)
     assert any("gce" in r for r in rows)
+
+
+def test_without_datasets_the_choice_names_the_extra_to_install(cli, tmp_path, hf_env):
+    # datasets absent for real: a package of that name that cannot be imported shadows it
+    import os
+
+    stub = tmp_path / "no_datasets" / "datasets"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'datasets'\", "
+                                      "name='datasets')\n")
+    image_dataset(9).save_to_disk(tmp_path / "d")
+    path = os.pathsep.join(filter(None, [str(stub.parent), os.environ.get("PYTHONPATH")]))
+    proc = cli("train", "dataset=hf", "dataset.path=d", *RUN, env={**hf_env, "PYTHONPATH": path})
+    assert proc.returncode == 2
+    assert proc.stderr == ("lossbench: error: dataset=hf needs the datasets package: pip "
+                           "install 'lossbench[hf]'\n")
