@@ -173,3 +173,12 @@ def test_without_datasets_the_choice_names_the_extra_to_install(cli, tmp_path, h
     assert proc.returncode == 2
     assert proc.stderr == ("lossbench: error: dataset=hf needs the datasets package: pip "
                            "install 'lossbench[hf]'\n")
+
+
+def test_lossbench_list_says_an_hf_dataset_poses_any_task(cli):
+    # the task comes from the label column, through the csv loader's encode_targets: the listing
+    # follows functions imported from other lossbench modules as it does local ones
+    proc = cli("list", "datasets")
+    assert proc.returncode == 0, proc.stderr
+    row = next(line for line in proc.stdout.splitlines() if line.split()[:1] == ["hf"])
+    assert row.split(None, 1)[1].startswith("any (from the data)")

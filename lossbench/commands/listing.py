@@ -65,11 +65,19 @@ def header_comment(text: str) -> str:
 
 def dataset_tasks(target: str | None) -> tuple[str, ...]:
     """The tasks a dataset function can return: the task names written in its body or in the
-    same module's functions it calls. Several (a CSV file, blobs) mean "set by the data"."""
+    functions it calls, of its module or imported from another lossbench module. Several (a
+    CSV file, blobs) mean "set by the data"."""
     node, tree = _definition(target or "")
     if node is None:
         return ()
     local = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    for imported in tree.body:  # `from lossbench.data.files import encode_targets`
+        if isinstance(imported, ast.ImportFrom) and (imported.module or "").startswith(
+                "lossbench."):
+            for alias in imported.names:
+                found_node, _ = _definition(f"{imported.module}.{alias.name}")
+                if isinstance(found_node, ast.FunctionDef):
+                    local.setdefault(alias.asname or alias.name, found_node)
     found: set[str] = set()
     seen: set[str] = set()
     todo = [node]
