@@ -282,6 +282,8 @@ def instantiation_mistake(err: BaseException) -> str | None:
     cause = err.__cause__
     # Hydra's text is all there is to show; which case it is, the cause's type tells
     what = str(err).split("\n")[0].split(", set env var HYDRA_FULL_ERROR")[0].rstrip(":. ")
+    if isinstance(cause, UserError):  # what was built found the mistake and said it
+        return str(cause)
     if cause is None:
         if "full_key" not in str(err):
             return None

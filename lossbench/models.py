@@ -4,7 +4,7 @@ the data and the loss (never a number the user must keep in sync)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -96,13 +96,26 @@ class CNN(nn.Module):
         return self.net(x)
 
 
+# Images at most this many pixels a side get the CIFAR-style stem on ResNets (32×32 CIFAR).
+SMALL_IMAGE_SIDE = 64
+
+
+def small_image_stem(model: nn.Module, channels: int) -> nn.Module:
+    """Replace a ResNet's ImageNet stem (7×7 stride-2 conv and max-pool, which would shrink a
+    32×32 image to 8×8 before the first block) by the CIFAR-style 3×3 stride-1 conv and no
+    pooling, in place: `conv1` and `maxpool`, as torchvision's and timm's ResNets name them."""
+    model.conv1 = nn.Conv2d(channels, model.conv1.out_channels, kernel_size=3, stride=1,
+                            padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
 def resnet18(input_shape: Sequence[int], num_outputs: int, small_input_stem: bool | None = None
              ) -> nn.Module:
     """torchvision's ResNet-18 with `num_outputs` classes.
 
-    For small images (at most 64 pixels a side, such as 32×32 CIFAR) the ImageNet stem (7×7 stride-2
-    conv and max-pool) would shrink the image to 8×8 before the first block, so it is replaced by
-    the CIFAR-style 3×3 stride-1 conv and no pooling. Any channel count is accepted.
+    For small images (at most 64 pixels a side, such as 32×32 CIFAR) the ImageNet stem is
+    replaced by the CIFAR-style one (`small_image_stem`). Any channel count is accepted.
     """
     from torchvision.models import resnet18 as tv_resnet18
 
@@ -111,10 +124,9 @@ def resnet18(input_shape: Sequence[int], num_outputs: int, small_input_stem: boo
     channels, height, width = input_shape
     model = tv_resnet18(weights=None, num_classes=num_outputs)
     if small_input_stem is None:
-        small_input_stem = max(height, width) <= 64
+        small_input_stem = max(height, width) <= SMALL_IMAGE_SIDE
     if small_input_stem:
-        model.conv1 = nn.Conv2d(channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
-        model.maxpool = nn.Identity()
+        small_image_stem(model, channels)
     elif channels != 3:
         model.conv1 = nn.Conv2d(channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
     return model
@@ -136,14 +148,21 @@ class CosineClassifier(nn.Module):
         return nn.functional.normalize(x, dim=-1) @ nn.functional.normalize(self.weight, dim=-1).T
 
 
+def replace_last_linear(model: nn.Module, build: Callable[[nn.Linear], nn.Module]
+                        ) -> nn.Module:
+    """Replace the model's last `nn.Linear` (its classifier) by `build(that layer)`, on the
+    same device, in place; returns the model."""
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(model).__name__} has no linear layer as its classifier")
+    name, last = linears[-1]
+    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+    setattr(parent, name.rpartition(".")[2], build(last).to(last.weight.device))
+    return model
+
+
 def with_cosine_head(model: nn.Module) -> nn.Module:
     """Replace the model's last `nn.Linear` (its classifier) by a `CosineClassifier` of the
     same size, in place; returns the model."""
-    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ValueError(f"{type(model).__name__} has no linear layer to make a cosine classifier")
-    name, last = linears[-1]
-    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
-    setattr(parent, name.rpartition(".")[2],
-            CosineClassifier(last.in_features, last.out_features).to(last.weight.device))
-    return model
+    return replace_last_linear(
+        model, lambda last: CosineClassifier(last.in_features, last.out_features))

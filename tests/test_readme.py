@@ -29,7 +29,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 SETUP_COMMANDS = [
     "python3 -m venv .venv && . .venv/bin/activate && pip install . && lossbench train",
     "python3 -m venv .venv && . .venv/bin/activate && pip install "
-    "'.[test,sweep,study,tensorboard,mlflow,wandb,notebook]' && pytest",
+    "'.[test,sweep,study,tensorboard,mlflow,wandb,timm,hf,notebook]' && pytest",
 ]
 SPEEDUP = "trainer.epochs=2 trainer.max_batches=2"
 # `lossbench train ...` runs with SPEEDUP appended, unless it only prints help, config or the

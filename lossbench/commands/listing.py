@@ -63,11 +63,19 @@ def header_comment(text: str) -> str:
 
 def dataset_tasks(target: str | None) -> tuple[str, ...]:
     """The tasks a dataset function can return: the task names written in its body or in the
-    same module's functions it calls. Several (a CSV file, blobs) mean "set by the data"."""
+    functions it calls, of its module or imported from another lossbench module. Several (a
+    CSV file, blobs) mean "set by the data"."""
     node, tree = _definition(target or "")
     if node is None:
         return ()
     local = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    for imported in tree.body:  # `from lossbench.data.files import encode_targets`
+        if isinstance(imported, ast.ImportFrom) and (imported.module or "").startswith(
+                "lossbench."):
+            for alias in imported.names:
+                found_node, _ = _definition(f"{imported.module}.{alias.name}")
+                if isinstance(found_node, ast.FunctionDef):
+                    local.setdefault(alias.asname or alias.name, found_node)
     found: set[str] = set()
     seen: set[str] = set()
     todo = [node]
@@ -151,22 +159,98 @@ def format_group(name: str, width: int | None = None) -> str:
     return "\n".join(lines)
 
 
+# The model libraries `lossbench list models` searches: (config option, the extra installing it).
+MODEL_LIBRARIES = {"torchvision": "torchvision", "timm": "timm"}
+
+
+def matching(names: list[str], pattern: str | None) -> list[str]:
+    """The names matching a shell pattern (case-insensitive); a pattern without wildcards
+    matches the names that contain it (`resnet` → resnet18, wide_resnet50_2, ...)."""
+    import fnmatch
+
+    if not pattern:
+        return list(names)
+    pattern = pattern.lower()
+    if not any(c in pattern for c in "*?["):
+        pattern = f"*{pattern}*"
+    return [n for n in names if fnmatch.fnmatchcase(n.lower(), pattern)]
+
+
+def library_model_names(library: str) -> list[str] | None:
+    """The image classifiers `model=<library> model.name=<name>` builds; None when the
+    library is not installed."""
+    try:
+        if library == "torchvision":
+            import torchvision.models as tvm
+
+            return tvm.list_models(module=tvm)  # classifiers only, not detection or video
+        import timm
+    except ImportError:
+        return None
+    return timm.list_models()
+
+
+def format_models(pattern: str | None) -> str:
+    """`lossbench list models [PATTERN]`: the built-in options, then the names torchvision and
+    timm build by name, each matching PATTERN; a pattern matching none is a UserError with the
+    closest names."""
+    import difflib
+    import textwrap
+
+    builtin = [row for row in group_lines("models") if not pattern or matching([row[0]], pattern)]
+    blocks, every = [], [row[0] for row in group_lines("models")]
+    if builtin:
+        width = max(len(r[0]) for r in builtin)
+        blocks.append("\n".join(["models (lossbench train model=<name>):"] + [
+            f"  {o:<{width}}  {t}  {d}" for o, t, d in builtin]))
+    found = bool(builtin)
+    for library, extra in MODEL_LIBRARIES.items():
+        names = library_model_names(library)
+        how = f"lossbench train model={library} model.name=<name>"
+        if names is None:
+            blocks.append(f"{library} models ({how}): not installed; pip install "
+                          f"'lossbench[{extra}]'")
+            continue
+        every += names
+        chosen = matching(names, pattern)
+        found = found or bool(chosen)
+        if chosen:
+            head = f"{library} models{f' matching {pattern!r}' if pattern else ''} ({how}): " \
+                   f"{len(chosen)}"
+            blocks.append(head + "\n" + textwrap.fill(
+                "  ".join(chosen), width=100, initial_indent="  ", subsequent_indent="  ",
+                break_on_hyphens=False))
+    if not found:
+        close = difflib.get_close_matches(pattern.strip("*?[]").lower(), list(dict.fromkeys(every)),
+                                        n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise UserError(f"lossbench list models: no model matches {pattern!r}{hint}")
+    return "\n\n".join(blocks)
+
+
 def func(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="lossbench list",
         description="List the options of config groups, one line each: name, the tasks it fits "
-                    "(multiclass, binary, regression), and what it is.")
+                    "(multiclass, binary, regression), and what it is. `lossbench list models "
+                    "[PATTERN]` adds the models torchvision and timm build by name.")
     parser.add_argument("groups", nargs="*", metavar="GROUP",
-                        help=f"any of {', '.join(GROUPS)} (default: {', '.join(DEFAULT_GROUPS)})")
+                        help=f"any of {', '.join(GROUPS)} (default: {', '.join(DEFAULT_GROUPS)});"
+                             " after models, a name PATTERN (resnet, 'convnext*')")
     args = parser.parse_args(argv)
-    names = []
+    names, pattern = [], None
     for given in args.groups or DEFAULT_GROUPS:
         # the group's own name works as well: `lossbench list loss`
         name = given if given in GROUPS else {g: n for n, g in GROUPS.items()}.get(given, given)
+        if name not in GROUPS and names[-1:] == ["models"] and pattern is None:
+            pattern = given  # `lossbench list models resnet`
+            continue
         if name not in GROUPS:
             raise UserError(f"lossbench list: no group '{given}' (choose from {', '.join(GROUPS)})")
         names.append(name)
-    print("\n\n".join(format_group(name) for name in names))
+    # models asked for by name: the libraries' models too (this imports them)
+    print("\n\n".join(format_models(pattern) if name == "models" and args.groups
+                       else format_group(name) for name in names))
     return 0
 
 

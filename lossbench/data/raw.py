@@ -16,6 +16,7 @@ class RawData:
     x: (N, *sample_shape) features; vectors (N, F), sequences (N, C, L) or images (N, C, H, W).
     y: (N,) integer class indices for classification, floats for regression.
     x_test / y_test: a dataset's own fixed test split, kept as is when present.
+    x_val / y_val: its own validation split, kept as is when present (with a test split).
     """
 
     x: np.ndarray
@@ -25,12 +26,16 @@ class RawData:
     class_names: list[str] | None = None
     x_test: np.ndarray | None = None
     y_test: np.ndarray | None = None
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
         if len(self.x) != len(self.y):
             raise ValueError(f"x has {len(self.x)} samples but y has {len(self.y)}")
+        if self.x_val is not None and self.x_test is None:
+            raise ValueError("a dataset's own validation split comes with its own test split")
 
     def require_classes(self, setting: str, needs: str = "classes") -> None:
         """UserError unless the data has classes: `setting` (e.g. dataset.noise.kind=symmetric,
@@ -69,5 +74,5 @@ class RawData:
             return 0
         if self.class_names is not None:
             return len(self.class_names)
-        labels = self.y if self.y_test is None else np.concatenate([self.y, self.y_test])
+        labels = np.concatenate([y for y in (self.y, self.y_test, self.y_val) if y is not None])
         return int(labels.max()) + 1

@@ -93,11 +93,15 @@ def split_dataset(raw: RawData, train: float = 0.6, val: float = 0.2, test: floa
     """Split raw arrays into {'train', 'val', 'test'}: (x, y).
 
     Classification splits are stratified. A dataset with its own test split keeps it, and the
-    validation part is carved from its training part as val / (train + val).
+    validation part is carved from its training part as val / (train + val); one with its own
+    validation and test splits keeps all three.
     """
     check_split(train, val, test)
     stratify = raw.task != "regression"
     what = f"dataset {raw.name}"
+    if raw.x_val is not None:
+        return {"train": (raw.x, raw.y), "val": (raw.x_val, raw.y_val),
+                "test": (raw.x_test, raw.y_test)}
     if stratify:
         _check_class_sizes(raw, 2 if raw.x_test is not None else 3, what)
     if raw.x_test is not None:
