@@ -7,6 +7,7 @@ these functions, so that training and evaluation cannot disagree on them.
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import os
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lossbench.data import RawData, Splits, prepare_data
 from lossbench.data.prepare import dataset_arguments
@@ -230,6 +231,16 @@ class Schedule:
 
     scheduler: Any = None
     steps: Stepping = "epoch"
+
+
+def scheduler_config(cfg: DictConfig, epochs: int) -> DictConfig:
+    """`cfg.scheduler` resolved against the run's planned budget: an interpolation such as
+    cosine's `T_max: ${trainer.epochs}` reads the number of epochs the run trains (`prepare`
+    resolves `epochs: auto` first), never the word `auto`."""
+    planned = copy.deepcopy(cfg)
+    with open_dict(planned):
+        planned.trainer.epochs = int(epochs)
+    return OmegaConf.create(OmegaConf.to_container(planned.scheduler, resolve=True))
 
 
 def build_scheduler(scheduler_cfg: DictConfig, optimizer: torch.optim.Optimizer,

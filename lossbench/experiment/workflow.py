@@ -33,7 +33,7 @@ from lossbench.engine.threads import set_threads
 from lossbench.experiment.builders import (Schedule, build_loss_and_model, build_scheduler,
                                            build_training_optimizer, data_to_device, load_data,
                                            loss_name, order_hash, pick_device, run_seeds,
-                                           seed_everything, state_hash)
+                                           scheduler_config, seed_everything, state_hash)
 from lossbench.config.hydra_context import hydra_config, in_sweep
 from lossbench.experiment.outcome import (loss_params_line, loss_record,
                                           memorisation_summary, report_notes, robust_line,
@@ -194,7 +194,8 @@ def build(run: Run) -> Parts:
     threads = set_threads(trainer.get("threads", "auto"), model, run.splits.sample_shape,
                           trainer.batch_size, run.device)
     optimizer = build_training_optimizer(cfg, model, loss_fn)
-    schedule = build_scheduler(cfg.scheduler, optimizer, run.per_epoch * trainer.epochs)
+    schedule = build_scheduler(scheduler_config(cfg, trainer.epochs), optimizer,
+                               run.per_epoch * trainer.epochs)
     if run.resume is not None:
         model.load_state_dict(run.resume["model"])
         loss_fn.load_state_dict(run.resume["loss"])
