@@ -233,6 +233,22 @@ class Schedule:
     steps: Stepping = "epoch"
 
 
+# LOSSBENCH_SMOKE=1 (CI, the README's own test): every run, sweep job and study trial trains
+# at most SMOKE_LIMIT epochs of at most SMOKE_LIMIT batches per split, whatever its command
+# says, so that commands are checked exactly as a user types them.
+SMOKE_ENV = "LOSSBENCH_SMOKE"
+SMOKE_LIMIT = 2
+
+
+def smoke_limits(epochs: int, max_batches: int | None) -> dict[str, int]:
+    """The budget under LOSSBENCH_SMOKE=1: `epochs` (already resolved from `auto`) and
+    `max_batches` capped at SMOKE_LIMIT; {} when the variable is unset or 0."""
+    if os.environ.get(SMOKE_ENV, "0") in ("", "0"):
+        return {}
+    return {"epochs": min(epochs, SMOKE_LIMIT),
+            "max_batches": min(max_batches or SMOKE_LIMIT, SMOKE_LIMIT)}
+
+
 def scheduler_config(cfg: DictConfig, epochs: int) -> DictConfig:
     """`cfg.scheduler` resolved against the run's planned budget: an interpolation such as
     cosine's `T_max: ${trainer.epochs}` reads the number of epochs the run trains (`prepare`

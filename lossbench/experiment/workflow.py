@@ -30,10 +30,11 @@ from lossbench.engine.optim import optimizer_kernel
 from lossbench.engine.predict import predict
 from lossbench.engine.progress import EpochProgress
 from lossbench.engine.threads import set_threads
-from lossbench.experiment.builders import (Schedule, build_loss_and_model, build_scheduler,
-                                           build_training_optimizer, data_to_device, load_data,
-                                           loss_name, order_hash, pick_device, run_seeds,
-                                           scheduler_config, seed_everything, state_hash)
+from lossbench.experiment.builders import (SMOKE_ENV, Schedule, build_loss_and_model,
+                                           build_scheduler, build_training_optimizer,
+                                           data_to_device, load_data, loss_name, order_hash,
+                                           pick_device, run_seeds, scheduler_config,
+                                           seed_everything, smoke_limits, state_hash)
 from lossbench.config.hydra_context import hydra_config, in_sweep
 from lossbench.experiment.outcome import (loss_params_line, loss_record,
                                           memorisation_summary, report_notes, robust_line,
@@ -176,11 +177,16 @@ def prepare(cfg: DictConfig, run_dir: Path, console: Console, started: float,
     selection = selection_rule(splits.task, trainer, splits.val.y_clean is not None)
     per_epoch = steps_per_epoch(len(splits.train), trainer.batch_size, dist.world_size,
                                 trainer.get("max_batches"))
-    epochs = planned_epochs(trainer.epochs, selection["min_steps"], per_epoch)
+    budget = {"epochs": planned_epochs(trainer.epochs, selection["min_steps"], per_epoch)}
+    budget.update(smoke_limits(budget["epochs"], trainer.get("max_batches")))
+    if "max_batches" in budget:
+        console.print(f"{SMOKE_ENV}: at most {budget['epochs']} epochs of "
+                      f"{budget['max_batches']} batches (a smoke test, not a result)")
+        per_epoch = min(per_epoch, budget["max_batches"])
     data_to_device(splits, device, trainer.get("num_workers", "auto"))
     # the loop reads its settings from a plain dict, with `epochs: auto` resolved
     return Run(cfg, run_dir, console, started, resume, picked, device, splits,
-               Settings({**Settings.of(trainer), "epochs": epochs}), monitor, mode, selection,
+               Settings({**Settings.of(trainer), **budget}), monitor, mode, selection,
                per_epoch, train_seed, precision, pairing={"data_seed": data_seed, "train_seed": train_seed})
 
 
