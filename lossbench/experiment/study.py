@@ -142,7 +142,7 @@ def tune_loss(settings: StudySettings, study_dir: Path, stratum: tuple[str, list
 
     from lossbench.results.tuning import mean_score, validation_score
 
-    space = search_space(loss)
+    space = search_space(loss, settings.search_spaces)
     dataset = stratum[0]
     distributions = {p.key: p.distribution() for p in space}
     study = optuna.create_study(
@@ -260,7 +260,7 @@ def study_command(argv: list[str]) -> int:
         check_grid_budget(settings)
         for _, data_overrides in settings.strata():
             for loss in settings.losses:
-                search_space(loss)
+                search_space(loss, settings.search_spaces)
                 checked_config([f"loss={loss}", *settings.train, *data_overrides])
     try:
         report = run_study(settings)
