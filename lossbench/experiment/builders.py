@@ -22,8 +22,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lossbench.data import RawData, Splits, prepare_data
 from lossbench.data.prepare import dataset_arguments
-from lossbench.data.imbalance import training_class_counts
 from lossbench.engine.batches import epoch_order
+from lossbench.engine.distributed import training_class_counts
 from lossbench.engine.optim import Stepping, build_optimizer, scheduler_stepping
 from lossbench.engine.predict import loader_options
 from lossbench.errors import UserError

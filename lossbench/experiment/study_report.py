@@ -88,7 +88,7 @@ def trial_records(settings: Any, study_dir: Path) -> dict[str, dict[str, dict[st
     """records[dataset][loss]: trials (number, state, value, params), budget and chosen values."""
     from optuna.trial import TrialState
 
-    from lossbench.experiment.study import load_trials, search_space
+    from lossbench.experiment.study_settings import load_trials, search_space
 
     records: dict[str, dict[str, dict[str, Any]]] = {}
     for dataset, _ in settings.strata():

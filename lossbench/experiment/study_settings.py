@@ -1,6 +1,7 @@
 """`lossbench study`'s settings: its command line (StudySettings, parse_args, resuming a
-study with the settings it was started with) and its search spaces (lossbench/config/search_spaces/:
-what each loss's trials may try). Running the trials is lossbench.experiment.study's."""
+study with the settings it was started with), its search spaces (lossbench/config/search_spaces/:
+what each loss's trials may try) and where its trials are recorded (optuna.db, read by the study
+and its report alike). Running the trials is lossbench.experiment.study's."""
 
 from __future__ import annotations
 
@@ -282,6 +283,21 @@ def check_grid_budget(settings: StudySettings) -> None:
         raise UserError(f"study: sampler=grid with trials={settings.trials}, but some grids have "
                         f"fewer points ({shown}); set trials={min(sizes.values())} at most, or "
                         "add grid values in search spaces of your own (search_spaces=<folder>)")
+
+
+# --------------------------------------------------------------------------------------------
+# the trials a study has recorded (optuna.db in its dir)
+
+
+def storage_url(study_dir: Path) -> str:
+    return f"sqlite:///{(study_dir / 'optuna.db').resolve()}"
+
+
+def load_trials(study_dir: Path, dataset: str, loss: str) -> list[Any]:
+    import optuna
+
+    study = optuna.load_study(study_name=f"{dataset}/{loss}", storage=storage_url(study_dir))
+    return study.get_trials(deepcopy=False)
 
 
 USAGE = """\
