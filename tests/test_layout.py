@@ -68,9 +68,9 @@ LOWER_LAYERS = {  # a layer may not import these
     "engine": ("lossbench.experiment", "lossbench.commands", "lossbench.results.report",
                "lossbench.results.plots", "lossbench.results.tracking",
                "lossbench.results.comparison", "lossbench.results.stats", "hydra"),
-    # data may reduce class counts over processes (engine.distributed), nothing else above
-    "data": ("lossbench.experiment", "lossbench.commands", "lossbench.engine.loop",
-             "lossbench.engine.predict", "lossbench.results"),
+    # data imports nothing above it: the class counts summed over processes are the engine's
+    "data": ("lossbench.experiment", "lossbench.commands", "lossbench.engine",
+             "lossbench.results", "lossbench.config"),
     "losses": ("lossbench.experiment", "lossbench.commands", "lossbench.engine",
                "lossbench.results", "lossbench.data"),
     "results": ("lossbench.experiment", "lossbench.commands"),
