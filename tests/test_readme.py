@@ -41,7 +41,8 @@ PRELUDE = "set -euo pipefail\n"
 
 # What a result decides rather than what the command prints: a smoke run's verdicts differ
 # from the sample's real run, so any of them matches any other.
-VERDICTS = re.compile(r"\bnot separated\b|\bbetter\b|\bworse\b|\bbest\b|\bbaseline\b")
+VERDICTS = re.compile(r"\bnot separated(?: \(n = [^)]*\))?|\bbetter\b|\bworse\b|\bbest\b"
+                      r"|\bbaseline\b")
 
 
 def key_words(line: str) -> list[str]:
@@ -224,6 +225,8 @@ def test_a_sample_matches_its_output_in_key_words_not_in_numbers():
     now = "| not separated | gce | symmetric 0.4 (realised 0.391) | 0.6181 ± 0.0900 | paired | 0.219 |"
     assert not shown_in(shown, now)  # the test named in the sample is not the one printed
     assert shown_in(shown, now.replace("paired", "Welch"))  # other numbers, other verdict
+    assert shown_in(now.replace("not separated", "not separated (n = 3)"), "| worse | gce |"
+                    " symmetric 0.4 (realised 0.4) | paired |")  # "(n = 3)" is the verdict's
     assert not shown_in("| loss | n | mean ± CI |", "| loss | mean ± CI | n |")  # column order
     assert shown_in("lossbench: all 9 jobs completed (9 skipped: already…",
                     "lossbench: all 6 jobs completed (6 skipped: already completed) in x")
