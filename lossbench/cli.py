@@ -73,16 +73,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"lossbench {__version__}")
         return
     command, rest = argv[0], argv[1:]
-    commands = {
-        "train": "lossbench.commands.train:train_command",
-        "compare": "lossbench.commands.compare:compare_command",
-        "study": "lossbench.experiment.study:study_command",
-        "eval": "lossbench.commands.eval:eval_command",
-        "losses": "lossbench.commands.listing:losses_command",
-        "list": "lossbench.commands.listing:func",
-        "plot-losses": "lossbench.commands.plot_losses:plot_losses_command",
-        "-sc": "lossbench.commands.completion:func",  # what `lossbench train -sc install=bash` calls on <TAB>
-    }
+    from lossbench.commands import COMMANDS as commands
+
     if command not in commands:
         print(USAGE, end="", file=sys.stderr)
         print(f"lossbench: error: unknown command '{command}' (choose from {', '.join(commands)})",

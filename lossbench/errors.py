@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 
 def debug_requested(argv: list[str] | None = None) -> bool:
@@ -216,6 +217,23 @@ def _lines(err: BaseException) -> list[str]:
     return [ln.strip() for ln in str(err).splitlines() if ln.strip()]
 
 
+def unknown_key_hint(full_key: str, known: Iterable[str], typed: str | None = None) -> str:
+    """`trainer.epohcs` -> "did you mean trainer.epochs?", from the keys `known` beside it (the
+    composed config's, which the typed schema closes, or a dataset loader's arguments); else
+    the keys there (empty when none are known). `typed`: the
+    whole key as the user typed it, so that `optimzer.lr` gets "did you mean optimizer.lr?"."""
+    import difflib
+
+    parent, _, key = full_key.rpartition(".")
+    known = [str(name) for name in known
+             if not str(name).startswith("_") and str(name) != "hydra"]
+    rest = typed[len(full_key):] if typed and typed.startswith(full_key) else ""
+    close = difflib.get_close_matches(key, known, n=1)
+    if close:
+        return f"did you mean {parent + '.' if parent else ''}{close[0]}{rest}?"
+    return f"{parent or 'root'} keys: {', '.join(known)}" if known else ""
+
+
 def config_mistake(err: BaseException) -> str | None:
     """Hydra's and OmegaConf's composition errors as one or two lines for the user (None for an
     exception that is not a config mistake). An unknown group option keeps Hydra's list of the
@@ -223,8 +241,6 @@ def config_mistake(err: BaseException) -> str | None:
     from hydra.errors import (ConfigCompositionException, HydraException,
                               MissingConfigException, OverrideParseException)
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
-
-    from lossbench.config.schema import unknown_key_hint
 
     if isinstance(err, MissingConfigException):
         return _missing_option(err)

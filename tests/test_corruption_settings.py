@@ -46,9 +46,9 @@ def test_descriptions_name_kind_rate_and_realised_rate():
 
 def test_the_corruption_is_named_in_header_report_and_plots(cli, tmp_path):
     run = tmp_path / "run"
-    proc = cli("train", *TINY, "dataset.noise.kind=symmetric", "dataset.noise.rate=0.4",
-               "dataset.imbalance.kind=longtail", "dataset.imbalance.ratio=3",
-               f"hydra.run.dir={run}", check=True)
+    proc = cli("train", *TINY, "trainer.plots=true", "dataset.noise.kind=symmetric",
+               "dataset.noise.rate=0.4", "dataset.imbalance.kind=longtail",
+               "dataset.imbalance.ratio=3", f"hydra.run.dir={run}", check=True)
     header = next(ln for ln in proc.stdout.splitlines() if ln.startswith("lossbench loss="))
     assert "noise=symmetric rate=0.4 (realised 0." in header
     assert "imbalance=longtail ratio=3 (realised " in header

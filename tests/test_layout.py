@@ -83,9 +83,9 @@ LOWER_LAYERS = {  # a layer may not import these
     "engine": ("lossbench.experiment", "lossbench.commands", "lossbench.results.report",
                "lossbench.results.plots", "lossbench.results.tracking",
                "lossbench.results.comparison", "lossbench.results.stats", "hydra"),
-    # data may reduce class counts over processes (engine.distributed), nothing else above
-    "data": ("lossbench.experiment", "lossbench.commands", "lossbench.engine.loop",
-             "lossbench.engine.predict", "lossbench.results"),
+    # data imports nothing above it: the class counts summed over processes are the engine's
+    "data": ("lossbench.experiment", "lossbench.commands", "lossbench.engine",
+             "lossbench.results", "lossbench.config"),
     "losses": ("lossbench.experiment", "lossbench.commands", "lossbench.engine",
                "lossbench.results", "lossbench.data"),
     "results": ("lossbench.experiment", "lossbench.commands"),
@@ -116,3 +116,133 @@ def test_compare_command_imports_no_training_code():
 def test_no_module_is_over_about_400_lines():
     over = {f.name: n for f in _package_files() if (n := len(f.read_text().splitlines())) > 410}
     assert not over, over
+
+
+# The floors of the package, top to bottom: an import points to the same floor or one below,
+# never up (docs/architecture.md). A module not named here is on the floor of its package.
+FLOORS = [
+    ("lossbench.__main__", "lossbench.cli"),
+    ("lossbench.commands",),
+    ("lossbench.experiment",),
+    ("lossbench.engine",),
+    ("lossbench.results",),
+    ("lossbench.config", "lossbench.conf"),
+    ("lossbench.data", "lossbench.losses"),
+    ("lossbench.errors", "lossbench.tasks", "lossbench.models", "lossbench.console",
+     "lossbench._moved", "lossbench"),
+]
+
+
+def _modules() -> dict[str, object]:
+    """{dotted module name: its file} of every module of the package."""
+    import lossbench
+    from pathlib import Path
+
+    top = Path(lossbench.__file__).parent.parent
+    files = {}
+    for f in _package_files():
+        name = ".".join(f.relative_to(top).with_suffix("").parts)
+        files[name.removesuffix(".__init__")] = f
+    return files
+
+
+def where(module: str, line: int) -> str:
+    """lossbench/errors.py:102"""
+    import lossbench
+    from pathlib import Path
+
+    top = Path(lossbench.__file__).parent.parent
+    return f"{_modules()[module].relative_to(top)}:{line}"
+
+
+def floor(module: str) -> int:
+    """0 for the top floor; a module's floor is that of the longest prefix FLOORS names."""
+    best, level = -1, None
+    for i, names in enumerate(FLOORS):
+        for name in names:
+            if (module == name or module.startswith(name + ".")) and len(name) > best:
+                best, level = len(name), i
+    assert level is not None, f"{module} is on no floor: add it to FLOORS"
+    return level
+
+
+def import_edges() -> list[tuple[str, str, str, int]]:
+    """(importer, imported module, the name as written, line) for every lossbench import of the
+    package, at module level or inside functions (TYPE_CHECKING imports included)."""
+    import ast
+
+    modules = _modules()
+
+    def home(name: str) -> str:
+        while name not in modules:
+            name = name.rpartition(".")[0]
+        return name
+
+    edges = []
+    for module, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
+            for name in names:
+                if name.split(".")[0] == "lossbench" and (target := home(name)) != module:
+                    edges.append((module, target, name, node.lineno))
+    return edges
+
+
+def upward_imports(edges) -> list[str]:
+    return [f"{where(a, line)} imports {name}: floor {floor(b)} is above {floor(a)} (FLOORS)"
+            for a, b, name, line in edges if floor(b) < floor(a)]
+
+
+def import_circles(edges) -> list[str]:
+    """Each circle of modules that import each other, as the imports that close it."""
+    graph: dict[str, dict[str, tuple[str, int]]] = {}
+    for a, b, name, line in edges:
+        graph.setdefault(a, {}).setdefault(b, (name, line))
+    circles, done = [], set()
+
+    def visit(node: str, path: list[str]) -> None:
+        if node in path:
+            ring = path[path.index(node):] + [node]
+            circles.append(" -> ".join(f"{where(x, graph[x][y][1])} imports {graph[x][y][0]}"
+                                       for x, y in zip(ring, ring[1:])))
+            return
+        if node in done:
+            return
+        for nxt in graph.get(node, {}):
+            visit(nxt, path + [node])
+        done.add(node)
+
+    for start in sorted(graph):
+        visit(start, [])
+    return circles
+
+
+def test_every_import_points_to_its_own_floor_or_one_below():
+    bad = upward_imports(import_edges())
+    assert not bad, "\n".join(bad)
+
+
+def test_no_modules_import_each_other_in_a_circle():
+    bad = import_circles(import_edges())
+    assert not bad, "\n".join(bad)
+
+
+def test_the_import_rules_name_the_file_and_the_name_of_an_upward_import_and_a_circle():
+    edges = import_edges()
+    assert len(edges) > 150 and ("lossbench.engine.loop", "lossbench.losses.base") in {
+        (a, b) for a, b, *_ in edges}
+    up = ("lossbench.errors", "lossbench.config.schema", "lossbench.config.schema.check", 7)
+    assert upward_imports([up]) == [
+        "lossbench/errors.py:7 imports lossbench.config.schema.check: floor 5 is above 7 (FLOORS)"]
+    rows, families = "lossbench.results.comparison.rows", "lossbench.results.comparison.families"
+    circle = [(rows, families, f"{families}.Family", 3), (families, rows, f"{rows}.Row", 4)]
+    assert upward_imports(circle) == []  # sideways, on one floor
+    assert import_circles(circle) == [
+        "lossbench/results/comparison/families.py:4 imports lossbench.results.comparison.rows.Row"
+        " -> lossbench/results/comparison/rows.py:3 imports "
+        "lossbench.results.comparison.families.Family"]

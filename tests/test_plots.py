@@ -155,10 +155,10 @@ def test_save_run_plots_writes_readable_pngs(tmp_path):
 
 
 def test_runs_write_the_plots_their_task_calls_for(cli, tmp_path):
-    cli("train", "dataset=iris", "trainer=smoke", "print_config=false",
+    cli("train", "dataset=iris", "trainer=smoke", "trainer.plots=true", "print_config=false",
         f"hydra.run.dir={tmp_path / 'cls'}", check=True)
-    cli("train", "dataset=diabetes", "loss=mse", "trainer=smoke", "print_config=false",
-        f"hydra.run.dir={tmp_path / 'reg'}", check=True)
+    cli("train", "dataset=diabetes", "loss=mse", "trainer=smoke", "trainer.plots=true",
+        "print_config=false", f"hydra.run.dir={tmp_path / 'reg'}", check=True)
     cls, reg = tmp_path / "cls", tmp_path / "reg"
     assert {p.name for p in cls.glob("*.png")} == {"curves.png", "confusion.png",
                                                    "reliability.png"}

@@ -113,6 +113,28 @@ def test_every_search_space_names_keys_the_loss_config_has(path, compose_cfg):
         assert all(param.low <= g <= param.high for g in param.grid)
 
 
+def test_every_shipped_loss_has_a_search_space():
+    from lossbench.config.catalogue import group_options
+
+    losses = sorted(group_options("loss"))
+    assert len(losses) > 30
+    missing = [loss for loss in losses if not (SEARCH_DIR / f"{loss}.yaml").is_file()]
+    assert not missing, f"losses without a search space in {SEARCH_DIR}: {missing}"
+    for loss in losses:  # the shared settings first, then the loss's own
+        assert [p.key for p in search_space(loss)][:2] == ["optimizer.lr", "optimizer.weight_decay"]
+
+
+def test_a_users_search_space_folder_is_read_before_the_shipped_one(tmp_path):
+    (tmp_path / "gce.yaml").write_text("loss.q: {low: 0.5, high: 0.6}\n")
+    (tmp_path / "shared.yaml").write_text("optimizer.lr: {low: 0.001, high: 0.01, log: true}\n")
+    (tmp_path / "mine.yaml").write_text("{}\n")  # a loss of the user's own: shared alone
+    assert [(p.key, p.low, p.high) for p in search_space("gce", tmp_path)] == [
+        ("optimizer.lr", 0.001, 0.01), ("loss.q", 0.5, 0.6)]
+    assert [p.key for p in search_space("sce", tmp_path)] == ["optimizer.lr", "loss.alpha",
+                                                               "loss.beta"]
+    assert [p.key for p in search_space("mine", tmp_path)] == ["optimizer.lr"]
+
+
 def test_values_at_the_edge_of_the_search_space_are_flagged():
     lr = Param("optimizer.lr", 1e-4, 1e-1, log=True, grid=[1e-3, 1e-2, 1e-1])
     assert lr.at_edge(1.2e-4, "tpe") and lr.at_edge(0.09, "tpe")
@@ -184,6 +206,8 @@ def test_study_mistakes_are_one_line_and_write_nothing(cli, tmp_path):
         # every loss against every dataset, as `lossbench train` checks one: before any trial
         (("losses=ce,huber", "datasets=iris,wine"),
          "study: loss=huber does not fit the multiclass task of dataset iris; losses that do: "),
+        (("losses=ce,gcee",), "no such loss (did you mean gce?)"),
+        (("losses=ce", "search_spaces=nowhere"), "search_spaces=nowhere: no such folder"),
     ]:
         proc = cli("study", *args, "dir=s")
         assert proc.returncode == 2, (args, proc.stderr)

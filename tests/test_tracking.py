@@ -67,8 +67,9 @@ def test_tensorboard_event_file_holds_every_epoch_and_the_test_metrics(cli, tmp_
 
 
 def test_mlflow_run_has_config_params_epoch_metrics_test_metrics_and_artifacts(cli, tmp_path):
-    cli("train", "dataset=iris", "trainer=smoke", "logger=mlflow", "optimizer.lr=0.005",
-        "print_config=false", f"hydra.run.dir={tmp_path / 'run'}", check=True)
+    cli("train", "dataset=iris", "trainer=smoke", "trainer.plots=true", "logger=mlflow",
+        "optimizer.lr=0.005", "print_config=false", f"hydra.run.dir={tmp_path / 'run'}",
+        check=True)
     assert (tmp_path / "outputs" / "mlflow.db").is_file()  # the default store, under outputs/
     run_dir = tmp_path / "run"
     client = mlflow_client(tmp_path)

@@ -14,11 +14,10 @@ import os
 
 
 def subcommands() -> list[str]:
-    """The subcommands, as `lossbench --help` lists them."""
-    from lossbench.cli import USAGE
+    """The subcommands `lossbench` dispatches to (not the `-sc` query itself)."""
+    from lossbench.commands import COMMANDS
 
-    block = USAGE.split("commands:\n", 1)[1].split("\n\n", 1)[0]
-    return [line.split()[0] for line in block.splitlines() if line.strip()]
+    return [name for name in COMMANDS if not name.startswith("-")]
 
 
 def func(argv: list[str]) -> int:

@@ -286,7 +286,7 @@ def unreadable_reason(path: Path, err: BaseException) -> str:
 def posthoc_adjusted(model: Any, loss_fn: Any, splits: Any, head: str, tau: float,
                      picked: dict[str, str]) -> Any:
     """The model with its logits adjusted by −τ·log π (π: the training split's class prior)."""
-    from lossbench.data.imbalance import training_class_counts
+    from lossbench.engine.distributed import training_class_counts
     from lossbench.losses.base import hook
     from lossbench.losses.imbalance import PosthocLogitAdjustment
 

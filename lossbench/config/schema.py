@@ -19,14 +19,13 @@ Nothing here imports torch: `lossbench train trainer.epochs=0` answers at Hydra'
 
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 from omegaconf import MISSING
 
-from lossbench.errors import UserError
+from lossbench.errors import UserError, unknown_key_hint
 
 # The trainer's defaults have one home: conf/trainer/default.yaml, the file a user reads (each key
 # documented beside its value), overrides and builds on (trainer=smoke). Here each key only has
@@ -115,31 +114,6 @@ def register_schemas() -> None:
             "coalesce", lambda *values: next((v for v in values if v is not None), None))
 
 
-def unknown_key_hint(full_key: str, siblings: Iterable[str] = (), typed: str | None = None
-                     ) -> str:
-    """`trainer.epohcs` -> "did you mean trainer.epochs?" (empty when nothing is close).
-
-    full_key: the path up to the unknown key; siblings: the keys beside it in the composed
-    config (a dataset's own arguments are declared by its loader, an optimizer's by its
-    options, the root's by the schema and the groups), matched when the schema declares none;
-    typed: the whole key as the user typed it, so that `optimzer.lr` gets "did you mean
-    optimizer.lr?"."""
-    parent, _, key = full_key.rpartition(".")
-    known = {"trainer": [f.name for f in fields(TrainerConfig)],
-             "dataset.split": [f.name for f in fields(SplitConfig)]}.get(parent)
-    if known is None:
-        known = [str(name) for name in siblings
-                 if not str(name).startswith("_") and str(name) != "hydra"]
-    if not known:
-        return ""
-    rest = typed[len(full_key):] if typed and typed.startswith(full_key) else ""
-    prefix = f"{parent}." if parent else ""
-    close = difflib.get_close_matches(key, known, n=1)
-    if close:
-        return f"did you mean {prefix}{close[0]}{rest}?"
-    return f"{parent or 'root'} keys: {', '.join(known)}"
-
-
 # The root keys something reads: the schema's, the config groups of conf/config.yaml's defaults
 # list, and run_dir (where a run writes, set by `resume=`, `lossbench study` and tests).
 GROUPS = ("dataset", "model", "loss", "optimizer", "scheduler", "trainer", "logger")
@@ -208,18 +182,6 @@ def _positive_int(value: Any, name: str, minimum: int = 1) -> None:
         raise UserError(f"{name}={value} must be at least {minimum}")
 
 
-def check_split(train: float, val: float, test: float) -> None:
-    """Fractions in [0, 1], non-empty train and validation, summing to at most 1."""
-    for name, value in (("train", train), ("val", val), ("test", test)):
-        if not 0.0 <= value <= 1.0:
-            raise UserError(f"dataset.split.{name}={value} must lie in [0, 1]")
-    if train <= 0 or val <= 0:
-        raise UserError("dataset.split.train and dataset.split.val must be greater than 0")
-    if train + val + test > 1.0 + 1e-9:
-        raise UserError(f"dataset.split fractions sum to {train + val + test:g} (train={train}, "
-                        f"val={val}, test={test}); they must sum to at most 1")
-
-
 def _check_optimizer(optimizer: Any) -> None:
     """Hyperparameters every torch optimizer shares: no negative learning rate, weight decay or
     momentum (lr=0 is allowed: frozen weights, a baseline). The optimizer itself checks the rest
@@ -250,7 +212,7 @@ def check_config(cfg: Any, saved: bool = False) -> None:
     trainer = cfg.trainer
     for key in trainer:  # `+trainer.key=...` adds a key the schema does not know
         if key not in TRAINER_KEYS:
-            hint = unknown_key_hint(f"trainer.{key}")
+            hint = unknown_key_hint(f"trainer.{key}", [f.name for f in fields(TrainerConfig)])
             raise UserError(f"trainer.{key} is not a trainer setting; {hint}")
     if trainer.epochs != "auto":
         if isinstance(trainer.epochs, bool) or not isinstance(trainer.epochs, int):
@@ -291,11 +253,14 @@ def check_config(cfg: Any, saved: bool = False) -> None:
         if not hasattr(split, "keys") or set(split.keys()) != {"train", "val", "test"}:
             raise UserError(f"dataset.split={split} must be a mapping of train, val and test "
                             "fractions, e.g. dataset.split.train=0.7 dataset.split.val=0.1")
-        check_split(split.train, split.val, split.test)
     _check_optimizer(cfg.get("optimizer"))
+    # last: the data layer's checks import torch with it, which the checks above spare
+    if split is not None:
+        from lossbench.data.split import check_split
+
+        check_split(split.train, split.val, split.test)
     dataset = cfg.get("dataset")
     if dataset is not None and dataset.get("_target_"):
-        # last: it imports the loader's module (and torch with it), which the checks above spare
         from lossbench.data.prepare import dataset_arguments
 
         dataset_arguments(dataset)  # a loader that cannot take its config: UserError now

@@ -20,9 +20,7 @@ import math
 from typing import Any
 
 import numpy as np
-import torch
 
-from lossbench.engine import distributed
 
 from lossbench.data.raw import RawData
 from lossbench.errors import UserError
@@ -109,17 +107,3 @@ def apply_imbalance(parts: dict[str, tuple[np.ndarray, np.ndarray]], raw: RawDat
             "class_counts": after.tolist(),
             "realised_ratio": float(after.max() / max(after[after > 0].min(), 1))}
     return out, info
-
-
-def training_class_counts(y: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(K,) float64 number of training samples per class, as the loss must see them.
-
-    Under DDP every process holds the whole training split and trains on a shard of it per
-    epoch; each counts a fixed stride of the labels (rank r: samples r, r + W, ...) and the
-    counts are summed over the processes, so that every rank gets the counts of the whole split
-    and a rank that held different data would show in the sum.
-    """
-    dist = distributed.current()
-    own = y[dist.rank::dist.world_size] if dist.active else y
-    counts = torch.bincount(own.long().flatten(), minlength=num_classes).to(torch.float64)
-    return distributed.all_reduce_sum(counts.to(y.device), dist).cpu()

@@ -11,7 +11,6 @@ from sklearn.model_selection import train_test_split
 
 from lossbench.data.raw import RawData
 from lossbench.errors import UserError
-from lossbench.config.schema import check_split
 
 
 @dataclass
@@ -86,6 +85,18 @@ def _check_class_sizes(raw: RawData, needed: int, what: str) -> None:
         raise UserError(f"{what}: class {name!r} has only {n} sample{'s' * (n != 1)}, too few for "
                         f"a stratified split into {needed} parts; give it at least {needed} "
                         "samples or remove it")
+
+
+def check_split(train: float, val: float, test: float) -> None:
+    """Fractions in [0, 1], non-empty train and validation, summing to at most 1."""
+    for name, value in (("train", train), ("val", val), ("test", test)):
+        if not 0.0 <= value <= 1.0:
+            raise UserError(f"dataset.split.{name}={value} must lie in [0, 1]")
+    if train <= 0 or val <= 0:
+        raise UserError("dataset.split.train and dataset.split.val must be greater than 0")
+    if train + val + test > 1.0 + 1e-9:
+        raise UserError(f"dataset.split fractions sum to {train + val + test:g} (train={train}, "
+                        f"val={val}, test={test}); they must sum to at most 1")
 
 
 def split_dataset(raw: RawData, train: float = 0.6, val: float = 0.2, test: float = 0.2,

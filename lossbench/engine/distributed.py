@@ -236,3 +236,17 @@ def broadcast_object(obj: Any, dist: Dist) -> Any:
     box = [obj]
     tdist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def training_class_counts(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(K,) float64 number of training samples per class, as the loss must see them.
+
+    Under DDP every process holds the whole training split and trains on a shard of it per
+    epoch; each counts a fixed stride of the labels (rank r: samples r, r + W, ...) and the
+    counts are summed over the processes, so that every rank gets the counts of the whole split
+    and a rank that held different data would show in the sum.
+    """
+    dist = current()
+    own = y[dist.rank::dist.world_size] if dist.active else y
+    counts = torch.bincount(own.long().flatten(), minlength=num_classes).to(torch.float64)
+    return all_reduce_sum(counts.to(y.device), dist).cpu()

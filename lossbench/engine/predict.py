@@ -7,7 +7,6 @@ original target units before any metric is computed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,17 +18,7 @@ from lossbench.data import Split, Splits
 from lossbench.engine.batches import (eval_batches, loader_batches, loader_options,  # noqa: F401
                                       split_loader)
 from lossbench.losses.base import default_scores, hook, squeeze_output
-
-
-@dataclass
-class Predictions:
-    """Model outputs on one split, as numpy arrays for scikit-learn."""
-
-    y_true: np.ndarray  # (N,) class indices, or targets in original units
-    y_pred: np.ndarray  # (N,) predicted class indices, or predicted values
-    scores: np.ndarray | None = None  # (N, K) class probabilities (classification)
-    embeddings: np.ndarray | None = None  # (N, D) for metric-learning heads
-    loss: float | None = None  # mean loss on the split (training units)
+from lossbench.tasks import Predictions
 
 
 @torch.inference_mode()

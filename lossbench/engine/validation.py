@@ -11,21 +11,9 @@ import torch
 from torch import nn
 
 from lossbench.data import Split, Splits
-from lossbench.engine.predict import Predictions, class_scores, model_outputs
+from lossbench.engine.predict import class_scores, model_outputs
 from lossbench.losses.base import hook
-
-# Probabilities are clipped here before the log; the report's NLL is this function too.
-NLL_EPS = 1e-12
-
-
-def nll(scores, y_true) -> float:
-    """Mean negative log-likelihood −(1/N) Σ_i log p_i[y_i] of (N, K) class probabilities:
-    the same for every loss (never the loss's own value), so it can rank epochs of any loss."""
-    if scores is None or not len(y_true):
-        return float("nan")
-    p_true = scores[np.arange(len(y_true)), np.asarray(y_true, dtype=np.int64)]
-    return float(-np.mean(np.log(np.maximum(p_true, NLL_EPS))))
-
+from lossbench.tasks import Predictions, nll
 
 def macro_f1(y_true, y_pred, num_classes: int) -> float:
     """Unweighted mean over the K classes of F1 = 2·TP / (2·TP + FP + FN), 0 for a class with

@@ -7,6 +7,7 @@ these functions, so that training and evaluation cannot disagree on them.
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import os
@@ -17,12 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lossbench.data import RawData, Splits, prepare_data
 from lossbench.data.prepare import dataset_arguments
-from lossbench.data.imbalance import training_class_counts
 from lossbench.engine.batches import epoch_order
+from lossbench.engine.distributed import training_class_counts
 from lossbench.engine.optim import Stepping, build_optimizer, scheduler_stepping
 from lossbench.engine.predict import loader_options
 from lossbench.errors import UserError
@@ -239,6 +240,32 @@ class Schedule:
 
     scheduler: Any = None
     steps: Stepping = "epoch"
+
+
+# LOSSBENCH_SMOKE=1 (CI, the README's own test): every run, sweep job and study trial trains
+# at most SMOKE_LIMIT epochs of at most SMOKE_LIMIT batches per split, whatever its command
+# says, so that commands are checked exactly as a user types them.
+SMOKE_ENV = "LOSSBENCH_SMOKE"
+SMOKE_LIMIT = 2
+
+
+def smoke_limits(epochs: int, max_batches: int | None) -> dict[str, int]:
+    """The budget under LOSSBENCH_SMOKE=1: `epochs` (already resolved from `auto`) and
+    `max_batches` capped at SMOKE_LIMIT; {} when the variable is unset or 0."""
+    if os.environ.get(SMOKE_ENV, "0") in ("", "0"):
+        return {}
+    return {"epochs": min(epochs, SMOKE_LIMIT),
+            "max_batches": min(max_batches or SMOKE_LIMIT, SMOKE_LIMIT)}
+
+
+def scheduler_config(cfg: DictConfig, epochs: int) -> DictConfig:
+    """`cfg.scheduler` resolved against the run's planned budget: an interpolation such as
+    cosine's `T_max: ${trainer.epochs}` reads the number of epochs the run trains (`prepare`
+    resolves `epochs: auto` first), never the word `auto`."""
+    planned = copy.deepcopy(cfg)
+    with open_dict(planned):
+        planned.trainer.epochs = int(epochs)
+    return OmegaConf.create(OmegaConf.to_container(planned.scheduler, resolve=True))
 
 
 def build_scheduler(scheduler_cfg: DictConfig, optimizer: torch.optim.Optimizer,

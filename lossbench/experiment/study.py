@@ -39,8 +39,9 @@ from lossbench.errors import UserError
 from lossbench.experiment.study_settings import (LAUNCHERS, OWN_KEYS,  # noqa: F401
                                                  RESUMABLE_CHANGES, SAMPLERS, SEARCH_DIR, USAGE,
                                                  Param, Seeds, StudySettings, check_grid_budget,
-                                                 check_settings, grid_points, make_sampler,
-                                                 parse_args, resumed_settings, search_space)
+                                                 check_settings, grid_points, load_trials,
+                                                 make_sampler, parse_args, resumed_settings,
+                                                 search_space, storage_url)
 
 
 # --------------------------------------------------------------------------------------------
@@ -96,7 +97,7 @@ def check_study_runs(settings: StudySettings) -> None:
     for _, data_overrides in settings.strata():
         splits = None
         for loss in settings.losses:
-            search_space(loss)
+            search_space(loss, settings.search_spaces)
             cfg = checked_config([f"loss={loss}", *settings.train, *data_overrides])
             try:
                 if splits is None:  # once per stratum: only its task is needed
@@ -168,7 +169,7 @@ def tune_loss(settings: StudySettings, study_dir: Path, stratum: tuple[str, list
 
     from lossbench.results.tuning import mean_score, validation_score
 
-    space = search_space(loss)
+    space = search_space(loss, settings.search_spaces)
     dataset = stratum[0]
     distributions = {p.key: p.distribution() for p in space}
     study = optuna.create_study(
@@ -212,17 +213,6 @@ def run_overrides(settings: StudySettings, stratum: tuple[str, list[str]], loss:
     the user's overrides, then the trial's values."""
     return [f"loss={loss}", f"seed={seed}", *settings.train, *stratum[1],
             *(f"{k}={_value_text(v)}" for k, v in params.items())]
-
-
-def storage_url(study_dir: Path) -> str:
-    return f"sqlite:///{(study_dir / 'optuna.db').resolve()}"
-
-
-def load_trials(study_dir: Path, dataset: str, loss: str) -> list[Any]:
-    import optuna
-
-    study = optuna.load_study(study_name=f"{dataset}/{loss}", storage=storage_url(study_dir))
-    return study.get_trials(deepcopy=False)
 
 
 def report_runs(settings: StudySettings, study_dir: Path, stratum: tuple[str, list[str]],

@@ -88,12 +88,12 @@ def trial_records(settings: Any, study_dir: Path) -> dict[str, dict[str, dict[st
     """records[dataset][loss]: trials (number, state, value, params), budget and chosen values."""
     from optuna.trial import TrialState
 
-    from lossbench.experiment.study import load_trials, search_space
+    from lossbench.experiment.study_settings import load_trials, search_space
 
     records: dict[str, dict[str, dict[str, Any]]] = {}
     for dataset, _ in settings.strata():
         for loss in settings.losses:
-            space = {p.key: p for p in search_space(loss)}
+            space = {p.key: p for p in search_space(loss, settings.search_spaces)}
             trials = load_trials(study_dir, dataset, loss)
             done = [t for t in trials if t.state == TrialState.COMPLETE]
             best = max(done, key=lambda t: (t.value, -t.number)) if done else None
@@ -198,7 +198,8 @@ def write_report(settings: Any, study_dir: Path) -> Path:
                          f"{number} | {validation} | {values} |")
             warnings += [f"{dataset} {loss}: {k}={_fmt(rec['chosen'][k])} lies at the edge of "
                          f"its search space {_space_text(rec['space'][k], settings.sampler)}; "
-                         "widen it in lossbench/config/search_spaces/" for k in rec["at_edge"]]
+                         "widen it in a search space of your own (search_spaces=<folder>)"
+                         for k in rec["at_edge"]]
         budgets = {rec["trials"] for rec in per_loss.values()}
         if len(budgets) > 1:
             warnings.append(f"{dataset}: unequal budgets {sorted(budgets)} (an unfinished study)")

@@ -1,6 +1,7 @@
 """`lossbench study`'s settings: its command line (StudySettings, parse_args, resuming a
-study with the settings it was started with) and its search spaces (lossbench/config/search_spaces/:
-what each loss's trials may try). Running the trials is lossbench.experiment.study's."""
+study with the settings it was started with), its search spaces (lossbench/config/search_spaces/:
+what each loss's trials may try) and where its trials are recorded (optuna.db, read by the study
+and its report alike). Running the trials is lossbench.experiment.study's."""
 
 from __future__ import annotations
 
@@ -46,6 +47,9 @@ class StudySettings:
     timeout_min: int = 60   # submitit: a run's time limit
     partition: str | None = None  # submitit on SLURM
     dir: str | None = None
+    # a folder of the user's own search spaces (<loss>.yaml, shared.yaml), read before the
+    # shipped ones (lossbench/config/search_spaces/)
+    search_spaces: str | None = None
     train: list[str] = field(default_factory=list)  # overrides every run gets
 
     def strata(self) -> list[tuple[str, list[str]]]:
@@ -107,6 +111,8 @@ def parse_args(argv: list[str]) -> tuple[StudySettings, set[str]]:
     assert isinstance(settings, StudySettings)
     settings.train = train
     check_settings(settings)
+    if settings.search_spaces is not None:  # recorded absolute: a study resumes from anywhere
+        settings.search_spaces = str(Path(settings.search_spaces).resolve())
     return settings, {g.partition("=")[0] for g in given}
 
 
@@ -126,6 +132,8 @@ def check_settings(s: StudySettings) -> None:
         raise UserError(f"study: launcher={s.launcher}: choose from {', '.join(LAUNCHERS)}")
     if not 0.0 < s.alpha < 1.0:
         raise UserError(f"study: alpha={s.alpha:g} must lie in (0, 1)")
+    if s.search_spaces is not None and not Path(s.search_spaces).is_dir():
+        raise UserError(f"study: search_spaces={s.search_spaces}: no such folder")
     for names, what in ((s.losses, "loss"), (s.datasets, "dataset")):
         if len(set(names)) != len(names):
             raise UserError(f"study: a {what} is named twice in {','.join(names)}")
@@ -190,28 +198,49 @@ class Param:
         return where <= share or where >= 1 - share
 
 
-def search_space(loss: str) -> list[Param]:
-    """search_spaces/shared.yaml then search_spaces/<loss>.yaml: what a study tunes for `loss`."""
+def search_space(loss: str, folder: str | Path | None = None) -> list[Param]:
+    """shared.yaml then <loss>.yaml, each from the user's `folder` (search_spaces=DIR) when it
+    holds one, else from the shipped search_spaces/: what a study tunes for `loss`."""
     from omegaconf import OmegaConf
 
-    path = SEARCH_DIR / f"{loss}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in SEARCH_DIR.glob("*.yaml") if p.stem != "shared")
-        raise UserError(f"study: no search space for loss {loss}: add "
-                        f"lossbench/config/search_spaces/{loss}.yaml (losses with one: "
-                        f"{', '.join(known)})")
+    folders = [Path(folder), SEARCH_DIR] if folder else [SEARCH_DIR]
+
+    def source(name: str) -> Path | None:
+        return next((f / f"{name}.yaml" for f in folders if (f / f"{name}.yaml").is_file()), None)
+
+    path = source(loss)
+    if path is None:
+        raise UserError(unknown_loss(loss) or (
+            f"study: no search space for loss {loss}: put {loss}.yaml in a folder of your own "
+            f"and pass search_spaces=<that folder> ({{}} in it tunes shared.yaml alone)"))
     params = []
-    for source in (SEARCH_DIR / "shared.yaml", path):
-        for key, spec in (OmegaConf.to_container(OmegaConf.load(source)) or {}).items():
+    for source_path in (source("shared"), path):
+        for key, spec in (OmegaConf.to_container(OmegaConf.load(source_path)) or {}).items():
             try:
                 param = Param(key=key, **spec)
                 param.grid = [float(v) for v in param.grid]
             except TypeError as err:
-                raise UserError(f"{source}: {key}: {err}") from None
+                raise UserError(f"{source_path}: {key}: {err}") from None
             if not param.low < param.high or (param.log and param.low <= 0):
-                raise UserError(f"{source}: {key}: needs low < high (and low > 0 with log)")
+                raise UserError(f"{source_path}: {key}: needs low < high (and low > 0 with log)")
             params.append(param)
     return params
+
+
+def unknown_loss(loss: str) -> str | None:
+    """"... no such loss (did you mean gce?)" when `loss` (gcee) is no option of conf/loss, else
+    None."""
+    import difflib
+
+    from lossbench.config.catalogue import group_options
+
+    known = list(group_options("loss"))
+    if loss in known:
+        return None
+    close = difflib.get_close_matches(loss, known, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return (f"study: no search space for loss {loss}: no such loss{hint}; "
+            "`lossbench list losses` names them")
 
 
 def make_sampler(settings: StudySettings, space: list[Param], index: int, number: int):
@@ -241,8 +270,8 @@ def grid_points(settings: StudySettings, space: list[Param], index: int
 
     missing = [p.key for p in space if not p.grid]
     if missing:
-        raise UserError(f"study: sampler=grid needs a grid for {', '.join(missing)} in "
-                        "lossbench/config/search_spaces/")
+        raise UserError(f"study: sampler=grid needs a grid for {', '.join(missing)} in its "
+                        "search space (search_spaces=<folder> for your own)")
     points = [dict(zip([p.key for p in space], values))
               for values in itertools.product(*(p.grid for p in space))]
     random.Random(settings.sampler_seed + index).shuffle(points)
@@ -253,12 +282,28 @@ def check_grid_budget(settings: StudySettings) -> None:
     """Equal budgets under sampler=grid: no loss may run out of grid points before `trials`."""
     if settings.sampler != "grid":
         return
-    sizes = {loss: len(grid_points(settings, search_space(loss), 0)) for loss in settings.losses}
+    sizes = {loss: len(grid_points(settings, search_space(loss, settings.search_spaces), 0))
+             for loss in settings.losses}
     if min(sizes.values()) < settings.trials:
         shown = ", ".join(f"{loss} {n}" for loss, n in sizes.items())
         raise UserError(f"study: sampler=grid with trials={settings.trials}, but some grids have "
                         f"fewer points ({shown}); set trials={min(sizes.values())} at most, or "
-                        "add grid values in lossbench/config/search_spaces/")
+                        "add grid values in search spaces of your own (search_spaces=<folder>)")
+
+
+# --------------------------------------------------------------------------------------------
+# the trials a study has recorded (optuna.db in its dir)
+
+
+def storage_url(study_dir: Path) -> str:
+    return f"sqlite:///{(study_dir / 'optuna.db').resolve()}"
+
+
+def load_trials(study_dir: Path, dataset: str, loss: str) -> list[Any]:
+    import optuna
+
+    study = optuna.load_study(study_name=f"{dataset}/{loss}", storage=storage_url(study_dir))
+    return study.get_trials(deepcopy=False)
 
 
 USAGE = """\
@@ -274,6 +319,7 @@ study keys (defaults):
   seeds.report_from=1000  sampler=tpe (tpe|random|grid)  sampler_seed=0  metric=accuracy
   alpha=0.05  bootstrap=2000  launcher=local (local|submitit)  timeout_min=60  partition=
   dir=outputs/studies/<date>/<time>   (an existing study's dir resumes it)
+  search_spaces=DIR   (your own <loss>.yaml and shared.yaml, read before the shipped ones)
 any other key=value goes to every run, as `lossbench train` takes it (model=linear,
 trainer.epochs=60, dataset.noise.kind=symmetric ...).
 

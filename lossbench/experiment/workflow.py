@@ -32,10 +32,12 @@ from lossbench.engine.optim import optimizer_kernel
 from lossbench.engine.predict import SCORE_SOURCES, predict, score_source
 from lossbench.engine.progress import EpochProgress
 from lossbench.engine.threads import set_threads
-from lossbench.experiment.builders import (Schedule, build_loss_and_model, build_scheduler,
-                                           build_training_optimizer, data_to_device, load_data,
-                                           loss_name, order_hash, pick_device, replaced_targets,
-                                           run_seeds, seed_everything, state_hash)
+from lossbench.experiment.builders import (SMOKE_ENV, Schedule, build_loss_and_model,
+                                           build_scheduler, build_training_optimizer,
+                                           data_to_device, load_data, loss_name, order_hash,
+                                           pick_device, replaced_targets, run_seeds,
+                                           scheduler_config, seed_everything, smoke_limits,
+                                           state_hash)
 from lossbench.config.hydra_context import hydra_config, in_sweep
 from lossbench.experiment.outcome import (loss_params_line, loss_record,
                                           memorisation_summary, report_notes, robust_line,
@@ -190,11 +192,16 @@ def prepare(cfg: DictConfig, run_dir: Path, console: Console, started: float,
                                len(splits.val))
     per_epoch = steps_per_epoch(len(splits.train), trainer.batch_size, dist.world_size,
                                 trainer.get("max_batches"))
-    epochs = planned_epochs(trainer.epochs, selection["min_steps"], per_epoch)
+    budget = {"epochs": planned_epochs(trainer.epochs, selection["min_steps"], per_epoch)}
+    budget.update(smoke_limits(budget["epochs"], trainer.get("max_batches")))
+    if "max_batches" in budget:
+        console.print(f"{SMOKE_ENV}: at most {budget['epochs']} epochs of "
+                      f"{budget['max_batches']} batches (a smoke test, not a result)")
+        per_epoch = min(per_epoch, budget["max_batches"])
     data_to_device(splits, device, trainer.get("num_workers", "auto"))
     # the loop reads its settings from a plain dict, with `epochs: auto` resolved
     return Run(cfg, run_dir, console, started, resume, picked, device, splits,
-               Settings({**Settings.of(trainer), "epochs": epochs}), monitor, mode, selection,
+               Settings({**Settings.of(trainer), **budget}), monitor, mode, selection,
                per_epoch, train_seed, precision, pairing={"data_seed": data_seed, "train_seed": train_seed})
 
 
@@ -208,7 +215,8 @@ def build(run: Run) -> Parts:
     threads = set_threads(trainer.get("threads", "auto"), model, run.splits.sample_shape,
                           trainer.batch_size, run.device)
     optimizer = build_training_optimizer(cfg, model, loss_fn)
-    schedule = build_scheduler(cfg.scheduler, optimizer, run.per_epoch * trainer.epochs)
+    schedule = build_scheduler(scheduler_config(cfg, trainer.epochs), optimizer,
+                               run.per_epoch * trainer.epochs)
     if run.resume is not None:
         model.load_state_dict(run.resume["model"])
         loss_fn.load_state_dict(run.resume["loss"])

@@ -12,8 +12,8 @@ from rich.table import Table
 from rich.text import Text
 from sklearn import metrics as skm
 
-from lossbench.engine.predict import Predictions
-from lossbench.engine.validation import nll as mean_nll
+from lossbench.tasks import Predictions
+from lossbench.tasks import nll as mean_nll
 
 
 def classification_metrics(pred: Predictions, class_names: list[str] | None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import pytest
 import torch
@@ -107,3 +108,41 @@ def test_a_run_with_an_own_one_cycle_class_anneals_over_exactly_its_steps(compos
             reference.step()
         expected.append(reference.get_last_lr()[0])
     assert lrs == pytest.approx(expected)
+
+
+SCHEDULERS = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "conf" / "scheduler")
+                    .glob("*.yaml"))
+
+
+@pytest.mark.parametrize("option", SCHEDULERS)
+def test_every_shipped_scheduler_runs_with_the_automatic_budget(compose_cfg, tmp_path, option):
+    """`epochs: auto` is resolved before any scheduler is built: an interpolation of
+    `${trainer.epochs}` (cosine's T_max) reads the planned number of epochs, never `auto`."""
+    from lossbench.experiment.run import run
+
+    cfg = compose_cfg(f"scheduler={option}", "dataset=iris", "trainer=smoke",
+                      "trainer.plots=false", "trainer.epochs=auto", "trainer.min_steps=12",
+                      "trainer.max_batches=1")
+    run(cfg)
+    metrics = read_metrics(tmp_path / "run")
+    with open(tmp_path / "run" / "history.csv", newline="") as f:
+        lrs = [float(row["lr"]) for row in csv.DictReader(f)]
+    assert len(lrs) == metrics["budget"]["epochs_run"] == 50  # auto: at least 50 epochs
+    if option == "cosine":  # annealed over exactly the planned 50 epochs
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=cfg.optimizer.lr)
+        reference = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=50)
+        expected = []
+        for _ in range(50):  # history's lr: the one each epoch trained with
+            expected.append(reference.get_last_lr()[0])
+            opt.step()
+            reference.step()
+        assert lrs == pytest.approx(expected, rel=1e-6)
+
+
+def test_the_readme_cosine_command_trains_with_the_automatic_budget(cli, tmp_path):
+    proc = cli("train", "scheduler=cosine", "dataset=iris", "trainer=smoke",
+               "trainer.epochs=auto", "trainer.plots=false")
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    (run_dir,) = [p.parent for p in tmp_path.rglob("metrics.json")]
+    assert read_metrics(run_dir)["budget"]["epochs_run"] == 50

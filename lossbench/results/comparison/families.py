@@ -6,47 +6,15 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from lossbench.results import stats
-from lossbench.results.comparison.rows import Block, Row, block_values, fmt_value, mean_of
+from lossbench.results.comparison.rows import (Block, Comparison, Family, Row, block_values,
+                                              fmt_value, mean_of)
 from lossbench.errors import UserError
 from lossbench.results.stats import Improvement
 
 POWER = 0.8
-
-
-@dataclass
-class Comparison:
-    """Row a against row b on one metric; differences are a − b in the metric's own sign."""
-    a: Row
-    b: Row
-    test: str  # "paired t" or "Welch"
-    n: str     # "5" pairs, or "3 + 4" runs
-    n_min: int
-    diff: float
-    diff_low: float
-    diff_high: float
-    p: float
-    improvement: Improvement  # P(a better than b)
-    sd: float  # of the paired differences, or pooled
-    p_holm: float = float("nan")
-    mde: float = float("nan")
-    n_needed: int | None = None
-
-    def separated(self, alpha: float) -> bool:
-        return self.p_holm < alpha  # NaN (too few runs) compares False
-
-
-@dataclass
-class Family:
-    """The rows one Holm adjustment covers: one dataset × condition × metric."""
-    condition: dict[str, Any]
-    rows: list[Row]
-    comparisons: list[Comparison]
-    alpha_adjusted: float  # α / m: Holm's first, strictest step, for the sample-size figures
-    reference: Row | None
 
 
 def seed_scores(row: Row, metric: str, at: str) -> dict[Any, float | None] | None:

@@ -1,6 +1,7 @@
 """Configurations: runs grouped by every config key that can change a result, one row each,
 with the mean ± std of each test metric and what their run records say about corruption,
-memorisation, warnings and model selection."""
+memorisation, warnings and model selection; and what a family's tests leave on them
+(`Comparison`, `Family`: computed in families.py, which reads the rows)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,11 @@ import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lossbench.console import counted
 from lossbench.results.comparison.records import Run
-from lossbench.results.stats import Stat
-
-if TYPE_CHECKING:
-    from lossbench.results.comparison.families import Comparison, Family
+from lossbench.results.stats import Improvement, Stat
 
 # Columns added for runs trained on an imbalanced or re-sampled split
 IMBALANCE_COLUMNS = ("balanced_accuracy", "worst_class_recall", "few_shot_accuracy",
@@ -76,6 +74,38 @@ class Block:
     @property
     def tests(self) -> list[str]:
         return sorted({c.test for f in self.families for c in f.comparisons})
+
+
+@dataclass
+class Comparison:
+    """Row a against row b on one metric; differences are a − b in the metric's own sign."""
+    a: Row
+    b: Row
+    test: str  # "paired t" or "Welch"
+    n: str     # "5" pairs, or "3 + 4" runs
+    n_min: int
+    diff: float
+    diff_low: float
+    diff_high: float
+    p: float
+    improvement: Improvement  # P(a better than b)
+    sd: float  # of the paired differences, or pooled
+    p_holm: float = float("nan")
+    mde: float = float("nan")
+    n_needed: int | None = None
+
+    def separated(self, alpha: float) -> bool:
+        return self.p_holm < alpha  # NaN (too few runs) compares False
+
+
+@dataclass
+class Family:
+    """The rows one Holm adjustment covers: one dataset × condition × metric."""
+    condition: dict[str, Any]
+    rows: list[Row]
+    comparisons: list[Comparison]
+    alpha_adjusted: float  # α / m: Holm's first, strictest step, for the sample-size figures
+    reference: Row | None
 
 
 def fmt_value(value: Any) -> str:
