@@ -251,3 +251,9 @@ def test_ctrl_c_in_a_parallel_sweep_leaves_every_job_with_its_record(tmp_path):
     assert (f"Continue it with: lossbench train {' '.join(args[:4])} {' '.join(run)} "
             f"hydra.sweep.dir={sweep}") in stderr
     assert "2 interrupted with a checkpoint, 1 not run" in stderr
+
+
+def test_train_help_names_lossbenchs_own_flags(cli):
+    out = cli("train", "--help").stdout
+    assert "--overwrite  replace the run in hydra.run.dir" in out
+    assert "-m --add     sweep into a hydra.sweep.dir" in out

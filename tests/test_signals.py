@@ -84,6 +84,31 @@ def test_a_stop_while_testing_finishes_the_record_first(tmp_path):
         assert (tmp_path / "run" / name).is_file(), name
 
 
+def test_killed_outright_while_writing_results_resume_finishes_them(tmp_path):
+    """kill -9 once the test report is written (the run is tested, its plots and record still
+    to come): the end of training is on disk, so `resume=` writes the results without training
+    a step further, and they equal an uninterrupted run's."""
+    common = ("dataset=digits", "trainer=smoke", "trainer.plots=true", "print_config=false")
+    whole = subprocess.run([*lossbench_cmd(), "train", *common, "hydra.run.dir=whole"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr
+    run = start_train(tmp_path, *common)
+    run.wait_for_file(REPORT)
+    run.signal(signal.SIGKILL)
+    run.finish()
+    assert (tmp_path / "run" / "checkpoint.pt").is_file()
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    resumed = subprocess.run([*lossbench_cmd(), "train", "resume=run"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    got, want = read_metrics(tmp_path / "run"), read_metrics(tmp_path / "whole")
+    assert got["status"] == "completed" and got["epochs_run"] == want["epochs_run"] == 2
+    assert got["test"]["accuracy"] == want["test"]["accuracy"]
+    assert got["test_at"]["last"]["nll"] == pytest.approx(want["test_at"]["last"]["nll"])
+    assert logged_epochs(tmp_path / "run") == [1, 2]  # no epoch trained again
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
 def test_a_closed_terminal_stops_the_run_with_a_checkpoint(tmp_path):
     """The terminal goes away (an ssh session drops): SIGHUP, and every later write to the
     terminal fails. The run stops after its step with its checkpoint and record, as for

@@ -371,6 +371,13 @@ def fit(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
             if stopping_now:
                 result.stop("interrupted", epoch + 1, 0, num_batches)
                 break
+    if resume is not None and state.epoch > epochs:  # resumed after training had ended
+        result.stopped_early = len(result.history) < epochs
+    elif result.status == "completed" and save is not None:
+        # Training is over: its end goes to disk before the run tests and writes its results,
+        # so that a run stopped then (a full disk, kill -9) finishes them with `resume=`, which
+        # trains no further. The run deletes the checkpoint once its record is written.
+        save(snapshot(epochs + 1).to_checkpoint())
     result.best_epoch, result.best_value, result.best_tie = (
         stopping.best_epoch, stopping.best_value, stopping.best_tie)
     result.last_state, result.last_loss_state = copy_state(core), copy_state(loss_fn)
