@@ -10,6 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from hydra.core.hydra_config import HydraConfig
 
 import lossbench as lb
 
@@ -85,6 +86,7 @@ def test_the_callers_process_is_left_as_it_was(tmp_path, monkeypatch):
     mine.addHandler(handler)
     root_handlers, root_level = list(logging.getLogger().handlers), logging.getLogger().level
     argv, environ = list(sys.argv), dict(os.environ)
+    hydra_runtime = HydraConfig.instance().cfg
     threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
     torch.manual_seed(123)
     np.random.seed(123)
@@ -98,6 +100,8 @@ def test_the_callers_process_is_left_as_it_was(tmp_path, monkeypatch):
 
     assert os.getcwd() == str(tmp_path)
     assert sys.argv == argv and dict(os.environ) == environ
+    # Hydra's runtime config is the caller's again: code run next reads no leftover run's
+    assert HydraConfig.instance().cfg is hydra_runtime
     assert torch.get_num_threads() == threads and torch.get_default_dtype() == dtype
     assert logging.getLogger().handlers == root_handlers
     assert logging.getLogger().level == root_level
@@ -135,8 +139,11 @@ def test_a_run_reads_back_history_report_model_and_predictions(tmp_path, monkeyp
 
 def test_sweep_then_compare_renders_a_table_and_figures(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    hydra_runtime = HydraConfig.instance().cfg
     runs = lb.sweep(SMOKE, "dataset=wine", "loss=ce,gce", "seed=0,1", quiet=True)
     assert len(runs) == 4 and runs.dir.is_dir()
+    # the sweep's Hydra runtime config is not left behind for the code the caller runs next
+    assert HydraConfig.instance().cfg is hydra_runtime
     assert sorted(r.loss for r in runs) == ["ce", "ce", "gce", "gce"]
     assert all(r.status == "completed" for r in runs)
     table = lb.compare(runs, baseline="ce")

@@ -191,23 +191,27 @@ class FakeClock:
 
 def test_checkpoints_follow_the_clock_not_the_epochs(compose_cfg, tmp_path, monkeypatch):
     """25 s epochs, a 60 s interval: checkpoints after epochs 3 (75 s) and 6 (150 s, 75 s after
-    the last one), none after the others; the run completes and removes its checkpoint."""
+    the last one), none after the others but the last, whose checkpoint marks the end of
+    training (it resumes at epoch 9: nothing left to train) before the results are written;
+    the run completes and removes its checkpoint."""
     clock = FakeClock(monkeypatch, epoch_s=25)
     run_in(compose_cfg, tmp_path / "run", *RUN, "trainer.epochs=8",
            "trainer.checkpoint_interval_s=60")
-    assert clock.saved == [4, 7]
+    assert clock.saved == [4, 7, 9]
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
     # an epoch count adds its own checkpoints, and each one restarts the clock: after epoch 5
-    # (125 s), epoch 6 ends only 25 s later
+    # (125 s), epoch 6 ends only 25 s later; the end of training is saved as above
     clock = FakeClock(monkeypatch, epoch_s=25)
     run_in(compose_cfg, tmp_path / "both", *RUN, "trainer.epochs=8",
            "trainer.checkpoint_interval_s=60", "trainer.checkpoint_every=5")
-    assert clock.saved == [4, 6]
+    assert clock.saved == [4, 6, 9]
+    # the clock off: no checkpoint during training, only the one that marks its end
     clock = FakeClock(monkeypatch, epoch_s=25)
     run_in(compose_cfg, tmp_path / "never", *RUN, "trainer.epochs=8",
            "trainer.checkpoint_interval_s=0")
-    assert clock.saved == []
+    assert clock.saved == [9]
+    assert not (tmp_path / "never" / "checkpoint.pt").exists()
 
 
 def test_a_slow_checkpoint_stretches_the_interval():

@@ -66,15 +66,19 @@ def _overrides(overrides: Sequence[str], options: dict[str, Any]) -> list[str]:
 @contextlib.contextmanager
 def _process_kept(quiet: bool) -> Iterator[None]:
     """Run a command in this process and put back what it changes: the working directory,
-    sys.argv, the environment, logging (Hydra configures it), torch's default dtype, threads,
-    deterministic mode and random states, numpy's and random's states, and the signal handlers
-    a run installs to stop cleanly. `quiet` keeps the run's stdout from the caller."""
+    sys.argv, the environment, logging (Hydra configures it), Hydra's runtime config (a run or
+    sweep leaves its own behind, which lossbench code run next would read as its own), torch's
+    default dtype, threads, deterministic mode and random states, numpy's and random's states,
+    and the signal handlers a run installs to stop cleanly. `quiet` keeps the run's stdout from
+    the caller."""
     import numpy as np
     import torch
+    from hydra.core.hydra_config import HydraConfig
 
     from lossbench import console, errors
 
     cwd, argv, environ = os.getcwd(), list(sys.argv), dict(os.environ)
+    hydra_runtime = HydraConfig.instance().cfg
     root = logging.getLogger()
     loggers = {name: (lg.level, lg.disabled, lg.propagate, list(lg.handlers))
                for name, lg in logging.root.manager.loggerDict.items()
@@ -94,6 +98,7 @@ def _process_kept(quiet: bool) -> Iterator[None]:
         from hydra.core.global_hydra import GlobalHydra
 
         GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg = hydra_runtime  # None (as before the call) included
         os.chdir(cwd)
         sys.argv[:] = argv
         os.environ.clear()
