@@ -172,13 +172,20 @@ def test_resume_of_a_read_only_run_is_refused_before_training(tmp_path):
         shutil.rmtree(home)
 
 
+def sweep_job(sweep: Path, seed: int) -> Path:
+    """The folder of a sweep's job, named by its overrides (`...,seed=1,...`), by its seed."""
+    found = [p for p in sweep.iterdir() if f"seed={seed}" in p.name.split(",")]
+    assert len(found) == 1, sorted(p.name for p in sweep.iterdir())
+    return found[0]
+
+
 def test_a_rerun_sweep_runs_again_the_jobs_whose_files_are_damaged(tmp_path):
     """A completed job is skipped only while the files its record names are whole: a zero-byte
     model.pt and a history.csv cut short make their jobs run again; the whole one is skipped."""
     args = ("train", "-m", *SMOKE, "dataset=iris", "seed=0,1,2", "hydra.sweep.dir=sweep")
     first = lossbench(*args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    jobs = [tmp_path / "sweep" / str(n) for n in range(3)]
+    jobs = [sweep_job(tmp_path / "sweep", n) for n in range(3)]
     (jobs[0] / "model.pt").write_bytes(b"")
     history = (jobs[1] / "history.csv").read_text()
     (jobs[1] / "history.csv").write_text(history.rsplit("\n", 2)[0] + "\n")
@@ -253,12 +260,13 @@ def test_compare_on_a_full_disk_prints_its_table_then_saves_once_there_is_room(
 def test_compare_names_the_jobs_an_incomplete_sweep_lacks(tmp_path, finished_sweep):
     sweep = tmp_path / "sweep"
     shutil.copytree(finished_sweep, sweep)
-    (sweep / "1" / "metrics.json").unlink()  # killed, or still running
-    shutil.rmtree(sweep / "2")  # not started yet
+    killed = sweep_job(sweep, 1)
+    (killed / "metrics.json").unlink()  # killed, or still running
+    shutil.rmtree(sweep_job(sweep, 2))  # not started yet
     proc = lossbench("compare", "sweep", "--no-plots", cwd=tmp_path)
     assert proc.returncode == 0 and "accuracy" in proc.stdout, proc.stderr
     assert "the sweep sweep is incomplete: of its 3 jobs, 1 without a record" in proc.stderr
-    assert "sweep/1" in proc.stderr and "1 not started" in proc.stderr
+    assert f"sweep/{killed.name}" in proc.stderr and "1 not started" in proc.stderr
     assert "not written into an incomplete folder" in proc.stderr
     assert not any((sweep / name).exists() for name in COMPARISON_FILES)
     elsewhere = lossbench("compare", "sweep", "--no-plots", "--out", "table", cwd=tmp_path)
@@ -303,10 +311,11 @@ def test_a_damaged_or_read_only_study_database_is_one_line(tmp_path):
 def test_compare_names_a_run_whose_files_were_cut_short(tmp_path, finished_sweep):
     sweep = tmp_path / "sweep"
     shutil.copytree(finished_sweep, sweep)
-    history = (sweep / "0" / "history.csv").read_text()
-    (sweep / "0" / "history.csv").write_text(history.rsplit("\n", 2)[0] + "\n")
+    cut = sweep_job(sweep, 0)
+    history = (cut / "history.csv").read_text()
+    (cut / "history.csv").write_text(history.rsplit("\n", 2)[0] + "\n")
     proc = lossbench("compare", "sweep", "--no-plots", cwd=tmp_path)
     assert proc.returncode == 0 and "accuracy" in proc.stdout, proc.stderr
     assert "history.csv changed since the run completed" in proc.stderr
-    assert str(sweep / "0") in proc.stderr or "sweep/0" in proc.stderr
+    assert str(cut) in proc.stderr or f"sweep/{cut.name}" in proc.stderr
     assert not (sweep / "comparison.md").exists()

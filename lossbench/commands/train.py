@@ -88,6 +88,9 @@ def guard_run_directory(config: DictConfig) -> None:
     if config.get("resume"):  # the run goes on in its own directory: that one is locked
         folder = Path(str(config.resume))
         if folder.is_dir():
+            from lossbench.engine.checkpoint import check_writable_run
+
+            check_writable_run(folder)  # a read-only run: `resume=` is named, not the lock file
             _run_lock = FolderLock(folder, "run directory").acquire()
         return
     folder = Path(str(config.hydra.run.dir))
@@ -137,10 +140,25 @@ class RunDirectoryGuard(Callback):
     """Registered in conf/config.yaml: `guard_run_directory` before a single run starts."""
 
     def on_run_start(self, config: DictConfig, **kwargs: object) -> None:
+        # Hydra turns an Exception raised here into a warning line and goes on: a refusal, and a
+        # full disk, a read-only folder or a name too long met while taking the lock, end the
+        # command here instead, with their one line (train_command)
+        folder = None if config.get("resume") else Path(str(config.hydra.run.dir)).absolute()
+        there = folder  # the nearest folder that exists already: the lock makes those below it
+        while there is not None and not os.path.lexists(there) and there != there.parent:
+            there = there.parent
         try:
             guard_run_directory(config)
         except UserError as err:
             raise StopBeforeStart.refused(err) from None
+        except Exception as err:  # a storage fault: its line; a bug: its traceback
+            if there is not None and there != folder and storage_fault(err) is not None:
+                try:  # the folders made for the lock go again, the user's stay
+                    (folder / LOCK_FILE).unlink(missing_ok=True)
+                    discard_empty_folders(folder, there)
+                except OSError:
+                    pass
+            raise StopBeforeStart("", 2, err) from err
 
 
 def release_run_lock() -> None:

@@ -174,6 +174,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
+def check_writable_run(run_dir: str | Path) -> None:
+    """A run to continue is one this user may write: the resumed run goes on writing there (its
+    lock, log, checkpoints, results). A UserError naming `resume=` before training, else."""
+    run_dir = Path(run_dir)
+    for path in (run_dir, run_dir / "train.log"):
+        if path.exists() and not os.access(path, os.W_OK):
+            raise UserError(f"resume={run_dir}: {path} is read-only for this user, and the "
+                            "resumed run writes there; make it writable (chmod u+w) or copy the "
+                            "run directory elsewhere and resume the copy")
+
+
 def resume_state(run_dir: str | Path) -> dict[str, Any]:
     """The checkpoint of a run that can be continued: it stopped (interrupted, or killed before
     metrics.json), it did not complete or diverge."""
@@ -194,12 +205,7 @@ def resume_state(run_dir: str | Path) -> dict[str, Any]:
     if not (run_dir / CHECKPOINT).is_file():
         raise UserError(f"resume={run_dir}: no {CHECKPOINT} in it (checkpoints are written every "
                         "trainer.checkpoint_interval_s seconds of training and on Ctrl-C)")
-    # the run goes on writing there (its log, checkpoints, results): say so before training
-    for path in (run_dir, run_dir / "train.log"):
-        if path.exists() and not os.access(path, os.W_OK):
-            raise UserError(f"resume={run_dir}: {path} is read-only for this user, and the "
-                            "resumed run writes there; make it writable (chmod u+w) or copy the "
-                            "run directory elsewhere and resume the copy")
+    check_writable_run(run_dir)
     state = load_checkpoint(run_dir / CHECKPOINT)
     check_identity(run_dir, state, metrics)
     return state

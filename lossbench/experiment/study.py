@@ -245,8 +245,22 @@ def run_study(settings: StudySettings) -> tuple[Path, list[str]]:
     from lossbench.results.folder_lock import FolderLock
 
     study_dir = Path(str(settings.dir))
-    with FolderLock(study_dir, "study directory"):
+    lock = FolderLock(study_dir, "study directory")
+    try:
+        lock.acquire()
+    except PermissionError:
+        database = study_dir / "optuna.db"
+        if not database.is_file():
+            raise  # a new study in a folder it may not write: that folder's line
+        # a study to resume that this user may not write: its database is what it cannot write
+        raise UserError(f"the study's database ({database}) is a readonly database for this "
+                        f"user: the study records its trials there, and {study_dir} may not be "
+                        f"written; change its permissions (chmod -R u+w {study_dir}) or copy the "
+                        f"study elsewhere and run it there") from None
+    try:
         return _run_locked_study(settings, study_dir)
+    finally:
+        lock.release()
 
 
 def _run_locked_study(settings: StudySettings, study_dir: Path) -> tuple[Path, list[str]]:
