@@ -134,4 +134,9 @@ def test_eval_of_a_sweep_folder_says_how_to_eval_its_jobs(cli, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert "sweep is a sweep folder (2 completed jobs" in lines[0]
-    assert "lossbench eval sweep/0" in lines[0] and "did not complete" not in lines[0]
+    # the example is the first job, by the folder its overrides name, and it pastes as is
+    first = [job for job in (tmp_path / "sweep").iterdir() if "seed=0" in job.name.split(",")]
+    assert len(first) == 1 and (first[0] / "model.pt").is_file(), first
+    example = f"lossbench eval {first[0].relative_to(tmp_path)};"
+    assert example in lines[0] and "did not complete" not in lines[0], lines[0]
+    assert cli(*example.rstrip(";").split()[1:]).returncode == 0

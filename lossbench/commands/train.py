@@ -72,11 +72,25 @@ _overwrite = False
 _run_lock: FolderLock | None = None
 
 
+def torchrun_follower() -> bool:
+    """True in a torchrun process other than rank 0 (`engine.distributed.launched_by_torchrun`,
+    read from the environment without importing torch): the ranks share one run, which rank 0
+    alone writes, and so alone locks."""
+    keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    try:
+        return (all(k in os.environ for k in keys) and int(os.environ["WORLD_SIZE"]) > 1
+                and int(os.environ["RANK"]) != 0)
+    except ValueError:
+        return False
+
+
 def guard_run_directory(config: DictConfig) -> None:
     """Before Hydra writes anything into the run directory: take its lock (one writer at a
     time), and never overwrite a run there. The same config, completed: nothing to do
     (StopBeforeStart, exit 0). Another config, or a run that stopped: one line, unless
-    `--overwrite` asks to replace it (the old run's files go first)."""
+    `--overwrite` asks to replace it (the old run's files go first). Under torchrun every rank
+    decides the same from what is there, but only rank 0, the run's one writer, takes the lock
+    and removes anything: ranks locking one folder each refused the other."""
     global _run_lock
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict, read_write
@@ -85,16 +99,18 @@ def guard_run_directory(config: DictConfig) -> None:
     from lossbench.experiment.sweep_console import headline, shown_path
     from lossbench.results.record import read_metrics, resolved_config
 
+    writer = not torchrun_follower()
     if config.get("resume"):  # the run goes on in its own directory: that one is locked
         folder = Path(str(config.resume))
-        if folder.is_dir():
+        if folder.is_dir() and writer:
             from lossbench.engine.checkpoint import check_writable_run
 
             check_writable_run(folder)  # a read-only run: `resume=` is named, not the lock file
             _run_lock = FolderLock(folder, "run directory").acquire()
         return
     folder = Path(str(config.hydra.run.dir))
-    _run_lock = FolderLock(folder, "run directory").acquire()
+    if writer:
+        _run_lock = FolderLock(folder, "run directory").acquire()
     try:
         metrics = read_metrics(folder)
     except (OSError, ValueError):
@@ -118,6 +134,8 @@ def guard_run_directory(config: DictConfig) -> None:
         if folder.resolve() == user_dir or folder.resolve() in user_dir.parents:
             raise UserError(f"{OVERWRITE_FLAG} would empty {shown}, which holds the working "
                             f"directory; choose another hydra.run.dir")
+        if not writer:
+            return
         for entry in folder.iterdir():  # the old run's files go: nothing of it is mixed in
             if entry.name == LOCK_FILE:
                 continue

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from lossbench.console import shown_path
 from lossbench.data.raw import TASKS, RawData
 from lossbench.errors import UserError
 
@@ -24,12 +25,20 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
                   ".pgm"}
 
 
+def shown(path: str | Path) -> str:
+    """A data location as the user typed it: a run records its relative dataset paths as
+    absolute (`absolute_paths`), and messages show them relative to the working directory again
+    when they lie inside it (`dataset.path=pics`, not /home/.../pics)."""
+    text = str(path)
+    return str(shown_path(text)) if Path(text).is_absolute() else text
+
+
 def _existing(path: str | None, setting: str) -> Path:
     if not path:
         raise UserError(f"{setting} is not set; give the data's location, e.g. {setting}=data/x")
     p = Path(path).expanduser()
     if not p.exists():
-        raise UserError(f"{setting}={path}: no such file or folder")
+        raise UserError(f"{setting}={shown(path)}: no such file or folder")
     return p
 
 
@@ -106,7 +115,7 @@ def csv(path: str, target: str, features: Sequence[str] | None = None, task: str
     regression; null infers it from the target (text → classes).
     """
     p = _existing(path, "dataset.path")
-    where = f"dataset.path={path}"
+    where = f"dataset.path={shown(path)}"
     try:
         with p.open(newline="", encoding="utf-8-sig") as f:
             rows = [row for row in csv_module.reader(f, delimiter=delimiter) if row]
@@ -171,7 +180,7 @@ def npz(path: str, task: str | None = None) -> RawData:
     one feature per sample.
     """
     p = _existing(path, "dataset.path")
-    where = f"dataset.path={path}"
+    where = f"dataset.path={shown(path)}"
     try:
         with np.load(p, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
@@ -235,7 +244,7 @@ def _read_images(files: list[Path], size: tuple[int, int], mode: str) -> np.ndar
                     img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
                 a = np.asarray(img, dtype=np.uint8)
         except (OSError, UnidentifiedImageError) as err:
-            raise UserError(f"image file {f} cannot be read ({err})") from None
+            raise UserError(f"image file {shown(f)} cannot be read ({err})") from None
         out.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))  # (C, H, W)
     return np.ascontiguousarray(np.stack(out))  # else laid out (N, H, W, C) in memory
 
@@ -276,7 +285,7 @@ def _check_images(files: list[Path]) -> None:
             with Image.open(f) as img:
                 img.verify()  # reads the file through (a truncated one fails), decodes nothing
         except (OSError, UnidentifiedImageError) as err:
-            raise UserError(f"image file {f} cannot be read ({err})") from None
+            raise UserError(f"image file {shown(f)} cannot be read ({err})") from None
 
 
 def _listed_images(files: list[Path], size: tuple[int, int], mode: str) -> ImageFiles:
@@ -304,10 +313,10 @@ def imagefolder(path: str, test_path: str | None = None, image_size: Sequence[in
     size = (int(image_size[0]), int(image_size[1]))
     root = _existing(path, "dataset.path")
     if not root.is_dir():
-        raise UserError(f"dataset.path={path} is not a folder of class sub-folders")
+        raise UserError(f"dataset.path={shown(path)} is not a folder of class sub-folders")
     classes = _image_files(root)
     if not classes:
-        raise UserError(f"dataset.path={path}: no images found; expected one sub-folder per class "
+        raise UserError(f"dataset.path={shown(path)}: no images found; expected one sub-folder per class "
                         f"holding image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
     names = list(classes)
     files = [f for c in names for f in classes[c]]
@@ -319,11 +328,11 @@ def imagefolder(path: str, test_path: str | None = None, image_size: Sequence[in
         test_root = _existing(test_path, "dataset.test_path")
         test_classes = _image_files(test_root) if test_root.is_dir() else {}
         if not test_classes:
-            raise UserError(f"dataset.test_path={test_path}: no images found in class "
+            raise UserError(f"dataset.test_path={shown(test_path)}: no images found in class "
                             "sub-folders")
         unknown = [c for c in test_classes if c not in names]
         if unknown:
-            raise UserError(f"dataset.test_path={test_path}: class folder {unknown[0]!r} is not "
+            raise UserError(f"dataset.test_path={shown(test_path)}: class folder {unknown[0]!r} is not "
                             f"among the training classes ({', '.join(names)})")
         test_files = [f for c in test_classes for f in test_classes[c]]
         y_test = np.concatenate([np.full(len(fs), names.index(c), dtype=np.int64)
@@ -331,7 +340,7 @@ def imagefolder(path: str, test_path: str | None = None, image_size: Sequence[in
         x_test = read(test_files, size, mode)
     task = "binary" if len(names) == 2 else "multiclass"
     if len(names) < 2:
-        raise UserError(f"dataset.path={path}: only one class folder ({names[0]!r}) holds "
+        raise UserError(f"dataset.path={shown(path)}: only one class folder ({names[0]!r}) holds "
                         "images; classification needs at least two")
     return RawData(x=x, y=y, task=task, name=root.name, class_names=names, x_test=x_test,
                    y_test=y_test)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from lossbench.data.files import encode_targets
+from lossbench.data.files import encode_targets, shown
 from lossbench.data.raw import RawData
 from lossbench.errors import UserError
 
@@ -36,11 +36,16 @@ def _datasets_library():
     return datasets
 
 
+def _where(path: str | Sequence[str]) -> str:
+    """`dataset.path=...` as the user typed it, for messages."""
+    return f"dataset.path={shown(path) if isinstance(path, str) else [shown(p) for p in path]}"
+
+
 def _load(path: str | Sequence[str], name: str | None) -> tuple[Any, str]:
     """(a Dataset or DatasetDict, the name the report gives it) from `dataset.path`."""
     datasets = _datasets_library()
     files = [str(path)] if isinstance(path, str) else [str(p) for p in path]
-    where = f"dataset.path={path if isinstance(path, str) else list(path)}"
+    where = _where(path)
     first = Path(files[0]).expanduser()
     # a Hub name is `dataset` or `owner/dataset`; anything that names a place here is local
     local = (first.exists() or files[0].startswith(("/", ".", "~")) or files[0].endswith("/")
@@ -55,7 +60,7 @@ def _load(path: str | Sequence[str], name: str | None) -> tuple[Any, str]:
     try:
         missing = [f for f in files if not Path(f).expanduser().exists()]
         if missing:
-            raise UserError(f"{where}: no such file or folder ({missing[0]})")
+            raise UserError(f"{where}: no such file or folder ({shown(missing[0])})")
         if first.is_dir():
             if (first / "dataset_dict.json").exists() or (first / "state.json").exists():
                 return datasets.load_from_disk(str(first)), first.resolve().name
@@ -133,7 +138,7 @@ def hf(path: str | Sequence[str] | None, label: str = "label", image: str | None
     if mode not in (None, "RGB", "L"):
         raise UserError(f"dataset.mode={mode} must be RGB, L or null")
     data, display = _load(path, name)
-    where = f"dataset.path={path}"
+    where = _where(path)
     train, val, test = _own_splits(data, where)
     datasets = _datasets_library()
     schema = train.features

@@ -28,6 +28,7 @@ from lossbench.config.hydra_context import hydra_config, in_sweep
 from lossbench.experiment.outcome import stopped_after_completing
 from lossbench.experiment.workflow import log, run_process
 from lossbench.results import tracking
+from lossbench.results.folder_lock import release_held
 from lossbench.results.record import has_metrics, metrics_path, read_metrics
 
 
@@ -193,4 +194,5 @@ def _torchrun_rank(cfg: DictConfig) -> NoReturn:
         distributed.shutdown()
         raise
     distributed.shutdown(together=True)
+    release_held()  # rank 0's lock on the run directory: exit_process skips every `finally`
     distributed.exit_process(0)  # the run is complete and written: see exit_process

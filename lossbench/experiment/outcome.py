@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
+from rich.tree import Tree
 
 from lossbench.console import shown_path
 from lossbench.data import Splits
@@ -222,3 +223,25 @@ def _checkpoint_epoch(path: Path) -> int:
     from lossbench.engine.checkpoint import load_checkpoint
 
     return int(load_checkpoint(path)["loop"]["epoch"])
+
+
+def config_tree(cfg: DictConfig, picked: dict[str, str] | None = None) -> Tree:
+    """The resolved config as a rich tree, one branch per group named with the option picked
+    (`loss (ce)`); values that cannot be resolved yet are shown as written."""
+    try:
+        data = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # an interpolation that only resolves later; show it unresolved
+        data = OmegaConf.to_container(cfg, resolve=False)
+
+    def add(branch: Tree, node: Any, top: bool = False) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                option = (picked or {}).get(key) if top else None
+                label = f"[bold]{key}[/]" + (f" ({option})" if option else "")
+                add(branch.add(label), value)
+            else:
+                branch.add(f"{key}: {value!r}" if isinstance(value, str) else f"{key}: {value}")
+
+    tree = Tree("[bold]config[/]", guide_style="dim")
+    add(tree, data, top=True)
+    return tree

@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
-from rich.tree import Tree
 
 from lossbench.console import counted, shown_path
 from lossbench.data import Splits
@@ -39,7 +38,7 @@ from lossbench.experiment.builders import (SMOKE_ENV, Schedule, build_loss_and_m
                                            scheduler_config, seed_everything, smoke_limits,
                                            state_hash)
 from lossbench.config.hydra_context import hydra_config, in_sweep
-from lossbench.experiment.outcome import (loss_params_line, loss_record,
+from lossbench.experiment.outcome import (config_tree, loss_params_line, loss_record,
                                           memorisation_summary, report_notes, robust_line,
                                           stop_early, test_report, write_plots, write_record)
 from lossbench.results import report as rep
@@ -67,28 +66,6 @@ def choices(cfg: DictConfig) -> dict[str, str]:
         target = (cfg.get(group) or {}).get("_target_") or "none"
         names[group] = str(target).rsplit(".", 1)[-1]
     return names
-
-
-def config_tree(cfg: DictConfig, picked: dict[str, str] | None = None) -> Tree:
-    """The resolved config as a rich tree, one branch per group named with the option picked
-    (`loss (ce)`); values that cannot be resolved yet are shown as written."""
-    try:
-        data = OmegaConf.to_container(cfg, resolve=True)
-    except Exception:  # an interpolation that only resolves later; show it unresolved
-        data = OmegaConf.to_container(cfg, resolve=False)
-
-    def add(branch: Tree, node: Any, top: bool = False) -> None:
-        for key, value in node.items():
-            if isinstance(value, dict):
-                option = (picked or {}).get(key) if top else None
-                label = f"[bold]{key}[/]" + (f" ({option})" if option else "")
-                add(branch.add(label), value)
-            else:
-                branch.add(f"{key}: {value!r}" if isinstance(value, str) else f"{key}: {value}")
-
-    tree = Tree("[bold]config[/]", guide_style="dim")
-    add(tree, data, top=True)
-    return tree
 
 
 def shows_config(cfg: DictConfig) -> bool:

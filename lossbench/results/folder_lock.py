@@ -17,6 +17,7 @@ from pathlib import Path
 from lossbench.errors import UserError
 
 LOCK_FILE = ".lossbench.lock"
+_HELD: list["FolderLock"] = []  # the locks this process holds, for `release_held`
 
 
 class FolderLock:
@@ -62,6 +63,7 @@ class FolderLock:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
+        _HELD.append(self)
         return self
 
     def release(self) -> None:
@@ -70,6 +72,8 @@ class FolderLock:
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
+        if self in _HELD:
+            _HELD.remove(self)
         try:
             self.path.unlink(missing_ok=True)
         except OSError:
@@ -81,6 +85,13 @@ class FolderLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def release_held() -> None:
+    """Release every lock this process holds: before a process ends with `os._exit` (a torchrun
+    rank, `engine.distributed.exit_process`), which leaves no `finally` to remove its lock file."""
+    for lock in list(reversed(_HELD)):
+        lock.release()
 
 
 def _read_pid(fd: int) -> str:

@@ -105,6 +105,30 @@ def test_catalogue_agrees_with_the_instantiated_losses(compose_cfg):
         assert ".. math::" in doc and "Shapes" in doc, entry.name
 
 
+HYPER = "hyperparameters (defaults)"
+COLUMNS = ("name", "tasks", "head", HYPER, "reference")
+
+
+def losses_table_rows(text: str) -> dict[str, dict[str, list[str]]]:
+    """The rows of `lossbench losses`'s table, read by its header's column positions: loss name
+    -> each other column's lines (a cell wraps onto the lines whose name column is blank)."""
+    lines = text.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.split()[:2] == ["name", "tasks"])
+    starts = [lines[at].index(title) for title in COLUMNS]
+    assert set(lines[at + 1].strip()) == {"─"}, lines[at + 1]  # the rule under the header
+    rows: dict[str, dict[str, list[str]]] = {}
+    for line in lines[at + 2:]:
+        cells = [line[a:b].strip() for a, b in zip(starts, [*starts[1:], None])]
+        if cells[0]:
+            name = cells[0]
+            assert name not in rows, name
+            rows[name] = {title: [] for title in COLUMNS[1:]}
+        for title, cell in zip(COLUMNS[1:], cells[1:]):
+            if cell:
+                rows[name][title].append(cell)
+    return rows
+
+
 def test_losses_command_lists_every_loss_without_importing_torch(tmp_path):
     code = ("import sys\n"
             "from lossbench.cli import main\n"
@@ -115,17 +139,21 @@ def test_losses_command_lists_every_loss_without_importing_torch(tmp_path):
     assert proc.returncode == 0, proc.stderr
     *table, imported = proc.stdout.strip().splitlines()
     assert json.loads(imported) == []
-    text = "\n".join(table)
-    for entry in loss_catalogue():
-        assert f"│ {entry.name} " in text
-    assert "Barron 2019" in text and "q=0.7" in text and "gamma=2.0, alpha=0.25" in text
+    rows = losses_table_rows("\n".join(table))
+    assert sorted(rows) == sorted(entry.name for entry in loss_catalogue())  # one row each
+    assert "Barron 2019" in " ".join(rows["adaptive_robust"]["reference"])
+    assert "q=0.7" in rows["gce"][HYPER]
+    assert rows["focal"][HYPER][:2] == ["gamma=2.0", "alpha=0.25"]
 
 
 def test_losses_command_filters_by_task(cli):
     proc = cli("losses", "--task", "regression", env={"COLUMNS": "250"})
     assert proc.returncode == 0
-    assert "│ adaptive_robust " in proc.stdout and "│ mse " in proc.stdout
-    assert "│ gce " not in proc.stdout
+    rows = losses_table_rows(proc.stdout)
+    assert "adaptive_robust" in rows and "mse" in rows
+    assert "gce" not in rows
+    assert sorted(rows) == sorted(REGRESSION)
+    assert all("regression" in " ".join(row["tasks"]) for row in rows.values())
     bad = cli("losses", "--task", "ranking")
     assert bad.returncode == 2 and "--task ranking is not a task" in bad.stderr
 
