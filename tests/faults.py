@@ -22,20 +22,31 @@ ignores SIGHUP), a terminal that closes (`terminal=True`: the run's stdout and s
 pseudo-terminal it controls; `hang_up()` closes it, as a closed ssh session does), the
 descendants of a process (`descendants`, to kill a parent and watch its workers) and whether a
 process still lives (`alive`).
+
+Faults of the file system: `mounted_tmpfs` (a small file system of its own) with `fill` (a full
+disk, or one with only so many KiB left), and `as_user` (run lossbench as `nobody`, to whom a
+folder can be read-only; root ignores permissions). A second writer is a second
+`start_train` into the same folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
+import shutil
 import signal
 import subprocess
+import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 from conftest import lossbench_cmd
 
@@ -289,3 +300,43 @@ def alive(pid: int) -> bool:
         return False
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
+
+@contextlib.contextmanager
+def mounted_tmpfs(size: str = "1m") -> Iterator[Path]:
+    """A small tmpfs of its own, to fill up (mounting needs root and a kernel that allows it:
+    else the test is skipped)."""
+    folder = Path(tempfile.mkdtemp(prefix="lossbench-fs-"))
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        folder.rmdir()
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip() or 'not root'}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+        folder.rmdir()
+
+
+def fill(folder: Path, leave_kib: int) -> Path:
+    """Fill the file system of `folder` up to `leave_kib` KiB free; the filler's path."""
+    filler = folder / "filler"
+    free = shutil.disk_usage(folder).free
+    filler.write_bytes(b"\0" * max(0, free - leave_kib * 1024))
+    return filler
+
+
+def as_user(tmp_path: Path) -> tuple[list[str], Path]:
+    """(the command prefix that runs as `nobody`, a folder both root and nobody can reach).
+    Root ignores permissions, so a read-only folder is only read-only to another user."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run lossbench as an unprivileged user")
+    home = Path(tempfile.mkdtemp(prefix="lossbench-user-"))
+    home.chmod(0o777)
+    prefix = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+    probe = subprocess.run([*prefix, sys.executable, "-c", "import lossbench"], cwd=home,
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        shutil.rmtree(home)
+        pytest.skip(f"nobody cannot run this Python: {probe.stderr.strip()[-200:]}")
+    return prefix, home

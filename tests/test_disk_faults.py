@@ -9,55 +9,21 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from conftest import read_metrics
+from faults import as_user, fill, mounted_tmpfs
 
 SMOKE = ("trainer=smoke", "print_config=false", "trainer.plots=false")
 
 
 @pytest.fixture
 def small_filesystem() -> Iterator[Path]:
-    """A 1 MiB tmpfs of its own (mounting needs root and a kernel that allows it: else skip)."""
-    folder = Path(tempfile.mkdtemp(prefix="lossbench-fs-"))
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        folder.rmdir()
-        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip() or 'not root'}")
-    try:
+    with mounted_tmpfs() as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=False)
-        folder.rmdir()
-
-
-def fill(folder: Path, leave_kib: int) -> Path:
-    """Fill the file system of `folder` up to `leave_kib` KiB free; the filler's path."""
-    filler = folder / "filler"
-    free = shutil.disk_usage(folder).free
-    filler.write_bytes(b"\0" * max(0, free - leave_kib * 1024))
-    return filler
-
-
-def as_user(tmp_path: Path) -> tuple[list[str], Path]:
-    """(the command prefix that runs as `nobody`, a folder both root and nobody can reach).
-    Root ignores permissions, so a read-only folder is only read-only to another user."""
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("needs root and setpriv to run lossbench as an unprivileged user")
-    home = Path(tempfile.mkdtemp(prefix="lossbench-user-"))
-    home.chmod(0o777)
-    prefix = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
-    probe = subprocess.run([*prefix, sys.executable, "-c", "import lossbench"], cwd=home,
-                           capture_output=True, text=True)
-    if probe.returncode != 0:
-        shutil.rmtree(home)
-        pytest.skip(f"nobody cannot run this Python: {probe.stderr.strip()[-200:]}")
-    return prefix, home
 
 
 def lossbench(*args: str, cwd: Path, prefix: list[str] = (), timeout: float = 300
