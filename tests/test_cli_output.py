@@ -318,7 +318,10 @@ def test_submitit_local_prints_one_line_per_job_like_the_other_launchers(cli, tm
     out = [ln for ln in proc.stdout.splitlines() if ln.strip()]
     err = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(out) == 1 and out[0].startswith("lossbench: job 0 [+loss.reduction=mean")
-    assert " completed: test accuracy " in out[0] and "run directory: sweep/0)" in out[0]
+    assert " completed: test accuracy " in out[0]
+    # its folder is named by its overrides, and the line names it
+    shown = out[0].split("run directory: ", 1)[1].rstrip(")")
+    assert shown.startswith("sweep/+loss.reduction=mean,") and (tmp_path / shown).is_dir()
     assert len(err) == 2, err  # the failed job's line, then the summary
     assert err[0].startswith("lossbench: job 1 [+loss.reduction=bogus") and "] failed: " in err[0]
     assert err[1].startswith("lossbench: 1 of 2 jobs failed: ")
