@@ -205,8 +205,12 @@ def test_a_killed_parallel_sweep_leaves_no_worker_running(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([*lossbench_cmd(), *args], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    def job(seed: int):  # a job's folder is named by its overrides
+        found = [d for d in sweep.glob("*") if f"seed={seed}" in d.name.split(",")]
+        return found[0] if found else sweep / "not yet"
+
     deadline = time.monotonic() + 180
-    while not all(logged_epochs(sweep / job) for job in ("0", "1")):
+    while not all(logged_epochs(job(seed)) for seed in (0, 1)):
         assert proc.poll() is None and time.monotonic() < deadline, "the jobs never started"
         time.sleep(0.05)
     workers = descendants(proc.pid)
@@ -217,10 +221,10 @@ def test_a_killed_parallel_sweep_leaves_no_worker_running(tmp_path):
     while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [pid for pid in workers if alive(pid)], "workers outlived their parent"
-    for job in ("0", "1"):
-        metrics = json.loads((sweep / job / "metrics.json").read_text())
+    for seed in (0, 1):
+        metrics = json.loads((job(seed) / "metrics.json").read_text())
         assert metrics["status"] == "interrupted", metrics
-        assert (sweep / job / "checkpoint.pt").is_file()
+        assert (job(seed) / "checkpoint.pt").is_file()
 
 
 @pytest.mark.slow
