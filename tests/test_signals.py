@@ -255,4 +255,5 @@ def test_a_preemption_warning_during_start_up_still_requeues_the_submitit_job(tm
     assert ended.returncode == 0, ended.stdout + ended.stderr
     assert re.search(r"job 0 \[.*\] stopped by SIGUSR2 during start-up; submitit requeues it",
                      logs())
-    assert read_metrics(sweep / "0")["status"] == "completed"
+    jobs = [p.parent for p in sweep.rglob("metrics.json")]  # one job, named by its overrides
+    assert len(jobs) == 1 and read_metrics(jobs[0])["status"] == "completed"
