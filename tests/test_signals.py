@@ -71,7 +71,8 @@ def test_a_stop_during_training_leaves_a_checkpoint_and_says_how_to_continue(tmp
 def test_a_stop_while_testing_finishes_the_record_first(tmp_path):
     """SIGTERM when report.txt appears (the test split is reported; the plots, the weights and
     metrics.json are still to come): the finished run is written whole, then it stops."""
-    run = start_train(tmp_path, "dataset=digits", "trainer=smoke", "print_config=false")
+    run = start_train(tmp_path, "dataset=digits", "trainer=smoke", "trainer.plots=true",
+                      "print_config=false")
     run.wait_for_file(REPORT)
     run.signal(signal.SIGTERM)
     ended = run.finish()

@@ -38,8 +38,8 @@ def test_flatten_joins_nested_keys_with_dots_and_keeps_lists():
 def test_tensorboard_event_file_holds_every_epoch_and_the_test_metrics(cli, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    cli("train", "dataset=iris", "trainer=smoke", "logger=tensorboard", "print_config=false",
-        f"hydra.run.dir={tmp_path / 'run'}", check=True)
+    cli("train", "dataset=iris", "trainer=smoke", "trainer.plots=true", "logger=tensorboard",
+        "print_config=false", f"hydra.run.dir={tmp_path / 'run'}", check=True)
     (run_dir,) = run_dirs(tmp_path)
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
