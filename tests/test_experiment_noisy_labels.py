@@ -80,10 +80,13 @@ def test_cpu_preset_smoke_form_runs_and_compares(cli, tmp_path):
 def test_the_preset_comment_and_the_readme_give_one_timing_and_a_shipped_launcher():
     import re
 
+    # The repository's own files: under CI the package is installed, not linked, so the README
+    # is found beside the tests and the configs inside the installed package.
     import lossbench
 
-    root = Path(lossbench.__file__).resolve().parents[1]
-    comment = (root / "conf" / "experiment" / "noisy_labels.yaml").read_text()
+    root = Path(__file__).resolve().parents[1]
+    conf = Path(lossbench.__file__).resolve().parent / "conf"
+    comment = (conf / "experiment" / "noisy_labels.yaml").read_text()
     readme = (root / "README.md").read_text()
     section = readme.split("## Label noise: a published trend", 1)[1].split("\n## ", 1)[0]
     timing = re.compile(r"about (\d+)\s+(seconds|minutes) on (\d+) cores")
@@ -91,4 +94,4 @@ def test_the_preset_comment_and_the_readme_give_one_timing_and_a_shipped_launche
         timing.search(" ".join(section.split())).groups()
     launchers = re.findall(r"hydra/launcher=(\w+)", comment + section)
     assert launchers and all(
-        (root / "conf" / "hydra" / "launcher" / f"{name}.yaml").is_file() for name in launchers)
+        (conf / "hydra" / "launcher" / f"{name}.yaml").is_file() for name in launchers)
