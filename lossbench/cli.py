@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     module_name, func_name = commands[command].split(":")
     import importlib
 
-    from lossbench.errors import UserError, debug_requested, exit_report, tell
+    from lossbench.errors import UserError, debug_requested, exit_report, report
 
     func = getattr(importlib.import_module(module_name), func_name)
     try:
@@ -93,13 +93,11 @@ def main(argv: list[str] | None = None) -> None:
         # so; else it came before any run began)
         if debug_requested():
             raise
-        line, status = exit_report(err)
-        tell(line)
-        sys.exit(status)
+        reported = exit_report(err)
     except Exception as err:  # the machine's refusal (a full disk, a read-only folder): one line
-        report = None if debug_requested() else exit_report(err)
-        if report is None:
+        reported = None if debug_requested() else exit_report(err)
+        if reported is None:
             raise
-        tell(report[0])
-        sys.exit(report[1])
-    sys.exit(code or 0)
+    else:
+        sys.exit(code or 0)
+    sys.exit(report(*reported))

@@ -67,6 +67,20 @@ class Stopped(KeyboardInterrupt):
         self.exit_code = 128 + signum
 
 
+def stopped_by(err: BaseException) -> KeyboardInterrupt | None:
+    """The stop (Ctrl-C, a stop signal) that `err` was raised from, or `err` itself when it is
+    one; None for anything else. A signal that arrives while a compiled module initialises
+    surfaces as that module's `ImportError: initialization failed`, raised from the stop: the
+    user asked to stop, and is told so, not shown the import's traceback."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, KeyboardInterrupt):
+            return err
+        seen.add(id(err))
+        err = err.__cause__
+    return None
+
+
 def stop_name(signum: int) -> str:
     """How a stop is named to the user: Ctrl-C for SIGINT, else the signal's name."""
     import signal
@@ -87,6 +101,7 @@ def exit_report(err: BaseException, composing: bool = False) -> tuple[str, int] 
     - Diverged: its message, 3; Interrupted: its message, 128 + the signal (130 for SIGINT);
     - Stopped (a signal during start-up, or a second one): "stopped by SIGTERM", 128 + it;
     - a bare KeyboardInterrupt (Ctrl-C before any run began): "stopped by Ctrl-C", 130;
+    - an error raised from one of these (`stopped_by`): as that stop;
     - a config object that could not be built because of its config (`instantiation_mistake`):
       "error: ...", 2;
     - composing=True (Hydra had not called the job yet): Hydra's and OmegaConf's composition
@@ -96,6 +111,7 @@ def exit_report(err: BaseException, composing: bool = False) -> tuple[str, int] 
     """
     if isinstance(err, UserError):
         return f"error: {err}", 2
+    err = stopped_by(err) or err
     fault = storage_fault(err)
     if fault is not None:
         return f"error: {fault}", 2
@@ -209,6 +225,12 @@ def report(line: str, status: int) -> int:
     if RAISE_REPORTS:
         raise Reported(line, status)
     tell(line)
+    # that line is the last the console shows: a library that logs at exit (torch's FakeTensor
+    # cache statistics, when a stop broke its import before its own logging was set up) would
+    # reach Hydra's root handler
+    import logging
+
+    logging.disable(logging.INFO)
     return status
 
 

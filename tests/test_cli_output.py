@@ -163,6 +163,39 @@ def test_ctrl_c_during_start_up_leaves_nothing_and_says_so(tmp_path):
     assert not (tmp_path / "outputs").exists()
 
 
+def test_ctrl_c_that_breaks_a_compiled_modules_import_is_still_one_line(tmp_path):
+    """A signal that arrives while a compiled module initialises surfaces as that module's
+    `ImportError: initialization failed`, raised from the stop (scipy's, seen under load); and a
+    library whose import it broke may log at exit. The user still reads one line."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("LOSSBENCH_DEBUG", None)
+    # the data loader imports like a compiled module: a stop while it initialises becomes its
+    # ImportError; and, like a half-imported library, it logs through the root logger at exit
+    script = ("import atexit, logging, time, sys; import lossbench.data.sklearn_datasets as d\n"
+              "atexit.register(lambda: logging.getLogger('half.imported').info('cache stats'))\n"
+              "def iris(**k):\n"
+              "    print('loading', flush=True)\n"
+              "    try:\n"
+              "        time.sleep(30)\n"
+              "    except KeyboardInterrupt as stop:\n"
+              "        raise ImportError('initialization failed') from stop\n"
+              "d.iris = iris\n"
+              "sys.argv = ['lossbench', 'train', 'dataset=iris', 'trainer=smoke', "
+              "'print_config=false', 'hydra.run.dir=outputs/run']\n"
+              "from lossbench.cli import console_main; console_main()\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "loading"
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "initialization failed" not in err
+    assert err.strip() == "lossbench: stopped by Ctrl-C before the run started; nothing was written"
+    assert "cache stats" not in out + err
+    assert not (tmp_path / "outputs").exists()
+
+
 def test_a_value_list_without_m_says_to_add_it(cli):
     proc = cli("train", "loss=ce,gce")
     assert proc.returncode == 2

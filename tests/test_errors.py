@@ -50,6 +50,54 @@ def test_a_signal_that_stops_at_once_exits_128_plus_its_number():
     assert exit_report(Stopped(signal.SIGINT)) == ("stopped by Ctrl-C", 130)
 
 
+def _initialisation_failed_by(stop: BaseException) -> ImportError:
+    """What a compiled module's import raises when a signal arrives while it initialises (seen
+    with Ctrl-C during start-up: scipy's `ImportError: initialization failed`, raised from the
+    stop)."""
+    try:
+        try:
+            raise stop
+        except KeyboardInterrupt as interrupted:
+            raise ImportError("initialization failed") from interrupted
+    except ImportError as err:
+        return err
+
+
+def test_an_import_that_a_stop_signal_broke_is_reported_as_that_stop():
+    import signal
+
+    from lossbench.errors import Stopped, stopped_by
+
+    broken = _initialisation_failed_by(Stopped(signal.SIGINT))
+    assert exit_report(broken) == ("stopped by Ctrl-C", 130)
+    assert exit_report(_initialisation_failed_by(Stopped(signal.SIGTERM))) == (
+        "stopped by SIGTERM", 143)
+    assert exit_report(_initialisation_failed_by(KeyboardInterrupt())) == ("stopped by Ctrl-C", 130)
+    # an import error of its own keeps its traceback, as does one merely raised near a stop
+    assert stopped_by(ImportError("no module named x")) is None
+    assert exit_report(ImportError("no module named x")) is None
+
+
+def test_a_sweep_job_broken_by_a_stop_signal_stops_and_is_not_recorded_as_failed():
+    import signal
+
+    from lossbench.errors import Stopped
+    from lossbench.experiment.sweep import _run_stoppable
+
+    def run(cfg):
+        raise _initialisation_failed_by(Stopped(signal.SIGTERM))
+
+    with pytest.raises(Stopped) as caught:
+        _run_stoppable(run, None, None)
+    assert caught.value.exit_code == 143
+
+    def bug(cfg):
+        raise ImportError("no module named x")
+
+    with pytest.raises(ImportError):  # not a stop: the job fails as before
+        _run_stoppable(bug, None, None)
+
+
 def test_composition_errors_are_user_errors_only_while_composing():
     err = composition_error("optimizer=adamm")
     line, status = exit_report(err, composing=True)

@@ -21,7 +21,7 @@ from lossbench.results.files import discard_empty_folders
 from lossbench.results.folder_lock import LOCK_FILE, FolderLock
 from lossbench.errors import (Diverged, Interrupted, UserError, config_mistake, debug_requested,
                               exit_report, instantiation_mistake, report, stop_name,
-                              storage_fault)
+                              stopped_by, storage_fault)
 
 register_schemas()  # conf/config.yaml's defaults list starts with the typed schema
 register_job_dir_resolver()  # hydra.sweep.subdir names each job's folder by its overrides
@@ -245,9 +245,10 @@ def _train(cfg: DictConfig) -> float | None:
             # a user error, or Ctrl-C outside the training loop (which stops after its step
             # and raises Interrupted): nothing worth keeping was written
             _discard_empty_run_dir(output_dir, user_dir)
-        if isinstance(err, KeyboardInterrupt) and not isinstance(err, Interrupted):
+        stop = stopped_by(err)  # also an import that the stop broke
+        if stop is not None and not isinstance(stop, Interrupted):
             # a stop during start-up: say what is left (nothing, a checkpoint, some files)
-            line = interrupted_message(output_dir, getattr(err, "signum", signal.SIGINT))
+            line = interrupted_message(output_dir, getattr(stop, "signum", signal.SIGINT))
         elif storage_fault(err) is not None:
             line += continue_hint(Path(cfg.get("resume") or output_dir))
         sys.exit(report(line, status))

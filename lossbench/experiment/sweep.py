@@ -33,7 +33,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from lossbench.errors import Interrupted, Stopped, UserError, debug_requested, exit_report
+from lossbench.errors import (Interrupted, Stopped, UserError, debug_requested, exit_report,
+                              stopped_by)
 from lossbench.experiment import sweep_folder
 from lossbench.experiment.sweep_checks import StopBeforeStart
 from lossbench.experiment.sweep_folder import (LOCK_FILE, STOP_FLAG, flag_stop, job_status,
@@ -154,6 +155,19 @@ def run_sweep_job(cfg: DictConfig, hydra_cfg: DictConfig,
         lock.release()
 
 
+def _run_stoppable(run: Callable[..., float], cfg: DictConfig,
+                   resume: dict[str, Any] | None) -> float:
+    """`run`, with an error that a stop signal caused (`errors.stopped_by`) raised as that stop,
+    so that the job is stopped, not recorded as failed."""
+    try:
+        return run(cfg, resume) if resume is not None else run(cfg)
+    except Exception as err:
+        stop = stopped_by(err)
+        if stop is None:
+            raise
+        raise stop from None  # its own traceback: where the signal arrived
+
+
 def _run_locked_job(cfg: DictConfig, hydra_cfg: DictConfig, run: Callable[..., float],
                     choices: Callable[[DictConfig], dict[str, str]], run_dir: Path,
                     sweep_dir: Path, label: str) -> float | None:
@@ -191,7 +205,7 @@ def _run_locked_job(cfg: DictConfig, hydra_cfg: DictConfig, run: Callable[..., f
     if preempt is not None:  # stop like Ctrl-C, with a checkpoint, before giving it to submitit
         checkpoint.EXTRA_STOP_SIGNALS[:] = [preempt]
     try:
-        value = run(cfg, resume) if resume is not None else run(cfg)
+        value = _run_stoppable(run, cfg, resume)
         print(job_line(label, run_dir, time.time() - started), flush=True)
         return value
     except (Interrupted, Stopped) as err:  # Stopped: the warning came during start-up
