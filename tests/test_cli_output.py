@@ -140,46 +140,13 @@ def test_eval_of_a_run_whose_config_is_damaged_or_refused_is_one_line(cli, tmp_p
     assert "os.system" in proc.stderr and len(proc.stderr.splitlines()) == 1
 
 
-def test_ctrl_c_during_start_up_leaves_nothing_and_says_so(tmp_path):
-    """SIGINT while the run starts (before the training loop): no empty run directory, and no
-    promise of a checkpoint."""
+def ctrl_c_while_loading(tmp_path: Path, loader: str) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of `lossbench train dataset=iris` given SIGINT while its
+    data loads: `loader` is Python that defines `iris(**k)`, which prints 'loading' and waits."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("LOSSBENCH_DEBUG", None)
-    # a start-up that takes long enough to interrupt: the data loader sleeps
-    script = ("import time, sys; import lossbench.data.sklearn_datasets as d; f = d.iris; "
-              "d.iris = lambda **k: (print('loading', flush=True), time.sleep(30), f(**k))[2]; "
-              "sys.argv = ['lossbench', 'train', 'dataset=iris', 'trainer=smoke', "
-              "'print_config=false', 'hydra.run.dir=outputs/run']; "
-              "from lossbench.cli import console_main; console_main()")
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "loading"
-    time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert "Traceback" not in err
-    assert err.strip() == "lossbench: stopped by Ctrl-C before the run started; nothing was written"
-    assert not (tmp_path / "outputs").exists()
-
-
-def test_ctrl_c_that_breaks_a_compiled_modules_import_is_still_one_line(tmp_path):
-    """A signal that arrives while a compiled module initialises surfaces as that module's
-    `ImportError: initialization failed`, raised from the stop (scipy's, seen under load); and a
-    library whose import it broke may log at exit. The user still reads one line."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("LOSSBENCH_DEBUG", None)
-    # the data loader imports like a compiled module: a stop while it initialises becomes its
-    # ImportError; and, like a half-imported library, it logs through the root logger at exit
     script = ("import atexit, logging, time, sys; import lossbench.data.sklearn_datasets as d\n"
-              "atexit.register(lambda: logging.getLogger('half.imported').info('cache stats'))\n"
-              "def iris(**k):\n"
-              "    print('loading', flush=True)\n"
-              "    try:\n"
-              "        time.sleep(30)\n"
-              "    except KeyboardInterrupt as stop:\n"
-              "        raise ImportError('initialization failed') from stop\n"
-              "d.iris = iris\n"
+              f"{loader}\nd.iris = iris\n"
               "sys.argv = ['lossbench', 'train', 'dataset=iris', 'trainer=smoke', "
               "'print_config=false', 'hydra.run.dir=outputs/run']\n"
               "from lossbench.cli import console_main; console_main()\n")
@@ -189,7 +156,37 @@ def test_ctrl_c_that_breaks_a_compiled_modules_import_is_still_one_line(tmp_path
     time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    return proc.returncode, out, err
+
+
+def test_ctrl_c_during_start_up_leaves_nothing_and_says_so(tmp_path):
+    """SIGINT while the run starts (before the training loop): no empty run directory, and no
+    promise of a checkpoint."""
+    # a start-up that takes long enough to interrupt: the data loader sleeps
+    status, _, err = ctrl_c_while_loading(tmp_path, (
+        "f = d.iris\n"
+        "iris = lambda **k: (print('loading', flush=True), time.sleep(30), f(**k))[2]"))
+    assert status == 130, err
+    assert "Traceback" not in err
+    assert err.strip() == "lossbench: stopped by Ctrl-C before the run started; nothing was written"
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_ctrl_c_that_breaks_a_compiled_modules_import_is_still_one_line(tmp_path):
+    """A signal that arrives while a compiled module initialises surfaces as that module's
+    `ImportError: initialization failed`, raised from the stop (scipy's, seen under load); and a
+    library whose import it broke may log at exit. The user still reads one line."""
+    # the data loader imports like a compiled module: a stop while it initialises becomes its
+    # ImportError; and, like a half-imported library, it logs through the root logger at exit
+    status, out, err = ctrl_c_while_loading(tmp_path, (
+        "atexit.register(lambda: logging.getLogger('half.imported').info('cache stats'))\n"
+        "def iris(**k):\n"
+        "    print('loading', flush=True)\n"
+        "    try:\n"
+        "        time.sleep(30)\n"
+        "    except KeyboardInterrupt as stop:\n"
+        "        raise ImportError('initialization failed') from stop"))
+    assert status == 130, err
     assert "Traceback" not in err and "initialization failed" not in err
     assert err.strip() == "lossbench: stopped by Ctrl-C before the run started; nothing was written"
     assert "cache stats" not in out + err
