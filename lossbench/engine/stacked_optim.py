@@ -62,6 +62,30 @@ class StackedOptimizer:
                  state: dict[str, dict[str, torch.Tensor]], steps: list[int]) -> None:
         self.kind, self.hyper, self.flags, self.state, self.steps = (kind, hyper, flags, state,
                                                                     steps)
+        self.columns: dict[tuple, torch.Tensor] = {}
+
+    def column(self, key: str, like: torch.Tensor) -> torch.Tensor:
+        """`per_replica` of a hyperparameter, or of a host float torch derives from them
+        (`1 - beta1`, `-lr`, ...), made once: a step would otherwise spend more time building
+        these small tensors than updating a small model."""
+        at = (key, like.dim(), like.dtype, like.device)
+        if at not in self.columns:
+            h = self.hyper
+            derived = {
+                "1 - beta1": lambda: [1 - b for b in h["beta1"]],
+                "1 - beta2": lambda: [1 - b for b in h["beta2"]],
+                "1 - lr * weight_decay": lambda: [1 - lr * wd for lr, wd in
+                                                  zip(h["lr"], h["weight_decay"])],
+                "1 - dampening": lambda: [1 - d for d in h["dampening"]],
+                "-lr": lambda: [-lr for lr in h["lr"]]}
+            values = derived[key]() if key in derived else h[key]
+            self.columns[at] = per_replica(values, like)
+        return self.columns[at]
+
+    def set_hyper(self, key: str, values: Sequence[float]) -> None:
+        """Replica r's `key` (lr, say, as its scheduler set it) becomes `values[r]`."""
+        self.hyper[key] = [float(v) for v in values]
+        self.columns.clear()
 
     @classmethod
     def from_torch(cls, optimizers: Sequence[torch.optim.Optimizer],
@@ -115,50 +139,53 @@ class StackedOptimizer:
 
     def adam(self, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor]) -> None:
         """torch's `_single_tensor_adam` (amsgrad, maximize, capturable off), replica-wise."""
-        h = self.hyper
+        h, col = self.hyper, self.column
         self.steps = [s + 1 for s in self.steps]
         # the scalars torch computes per step in Python floats, one per replica
-        step_size = [lr / (1 - b1 ** s) for lr, b1, s in zip(h["lr"], h["beta1"], self.steps)]
-        bc2_sqrt = [(1 - b2 ** s) ** 0.5 for b2, s in zip(h["beta2"], self.steps)]
+        step_size = torch.tensor([-lr / (1 - b1 ** s) for lr, b1, s in
+                                  zip(h["lr"], h["beta1"], self.steps)], dtype=torch.float64)
+        bc2_sqrt = torch.tensor([(1 - b2 ** s) ** 0.5 for b2, s in zip(h["beta2"], self.steps)],
+                                dtype=torch.float64)
+        first = next(iter(params.values()))
+        step_size, bc2_sqrt = step_size.to(first), bc2_sqrt.to(first)
         decay = any(h["weight_decay"])
         for name, g in grads.items():
             p, st = params[name], self.state[name]
+            shape = (-1, *([1] * (p.dim() - 1)))
             if decay:
                 if self.flags["decoupled"]:
-                    p.mul_(per_replica([1 - lr * wd for lr, wd in zip(h["lr"], h["weight_decay"])], p))
+                    p.mul_(col("1 - lr * weight_decay", p))
                 else:
-                    g = g + per_replica(h["weight_decay"], p) * p  # grad.add(param, alpha=wd)
-            st["exp_avg"].lerp_(g, per_replica([1 - b for b in h["beta1"]], p))
+                    g = g + col("weight_decay", p) * p  # grad.add(param, alpha=wd)
+            st["exp_avg"].lerp_(g, col("1 - beta1", p))
             # exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            st["exp_avg_sq"].mul_(per_replica(h["beta2"], p)).add_(
-                per_replica([1 - b for b in h["beta2"]], p) * g * g)
-            denom = (st["exp_avg_sq"].sqrt() / per_replica(bc2_sqrt, p)).add_(
-                per_replica(h["eps"], p))
+            st["exp_avg_sq"].mul_(col("beta2", p)).add_(col("1 - beta2", p) * g * g)
+            denom = (st["exp_avg_sq"].sqrt() / bc2_sqrt.view(shape)).add_(col("eps", p))
             # param.addcdiv_(exp_avg, denom, value=-step_size)
-            p.add_(per_replica([-s for s in step_size], p) * st["exp_avg"] / denom)
+            p.add_(step_size.view(shape) * st["exp_avg"] / denom)
 
     def sgd(self, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor]) -> None:
         """torch's `_single_tensor_sgd` (maximize off), replica-wise."""
-        h = self.hyper
+        h, col = self.hyper, self.column
         for name, g in grads.items():
             p, st = params[name], self.state[name]
             if any(h["weight_decay"]):
-                g = g + per_replica(h["weight_decay"], p) * p  # grad.add(param, alpha=wd)
+                g = g + col("weight_decay", p) * p  # grad.add(param, alpha=wd)
             if self.flags["momentum"]:
                 buf = st.get("momentum_buffer")
                 if buf is None:
                     buf = st["momentum_buffer"] = g.detach().clone()
                 else:  # buf.mul_(momentum).add_(grad, alpha=1 - dampening)
-                    buf.mul_(per_replica(h["momentum"], p)).add_(
-                        per_replica([1 - d for d in h["dampening"]], p) * g)
-                g = g + per_replica(h["momentum"], p) * buf if self.flags["nesterov"] else buf
-            p.add_(per_replica([-lr for lr in h["lr"]], p) * g)  # param.add_(grad, alpha=-lr)
+                    buf.mul_(col("momentum", p)).add_(col("1 - dampening", p) * g)
+                g = g + col("momentum", p) * buf if self.flags["nesterov"] else buf
+            p.add_(col("-lr", p) * g)  # param.add_(grad, alpha=-lr)
 
     def keep(self, positions: torch.Tensor) -> None:
         """Only the replicas at `positions` (a (R',) index tensor) stay, in that order."""
         at = positions.tolist()
         self.hyper = {k: [v[i] for i in at] for k, v in self.hyper.items()}
         self.steps = [self.steps[i] for i in at]
+        self.columns.clear()
         for st in self.state.values():
             for key, t in st.items():
                 st[key] = t.index_select(0, positions.to(t.device))
