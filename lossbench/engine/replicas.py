@@ -119,6 +119,8 @@ class StackedModel:
         if self.dropouts and rng_states is None:
             raise StackError("a model with dropout stacks only with each replica's random "
                              "stream (rng_states)")
+        # the architecture, to read the shapes dropout sees (`dropout_inputs`)
+        self.template = copy.deepcopy(first) if self.dropouts else None
         self.rng = [s.clone() for s in rng_states] if rng_states is not None else []
         self.mask_shapes: dict[str, tuple[tuple[int, ...], torch.dtype]] | None = None
         self.training = True
@@ -162,30 +164,20 @@ class StackedModel:
 
     def dropout_inputs(self, sample: torch.Tensor) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         """{dropout layer: (its input's shape less the batch axis, dtype)} in the order the
-        forward reaches them, read from an evaluation-mode forward of one sample of replica 0
-        (evaluation: no mask drawn, no running statistic moved)."""
-        module, seen = self.modules_like(), {}
+        forward reaches them, read from an evaluation-mode forward of one sample (evaluation:
+        no mask drawn, no running statistic moved)."""
+        seen: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
 
         def record(name: str, x: torch.Tensor) -> None:
             seen.setdefault(name, (tuple(x.shape[1:]), x.dtype))
 
         hooks = [m.register_forward_pre_hook(lambda _m, args, name=name: record(name, args[0]))
-                 for name, m in module.named_modules() if type(m) is nn.Dropout]
+                 for name, m in self.template.named_modules() if type(m) is nn.Dropout]
         with torch.no_grad():
-            module.eval()(sample)
+            self.template.eval()(sample)
         for h in hooks:
             h.remove()
         return seen
-
-    def modules_like(self) -> nn.Module:
-        """A plain module of the stack's architecture holding replica 0's weights."""
-        module = copy.deepcopy(self.base).to_empty(device=self.device)
-        for name in self.dropouts:
-            parent, _, child = name.rpartition(".")
-            setattr(module.get_submodule(parent) if parent else module, child,
-                    nn.Dropout(self.dropouts[name]))
-        module.load_state_dict(self.replica_state(0))
-        return module
 
     def replica_state(self, r: int) -> dict[str, torch.Tensor]:
         """Replica r's weights and buffers as a plain state_dict (copies), loadable into one of
