@@ -364,3 +364,42 @@ def test_the_refusal_reason_names_the_loss_as_the_launcher_does():
     assert loss_refusal(adversarial(), "adversarial") == "loss adversarial needs the model"
     assert loss_refusal(nn.CrossEntropyLoss(), "ce") is None
     assert issubclass(StackError, ValueError)
+
+
+def test_a_cnn_with_batchnorm_and_dropout_stacks_exactly():
+    """Conv-BatchNorm-ReLU blocks, pooling and dropout (lossbench's CNN) on 8×8 digit images."""
+    from lossbench.models import CNN
+
+    images = digits()[0].view(-1, 1, 8, 8)  # (N, C, H, W)
+    jobs = [Job(seed=s, loss=loss, noise=noise, optimizer=torch.optim.SGD,
+                options=dict(lr=lr, momentum=0.9)) for s, loss, noise, lr in
+            [(0, "ce", 0.0, 0.05), (1, "gce", 0.3, 0.02), (2, "sce", 0.0, 0.05)]]
+
+    def cnn_run(job: Job) -> Built:
+        run = build(job)  # labels, seeds, loss; then the CNN in place of the MLP
+        seed_everything(job.seed)
+        run.model = CNN([1, 8, 8], 10, channels=(4, 8), dropout=0.25)
+        run.rng = random_state(torch.device("cpu"))
+        run.optimizer = torch.optim.SGD(run.model.parameters(), **job.options, foreach=False)
+        return run
+
+    references = []
+    for job in jobs:
+        run = cnn_run(job)
+        for _ in range(2):
+            run.model.train()
+            _, batches = train_batches(Split(y=run.labels, x=images), BATCH, run.generator)
+            train_epoch(run.model, run.loss_fn, run.optimizer, batches)
+        references.append(run)
+    runs = [cnn_run(job) for job in jobs]
+    model = StackedModel([r.model for r in runs], [r.rng for r in runs])
+    optimizer = StackedOptimizer.from_torch([r.optimizer for r in runs], [r.model for r in runs],
+                                            model.params)
+    group = Replicas(model, [r.loss_fn for r in runs], optimizer,
+                     ReplicaBatches(images, torch.stack([r.labels for r in runs]),
+                                    [r.generator for r in runs], BATCH))
+    for _ in range(2):
+        group.train_epoch()
+    group.write_back([r.model for r in runs], [r.optimizer for r in runs])
+    for run, reference in zip(runs, references):
+        assert_same_weights(run.model, reference.model)
