@@ -102,9 +102,11 @@ class StackedModel:
     def __init__(self, modules: Sequence[nn.Module],
                  rng_states: Sequence[torch.Tensor] | None = None) -> None:
         first = modules[0]
-        shapes = {k: v.shape for k, v in first.state_dict().items()}
+        def shapes(m: nn.Module) -> dict[str, torch.Size]:
+            return {k: v.shape for k, v in m.state_dict().items()}
+
         for m in modules[1:]:
-            if type(m) is not type(first) or {k: v.shape for k, v in m.state_dict().items()} != shapes:
+            if type(m) is not type(first) or shapes(m) != shapes(first):
                 raise StackError("replicas of one stack must have one architecture")
         if (reason := model_refusal(first)) is not None:
             raise StackError(reason)
@@ -162,7 +164,8 @@ class StackedModel:
                     drawn[name].append(nn.functional.dropout(ones, self.dropouts[name], True))
         return {f"{name}.mask": torch.stack(m) for name, m in drawn.items()}
 
-    def dropout_inputs(self, sample: torch.Tensor) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    def dropout_inputs(self, sample: torch.Tensor
+                       ) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         """{dropout layer: (its input's shape less the batch axis, dtype)} in the order the
         forward reaches them, read from an evaluation-mode forward of one sample (evaluation:
         no mask drawn, no running statistic moved)."""

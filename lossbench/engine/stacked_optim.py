@@ -97,7 +97,8 @@ class StackedOptimizer:
         kinds = {optimizer_kind(o) for o in optimizers}
         types = {type(o).__name__ for o in optimizers}
         if len(types) > 1:
-            raise StackError(f"replicas of one stack share one optimizer class, not {sorted(types)}")
+            raise StackError("replicas of one stack share one optimizer class, not "
+                             f"{sorted(types)}")
         kind = kinds.pop()
         groups = [o.param_groups[0] for o in optimizers]
         for o, module in zip(optimizers, modules):

@@ -264,7 +264,8 @@ def test_a_stack_resumes_from_the_torch_optimizers_it_wrote_back():
     torch.randperm(600, generator=fresh.generator)  # epoch 1's order, drawn in the stack
     for _ in range(EPOCHS - 1):
         _, batches = train_batches(Split(y=fresh.labels, x=digits()[0]), BATCH, fresh.generator)
-        train_epoch(fresh.model, fresh.loss_fn, fresh.optimizer, batches, grad_clip=jobs[2].grad_clip)
+        train_epoch(fresh.model, fresh.loss_fn, fresh.optimizer, batches,
+                    grad_clip=jobs[2].grad_clip)
     assert_same_weights(fresh.model, references[2][0].model)
 
 
