@@ -216,6 +216,12 @@ def test_dropout_masks_and_batchnorm_statistics_are_each_replicas_own(optimizer,
         assert int(runs[0].model.net[2].num_batches_tracked) == EPOCHS * 10
         assert not torch.equal(runs[0].model.net[2].running_mean,
                                runs[1].model.net[2].running_mean)
+    # evaluation in one stacked forward: running statistics, no dropout, as each module alone
+    x = digits()[0][:50]
+    with torch.no_grad():
+        out = group.model.eval()(x.expand(len(runs), -1, -1))  # (R, 50, 10)
+        for r, run in enumerate(runs):
+            assert relative(out[r], run.model.eval()(x)) <= 1e-12
 
 
 def test_a_replica_taken_out_after_one_epoch_stays_as_it_was_and_the_others_go_on():
