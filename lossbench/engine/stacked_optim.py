@@ -1,0 +1,257 @@
+"""The optimizer step of stacked replicas: Adam, AdamW and SGD over tensors with a leading
+replica axis (R, ...), each replica with its own hyperparameters.
+
+One torch optimizer over stacked tensors cannot give replicas their own learning rate or
+weight decay (param groups split tensors, not slices of them), so the step is written here,
+functionally, following torch's single-tensor implementations (`foreach=False`,
+torch/optim/adam.py `_single_tensor_adam`, sgd.py `_single_tensor_sgd`) operation for
+operation: a scalar there is a (R, 1, ..., 1) tensor here, and the per-step scalars (bias
+corrections, step sizes) are computed on the host in Python floats exactly as torch computes
+them. In float64 a replica's weights then agree with its separate run's to rounding.
+
+Each replica's state comes from, and goes back to, an ordinary torch optimizer over that
+replica's own module (`from_torch`, `write_back`), so a job's checkpoint keeps today's format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+ADAM_STATE = ("exp_avg", "exp_avg_sq")
+
+
+class StackError(ValueError):
+    """What asked to be stacked cannot be trained as stacked replicas exactly as it would be
+    trained alone; the message says why (the launcher prints it and runs the job alone)."""
+
+
+def optimizer_kind(optimizer: torch.optim.Optimizer) -> str:
+    """"adam" (Adam and AdamW: AdamW is Adam with decoupled weight decay) or "sgd"; StackError
+    for an optimizer or an option the stacked step does not reproduce."""
+    if type(optimizer) not in (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD):
+        raise StackError(f"optimizer {type(optimizer).__name__} has no stacked step "
+                         "(Adam, AdamW and SGD have)")
+    if len(optimizer.param_groups) != 1:
+        raise StackError("an optimizer with several parameter groups cannot be stacked")
+    group = optimizer.param_groups[0]
+    for option in ("amsgrad", "maximize", "capturable", "differentiable"):
+        if group.get(option):
+            raise StackError(f"optimizer option {option}=True has no stacked step")
+    return "sgd" if isinstance(optimizer, torch.optim.SGD) else "adam"
+
+
+def per_replica(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
+    """(R,) host floats -> (R, 1, ..., 1) on `like`'s device and dtype, to broadcast over
+    a stacked tensor of `like`'s shape."""
+    t = torch.tensor(list(values), dtype=torch.float64).to(like.device, like.dtype)
+    return t.view(-1, *([1] * (like.dim() - 1)))
+
+
+class StackedOptimizer:
+    """The optimizer state of R replicas, stacked: `state[name][key]` is (R, ...) like the
+    stacked parameter `name`; `hyper[key]` holds one host float per replica (lr, betas, eps,
+    weight decay, momentum, dampening, gradient-clipping norm).
+
+    `step(params)` updates the stacked parameters (leaf tensors whose `.grad` is set) in place.
+    """
+
+    def __init__(self, kind: str, hyper: dict[str, list[float]], flags: dict[str, bool],
+                 state: dict[str, dict[str, torch.Tensor]], steps: list[int]) -> None:
+        self.kind, self.hyper, self.flags, self.state, self.steps = (kind, hyper, flags, state,
+                                                                    steps)
+        self.columns: dict[tuple, torch.Tensor] = {}
+
+    def column(self, key: str, like: torch.Tensor) -> torch.Tensor:
+        """`per_replica` of a hyperparameter, or of a host float torch derives from them
+        (`1 - beta1`, `-lr`, ...), made once: a step would otherwise spend more time building
+        these small tensors than updating a small model."""
+        at = (key, like.dim(), like.dtype, like.device)
+        if at not in self.columns:
+            h = self.hyper
+            derived = {
+                "1 - beta1": lambda: [1 - b for b in h["beta1"]],
+                "1 - beta2": lambda: [1 - b for b in h["beta2"]],
+                "1 - lr * weight_decay": lambda: [1 - lr * wd for lr, wd in
+                                                  zip(h["lr"], h["weight_decay"])],
+                "1 - dampening": lambda: [1 - d for d in h["dampening"]],
+                "-lr": lambda: [-lr for lr in h["lr"]]}
+            values = derived[key]() if key in derived else h[key]
+            self.columns[at] = per_replica(values, like)
+        return self.columns[at]
+
+    def set_hyper(self, key: str, values: Sequence[float]) -> None:
+        """Replica r's `key` (lr, say, as its scheduler set it) becomes `values[r]`."""
+        self.hyper[key] = [float(v) for v in values]
+        self.columns.clear()
+
+    @classmethod
+    def from_torch(cls, optimizers: Sequence[torch.optim.Optimizer],
+                   modules: Sequence[nn.Module], params: dict[str, torch.Tensor],
+                   grad_clip: Sequence[float | None] | None = None) -> StackedOptimizer:
+        """The stacked form of R torch optimizers, optimizer r over exactly the parameters of
+        `modules[r]` in their `named_parameters` order (as `build_training_optimizer` builds
+        it), fresh or loaded from a checkpoint; `params` the stacked parameters."""
+        kinds = {optimizer_kind(o) for o in optimizers}
+        types = {type(o).__name__ for o in optimizers}
+        if len(types) > 1:
+            raise StackError("replicas of one stack share one optimizer class, not "
+                             f"{sorted(types)}")
+        kind = kinds.pop()
+        groups = [o.param_groups[0] for o in optimizers]
+        for o, module in zip(optimizers, modules):
+            if [id(p) for p in o.param_groups[0]["params"]] != [id(p) for p in module.parameters()]:
+                raise StackError("each replica's optimizer must hold exactly its model's "
+                                 "parameters (a loss with parameters of its own cannot stack)")
+        if kind == "adam":
+            hyper = {"lr": [float(g["lr"]) for g in groups],
+                     "beta1": [float(g["betas"][0]) for g in groups],
+                     "beta2": [float(g["betas"][1]) for g in groups],
+                     "eps": [float(g["eps"]) for g in groups],
+                     "weight_decay": [float(g["weight_decay"]) for g in groups]}
+            flags = {"decoupled": same_flag(groups, "decoupled_weight_decay")}
+        else:
+            hyper = {key: [float(g[key]) for g in groups]
+                     for key in ("lr", "momentum", "dampening", "weight_decay")}
+            flags = {"momentum": same_flag(groups, "momentum"),
+                     "nesterov": same_flag(groups, "nesterov")}
+        clip = grad_clip if grad_clip is not None else [None] * len(optimizers)
+        hyper["max_norm"] = [float(c) if c else float("inf") for c in clip]
+        state, steps = torch_state(kind, optimizers, params)
+        return cls(kind, hyper, flags, state, steps)
+
+    def zero_grad(self, params: dict[str, torch.Tensor]) -> None:
+        for p in params.values():
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self, params: dict[str, torch.Tensor]) -> None:
+        """One step of every replica: each one's gradients clipped to its own global norm,
+        then Adam's or SGD's update with its own hyperparameters."""
+        grads = {name: p.grad for name, p in params.items() if p.grad is not None}
+        if any(n != float("inf") for n in self.hyper["max_norm"]):
+            clip_stacked(grads, self.hyper["max_norm"])
+        if self.kind == "adam":
+            self.adam(params, grads)
+        else:
+            self.sgd(params, grads)
+
+    def adam(self, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor]) -> None:
+        """torch's `_single_tensor_adam` (amsgrad, maximize, capturable off), replica-wise."""
+        h, col = self.hyper, self.column
+        self.steps = [s + 1 for s in self.steps]
+        # the scalars torch computes per step in Python floats, one per replica
+        step_size = torch.tensor([-lr / (1 - b1 ** s) for lr, b1, s in
+                                  zip(h["lr"], h["beta1"], self.steps)], dtype=torch.float64)
+        bc2_sqrt = torch.tensor([(1 - b2 ** s) ** 0.5 for b2, s in zip(h["beta2"], self.steps)],
+                                dtype=torch.float64)
+        first = next(iter(params.values()))
+        step_size, bc2_sqrt = step_size.to(first), bc2_sqrt.to(first)
+        decay = any(h["weight_decay"])
+        for name, g in grads.items():
+            p, st = params[name], self.state[name]
+            shape = (-1, *([1] * (p.dim() - 1)))
+            if decay:
+                if self.flags["decoupled"]:
+                    p.mul_(col("1 - lr * weight_decay", p))
+                else:
+                    g = g + col("weight_decay", p) * p  # grad.add(param, alpha=wd)
+            st["exp_avg"].lerp_(g, col("1 - beta1", p))
+            # exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            st["exp_avg_sq"].mul_(col("beta2", p)).add_(col("1 - beta2", p) * g * g)
+            denom = (st["exp_avg_sq"].sqrt() / bc2_sqrt.view(shape)).add_(col("eps", p))
+            # param.addcdiv_(exp_avg, denom, value=-step_size)
+            p.add_(step_size.view(shape) * st["exp_avg"] / denom)
+
+    def sgd(self, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor]) -> None:
+        """torch's `_single_tensor_sgd` (maximize off), replica-wise."""
+        h, col = self.hyper, self.column
+        for name, g in grads.items():
+            p, st = params[name], self.state[name]
+            if any(h["weight_decay"]):
+                g = g + col("weight_decay", p) * p  # grad.add(param, alpha=wd)
+            if self.flags["momentum"]:
+                buf = st.get("momentum_buffer")
+                if buf is None:
+                    buf = st["momentum_buffer"] = g.detach().clone()
+                else:  # buf.mul_(momentum).add_(grad, alpha=1 - dampening)
+                    buf.mul_(col("momentum", p)).add_(col("1 - dampening", p) * g)
+                g = g + col("momentum", p) * buf if self.flags["nesterov"] else buf
+            p.add_(col("-lr", p) * g)  # param.add_(grad, alpha=-lr)
+
+    def keep(self, positions: torch.Tensor) -> None:
+        """Only the replicas at `positions` (a (R',) index tensor) stay, in that order."""
+        at = positions.tolist()
+        self.hyper = {k: [v[i] for i in at] for k, v in self.hyper.items()}
+        self.steps = [self.steps[i] for i in at]
+        self.columns.clear()
+        for st in self.state.values():
+            for key, t in st.items():
+                st[key] = t.index_select(0, positions.to(t.device))
+
+    def write_back(self, optimizers: Sequence[torch.optim.Optimizer],
+                   modules: Sequence[nn.Module]) -> None:
+        """Replica r's state into `optimizers[r]`, keyed by `modules[r]`'s parameters, in the
+        layout torch's own optimizer keeps (so that its `state_dict()` is today's)."""
+        from torch.optim.optimizer import _get_scalar_dtype
+
+        for r, (optimizer, module) in enumerate(zip(optimizers, modules)):
+            for name, p in module.named_parameters():
+                st = self.state[name]
+                if self.kind == "adam":
+                    optimizer.state[p] = {
+                        "step": torch.tensor(float(self.steps[r]), dtype=_get_scalar_dtype()),
+                        **{key: st[key][r].clone() for key in ADAM_STATE}}
+                elif self.flags["momentum"] and "momentum_buffer" in st:
+                    optimizer.state[p] = {"momentum_buffer": st["momentum_buffer"][r].clone()}
+
+
+def same_flag(groups: list[dict], key: str) -> bool:
+    """A switch that changes which operations the step runs (decoupled weight decay, momentum
+    on or off, Nesterov): one value for the whole stack."""
+    values = {bool(g.get(key)) for g in groups}
+    if len(values) > 1:
+        raise StackError(f"replicas of one stack must agree on optimizer {key} being used")
+    return values.pop()
+
+
+def torch_state(kind: str, optimizers: Sequence[torch.optim.Optimizer],
+                params: dict[str, torch.Tensor]
+                ) -> tuple[dict[str, dict[str, torch.Tensor]], list[int]]:
+    """The stacked state of R torch optimizers: zeros for fresh ones (as their first step would
+    make), their own tensors stacked once they have stepped; a mix cannot stack."""
+    names = list(params)
+    per = [[o.state.get(p, {}) for p in o.param_groups[0]["params"]] for o in optimizers]
+    started = {bool(s[0]) for s in per}
+    if len(started) > 1:
+        raise StackError("replicas of one stack must all start fresh or all resume")
+    state: dict[str, dict[str, torch.Tensor]] = {name: {} for name in names}
+    if not started.pop():
+        if kind == "adam":
+            for name in names:
+                state[name] = {key: torch.zeros_like(params[name]) for key in ADAM_STATE}
+        return state, [0] * len(optimizers)
+    for i, name in enumerate(names):
+        keys = ADAM_STATE if kind == "adam" else ("momentum_buffer",)
+        for key in keys:
+            values = [s[i].get(key) for s in per]
+            if all(v is not None for v in values):
+                state[name][key] = torch.stack([v.detach() for v in values]).to(params[name])
+    steps = [int(s[0]["step"]) if "step" in s[0] else 0 for s in per]
+    return state, steps
+
+
+def clip_stacked(grads: dict[str, torch.Tensor], max_norm: list[float]) -> None:
+    """`torch.nn.utils.clip_grad_norm_` for each replica over its own slices: the norm of the
+    per-parameter norms, scaled by min(max_norm / (norm + 1e-6), 1); an infinite max_norm
+    (no clipping) scales by exactly 1."""
+    grads = list(grads.values())
+    if not grads:
+        return
+    norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), 2, dim=1) for g in grads], 1)
+    total = torch.linalg.vector_norm(norms, 2, dim=1)  # (R,)
+    coef = torch.clamp(per_replica(max_norm, total) / (total + 1e-6), max=1.0)
+    for g in grads:
+        g.mul_(coef.view(-1, *([1] * (g.dim() - 1))).to(g.dtype))
