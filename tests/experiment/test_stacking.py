@@ -64,6 +64,12 @@ def test_two_datasets_are_two_groups():
                                                     ((3, 4, 5), ("seed",))]
 
 
+def test_seeds_of_a_generated_dataset_stack_only_with_its_data_seed_fixed():
+    # moons draws its samples with random_state=${coalesce:${data_seed},${seed}}
+    assert len(grouped("dataset=moons", "seed=0,1")) == 2
+    assert grouped("dataset=moons", "data_seed=7", "seed=0,1") == [Group((0, 1), ("seed",))]
+
+
 def test_different_batch_sizes_split_and_keep_the_sweeps_numbers():
     groups = grouped("seed=0,1", "trainer.batch_size=32,64")
     # job 0: seed 0 batch 32, job 1: seed 0 batch 64, job 2: seed 1 batch 32, ...
