@@ -5,8 +5,8 @@ Jobs that differ only in what each replica of one stacked model can keep as its 
 seeds, its loss, its label noise, its optimizer and scheduler settings: `MAY_DIFFER`) can
 train as one model whose parameters have a leading replica axis. Before anything trains:
 
-- `stack_key(cfg)`: a job's resolved config less `MAY_DIFFER`, plus the head its loss asks of
-  the model; jobs of equal keys stack. The list names what *may* differ, so a config key
+- `stack_key(cfg)`: a job's resolved config less `MAY_DIFFER`, plus what its loss asks the
+  model to output; jobs of equal keys stack. The list names what *may* differ, so a config key
   added later must be equal until someone says otherwise;
 - `group_jobs(jobs, configs, ...)`: the sweep's jobs as `Group`s, each stacked (two or more
   jobs, cut to a cap) or one job alone with why; `Group.line()` is what the sweep prints:
@@ -34,7 +34,8 @@ from lossbench.results.record import resolved_config
 # What may differ between the replicas of one group, as dotted keys of the resolved config:
 # each is left out of the stack key with everything under it; `x.*` leaves out everything
 # under `x` but how it is built, `_target_` and `_partial_` (one optimizer class, one
-# scheduler class per group, their settings per replica). Every other key must be equal, a key added later included.
+# scheduler class per group, their settings per replica). Every other key must be equal, a
+# key added later included.
 MAY_DIFFER = (
     "seed", "data_seed", "train_seed",  # each replica its own generators (run_seeds)
     "loss",  # each replica its own loss module (the model output it needs: in the key)
@@ -98,7 +99,7 @@ def stack_key(cfg: DictConfig, task: str | None = None) -> str:
     return json.dumps(config, sort_keys=True, default=str)
 
 
-def overrides(job: Sequence[str]) -> dict[str, str | None]:
+def override_values(job: Sequence[str]) -> dict[str, str | None]:
     """{key: value} of a job's overrides as the sweep lists them (`+key=v` and `~key` under
     `key`; a deletion has no value)."""
     pairs: dict[str, str | None] = {}
@@ -111,14 +112,14 @@ def overrides(job: Sequence[str]) -> dict[str, str | None]:
 def varied_keys(jobs: Sequence[Sequence[str]]) -> tuple[str, ...]:
     """The override keys whose values differ between these jobs, in the order the sweep names
     them: `('loss', 'seed')` for `loss=ce,gce seed=0,1,2,3,4`."""
-    pairs = [overrides(job) for job in jobs]
+    pairs = [override_values(job) for job in jobs]
     keys = dict.fromkeys(key for one in pairs for key in one)
     return tuple(key for key in keys if len({one.get(key) for one in pairs}) > 1)
 
 
 def loss_label(job: Sequence[str], cfg: DictConfig) -> str:
     """The loss as the user named it: its option (`adversarial`), else its class's name."""
-    return overrides(job).get("loss") or str(cfg.loss._target_).rpartition(".")[2]
+    return override_values(job).get("loss") or str(cfg.loss._target_).rpartition(".")[2]
 
 
 def alone_reason(job: Sequence[str], cfg: DictConfig,

@@ -12,10 +12,9 @@ from hydra.types import RunMode
 from omegaconf import open_dict
 
 from lossbench.experiment.stacking import (MAY_DIFFER, MEMORY_SHARE, Group, group_jobs,
-                                           job_ranges, replica_bytes, replicas_that_fit,
-                                           stack_key)
+                                           job_configs, job_ranges, replica_bytes,
+                                           replicas_that_fit, stack_key)
 from lossbench.experiment.sweep_checks import planned_jobs
-from lossbench.experiment.stacking import job_configs
 
 ALONE_ONLY_ONE = "no other job shares its dataset, model and training settings"
 
@@ -214,7 +213,8 @@ def test_job_ranges_are_compact_and_a_line_fits_a_terminal():
     assert job_ranges(list(range(0, 60, 2)), width=20) == "0, 2, 4, 6, 8, 10, …"
     line = Group(tuple(range(0, 200, 2)), ("loss", "dataset.noise.rate", "seed")).line()
     assert len(line) <= 80 and line.endswith(", …)")
-    assert line.startswith("lossbench: 100 jobs stacked: loss × dataset.noise.rate × seed (jobs 0, 2,")
+    assert line.startswith("lossbench: 100 jobs stacked: loss × dataset.noise.rate × seed "
+                           "(jobs 0, 2,")
     assert Group((4, 5)).line() == "lossbench: 2 jobs stacked (jobs 4, 5)"
 
 
