@@ -227,7 +227,7 @@ def group_jobs(jobs: Sequence[Sequence[str]], configs: Sequence[DictConfig],
                                                        "model and training settings"))
             continue
         cap, source = _group_cap([configs[n] for n in numbers], max_replicas, fits)
-        for chunk in _cut(numbers, cap) if cap is not None else [numbers]:
+        for chunk in _cut(numbers, max(1, cap)) if cap is not None else [numbers]:
             if len(chunk) > 1:
                 groups.append(Group(tuple(chunk), varied_keys([jobs[n] for n in chunk])))
             else:
@@ -246,13 +246,14 @@ def _group_cap(configs: Sequence[DictConfig], max_replicas: int | None,
     memory = min((n for n in fit if n is not None), default=None)
     if memory is not None and (max_replicas is None or memory < max_replicas):
         return max(1, memory), "memory"
-    return (None if max_replicas is None else max(1, max_replicas)), "max_replicas"
+    return max_replicas, "max_replicas"
 
 
 def _cap_reason(cap: int | None, source: str) -> str:
-    if cap == 1:
-        return "max_replicas=1" if source == "max_replicas" else "memory holds one replica"
-    return f"left over by the cap of {cap} replicas per group ({source})"
+    none_stack = cap is not None and cap <= 1
+    if source == "max_replicas":
+        return f"max_replicas={cap}" if none_stack else f"left over by max_replicas={cap}"
+    return "memory holds one replica" if none_stack else f"left over: memory fits {cap} replicas"
 
 
 def job_configs(config: DictConfig, jobs: Sequence[Sequence[str]]) -> list[DictConfig]:

@@ -128,17 +128,20 @@ def test_a_cap_leaves_no_job_alone_where_it_can_and_says_why_where_it_cannot(ten
     assert [len(g.jobs) for g in group_jobs(jobs[:9], configs[:9], max_replicas=4)] == [4, 3, 2]
     by_two = group_jobs(jobs[:5], configs[:5], max_replicas=2)
     assert [g.jobs for g in by_two] == [(0, 1), (2, 3), (4,)]
-    assert by_two[2].line() == ("lossbench: job 4 runs alone: left over by the cap of 2 "
-                                "replicas per group (max_replicas)")
+    assert by_two[2].line() == "lossbench: job 4 runs alone: left over by max_replicas=2"
     assert [g.alone for g in group_jobs(jobs[:2], configs[:2], max_replicas=1)] == [
         "max_replicas=1", "max_replicas=1"]
+    assert group_jobs(jobs[:2], configs[:2], max_replicas=0)[1].alone == "max_replicas=0"
 
 
 def test_the_memory_cap_applies_unless_the_users_is_smaller(ten):
+    jobs, configs = ten
     assert [len(g.jobs) for g in group_jobs(*ten, fits=lambda cfg: 3)] == [3, 3, 2, 2]
     assert [len(g.jobs) for g in group_jobs(*ten, max_replicas=2, fits=lambda cfg: 3)] == [2] * 5
     assert [len(g.jobs) for g in group_jobs(*ten, max_replicas=8, fits=lambda cfg: None)] == [8, 2]
     assert group_jobs(*ten, fits=lambda cfg: 1)[0].alone == "memory holds one replica"
+    assert group_jobs(jobs[:5], configs[:5], fits=lambda cfg: 2)[2].alone == (
+        "left over: memory fits 2 replicas")
 
 
 def test_the_memory_cap_is_that_of_the_groups_largest_replica():
