@@ -86,25 +86,32 @@ def check_job_config(cfg: DictConfig) -> None:
     check_imbalance_used(cfg.dataset.get("imbalance"))
 
 
-def check_every_job(config: DictConfig, jobs: list[list[str]]) -> None:
-    """Compose and check each job's config as its launcher will; the first mistake is a
-    UserError naming that job's overrides, before any job (or folder) is made."""
+def compose_job(config: DictConfig, job: list[str]) -> DictConfig:
+    """One job's config composed as its launcher will, less `hydra`. HydraConfig is left set
+    to the job's (${hydra:...} reads its values); the caller puts the sweep's back."""
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict, read_write
 
+    job_cfg = GlobalHydra.instance().config_loader().load_sweep_config(config, list(job))
+    HydraConfig.instance().set_config(job_cfg)
+    with read_write(job_cfg), open_dict(job_cfg):
+        del job_cfg["hydra"]
+    return job_cfg
+
+
+def check_every_job(config: DictConfig, jobs: list[list[str]]) -> None:
+    """Compose and check each job's config as its launcher will; the first mistake is a
+    UserError naming that job's overrides, before any job (or folder) is made."""
+    from hydra.core.hydra_config import HydraConfig
+
     from lossbench.errors import exit_report
 
-    loader = GlobalHydra.instance().config_loader()
     before = HydraConfig.instance().cfg
     try:
         for job in jobs:
             try:
-                job_cfg = loader.load_sweep_config(config, list(job))
-                HydraConfig.instance().set_config(job_cfg)  # ${hydra:...} as in the job
-                with read_write(job_cfg), open_dict(job_cfg):
-                    del job_cfg["hydra"]
-                check_job_config(job_cfg)
+                check_job_config(compose_job(config, job))
             except Exception as err:
                 from omegaconf.errors import OmegaConfBaseException
 
