@@ -4,16 +4,16 @@ Plain PyTorch, read top to bottom. Per step there is no host synchronisation: ba
 on the device and are summed once per epoch. Its parts live beside it: the batches
 (`engine.batches`), precision and wrappers (`engine.precision`), the selection rule and early
 stopping (`engine.selection`), the per-epoch record (`engine.validation`) and the state a
-checkpoint keeps (`engine.loop_state`).
+checkpoint keeps (`engine.loop_state`), and the bookkeeping around each training pass
+(`engine.course`: validation into the history, early stopping, divergence, checkpoints).
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,14 +22,14 @@ from torch import nn
 from lossbench.data import Splits
 from lossbench.engine import distributed
 from lossbench.engine.batches import train_batches
-from lossbench.engine.checkpoint import capture_rng, restore_rng, training_states
-from lossbench.engine.loop_state import Checkpoints, EpochSoFar, LoopState, copy_state
+from lossbench.engine.checkpoint import capture_rng, restore_rng
+# FitResult is read from here by the workflow: the result of `fit`
+from lossbench.engine.course import Course, FitResult, stop_requested  # noqa: F401
+from lossbench.engine.loop_state import EpochSoFar, LoopState
 from lossbench.engine.optim import scheduler_stepping
 from lossbench.engine.precision import autocast, autocast_dtype, grad_scaler, unwrap
 from lossbench.engine.predict import predict
 from lossbench.engine.progress import EpochProgress
-from lossbench.engine.selection import (EarlyStopping, planned_epochs, selection_rule,
-                                        steps_per_epoch)
 from lossbench.engine.validation import (epoch_record, flipped_training, memorisation,
                                          scores_classes, validation_metrics)
 from lossbench.losses.base import hook, squeeze_output
@@ -158,27 +158,6 @@ class Settings(dict):
 
 
 @dataclass
-class FitResult:
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best_epoch: int = 0
-    best_value: float = float("nan")
-    epochs_run: int = 0
-    stopped_early: bool = False
-    status: str = "completed"  # or "interrupted" (Ctrl-C, SIGTERM), "diverged" (NaN/inf loss)
-    stopped_at: dict[str, Any] | None = None  # epoch and step where it stopped, if it did
-    best_tie: float = float("nan")  # the tie-break metric at the best epoch
-    steps_run: int = 0  # optimizer steps taken (batches of one process)
-    selection: dict[str, Any] = field(default_factory=dict)  # see `selection_rule`
-    # the weights of the last epoch run (the model itself holds the best ones after `fit`)
-    last_state: dict[str, torch.Tensor] | None = None
-    last_loss_state: dict[str, torch.Tensor] | None = None
-
-    def stop(self, status: str, epoch: int, step: int, steps: int, **details: Any) -> None:
-        self.status = status
-        self.stopped_at = {"epoch": epoch, "step": step, "steps": steps, **details}
-
-
-@dataclass
 class Epochs:
     """The work of one epoch, set up once for the whole run by `fit`: train (resuming an epoch
     a checkpoint stopped in), then validate into a history row."""
@@ -254,41 +233,6 @@ class Epochs:
         return row
 
 
-def epoch_means(so_far: EpochSoFar, sums: torch.Tensor) -> tuple[float, dict[str, float]]:
-    """The epoch's mean training loss and mean composite-loss parts over every process: one
-    synchronisation with the device per epoch."""
-    dist = distributed.current()
-    total, count = distributed.all_reduce_sum(sums, dist).tolist()
-    names = sorted(so_far.term_sums)  # a composite loss's parts, averaged like the total
-    totals = (distributed.all_reduce_sum(torch.stack([so_far.term_sums[n] for n in names]),
-                                         dist).tolist() if names else [])
-    return total / max(count, 1), {n: t / max(count, 1) for n, t in zip(names, totals)}
-
-
-def first_bad_step(so_far: EpochSoFar, train_loss: float) -> tuple[int, float]:
-    """(1-based step, its loss) of the first NaN or infinite batch loss of a diverged epoch."""
-    bad = (~torch.isfinite(torch.stack(so_far.losses).float())).nonzero().flatten().tolist()
-    step = bad[0] + 1 if bad else len(so_far)
-    return step, float(so_far.losses[step - 1]) if len(so_far) else train_loss
-
-
-def starting_state(resume: dict[str, Any] | None, run: Epochs, stopping: EarlyStopping
-                   ) -> LoopState:
-    """The state `fit` starts from: a checkpoint's `loop` entry (`resume`) loaded into the early
-    stopping counters and the loss scaler, or a new run's, whose best weights so far are the
-    initial ones."""
-    state = LoopState() if resume is None else LoopState.from_checkpoint(resume, run.device)
-    if resume is not None:
-        stopping.load_state_dict(state.stopping)
-    if run.scaler is not None and state.scaler:
-        run.scaler.load_state_dict(state.scaler)
-    if state.best_state is None:
-        state.keep_best(run.core, run.loss_fn)
-    elif state.best_loss_state is None:  # a checkpoint from before the loss's weights were kept
-        state.best_loss_state = copy_state(run.loss_fn)
-    return state
-
-
 def fit(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
         scheduler: Any, splits: Splits, head: str, trainer: Any, device: torch.device,
         generator: torch.Generator, progress: EpochProgress,
@@ -302,85 +246,23 @@ def fit(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
     its current step, status "interrupted". A NaN or infinite loss ends it, status "diverged"
     (read once per epoch, with the epoch's loss, so the steps cost nothing more). `model` may
     be wrapped (`training_model`): it trains; the plain module inside validates and holds the
-    weights that are kept.
+    weights that are kept. The bookkeeping around each training pass is `Course`'s.
     """
     trainer, dist = Settings.of(trainer), distributed.current()
     run = Epochs(model, loss_fn, optimizer, scheduler, splits, head, trainer, device, generator,
                  progress, stop=stop if not dist.active else None, keep_rng=save is not None)
-    core, selection = run.core, selection_rule(splits.task, trainer, splits.val.y_clean is not None,
-                                               len(splits.val))
-    epochs = planned_epochs(trainer.epochs, selection["min_steps"], steps_per_epoch(
-        len(splits.train), trainer.batch_size, dist.world_size, trainer.get("max_batches")))
-    stopping = EarlyStopping.of(selection, hook(loss_fn, "first_selectable_epoch")(epochs))
-    state = starting_state(resume, run, stopping)
-    result = FitResult(selection=selection, history=state.history, steps_run=state.steps_run,
-                       epochs_run=len(state.history))
-    checkpoints = Checkpoints(save, trainer)
-
-    def snapshot(epoch: int, so_far: EpochSoFar | None = None, epoch_rng: dict | None = None
-                 ) -> LoopState:
-        """The state to resume from: `epoch`, its steps done, RNG at its start and now."""
-        rng, so_far = capture_rng(generator), EpochSoFar() if so_far is None else so_far
-        return LoopState(epoch=epoch, batch=len(so_far), epoch_rng=epoch_rng or rng, rng=rng,
-                         so_far=so_far, history=result.history, stopping=stopping.state_dict(),
-                         best_state=state.best_state, best_loss_state=state.best_loss_state,
-                         scaler=run.scaler.state_dict() if run.scaler else None)
-
-    for epoch in range(state.epoch, epochs + 1):
+    course = Course(run, progress, on_epoch, resume, save)
+    state = course.state
+    for epoch in range(state.epoch, course.epochs + 1):
         start = time.perf_counter()
-        model.train()
-        hook(loss_fn, "on_epoch_start")(epoch, epochs)
+        course.begin(epoch)
         resumed = state if resume is not None and epoch == state.epoch else None
         num_batches, so_far, epoch_rng, sums = run.train(epoch, resumed)
         if run.stop is not None and run.stop.requested and len(so_far) < num_batches:
-            checkpoints.mid_epoch(lambda: snapshot(epoch, so_far, epoch_rng))
-            result.stop("interrupted", epoch, len(so_far), num_batches)
+            course.checkpoints.mid_epoch(lambda: course.snapshot(epoch, so_far, epoch_rng))
+            course.result.stop("interrupted", epoch, len(so_far), num_batches)
             break
-        train_loss, terms = epoch_means(so_far, sums)
-        if not math.isfinite(train_loss):  # NaN or inf: keep the last good checkpoint, stop
-            step, loss = first_bad_step(so_far, train_loss)
-            result.stop("diverged", epoch, step, num_batches, loss=loss, phase="train")
-            checkpoints.diverged()
+        if not course.end_epoch(epoch, start, num_batches, so_far, sums,
+                                lambda: stop_requested(stop)):
             break
-        result.steps_run += num_batches
-        row = run.validate(epoch, train_loss, terms, result.steps_run)
-        row["seconds"] = time.perf_counter() - start
-        result.history.append(row)
-        result.epochs_run = epoch
-        progress.end_epoch(row)
-        if on_epoch is not None:
-            on_epoch(row)
-        if not math.isfinite(row["val_loss"]):  # broken weights
-            result.stop("diverged", epoch, num_batches, num_batches, loss=row["val_loss"],
-                        phase="validation")
-            checkpoints.diverged()
-            break
-        verdict = stopping.observe(epoch, row, result.steps_run)
-        if verdict == "best":
-            state.keep_best(core, loss_fn)
-        elif verdict == "stop":
-            # patience running out on the budget's last epoch stops nothing early
-            result.stopped_early = epoch < epochs
-            break
-        stopping_now = stop is not None and bool(
-            distributed.broadcast_object(bool(stop.requested), dist) if dist.active
-            else stop.requested)
-        if epoch < epochs:  # the last epoch needs no checkpoint: the run completes
-            checkpoints.epoch_end(epoch, lambda: snapshot(epoch + 1), lambda: training_states(
-                core, loss_fn, optimizer, scheduler, clone=True), stopping_now)
-            if stopping_now:
-                result.stop("interrupted", epoch + 1, 0, num_batches)
-                break
-    if resume is not None and state.epoch > epochs:  # resumed after training had ended
-        result.stopped_early = len(result.history) < epochs
-    elif result.status == "completed" and save is not None:
-        # Training is over: its end goes to disk before the run tests and writes its results,
-        # so that a run stopped then (a full disk, kill -9) finishes them with `resume=`, which
-        # trains no further. The run deletes the checkpoint once its record is written.
-        save(snapshot(epochs + 1).to_checkpoint())
-    result.best_epoch, result.best_value, result.best_tie = (
-        stopping.best_epoch, stopping.best_value, stopping.best_tie)
-    result.last_state, result.last_loss_state = copy_state(core), copy_state(loss_fn)
-    core.load_state_dict(state.best_state)
-    loss_fn.load_state_dict(state.best_loss_state)
-    return result
+    return course.finish()
