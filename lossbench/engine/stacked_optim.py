@@ -105,22 +105,25 @@ class StackedOptimizer:
             if [id(p) for p in o.param_groups[0]["params"]] != [id(p) for p in module.parameters()]:
                 raise StackError("each replica's optimizer must hold exactly its model's "
                                  "parameters (a loss with parameters of its own cannot stack)")
+        hyper = torch_hyper(kind, groups)
         if kind == "adam":
-            hyper = {"lr": [float(g["lr"]) for g in groups],
-                     "beta1": [float(g["betas"][0]) for g in groups],
-                     "beta2": [float(g["betas"][1]) for g in groups],
-                     "eps": [float(g["eps"]) for g in groups],
-                     "weight_decay": [float(g["weight_decay"]) for g in groups]}
             flags = {"decoupled": same_flag(groups, "decoupled_weight_decay")}
         else:
-            hyper = {key: [float(g[key]) for g in groups]
-                     for key in ("lr", "momentum", "dampening", "weight_decay")}
             flags = {"momentum": same_flag(groups, "momentum"),
                      "nesterov": same_flag(groups, "nesterov")}
         clip = grad_clip if grad_clip is not None else [None] * len(optimizers)
         hyper["max_norm"] = [float(c) if c else float("inf") for c in clip]
         state, steps = torch_state(kind, optimizers, params)
         return cls(kind, hyper, flags, state, steps)
+
+    def follow(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:
+        """Each replica's hyperparameters as its torch optimizer holds them now
+        (`optimizers[r]` for position r): a torch scheduler stepped on that optimizer moved its
+        lr (OneCycleLR its momentum too), and the stack steps with the new values."""
+        hyper = torch_hyper(self.kind, [o.param_groups[0] for o in optimizers])
+        for key, values in hyper.items():
+            if values != self.hyper[key]:
+                self.set_hyper(key, values)
 
     def zero_grad(self, params: dict[str, torch.Tensor]) -> None:
         for p in params.values():
@@ -206,6 +209,18 @@ class StackedOptimizer:
                         **{key: st[key][r].clone() for key in ADAM_STATE}}
                 elif self.flags["momentum"] and "momentum_buffer" in st:
                     optimizer.state[p] = {"momentum_buffer": st["momentum_buffer"][r].clone()}
+
+
+def torch_hyper(kind: str, groups: Sequence[dict]) -> dict[str, list[float]]:
+    """{hyperparameter: one host float per replica} of torch optimizers' param groups."""
+    if kind == "adam":
+        return {"lr": [float(g["lr"]) for g in groups],
+                "beta1": [float(g["betas"][0]) for g in groups],
+                "beta2": [float(g["betas"][1]) for g in groups],
+                "eps": [float(g["eps"]) for g in groups],
+                "weight_decay": [float(g["weight_decay"]) for g in groups]}
+    return {key: [float(g[key]) for g in groups]
+            for key in ("lr", "momentum", "dampening", "weight_decay")}
 
 
 def same_flag(groups: list[dict], key: str) -> bool:
