@@ -69,6 +69,7 @@ class Job:
     model: dict = field(default_factory=dict)  # MLP options (cnn=True: lossbench's CNN)
     trainer: dict = field(default_factory=dict)  # over TRAINER
     scheduler: tuple | None = None  # (class, options)
+    make_loss: type | None = None  # a loss of the test's own, in place of conf/loss/<loss>
 
 
 def splits_of(job: Job, images: bool) -> Splits:
@@ -95,7 +96,8 @@ def build(job: Job, saves: list | None = None) -> ReplicaRun:
     images = bool(job.model.get("cnn"))
     splits = splits_of(job, images)
     seed_everything(job.seed)
-    loss_fn = instantiate(OmegaConf.load(CONF / "loss" / f"{job.loss}.yaml"))
+    loss_fn = (job.make_loss() if job.make_loss is not None
+               else instantiate(OmegaConf.load(CONF / "loss" / f"{job.loss}.yaml")))
     options = {k: v for k, v in job.model.items() if k != "cnn"}
     model = CNN([1, 8, 8], 10, **options) if images else MLP([64], 10, **options)
     optimizer = job.optimizer(model.parameters(), lr=job.lr, **job.options, foreach=False)
@@ -237,6 +239,44 @@ def test_a_diverging_replica_leaves_and_the_others_go_on_as_their_separate_runs(
     assert math.isnan(results[1].stopped_at["loss"])
     assert results[0].epochs_run == 4 and results[1].epochs_run == 0
     assert [len(s) for s in saves] == [4, 0, 4]  # it diverged before its first checkpoint
+
+
+class Switched(nn.Module):
+    """Cross-entropy with the epoch hooks lossbench calls: its weights are selectable from
+    epoch 3 on (`first_selectable_epoch`), and from epoch `nan_from` on (`on_epoch_start`) its
+    loss is NaN, a divergence at a known epoch."""
+
+    def __init__(self, nan_from: int | None = None) -> None:
+        super().__init__()
+        self.nan_from, self.epoch = nan_from, 0
+
+    def on_epoch_start(self, epoch: int, epochs: int) -> None:
+        self.epoch = epoch
+
+    def first_selectable_epoch(self, epochs: int) -> int:
+        return 3
+
+    def forward(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = nn.functional.cross_entropy(out, y)
+        return loss * math.nan if self.nan_from and self.epoch >= self.nan_from else loss
+
+
+def test_each_replicas_epoch_hooks_and_a_later_divergence_with_its_last_good_checkpoint():
+    """Checkpoints kept in memory (none due by the clock) until one replica diverges at epoch
+    3: it writes its epoch-2 state, as its separate run does, and the others go on."""
+    trainer, model = dict(checkpoint_every=0, epochs=5), dict(dropout=0.2)
+    jobs = [Job(seed=0, loss="switched", make_loss=Switched, trainer=trainer, model=model),
+            Job(seed=1, loss="nan-at-3", make_loss=functools.partial(Switched, 3),
+                trainer=trainer, model=model),
+            Job(seed=2, loss="ce", noise=0.2, trainer=trainer, model=model)]
+    results, _, saves = check_group(jobs, checkpoints=True)
+    assert [r.status for r in results] == ["completed", "diverged", "completed"]
+    assert results[1].stopped_at == {"epoch": 3, "step": 1, "steps": 10, "loss": results[1]
+                                     .stopped_at["loss"], "phase": "train"}
+    assert results[1].epochs_run == 2 and results[1].best_epoch == 0  # none selectable yet
+    assert results[0].best_epoch >= 3 and results[2].best_epoch >= 1
+    assert [len(s) for s in saves] == [1, 1, 1]  # the end of training; the last good state
+    assert saves[1][0]["loop"]["epoch"] == 3 and saves[0][0]["loop"]["epoch"] == 6
 
 
 @pytest.mark.parametrize("scheduler", [
