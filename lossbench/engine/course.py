@@ -109,8 +109,8 @@ class Course:
                                         len(splits.val))
         self.epochs = planned_epochs(trainer.epochs, self.selection["min_steps"], steps_per_epoch(
             len(splits.train), trainer.batch_size, dist.world_size, trainer.get("max_batches")))
-        self.stopping = EarlyStopping.of(self.selection, hook(run.loss_fn, "first_selectable_epoch")(
-            self.epochs))
+        first = hook(run.loss_fn, "first_selectable_epoch")(self.epochs)
+        self.stopping = EarlyStopping.of(self.selection, first)
         self.state = state = starting_state(resume, run, self.stopping)
         self.result = FitResult(selection=self.selection, history=state.history,
                                 steps_run=state.steps_run, epochs_run=len(state.history))

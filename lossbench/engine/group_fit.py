@@ -157,9 +157,9 @@ class Group:
     @contextmanager
     def own_rng(self, j: int, position: int | None) -> Iterator[None]:
         """The process's generators set to run j's (its dropout stream from the stack's
-        `position`), their advance kept; the process's own put back after."""
+        `position`), their advance kept (`fit_replicas` puts the process's own back at the
+        end)."""
         generator = self.runs[j].generator
-        outside = capture_rng(generator)
         restore_rng({**self.rng[j], "generator": generator.get_state()}, generator)
         stream = self.group.model.rng if self.group is not None else None
         if position is not None:
@@ -170,7 +170,6 @@ class Group:
             if position is not None:
                 stream[position] = random_state(self.device)
             self.rng[j] = capture_rng(generator)
-            restore_rng(outside, generator)
 
     def finish(self, j: int, position: int | None) -> None:
         with self.own_rng(j, position):
@@ -188,19 +187,24 @@ class Group:
         self.group.optimizer.follow(self.optimizers())
 
     def train_epoch(self, stop: Any) -> None:
-        """One epoch of every replica in the stack, and each one's bookkeeping after it."""
+        """One epoch of every replica in the stack, and each one's bookkeeping after it; the
+        next epoch's `begin` ends the bookkeeping of a replica that goes on (nothing of it
+        happens in between: this saves swapping its generators in twice)."""
         group, start = self.group, time.perf_counter()
         trainer = Settings.of(self.runs[group.ids[0]].trainer)
         n = steps_per_epoch(len(group.batches.x), trainer.batch_size, 1,
                             trainer.get("max_batches"))
-        for i, j in enumerate(group.ids):
-            with self.own_rng(j, i):
-                self.courses[j].begin(self.epoch[j])
+        for j in group.ids:
             self.courses[j].progress.start_epoch(self.epoch[j], n)
         per_batch = any(self.courses[j].run.per_batch for j in group.ids)
         batch_losses: list[torch.Tensor] = []  # (R,) per step
         sums = group.train_epoch(self.on_batch if per_batch else None, batch_losses)
-        group.write_back([r.model for r in self.runs], [r.optimizer for r in self.runs])
+        modules = [self.runs[j].model for j in group.ids]
+        group.model.write_back(modules)  # to validate, keep, test
+        # the torch optimizers are read by checkpoints and by whoever takes a run that ends
+        saving = any(self.runs[j].save is not None for j in group.ids)
+        if saving:
+            group.optimizer.write_back(self.optimizers(), modules)
         stopping = once(lambda: stop is not None and bool(stop.requested))  # one for all
         total = len(group.batches.x)
         sizes = [min(trainer.batch_size, total - b * trainer.batch_size) for b in range(n)]
@@ -210,11 +214,15 @@ class Group:
             course = self.courses[j]
             with self.own_rng(j, i):
                 going = course.end_epoch(self.epoch[j], start, n, so_far, sums[i], stopping)
-            if going and self.epoch[j] < course.epochs:
-                staying.append(i)
-            else:
-                self.finish(j, i)
+                if going and self.epoch[j] < course.epochs:
+                    staying.append(i)
+                    course.begin(self.epoch[j] + 1)
             self.epoch[j] += 1
+        if len(staying) < len(group.ids) and not saving:
+            group.optimizer.write_back(self.optimizers(), modules)
+        for i, j in enumerate(group.ids):
+            if i not in staying:
+                self.finish(j, i)
         if not staying:
             group.ids = []
             return
@@ -268,13 +276,19 @@ def fit_replicas(runs: Sequence[ReplicaRun], device: torch.device, stop: Any = N
         return []
     if (reason := group_refusal(runs)) is not None:
         raise StackError(reason)
-    state = Group(runs, device)
-    training = [j for j, c in enumerate(state.courses) if state.epoch[j] <= c.epochs]
-    for j in set(range(len(runs))) - set(training):  # resumed after training had ended
-        state.finish(j, None)
-    if training:
-        state.group = state.stack(training)
-        state.group.optimizer.follow(state.optimizers())
-    while state.group is not None and state.group.ids:
-        state.train_epoch(stop)
+    state, outside = Group(runs, device), torch.Generator()
+    process_rng = capture_rng(outside)
+    try:
+        training = [j for j, c in enumerate(state.courses) if state.epoch[j] <= c.epochs]
+        for j in set(range(len(runs))) - set(training):  # resumed after training had ended
+            state.finish(j, None)
+        if training:
+            state.group = state.stack(training)
+            for i, j in enumerate(training):
+                with state.own_rng(j, i):
+                    state.courses[j].begin(state.epoch[j])
+        while state.group is not None and state.group.ids:
+            state.train_epoch(stop)
+    finally:
+        restore_rng(process_rng, outside)
     return state.results

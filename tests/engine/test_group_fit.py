@@ -183,7 +183,9 @@ def check_group(jobs: list[Job], checkpoints: bool = False):
                   for r, job in enumerate(jobs)]
     group_saves = [[] for _ in jobs]
     runs = [build(job, group_saves[r] if checkpoints else None) for r, job in enumerate(jobs)]
+    process_rng = torch.get_rng_state()
     results = fit_replicas(runs, CPU)
+    assert torch.equal(torch.get_rng_state(), process_rng)  # the replicas' draws are their own
     for r, (result, run) in enumerate(zip(results, runs)):
         assert_same_fit(result, run, *references[r], f"replica {r}")
         if checkpoints:
