@@ -3,7 +3,7 @@ with `engine.loop.fit` against the same seeds as one stack with `engine.group_fi
 side by side in one process.
 
 Every run is made by lossbench's own workflow, as a launcher would make it: the default config
-composed with `seed=<s> data_seed=0` (one split for all, as a stack needs: digits, 60/20/20
+composed with `seed=<s> data_seed=0` (one split for all, one copy in the stack: digits, 60/20/20
 split, MLP 64-128-64-10, Adam lr 1e-3 on torch's fused kernel where the device has one, batch
 128, cross-entropy, float32), then
 `experiment.workflow.prepare` and `build`. The budget is the default one (epochs: auto, 50 here;
@@ -99,7 +99,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="write the figures as JSON here")
     parser.add_argument("overrides", nargs="*", default=["data_seed=0"],
                         help="config overrides for every run (default data_seed=0: the seeds "
-                             "vary the training only; a stack trains on one split)")
+                             "vary the training only, on one split)")
     args = parser.parse_args()
     clock = CLOCKS[args.clock]
     torch.set_num_threads(1)

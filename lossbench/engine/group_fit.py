@@ -106,10 +106,16 @@ def group_refusal(runs: Sequence[ReplicaRun]) -> str | None:
         for key in SHARED_SETTINGS:
             if trainer.get(key) != first.get(key):
                 return f"replicas of one stack share trainer.{key}"
-        other = run.splits.train.x
-        if other is not x and (other.shape != x.shape or not torch.equal(other, x)):
-            return "replicas of one stack train on the same samples"
+        if run.splits.train.x.shape != x.shape:
+            return "replicas of one stack train on as many samples of one shape"
     return None
+
+
+def shared_samples(runs: Sequence[ReplicaRun]) -> bool:
+    """Whether every run trains on the same samples (one data seed): then the stack reads one
+    copy of them; otherwise each replica its own (R, N, ...)."""
+    x = runs[0].splits.train.x
+    return all(r.splits.train.x is x or torch.equal(r.splits.train.x, x) for r in runs[1:])
 
 
 def dropout_stream(rng: dict[str, Any], device: torch.device) -> torch.Tensor:
@@ -143,10 +149,12 @@ class Group:
             [r.optimizer for r in runs], modules, model.params,
             [Settings.of(r.trainer).get("grad_clip") for r in runs])
         trainer = Settings.of(runs[0].trainer)
-        batches = ReplicaBatches(runs[0].splits.train.x,
-                                 torch.stack([r.splits.train.y for r in runs]),
+        shared = shared_samples(runs)
+        x = (runs[0].splits.train.x if shared
+             else torch.stack([r.splits.train.x for r in runs]))  # (N, ...) or (R, N, ...)
+        batches = ReplicaBatches(x, torch.stack([r.splits.train.y for r in runs]),
                                  [r.generator for r in runs], trainer.batch_size,
-                                 trainer.get("max_batches"))
+                                 trainer.get("max_batches"), shared_x=shared)
         group = Replicas(model, [r.loss_fn for r in runs], optimizer, batches,
                          [r.name or type(r.loss_fn).__name__ for r in runs])
         group.ids = list(ids)
@@ -192,7 +200,7 @@ class Group:
         happens in between: this saves swapping its generators in twice)."""
         group, start = self.group, time.perf_counter()
         trainer = Settings.of(self.runs[group.ids[0]].trainer)
-        n = steps_per_epoch(len(group.batches.x), trainer.batch_size, 1,
+        n = steps_per_epoch(group.batches.n, trainer.batch_size, 1,
                             trainer.get("max_batches"))
         for j in group.ids:
             self.courses[j].progress.start_epoch(self.epoch[j], n)
@@ -206,7 +214,7 @@ class Group:
         if saving:
             group.optimizer.write_back(self.optimizers(), modules)
         stopping = once(lambda: stop is not None and bool(stop.requested))  # one for all
-        total = len(group.batches.x)
+        total = group.batches.n
         sizes = [min(trainer.batch_size, total - b * trainer.batch_size) for b in range(n)]
         staying = []
         for i, j in enumerate(group.ids):

@@ -209,37 +209,46 @@ class ReplicaBatches:
     run draws from its own generator (`engine.batches.epoch_order`, seeded as that run seeds
     it) and its own labels (noisy labels differ per replica).
 
-    `x`: (N, ...) samples shared by all; `labels`: (R, N), or (N,) for labels shared by all.
+    `x`: (N, ...) samples shared by all, or with `shared_x=False` (R, N, ...) each replica's
+    own (runs whose data seeds draw different splits of one size); `labels`: (R, N), or (N,)
+    for labels shared by all.
     """
 
     def __init__(self, x: torch.Tensor, labels: torch.Tensor,
                  generators: Sequence[torch.Generator], batch_size: int,
-                 max_batches: int | None = None) -> None:
-        self.x, self.generators = x, list(generators)
+                 max_batches: int | None = None, shared_x: bool = True) -> None:
+        self.x, self.generators, self.shared_x = x, list(generators), shared_x
+        self.n = len(x) if shared_x else x.shape[1]  # samples per replica
         self.labels = labels.expand(len(self.generators), -1) if labels.dim() == 1 else labels
-        if self.labels.shape != (len(self.generators), len(x)):
-            raise StackError(f"labels {tuple(labels.shape)} fit neither ({len(x)},) nor "
-                             f"({len(self.generators)}, {len(x)})")
+        if self.labels.shape != (len(self.generators), self.n):
+            raise StackError(f"labels {tuple(labels.shape)} fit neither ({self.n},) nor "
+                             f"({len(self.generators)}, {self.n})")
+        if not shared_x and len(x) != len(self.generators):
+            raise StackError(f"samples {tuple(x.shape)} are not one set per replica")
         self.batch_size, self.max_batches = batch_size, max_batches
 
     def epoch(self) -> tuple[int, Iterator[tuple[torch.Tensor, torch.Tensor]]]:
         """(number of batches, iterator of (x (R, B, ...), y (R, B))) over one epoch, as
         `engine.batches.train_batches` cuts it for each replica (one process, in memory)."""
-        orders = torch.stack([epoch_order(len(self.x), g).to(self.x.device)
+        orders = torch.stack([epoch_order(self.n, g).to(self.x.device)
                               for g in self.generators])  # (R, N)
-        n = -(-len(self.x) // self.batch_size)
+        n = -(-self.n // self.batch_size)
         n = min(n, self.max_batches) if self.max_batches is not None else n
+        rows = torch.arange(len(self.generators), device=self.x.device)[:, None]  # (R, 1)
 
         def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             for b in range(n):
                 idx = orders[:, b * self.batch_size:(b + 1) * self.batch_size]  # (R, B)
-                yield self.x[idx], self.labels.gather(1, idx)
+                x = self.x[idx] if self.shared_x else self.x[rows, idx]  # (R, B, ...)
+                yield x, self.labels.gather(1, idx)
 
         return n, batches()
 
     def keep(self, positions: torch.Tensor) -> None:
         self.generators = [self.generators[i] for i in positions.tolist()]
         self.labels = self.labels.index_select(0, positions.to(self.labels.device))
+        if not self.shared_x:
+            self.x = self.x.index_select(0, positions.to(self.x.device))
 
 
 @dataclass

@@ -43,7 +43,7 @@ TRAINER = dict(epochs=4, batch_size=64, eval_batch_size=512, grad_clip=None,
                checkpoint_every=1, precision=32, devices=1, compile=False)
 
 
-pytestmark = pytest.mark.usefixtures("float64")  # tests/engine/conftest.py
+pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
 
 
 @functools.cache
@@ -70,10 +70,14 @@ class Job:
     trainer: dict = field(default_factory=dict)  # over TRAINER
     scheduler: tuple | None = None  # (class, options)
     make_loss: type | None = None  # a loss of the test's own, in place of conf/loss/<loss>
+    data_seed: int | None = None  # a split of its own: the rows shuffled by this seed
 
 
 def splits_of(job: Job, images: bool) -> Splits:
     x, y = digits()
+    if job.data_seed is not None:
+        rows = np.random.default_rng(job.data_seed).permutation(len(y))
+        x, y = x[rows], y[rows]
     x = torch.tensor(x).view(-1, 1, 8, 8) if images else torch.tensor(x)
     clean = torch.tensor(y)
     noisy = (torch.tensor(symmetric_noise(y, job.noise, 10, np.random.default_rng(job.seed)))
@@ -211,6 +215,14 @@ def test_a_mixed_group_with_dropout_is_its_separate_runs_checkpoints_included():
     assert [s["loop"]["epoch"] for s in saves[0]] == [2, 3, 4, 5]
     # the replicas did differ: a group that mixed them up would not have passed
     assert results[0].history[-1]["val_loss"] != results[3].history[-1]["val_loss"]
+
+
+def test_replicas_with_splits_of_their_own_train_on_their_own_samples():
+    """Data seeds that draw different splits (`-m seed=0,1,2` with `data_seed: null`): each
+    replica reads its own training samples and validates on its own split."""
+    jobs = [replace(job, data_seed=job.seed + 10, model=dict(dropout=0.2)) for job in MIXED[:4]]
+    results, runs, _ = check_group(jobs)
+    assert not torch.equal(runs[0].splits.train.x, runs[1].splits.train.x)
 
 
 def test_a_cnn_with_batchnorm_and_dropout_is_its_separate_runs():
@@ -356,8 +368,9 @@ def mid_epoch(run: ReplicaRun) -> None:
     run.resume = {"batch": 3}
 
 
-def other_samples(run: ReplicaRun) -> None:
-    run.splits.train = Split(x=run.splits.train.x + 1, y=run.splits.train.y)
+def other_shape(run: ReplicaRun) -> None:
+    x = run.splits.train.x
+    run.splits.train = Split(x=torch.cat([x, x[:, :1]], 1), y=run.splits.train.y)
 
 
 def composite(run: ReplicaRun) -> None:
@@ -375,7 +388,7 @@ REFUSALS = {
     "a composite loss": (composite, "composite loss's parts"),
     "another batch size": (lambda run: run.trainer.update(batch_size=32),
                            "share trainer.batch_size"),
-    "other samples": (other_samples, "train on the same samples"),
+    "samples of another shape": (other_shape, "as many samples of one shape"),
     "RMSprop (the engine's own)": (
         lambda run: setattr(run, "optimizer", torch.optim.RMSprop(run.model.parameters())),
         "RMSprop has no stacked step"),

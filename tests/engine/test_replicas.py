@@ -32,7 +32,7 @@ EPOCHS = 3
 CONF = Path(lossbench.__file__).parent / "conf"
 
 
-pytestmark = pytest.mark.usefixtures("float64")  # tests/engine/conftest.py
+pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
 
 
 @functools.cache
