@@ -34,7 +34,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 SETUP_COMMANDS = [
     "python3 -m venv .venv && . .venv/bin/activate && pip install . && lossbench train",
     "python3 -m venv .venv && . .venv/bin/activate && pip install "
-    "'.[test,sweep,study,tensorboard,mlflow,wandb,timm,hf,notebook]' && pytest",
+    "'.[test,sweep,study,tensorboard,mlflow,wandb,timm,hf,notebook]' && pytest -n 2",
 ]
 SMOKE = {"LOSSBENCH_SMOKE": "1"}  # named in the README's "CI smoke runs"
 PRELUDE = "set -euo pipefail\n"
