@@ -259,17 +259,11 @@ def _cap_reason(cap: int | None, source: str) -> str:
 def job_configs(config: DictConfig, jobs: Sequence[Sequence[str]]) -> list[DictConfig]:
     """Each job's config composed as its launcher will (`sweep_checks.compose_job`), resolved
     while ${hydra:...} reads that job's values, less `hydra`: what `group_jobs` compares."""
-    from hydra.core.hydra_config import HydraConfig
+    from lossbench.experiment.sweep_checks import compose_job, hydra_config_kept
 
-    from lossbench.experiment.sweep_checks import compose_job
-
-    before = HydraConfig.instance().cfg
-    try:
+    with hydra_config_kept():
         return [OmegaConf.create(OmegaConf.to_container(compose_job(config, list(job)),
                                                         resolve=True)) for job in jobs]
-    finally:
-        if before is not None:
-            HydraConfig.instance().set_config(before)
 
 
 def optimizer_moments(optimizer: Any) -> int:

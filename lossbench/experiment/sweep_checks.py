@@ -4,6 +4,8 @@ work here. A mistake is one line naming the job's overrides, and nothing is writ
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from omegaconf import DictConfig
 
@@ -86,9 +88,27 @@ def check_job_config(cfg: DictConfig) -> None:
     check_imbalance_used(cfg.dataset.get("imbalance"))
 
 
+@contextmanager
+def hydra_config_kept() -> Iterator[None]:
+    """HydraConfig as it was before the block, afterwards: the sweep's, or unset (then a job's
+    config composed inside must not stay behind for whatever runs next in this process: an
+    in-process `resume=` reads the overrides it holds)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    before = HydraConfig.instance().cfg
+    try:
+        yield
+    finally:
+        if before is not None:
+            HydraConfig.instance().set_config(before)
+        else:
+            HydraConfig.instance().cfg = None
+
+
 def compose_job(config: DictConfig, job: list[str]) -> DictConfig:
     """One job's config composed as its launcher will, less `hydra`. HydraConfig is left set
-    to the job's (${hydra:...} reads its values); the caller puts the sweep's back."""
+    to the job's (${hydra:...} reads its values); the caller puts the sweep's back
+    (`hydra_config_kept`)."""
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict, read_write
@@ -103,12 +123,9 @@ def compose_job(config: DictConfig, job: list[str]) -> DictConfig:
 def check_every_job(config: DictConfig, jobs: list[list[str]]) -> None:
     """Compose and check each job's config as its launcher will; the first mistake is a
     UserError naming that job's overrides, before any job (or folder) is made."""
-    from hydra.core.hydra_config import HydraConfig
-
     from lossbench.errors import exit_report
 
-    before = HydraConfig.instance().cfg
-    try:
+    with hydra_config_kept():
         for job in jobs:
             try:
                 check_job_config(compose_job(config, job))
@@ -123,6 +140,3 @@ def check_every_job(config: DictConfig, jobs: list[list[str]]) -> None:
                 reason = report[0].removeprefix("error: ")
                 raise UserError(f"the sweep's job [{' '.join(job)}] cannot run: {reason}; "
                                 f"no job was started") from None
-    finally:
-        if before is not None:
-            HydraConfig.instance().set_config(before)

@@ -25,8 +25,11 @@ def sweep(*overrides: str):
         config = GlobalHydra.instance().hydra.compose_config(
             "config", list(overrides), run_mode=RunMode.MULTIRUN, with_log_configuration=False)
         HydraConfig.instance().set_config(config)
-        jobs = planned_jobs(config)
-        return jobs, job_configs(config, jobs)
+        try:
+            jobs = planned_jobs(config)
+            return jobs, job_configs(config, jobs)
+        finally:  # nothing of this sweep stays behind for the next test in this process
+            HydraConfig.instance().cfg = None
 
 
 def grouped(*overrides: str, **options):
@@ -245,3 +248,19 @@ def test_replicas_that_fit_keep_to_their_share_of_the_memory(ten):
     assert replicas_that_fit(cfg, (64,), 10, available=int(10 * one / MEMORY_SHARE)) == 10
     assert replicas_that_fit(cfg, (64,), 10, available=one) == 1  # never fewer than one
     assert replicas_that_fit(cfg, (64,), 10) >= 1  # this machine's own memory
+
+
+def test_composing_the_jobs_leaves_no_job_config_behind():
+    """A job's config must not stay in HydraConfig after composing: an in-process `resume=` (the
+    Python API, the tests) reads the overrides it holds and would refuse them as its own."""
+    with initialize_config_module(config_module="lossbench.conf", version_base="1.3"):
+        config = GlobalHydra.instance().hydra.compose_config(
+            "config", ["loss=ce,gce"], run_mode=RunMode.MULTIRUN, with_log_configuration=False)
+        assert HydraConfig.instance().cfg is None
+        configs = job_configs(config, planned_jobs(config))
+        assert [c.loss._target_ for c in configs][0] != configs[1].loss._target_
+        assert HydraConfig.instance().cfg is None
+        HydraConfig.instance().set_config(config)
+        job_configs(config, planned_jobs(config))
+        assert HydraConfig.instance().cfg.hydra.overrides.task == ["loss=ce,gce"]
+        HydraConfig.instance().cfg = None
