@@ -135,11 +135,12 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, loss_fn: torch.
                     optimizer: torch.optim.Optimizer, scheduler: Any, loop: dict[str, Any],
                     config: dict[str, Any], choices: dict[str, str], elapsed_s: float,
                     sync: bool = True, states: dict[str, Any] | None = None,
-                    data_hash: str = "") -> None:
+                    data_hash: str = "", extra: dict[str, Any] | None = None) -> None:
     """Write checkpoint.pt atomically (a temporary file renamed into place), from the live
     modules or from `states` kept earlier (`training_states`). Periodic checkpoints pass
     `sync=False`: flushing to the disk costs several times the write itself, and a process
-    crash leaves the old file or the new one either way."""
+    crash leaves the old file or the new one either way. `extra`: plain keys besides (a
+    stacked group's `unlogged_from`: the first history row no log has seen)."""
     save_torch_atomic(path, {
         "format": FORMAT,
         **(states or training_states(model, loss_fn, optimizer, scheduler)),
@@ -148,6 +149,7 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, loss_fn: torch.
         "choices": choices,
         "elapsed_s": elapsed_s,
         "data_hash": data_hash,
+        **(extra or {}),
     }, sync=sync)
 
 

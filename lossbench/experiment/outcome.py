@@ -22,7 +22,7 @@ from lossbench.data import Splits
 from lossbench.engine import distributed
 from lossbench.engine.checkpoint import CHECKPOINT
 from lossbench.engine.signals import resume_command
-from lossbench.engine.predict import predict, robust_accuracy
+from lossbench.engine.predict import predict, robust_accuracy, score_source
 from lossbench.errors import Diverged, Interrupted, stop_name
 from lossbench.losses.base import hook, needs_class_counts
 from lossbench.results import report as rep
@@ -245,3 +245,44 @@ def config_tree(cfg: DictConfig, picked: dict[str, str] | None = None) -> Tree:
     tree = Tree("[bold]config[/]", guide_style="dim")
     add(tree, data, top=True)
     return tree
+
+
+def run_metrics(run: Any, parts: Any, result: Any, test_at: dict[str, dict[str, Any]],
+                n_test: int, memorised: dict[str, Any] | None,
+                warnings: list[dict[str, Any]]) -> dict[str, Any]:
+    """metrics.json of a completed run: what ran (choices, seeds, budget, selection), its
+    results on the test split for both weights, and what the loss recorded of itself."""
+    splits, trainer, keep = run.splits, run.trainer, run.trainer.get("keep", "best")
+    return {
+        "status": "completed",
+        "task": splits.task,
+        "dataset": splits.name,
+        "choices": run.picked,
+        "seed": run.cfg.seed,
+        "monitor": run.monitor,
+        "mode": run.mode,
+        "best_epoch": result.best_epoch,
+        "best_val": result.best_value,
+        "epochs_run": result.epochs_run,
+        "stopped_early": result.stopped_early,
+        "wall_time_s": run.wall_time(),
+        "num_outputs": parts.num_outputs,
+        "split_sizes": {"train": len(splits.train), "val": len(splits.val), "test": n_test},
+        "test": test_at[keep],  # the headline: the weights model.pt holds
+        "test_at": test_at,
+        "keep": keep,
+        "last_epoch": result.epochs_run,
+        "budget": {"epochs": trainer.epochs, "epochs_run": result.epochs_run,
+                   "steps_run": result.steps_run,
+                   "early_stopping": run.selection["patience"] is not None},
+        "selection": {k: v for k, v in run.selection.items()
+                      if k not in ("column", "tie_column")},
+        "memorisation": memorised,
+        "warnings": warnings,
+        "pairing": run.pairing,
+        "class_scores": None if splits.task == "regression" else score_source(
+            parts.loss_fn, parts.head, parts.num_outputs),
+        "data": splits.info,
+        "config": resolved_config(run.cfg),  # what a resumed sweep compares to skip this job
+        **loss_record(parts.loss_fn, parts.head),
+    }

@@ -48,6 +48,12 @@ from lossbench.results.record import (LOCATION_KEYS, METRICS,  # noqa: F401
                                       resolved_config, write_metrics)
 
 
+# Run directories (str) this process has just trained in a stack (experiment/stacked_sweep.py),
+# with the stack's size: their jobs continue from the stack's checkpoint without a line of their
+# own (the stack's line said it).
+STACKED: dict[str, int] = {}
+
+
 def completed_run(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
     """metrics.json of a run already completed in run_dir for this very config, else None."""
     try:
@@ -181,7 +187,8 @@ def _run_locked_job(cfg: DictConfig, hydra_cfg: DictConfig, run: Callable[..., f
         return done.get("best_val")
     note_job(sweep_dir, run_dir, "ran")
     resume = unfinished_checkpoint(cfg, run_dir)
-    if resume is not None:
+    if resume is not None and STACKED.pop(str(run_dir), None) is None:
+        # (a job its stack trained just now finds its training done: the stack's line said so)
         from lossbench.engine.checkpoint import resume_point
         from lossbench.experiment.sweep_console import shown_path
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,9 +39,9 @@ from lossbench.experiment.builders import (SMOKE_ENV, Schedule, build_loss_and_m
                                            scheduler_config, seed_everything, smoke_limits,
                                            state_hash)
 from lossbench.config.hydra_context import hydra_config, in_sweep
-from lossbench.experiment.outcome import (config_tree, loss_params_line, loss_record,
-                                          memorisation_summary, report_notes, robust_line,
-                                          stop_early, test_report, write_plots, write_record)
+from lossbench.experiment.outcome import (config_tree, loss_params_line, memorisation_summary,
+                                          report_notes, robust_line, run_metrics, stop_early,
+                                          test_report, write_plots, write_record)
 from lossbench.results import report as rep
 from lossbench.results import tracking
 from lossbench.results.files import write_text_atomic
@@ -95,15 +96,17 @@ class Run:
     train_seed: int
     precision: torch.dtype | None  # autocast's dtype; None: float32 throughout
     pairing: dict[str, Any] = field(default_factory=dict)  # what makes runs paired
+    share: float = 1.0  # of the time since `started` that is this run's (1/R in a stack)
 
     @property
     def is_main(self) -> bool:
         return distributed.current().is_main
 
     def wall_time(self) -> float:
-        """Seconds this run has trained, over every resumption."""
+        """Seconds this run has trained, over every resumption; a replica of a stack of R
+        counts 1/R of the stack's time."""
         before = self.resume["elapsed_s"] if self.resume is not None else 0.0
-        return before + time.perf_counter() - self.started
+        return before + (time.perf_counter() - self.started) * self.share
 
 
 @dataclass
@@ -232,32 +235,60 @@ def announce(run: Run, parts: Parts, tracker: Any) -> None:
                   highlight=False)
 
 
+def training_generator(run: Run) -> torch.Generator:
+    """The generator of the run's batch order, seeded with its training seed; the order's hash
+    (a pairing check) is drawn from it first, as every run does before it trains."""
+    device = run.device
+    generator = torch.Generator(device=device if device.type == "cuda" else "cpu")
+    generator.manual_seed(run.train_seed)
+    run.pairing["order_hash"] = order_hash(generator, len(run.splits.train))
+    return generator
+
+
+def checkpoint_writer(run: Run, parts: Parts, stop: StopOnSignal,
+                      extra: dict[str, Any] | None = None) -> Callable[..., None]:
+    """What writes the run's checkpoint.pt for the loop (`save(loop, states=None)`). `extra`:
+    keys the checkpoint carries besides (a stacked group's `unlogged_from`)."""
+    saved_config = resolved_config(run.cfg)
+
+    def save(loop: dict[str, Any], states: dict[str, Any] | None = None) -> None:
+        if run.is_main:  # flushed to the disk when it is the last one (Ctrl-C, SIGTERM)
+            save_checkpoint(run.run_dir / CHECKPOINT, model=parts.model, loss_fn=parts.loss_fn,
+                            optimizer=parts.optimizer, scheduler=parts.schedule.scheduler,
+                            loop=loop, config=saved_config, choices=run.picked,
+                            elapsed_s=run.wall_time(),
+                            sync=stop.requested is not None or states is not None,
+                            states=states, data_hash=run.splits.data_hash, extra=extra)
+
+    return save
+
+
+def unlogged_epochs(run: Run) -> list[dict[str, Any]]:
+    """The history rows of a resumed run that no log or tracker has seen: those a stacked group
+    trained (`experiment.stacked_sweep`), which logs nothing itself. The run logs them before
+    it goes on, so its train.log and tracker hold every epoch as a separate run's do."""
+    if run.resume is None or run.resume.get("unlogged_from") is None:
+        return []
+    return list(run.resume["loop"]["history"][int(run.resume["unlogged_from"]):])
+
+
 def train(run: Run, parts: Parts, tracker: Any, stop: StopOnSignal) -> FitResult:
     """Epochs of train/validate keeping the best weights; checkpoint.pt lets a stopped run go
     on. A run that diverged or was interrupted is recorded and raises (`stop_early`). From here
     a stop signal lets the step end and writes a checkpoint; once training is over it lets the
     run write its results first."""
     device, trainer = run.device, run.trainer
-    generator = torch.Generator(device=device if device.type == "cuda" else "cpu")
-    generator.manual_seed(run.train_seed)
-    run.pairing["order_hash"] = order_hash(generator, len(run.splits.train))
-    saved_config = resolved_config(run.cfg)
-    scheduler = parts.schedule.scheduler
-
-    def save(loop: dict[str, Any], states: dict[str, Any] | None = None) -> None:
-        if run.is_main:  # flushed to the disk when it is the last one (Ctrl-C, SIGTERM)
-            save_checkpoint(run.run_dir / CHECKPOINT, model=parts.model, loss_fn=parts.loss_fn,
-                            optimizer=parts.optimizer, scheduler=scheduler, loop=loop,
-                            config=saved_config, choices=run.picked, elapsed_s=run.wall_time(),
-                            sync=stop.requested is not None or states is not None,
-                            states=states, data_hash=run.splits.data_hash)
-
+    generator = training_generator(run)
+    save = checkpoint_writer(run, parts, stop)
+    for row in unlogged_epochs(run):
+        log.info("epoch %s", row)
+        tracker.log_epoch(row)
     stop.phase = "training"
     with stop, EpochProgress(run.console, trainer.epochs, run.monitor,
                              enabled=run.is_main) as progress:  # no hidden bars on other ranks
         result = fit(training_model(parts.model, device, trainer.get("compile", False)),
-                     parts.loss_fn, parts.optimizer, scheduler, run.splits, parts.head, trainer,
-                     device, generator, progress,
+                     parts.loss_fn, parts.optimizer, parts.schedule.scheduler, run.splits,
+                     parts.head, trainer, device, generator, progress,
                      on_epoch=lambda row: (log.info("epoch %s", row), tracker.log_epoch(row)),
                      resume=run.resume["loop"] if run.resume is not None else None, save=save,
                      stop=stop)
@@ -352,44 +383,3 @@ def report(run: Run, parts: Parts, result: FitResult,
     if params_line:
         console.print(params_line, highlight=False)
     return run_metrics(run, parts, result, test_at, len(pred.y_true), memorised, warnings)
-
-
-def run_metrics(run: Run, parts: Parts, result: FitResult, test_at: dict[str, dict[str, Any]],
-                n_test: int, memorised: dict[str, Any] | None,
-                warnings: list[dict[str, Any]]) -> dict[str, Any]:
-    """metrics.json of a completed run: what ran (choices, seeds, budget, selection), its
-    results on the test split for both weights, and what the loss recorded of itself."""
-    splits, trainer, keep = run.splits, run.trainer, run.trainer.get("keep", "best")
-    return {
-        "status": "completed",
-        "task": splits.task,
-        "dataset": splits.name,
-        "choices": run.picked,
-        "seed": run.cfg.seed,
-        "monitor": run.monitor,
-        "mode": run.mode,
-        "best_epoch": result.best_epoch,
-        "best_val": result.best_value,
-        "epochs_run": result.epochs_run,
-        "stopped_early": result.stopped_early,
-        "wall_time_s": run.wall_time(),
-        "num_outputs": parts.num_outputs,
-        "split_sizes": {"train": len(splits.train), "val": len(splits.val), "test": n_test},
-        "test": test_at[keep],  # the headline: the weights model.pt holds
-        "test_at": test_at,
-        "keep": keep,
-        "last_epoch": result.epochs_run,
-        "budget": {"epochs": trainer.epochs, "epochs_run": result.epochs_run,
-                   "steps_run": result.steps_run,
-                   "early_stopping": run.selection["patience"] is not None},
-        "selection": {k: v for k, v in run.selection.items()
-                      if k not in ("column", "tie_column")},
-        "memorisation": memorised,
-        "warnings": warnings,
-        "pairing": run.pairing,
-        "class_scores": None if splits.task == "regression" else score_source(
-            parts.loss_fn, parts.head, parts.num_outputs),
-        "data": splits.info,
-        "config": resolved_config(run.cfg),  # what a resumed sweep compares to skip this job
-        **loss_record(parts.loss_fn, parts.head),
-    }

@@ -1,0 +1,1 @@
+"""lossbench's Hydra launcher plugin: `hydra/launcher=stacked` (stacked_launcher.py)."""
