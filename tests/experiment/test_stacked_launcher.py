@@ -196,6 +196,34 @@ def test_a_diverging_replica_is_recorded_as_its_separate_run_records_it(tmp_path
     assert sorted(statuses.values()) == ["completed", "failed"]  # a sweep's diverged job
 
 
+def compare_json(cwd: Path, folder: str) -> dict[str, dict]:
+    """`lossbench compare <folder> --format json`: each loss's row."""
+    done = subprocess.run([*lossbench_cmd(), "compare", folder, "--format", "json", "--no-plots"],
+                          cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)["configurations"]
+    return {row["runs"].split("loss=")[1].split(",")[0]: row for row in rows}
+
+
+def test_twenty_jobs_stacked_and_unstacked_agree_through_compare(tmp_path):
+    """Full trainings in float32 (the default budget, early stopping, 40 % label noise): each
+    loss's mean test accuracy over ten seeds, stacked, lies inside the unstacked sweep's 95 %
+    CI, and the other way round (`lossbench compare` on both)."""
+    overrides = ("loss=ce,gce", "seed=" + ",".join(map(str, range(10))),
+                 "dataset.noise.kind=symmetric", "dataset.noise.rate=0.4", "trainer.plots=false")
+    stacked = sweep(tmp_path, "stacked", "hydra/launcher=stacked", *overrides, timeout=900)
+    assert stacked.returncode == 0, stacked.stdout + stacked.stderr
+    assert stacked.stdout.splitlines()[0] == "lossbench: 20 jobs stacked: loss × seed (jobs 0-19)"
+    separate = sweep(tmp_path, "separate", *overrides, timeout=900)
+    assert separate.returncode == 0, separate.stdout + separate.stderr
+    a, b = compare_json(tmp_path, "stacked"), compare_json(tmp_path, "separate")
+    assert a.keys() == b.keys() == {"ce", "gce"}
+    for loss in a:
+        assert a[loss]["n_runs"] == b[loss]["n_runs"] == 10
+        for one, other in ((a[loss], b[loss]), (b[loss], a[loss])):
+            assert other["accuracy_ci95_low"] <= one["accuracy_mean"] <= other["accuracy_ci95_high"]
+
+
 def test_the_launcher_module_imports_no_torch():
     """Hydra imports every plugin module at each start: the launcher's must cost nothing."""
     code = ("import sys, hydra_plugins.lossbench_launcher.stacked_launcher as m; "
