@@ -204,12 +204,18 @@ def _train(members: list[Member], stop: Any, started: float) -> None:
     `STACKED`. A refusal or a failure leaves each job to run on its own."""
     from lossbench.engine.group_fit import fit_replicas
     from lossbench.engine.replicas import StackError
+    from lossbench.engine.threads import set_threads
     from lossbench.experiment.outcome import stop_early
     from lossbench.experiment.sweep import STACKED
 
     share = 1.0 / len(members)
     for member in members:  # each job's wall time: its share of the group's
         member.run.started, member.run.share = started, share
+    # torch's threads for the stack's step, which does R replicas' arithmetic at once: chosen
+    # as for one model whose batch is R times larger (`trainer.threads=auto`; a count as given)
+    first = members[0].run
+    set_threads(first.trainer.get("threads", "auto"), members[0].parts.model,
+                first.splits.sample_shape, first.trainer.batch_size * len(members), first.device)
     stop.phase = "training"
     try:
         with stop:
