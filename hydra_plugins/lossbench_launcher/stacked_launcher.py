@@ -47,7 +47,7 @@ class StackedLauncher(BasicLauncher):
             if group.stacked and group.jobs[0] not in trained:
                 trained.add(group.jobs[0])
                 train_group(self.config, [(n, composed[n - initial_job_idx])
-                                          for n in group.jobs], self.max_replicas)
+                                          for n in group.jobs])
             runs.append(run_job(hydra_context=self.hydra_context,
                                 task_function=self.task_function, config=copy.deepcopy(job),
                                 job_dir_key="hydra.sweep.dir",

@@ -92,7 +92,8 @@ def _say(line: str, error: bool = False) -> None:
     print(line, file=sys.stderr if error else sys.stdout, flush=True)
 
 
-def _member(number: int, cfg: DictConfig, run_dir: Path, stop: Any, started: float) -> Member | None:
+def _member(number: int, cfg: DictConfig, run_dir: Path, stop: Any,
+            started: float) -> Member | None:
     """The job built as a replica of its group, or None when it runs on its own (why: it is
     completed, locked, refused, or its config has a mistake its own run will record)."""
     from rich.console import Console
@@ -105,6 +106,7 @@ def _member(number: int, cfg: DictConfig, run_dir: Path, stop: Any, started: flo
     from lossbench.experiment.sweep import completed_run, unfinished_checkpoint
     from lossbench.results.folder_lock import FolderLock
 
+    made = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         lock = FolderLock(run_dir, "run directory").acquire()
@@ -136,15 +138,17 @@ def _member(number: int, cfg: DictConfig, run_dir: Path, stop: Any, started: flo
         if stopped_by(err) is not None:
             raise
         return None  # its own run meets the same error and records it
-    except BaseException:
+    except BaseException:  # a stop during start-up: the folder it made for nothing goes
         lock.release()
+        if made and not any(run_dir.iterdir()):
+            run_dir.rmdir()
         raise
 
 
-def train_group(config: DictConfig, jobs: Sequence[tuple[int, DictConfig]],
-                max_replicas: int | None = None) -> None:
-    """Train the jobs (number, composed config: `compose_jobs`) of one group as stacked replicas, each to its end
-    written as its checkpoint (module docstring); the jobs themselves run afterwards."""
+def train_group(config: DictConfig, jobs: Sequence[tuple[int, DictConfig]]) -> None:
+    """Train the jobs (number, composed config: `compose_jobs`) of one group as stacked
+    replicas, each to its end written as its checkpoint (module docstring); the jobs themselves
+    run afterwards."""
     from lossbench.engine.signals import StopOnSignal
     from lossbench.experiment.sweep_checks import hydra_config_kept
     from lossbench.experiment.sweep_folder import STOP_FLAG
@@ -166,7 +170,7 @@ def train_group(config: DictConfig, jobs: Sequence[tuple[int, DictConfig]],
                 member = _member(number, cfg, run_dir, stop, started)
                 if member is not None:
                     members.append(member)
-        for chunk in _chunks(members, max_replicas):
+        for chunk in _chunks(members):
             if len(chunk) > 1:
                 _train(chunk, stop, started)
     finally:
@@ -175,21 +179,19 @@ def train_group(config: DictConfig, jobs: Sequence[tuple[int, DictConfig]],
             member.lock.release()
 
 
-def _chunks(members: list[Member], max_replicas: int | None) -> list[list[Member]]:
-    """The members cut to the cap: the user's `max_replicas` and what memory holds (the
-    replicas' estimate, `stacking.replicas_that_fit`, once the data's shape is known)."""
+def _chunks(members: list[Member]) -> list[list[Member]]:
+    """The members cut to what memory holds (the replicas' estimate,
+    `stacking.replicas_that_fit`, once the data's shape is known); the user's `max_replicas`
+    has cut the group already (`plan_groups`)."""
     from lossbench.experiment.stacking import replicas_that_fit
 
     if not members:
         return []
     first = members[0]
-    fits = replicas_that_fit(first.run.cfg, first.run.splits.sample_shape,
-                             first.parts.num_outputs)
-    caps = [c for c in (max_replicas, fits) if c is not None]
-    cap = max(1, min(caps)) if caps else len(members)
+    cap = replicas_that_fit(first.run.cfg, first.run.splits.sample_shape,
+                            first.parts.num_outputs) or len(members)
     if cap < len(members):
-        _say(f"lossbench: jobs {_numbers(members)}: at most {cap} replicas at once "
-             f"({'max_replicas' if cap == max_replicas else 'memory'})")
+        _say(f"lossbench: jobs {_numbers(members)}: at most {cap} replicas at once (memory)")
     return [members[i:i + cap] for i in range(0, len(members), cap)]
 
 
