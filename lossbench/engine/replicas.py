@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from lossbench.engine.batches import epoch_order
+from lossbench.engine.stacked_loss import StackedLoss
 from lossbench.engine.stacked_optim import StackError, StackedOptimizer
 from lossbench.losses.base import hook, squeeze_output
 
@@ -272,6 +273,7 @@ class Replicas:
         if len(counts) > 1:
             raise StackError(f"the parts of a stack hold different numbers of replicas: {counts}")
         self.ids = list(range(len(self.losses)))
+        self.loss = StackedLoss(self.losses)
 
     def train_epoch(self, on_batch: Callable[[int, torch.Tensor], None] | None = None,
                     batch_losses: list[torch.Tensor] | None = None) -> torch.Tensor:
@@ -280,11 +282,11 @@ class Replicas:
         receives each step's (R,) losses, detached, in the training dtype."""
         _, batches = self.batches.epoch()
         self.model.train()
+        self.loss.begin_epoch()
         losses, sizes = ([] if batch_losses is None else batch_losses), []
         for b, (x, y) in enumerate(batches):
             out = self.model(x)  # (R, B, outputs)
-            # replica r's logits to replica r's own loss: (R,)
-            loss = torch.stack([f(squeeze_output(out[r]), y[r]) for r, f in enumerate(self.losses)])
+            loss = self.loss(out, y)  # replica r's outputs to replica r's own loss: (R,)
             self.optimizer.zero_grad(self.model.params)
             loss.sum().backward()  # no shared parameter: each gradient is its own run's
             self.optimizer.step(self.model.params)
@@ -310,6 +312,7 @@ class Replicas:
         self.optimizer.keep(at)
         self.batches.keep(at)
         self.losses = [self.losses[i] for i in positions]
+        self.loss.keep(positions)
         self.ids = [self.ids[i] for i in positions]
         if self.names:
             self.names = [self.names[i] for i in positions]

@@ -57,6 +57,7 @@ class Job:
     options: dict = field(default_factory=dict)  # the optimizer's hyperparameters
     grad_clip: float | None = None
     model: dict = field(default_factory=dict)  # MLP options, equal inside a stack
+    loss_options: dict = field(default_factory=dict)  # overrides of the loss's config
 
 
 @dataclass
@@ -77,7 +78,8 @@ def build(job: Job) -> Built:
     if job.noise:
         y = symmetric_noise(y, job.noise, 10, np.random.default_rng(job.seed))
     seed_everything(job.seed)
-    loss_fn = instantiate(OmegaConf.load(CONF / "loss" / f"{job.loss}.yaml"))
+    loss_fn = instantiate(OmegaConf.merge(OmegaConf.load(CONF / "loss" / f"{job.loss}.yaml"),
+                                          job.loss_options))
     model = MLP([64], 10, **job.model)
     rng = random_state(torch.device("cpu"))
     optimizer = job.optimizer(model.parameters(), **job.options, foreach=False)
@@ -167,9 +169,9 @@ def mixed_jobs(optimizer: str, **model: object) -> list[Job]:
     return jobs
 
 
-@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
-def test_every_replica_of_a_mixed_stack_trains_as_its_separate_run(optimizer):
-    jobs = mixed_jobs(optimizer)
+def train_and_check(jobs: list[Job]) -> Replicas:
+    """Stack the jobs, train EPOCHS epochs, and check every replica against its separate run:
+    weights, optimizer state, every batch's loss (1e-9) and each epoch's sums (exactly)."""
     references = [alone(job) for job in jobs]
     runs = [build(job) for job in jobs]
     group = stack(runs, jobs)
@@ -183,8 +185,66 @@ def test_every_replica_of_a_mixed_stack_trains_as_its_separate_run(optimizer):
         assert relative(batch_losses[:, r], reference_losses) <= TOLERANCE
         for epoch in range(EPOCHS):  # the (Σ loss × size, count) of engine.loop.train_epoch
             assert torch.equal(sums[epoch][r], reference_sums[epoch])
+    return group
+
+
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+def test_every_replica_of_a_mixed_stack_trains_as_its_separate_run(optimizer):
+    group = train_and_check(mixed_jobs(optimizer))
     # the replicas did train apart: a stack that mixed them up would not have passed
-    assert relative(runs[1].model.net[1].weight, runs[3].model.net[1].weight) > 0.1
+    weights = group.model.params["net.1.weight"]
+    assert relative(weights[1], weights[3]) > 0.1
+
+
+def test_replicas_with_equal_losses_share_one_call_and_stay_their_separate_runs():
+    """Equal losses (class, hyperparameters) out of order in the stack: one vmapped call per
+    loss, each replica's value its own (gce at another q is another loss)."""
+    specs = [dict(seed=0, loss="ce"), dict(seed=1, loss="gce", noise=0.4),
+             dict(seed=2, loss="ce", noise=0.2), dict(seed=3, loss="gce", noise=0.2),
+             dict(seed=4, loss="gce", loss_options=dict(q=0.5)), dict(seed=5, loss="sce")]
+    group = train_and_check([Job(**spec, options=dict(lr=1e-2)) for spec in specs])
+    assert sorted(members for members, _ in group.loss.groups) == [[0, 2], [1, 3], [4], [5]]
+
+
+class CountingCE(nn.Module):
+    """Cross-entropy that keeps something of each call: never grouped."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, out, y):
+        self.calls += 1
+        return nn.functional.cross_entropy(out, y)
+
+
+class BranchingCE(nn.Module):
+    """Cross-entropy that reads a tensor's value in Python, which vmap cannot run."""
+
+    def __init__(self, tag: int = 0):
+        super().__init__()
+        self.tag = tag
+
+    def forward(self, out, y):
+        return nn.functional.cross_entropy(out, y) * (2.0 if y.max().item() > 5 else 1.0)
+
+
+def test_a_loss_that_changes_when_called_is_called_once_per_replica():
+    group = stack_of(losses=[CountingCE(), CountingCE()])
+    for _ in range(2):
+        group.train_epoch()
+    steps = 2 * -(-600 // BATCH)
+    assert [f.calls for f in group.losses] == [steps, steps]
+    assert sorted(members for members, _ in group.loss.groups) == [[0], [1]]
+
+
+def test_a_loss_vmap_cannot_run_falls_back_to_one_call_per_replica():
+    grouped = stack_of(losses=[BranchingCE(), BranchingCE()])
+    apart = stack_of(losses=[BranchingCE(0), BranchingCE(1)])  # unequal: never grouped
+    for _ in range(2):
+        assert torch.equal(grouped.train_epoch(), apart.train_epoch())
+    assert grouped.loss.unvmappable and not apart.loss.unvmappable
+    assert torch.equal(grouped.model.params["net.1.weight"], apart.model.params["net.1.weight"])
 
 
 # Under Adam, the bias of a linear layer that feeds a BatchNorm has a gradient that is zero but
