@@ -132,7 +132,8 @@ class Course:
         hook(self.run.loss_fn, "on_epoch_start")(epoch, self.epochs)
 
     def end_epoch(self, epoch: int, start: float, num_batches: int, so_far: EpochSoFar,
-                  sums: torch.Tensor, stopping_now: Callable[[], bool]) -> bool:
+                  sums: torch.Tensor, stopping_now: Callable[[], bool],
+                  outputs: dict[str, Any] | None = None) -> bool:
         """After the training pass of `epoch` (`so_far`, `sums`: `Epochs.train`'s): divergence,
         validation, the history row, early stopping, the checkpoint. False: the run ends."""
         run, result, checkpoints, epochs = self.run, self.result, self.checkpoints, self.epochs
@@ -143,7 +144,7 @@ class Course:
             checkpoints.diverged()
             return False
         result.steps_run += num_batches
-        row = run.validate(epoch, train_loss, terms, result.steps_run)
+        row = run.validate(epoch, train_loss, terms, result.steps_run, outputs)
         row["seconds"] = time.perf_counter() - start
         result.history.append(row)
         result.epochs_run = epoch

@@ -44,6 +44,7 @@ from lossbench.engine.progress import EpochProgress
 from lossbench.engine.replicas import (ReplicaBatches, Replicas, StackedModel, StackError,
                                        StackedOptimizer, random_state)
 from lossbench.engine.selection import steps_per_epoch
+from lossbench.engine.stacked_eval import stacked_outputs
 from lossbench.losses.base import hook
 
 __all__ = ["ReplicaRun", "fit_replicas", "group_refusal"]
@@ -213,6 +214,8 @@ class Group:
         saving = any(self.runs[j].save is not None for j in group.ids)
         if saving:
             group.optimizer.write_back(self.optimizers(), modules)
+        outputs = stacked_outputs(group.model, group.loss,
+                                  [self.courses[j].run for j in group.ids])
         stopping = once(lambda: stop is not None and bool(stop.requested))  # one for all
         total = group.batches.n
         sizes = [min(trainer.batch_size, total - b * trainer.batch_size) for b in range(n)]
@@ -221,7 +224,8 @@ class Group:
             so_far = EpochSoFar([losses[i] for losses in batch_losses], list(sizes))
             course = self.courses[j]
             with self.own_rng(j, i):
-                going = course.end_epoch(self.epoch[j], start, n, so_far, sums[i], stopping)
+                going = course.end_epoch(self.epoch[j], start, n, so_far, sums[i], stopping,
+                                         outputs[i] if outputs is not None else None)
                 if going and self.epoch[j] < course.epochs:
                     staying.append(i)
                     course.begin(self.epoch[j] + 1)

@@ -211,15 +211,17 @@ class Epochs:
                            sizes=so_far.sizes, stop=self.stop)
         return n, so_far, epoch_rng, sums
 
-    def validate(self, epoch: int, train_loss: float, terms: dict[str, float], steps: int
-                 ) -> dict[str, Any]:
-        """The epoch's history row, the same on every rank (rank 0's), scheduler stepped."""
-        t = self.trainer
+    def validate(self, epoch: int, train_loss: float, terms: dict[str, float], steps: int,
+                 outputs: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The epoch's history row, the same on every rank (rank 0's), scheduler stepped.
+        `outputs`: the model's outputs already computed (a stack's, `engine.stacked_eval`)."""
+        t, given = self.trainer, outputs or {}
         with self.amp():
             pred = predict(self.core, self.splits, "val", self.head, t.eval_batch_size,
-                           self.device, self.loss_fn, t.get("max_batches"))
+                           self.device, self.loss_fn, t.get("max_batches"),
+                           outputs=given.get("val"))
             memorised = (memorisation(self.core, self.flipped, self.head, self.loss_fn,
-                                      t.eval_batch_size, self.device)
+                                      t.eval_batch_size, self.device, given.get("flipped"))
                          if self.flipped is not None and scores_classes(self.head, self.loss_fn)
                          else None)
         row = epoch_record(epoch, train_loss, terms, validation_metrics(self.splits, pred),

@@ -97,10 +97,14 @@ def knn_classifier(train_embeddings: np.ndarray, train_labels: np.ndarray,
 
 def predict(model: nn.Module, splits: Splits, split_name: str, head: str, batch_size: int,
             device: torch.device, loss_fn: nn.Module | None = None,
-            max_batches: int | None = None) -> Predictions:
-    """Predictions on `split_name` ('train', 'val' or 'test') in the form the report expects."""
+            max_batches: int | None = None,
+            outputs: tuple[torch.Tensor, torch.Tensor, float | None] | None = None
+            ) -> Predictions:
+    """Predictions on `split_name` ('train', 'val' or 'test') in the form the report expects.
+    `outputs`: what `model_outputs` returns for that split, when the caller has it already."""
     split = getattr(splits, split_name)
-    out, y, mean_loss = model_outputs(model, split, batch_size, device, max_batches, loss_fn)
+    out, y, mean_loss = (outputs if outputs is not None else
+                         model_outputs(model, split, batch_size, device, max_batches, loss_fn))
     if splits.task == "regression":
         scale = lambda t: (t.double().cpu().numpy() * splits.target_std + splits.target_mean)
         return Predictions(y_true=scale(y), y_pred=scale(out), loss=mean_loss)

@@ -60,6 +60,6 @@ class EpochProgress:
         self.last_metric = f"{self.monitor} {value:.4f}" if isinstance(value, float) else ""
         if self.progress is not None:
             self.progress.update(self.epoch_task, advance=1, info=self.last_metric)
-        else:
+        elif not self.console.quiet:  # a quiet one (each replica's of a stack) formats nothing
             self.console.print(f"epoch {row['epoch']}/{self.epochs} {format_row(row)}",
                                highlight=False, soft_wrap=True)

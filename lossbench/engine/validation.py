@@ -76,11 +76,13 @@ def scores_classes(head: str, loss_fn: nn.Module) -> bool:
 
 
 def memorisation(model: nn.Module, flipped: Split, head: str, loss_fn: nn.Module,
-                 batch_size: int, device: torch.device) -> dict[str, float]:
+                 batch_size: int, device: torch.device, out: torch.Tensor | None = None
+                 ) -> dict[str, float]:
     """Shares of the flipped training samples that the model predicts as their (wrong) noisy
     label, `flipped_memorised`, and as their true label, `flipped_true`: one extra prediction
-    over those samples only."""
-    out, _, _ = model_outputs(model, flipped, batch_size, device)
+    over those samples only (`out`: the model's outputs on them, when the caller has them)."""
+    if out is None:
+        out, _, _ = model_outputs(model, flipped, batch_size, device)
     with torch.inference_mode():
         predicted = class_scores(out, head, loss_fn).argmax(-1)  # (F,)
     return {"flipped_memorised": float((predicted == flipped.y).float().mean()),
