@@ -54,10 +54,15 @@ class Member:
 def compose_jobs(hydra_context: Any, config: DictConfig, jobs: Sequence[Sequence[str]],
                  first: int = 0) -> list[DictConfig]:
     """Each job's config with its `hydra` node, composed once as Hydra's basic launcher
-    composes it (its number set); the launcher groups, trains and runs the jobs from these."""
+    composes it (its number set); the launcher groups, trains and runs the jobs from these.
+    The sweep's checks composed them already (`sweep_checks.take_composed`): those are used."""
+    from lossbench.experiment.sweep_checks import take_composed
+
     composed = []
     for i, overrides in enumerate(jobs):
-        job = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+        job = take_composed(overrides)
+        if job is None:
+            job = hydra_context.config_loader.load_sweep_config(config, list(overrides))
         with open_dict(job):
             job.hydra.job.id = first + i
             job.hydra.job.num = first + i

@@ -231,3 +231,33 @@ def test_the_launcher_module_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split()
     assert out == ["StackedLauncher", "False"]
+
+
+def test_each_job_of_a_stacked_sweep_is_composed_once(tmp_path):
+    """The sweep's checks compose every job before the first one runs; the launcher takes those
+    configs instead of composing each job again (about 0.1 s a job). Hydra's sweeper composes
+    each job once more, to check its folder's name: that one is Hydra's own."""
+    code = (
+        "import atexit, sys, traceback\n"
+        "from hydra._internal.config_loader_impl import ConfigLoaderImpl as Loader\n"
+        "calls, compose = [], Loader.load_sweep_config\n"
+        "def counted(self, *args, **kwargs):\n"
+        "    files = [frame.filename for frame in traceback.extract_stack()]\n"
+        "    by = next(f for f in reversed(files) if f != '<string>').rsplit('/', 1)[-1]\n"
+        "    calls.append((by, kwargs.get('sweep_overrides', args[-1] if args else None)[0]))\n"
+        "    return compose(self, *args, **kwargs)\n"
+        "Loader.load_sweep_config = counted\n"
+        "atexit.register(lambda: print('composed', sorted(calls), file=sys.stderr))\n"
+        "sys.argv = ['lossbench', 'train', '-m', 'hydra/launcher=stacked', 'seed=0,1,2',\n"
+        "            'trainer.epochs=1', 'trainer.plots=false', 'hydra.sweep.dir=s']\n"
+        "from lossbench.cli import console_main\n"
+        "console_main()\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[0] == "lossbench: 3 jobs stacked: seed (jobs 0-2)"
+    composed = next(line for line in done.stderr.splitlines() if line.startswith("composed"))
+    expected = sorted([("sweeper.py", f"seed={s}") for s in range(3)]  # Hydra's
+                      + [("sweep_checks.py", f"seed={s}") for s in range(3)])
+    assert composed == f"composed {expected}", done.stderr
+    assert len(jobs(tmp_path / "s")) == 3
