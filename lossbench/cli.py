@@ -7,6 +7,7 @@ scikit-learn at module level.
 from __future__ import annotations
 
 import gc
+import signal
 import sys
 
 USAGE = """\
@@ -47,6 +48,11 @@ def console_main() -> None:
     # on quietly, and the command then exits as Unix tools do, 141 (128 + SIGPIPE), unless it
     # has a failure of its own to report
     outlive_readers()
+    # A shell starts a background job (`lossbench study ... &`) with SIGINT ignored, and Python
+    # then leaves Ctrl-C unhandled; lossbench gives `kill -INT` Ctrl-C's meaning in every part
+    # of every command, not only inside a run (engine/signals.py), as in the foreground.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         main()
     except SystemExit as end:

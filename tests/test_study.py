@@ -8,6 +8,7 @@ import json
 import math
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -378,6 +379,34 @@ def test_ctrl_c_stops_a_study_and_says_how_to_resume_it(tmp_path):
     assert f"study: stopped; lossbench study dir={study_dir} resumes it" in err
     assert "Traceback" not in err
     assert len(trials_in(study_dir)["iris/ce"]) < 4
+
+
+@pytest.mark.slow
+def test_kill_int_between_trials_stops_a_study_started_as_a_background_job(tmp_path):
+    """A shell starts a background job with SIGINT ignored; `kill -INT` still means Ctrl-C to
+    lossbench, also where no run is training: here as the second loss's tuning starts."""
+    study_dir = tmp_path / "s"
+    args = ["study", "losses=ce,mae", "datasets=iris", "trials=1", "seeds.tune=1", *TINY,
+            f"dir={study_dir}"]
+    code = (
+        "import os, signal, sys, time\n"
+        "import lossbench.experiment.study as study\n"
+        "tune, calls = study.tune_loss, []\n"
+        "def second_stops(*args, **kwargs):\n"
+        "    calls.append(1)\n"
+        "    if len(calls) == 2:  # between the two losses' tuning: no run is training\n"
+        "        os.kill(os.getpid(), signal.SIGINT); time.sleep(2)\n"
+        "    return tune(*args, **kwargs)\n"
+        "study.tune_loss = second_stops\n"
+        f"sys.argv = ['lossbench', *{list(args)!r}]\n"
+        "from lossbench.cli import console_main\n"
+        "console_main()\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert proc.returncode == 130, proc.stdout + proc.stderr
+    assert f"study: stopped; lossbench study dir={study_dir} resumes it" in proc.stderr
+    assert "iris/mae" not in trials_in(study_dir)
 
 
 def test_resuming_with_other_settings_is_refused(cli, tmp_path):

@@ -15,7 +15,9 @@ see `experiment.sweep.run_sweep_job`). What one does depends on the phase of the
 A second signal stops at once in any phase. A signal the process inherited as ignored stays
 ignored (`nohup` ignores SIGHUP so that a run outlives its terminal), except SIGINT: a shell
 starts a background job with SIGINT ignored, and lossbench honours Ctrl-C's meaning, sent by
-`kill -INT`, in every phase as it always has in training. Every stop ends with 128 + the
+`kill -INT`, in every phase as it always has in training (the `lossbench` command restores
+SIGINT's default handler as it starts, `cli.console_main`, so that it also stops between runs:
+between a study's trials, a sweep's jobs). Every stop ends with 128 + the
 signal's number, as shells report a process a signal ended.
 
 Nothing here imports torch: `lossbench train` installs the start-up handlers before it loads.
