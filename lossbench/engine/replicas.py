@@ -140,16 +140,21 @@ class StackedModel:
     def eval(self) -> StackedModel:
         return self.train(False)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """(R, B, ...) -> (R, B, outputs): replica r's forward on x[r]."""
-        buffers = self.buffers
-        if self.dropouts and self.training:
+    def __call__(self, x: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
+        """(R, B, ...) -> (R, B, outputs): replica r's forward on x[r]. `rows`: only those
+        replicas (evaluation, a few at a time), x then holding theirs."""
+        params, buffers = self.params, self.buffers
+        if rows is not None:
+            assert not (self.dropouts and self.training), "rows: evaluation only"
+            params = {k: v[rows] for k, v in params.items()}
+            buffers = {k: v[rows] for k, v in buffers.items()}
+        elif self.dropouts and self.training:
             buffers = {**buffers, **self.masks(x)}
 
         def one(params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
             return torch.func.functional_call(self.base, (params, buffers), (x,))
 
-        return torch.func.vmap(one)(self.params, buffers, x)
+        return torch.func.vmap(one)(params, buffers, x)
 
     def masks(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """{"<layer>.mask": (R, B, ...)}: each replica's masks for this step, drawn by torch's

@@ -31,12 +31,20 @@ def _samples(xs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, bool]:
 
 
 def _forward(model: Any, x: torch.Tensor, shared: bool, replicas: int, batch_size: int,
-             n: int) -> list[torch.Tensor]:
-    """The stacked outputs (R, B, ...) of x's first n samples, batch by batch."""
+             n: int, at_once: int) -> list[torch.Tensor]:
+    """The stacked outputs (R, B, ...) of x's first n samples, batch by batch, `at_once`
+    replicas at a time (an evaluation batch is larger than a training one: the replicas' part
+    of it is cut so that it holds no more samples than the stack's training step)."""
     outs = []
     for start in range(0, n, batch_size):
         xb = x[start:start + batch_size] if shared else x[:, start:start + batch_size]
-        outs.append(model(xb.expand(replicas, *xb.shape) if shared else xb))
+        parts = []
+        for first in range(0, replicas, at_once):
+            rows = slice(first, min(first + at_once, replicas))
+            width = rows.stop - rows.start
+            part = xb.expand(width, *xb.shape) if shared else xb[rows]
+            parts.append(model(part, rows if width < replicas else None))
+        outs.append(torch.cat(parts) if len(parts) > 1 else parts[0])
     return outs
 
 
@@ -46,10 +54,12 @@ def stacked_outputs(model: Any, loss: StackedLoss, runs: Sequence[Any]
     (outputs, targets, mean loss) as `model_outputs` returns them, "flipped": outputs on its
     flipped training samples (absent without any)}. None: validate each replica on its own."""
     vals = [run.splits.val for run in runs]
-    if any(v.x is None for v in vals) or len({len(v) for v in vals}) != 1:
+    if (any(v.x is None for v in vals) or len({len(v) for v in vals}) != 1
+            or len({run.trainer.eval_batch_size for run in runs}) != 1):
         return None
     trainer, device, replicas = runs[0].trainer, runs[0].device, len(runs)
     batch_size, max_batches = trainer.eval_batch_size, trainer.get("max_batches")
+    at_once = max(1, replicas * trainer.batch_size // batch_size)
     n = len(vals[0]) if max_batches is None else min(len(vals[0]), max_batches * batch_size)
     x, shared = _samples([v.x for v in vals])
     y = torch.stack([v.y for v in vals])  # (R, N)
@@ -57,7 +67,7 @@ def stacked_outputs(model: Any, loss: StackedLoss, runs: Sequence[Any]
     model.eval()
     try:
         with torch.inference_mode():
-            outs = _forward(model, x, shared, replicas, batch_size, n)
+            outs = _forward(model, x, shared, replicas, batch_size, n, at_once)
             totals = [torch.zeros((), device=device) for _ in runs]
             for b, out in enumerate(outs):
                 yb = y[:, b * batch_size:(b + 1) * batch_size]
@@ -69,7 +79,7 @@ def stacked_outputs(model: Any, loss: StackedLoss, runs: Sequence[Any]
                                  else torch.empty((0,), device=device)),
                                 y[r, :n], float(totals[r]) / max(n, 1))}
                        for r in range(replicas)]
-            flipped = _flipped_outputs(model, runs, batch_size)
+            flipped = _flipped_outputs(model, runs, batch_size, at_once)
     finally:
         model.train(was_training)
     for r, out in flipped.items():
@@ -77,7 +87,7 @@ def stacked_outputs(model: Any, loss: StackedLoss, runs: Sequence[Any]
     return results
 
 
-def _flipped_outputs(model: Any, runs: Sequence[Any], batch_size: int
+def _flipped_outputs(model: Any, runs: Sequence[Any], batch_size: int, at_once: int
                      ) -> dict[int, torch.Tensor]:
     """{r: outputs on replica r's flipped training samples, in their order} for the replicas
     that draw a memorisation curve: one stacked forward, each replica on its own samples
@@ -93,10 +103,11 @@ def _flipped_outputs(model: Any, runs: Sequence[Any], batch_size: int
         return {}
     longest = max(len(idx) for idx in rows.values())
     first = next(iter(rows.values()))
-    padded = torch.stack([
-        torch.cat([idx, idx[:1].expand(longest - len(idx))]) if r in rows else first[:1].expand(
-            longest) for r, idx in ((r, rows.get(r)) for r in range(len(runs)))])  # (R, F)
-    x, shared = _samples([run.splits.train.x for run in runs])
-    x = x[padded] if shared else x[torch.arange(len(runs), device=x.device)[:, None], padded]
-    out = torch.cat(_forward(model, x, False, len(runs), batch_size, longest), 1)
+    padded = [torch.cat([idx, idx[:1].expand(longest - len(idx))]) if idx is not None
+              else first[:1].expand(longest) for idx in (rows.get(r) for r in range(len(runs)))]
+    xs = [run.splits.train.x for run in runs]
+    x, shared = (xs[0], True) if all(v is xs[0] for v in xs) else (None, False)
+    # each replica's own samples, gathered from its own training set: (R, F, ...)
+    x = x[torch.stack(padded)] if shared else torch.stack([v[i] for v, i in zip(xs, padded)])
+    out = torch.cat(_forward(model, x, False, len(runs), batch_size, longest, at_once), 1)
     return {r: squeeze_output(out[r, :len(idx)]).float() for r, idx in rows.items()}

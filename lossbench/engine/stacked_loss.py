@@ -10,6 +10,8 @@ replica the value its own call gives (each replica's reduction is its own row's)
 Only a loss whose call leaves it as it was is grouped: the first step calls every replica's loss
 on its own and compares the loss before and after (a loss that counts its calls, or keeps
 something of the batch, would otherwise change once for the group instead of once per replica).
+A grouped loss that changes later all the same (after a warm-up, say) is a `StackError`: the
+launcher then runs its jobs one by one from their checkpoints.
 A loss that vmap cannot run (data-dependent Python on tensor values) falls back to one call per
 replica, for the rest of the training.
 """
@@ -22,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lossbench.engine.stacked_optim import StackError
 from lossbench.losses.base import squeeze_output
 
 __all__ = ["StackedLoss", "loss_key"]
@@ -33,8 +36,10 @@ def _value_key(value: Any) -> Any:
                 value.detach().cpu().numpy().tobytes())
     if isinstance(value, nn.Module):
         return loss_key(value)
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
+    if value is None:
+        return None
+    if isinstance(value, (bool, int, float, str)):
+        return (type(value), value)  # 1, 1.0 and True are equal, but not the same setting
     if isinstance(value, (tuple, list)):
         return (type(value).__name__, tuple(_value_key(v) for v in value))
     if isinstance(value, dict):
@@ -44,18 +49,30 @@ def _value_key(value: Any) -> Any:
 
 # what every nn.Module holds for torch itself (hooks, registries): not the loss's own state
 _MODULE_INTERNALS = frozenset(vars(nn.Module())) - {"training"}
+_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs",
+          "_forward_pre_hooks_with_kwargs")
 
 
 def loss_key(loss_fn: nn.Module) -> tuple:
-    """What a loss module computes with: its class, its attributes (hyperparameters, mode,
-    anything it keeps), its buffers and submodules. Two losses with equal keys are the same
-    function."""
+    """What a loss module computes with: its class (the class itself: two versions of a loss
+    may share a name), its attributes (hyperparameters with their types, mode, anything it
+    keeps), its buffers and submodules. Two losses with equal keys are the same function; a
+    loss with forward hooks is equal only to itself."""
     attrs = tuple((name, _value_key(value)) for name, value in sorted(vars(loss_fn).items())
                   if name not in _MODULE_INTERNALS)
     buffers = tuple((name, _value_key(b)) for name, b in loss_fn._buffers.items())
     children = tuple((name, loss_key(m)) for name, m in loss_fn._modules.items()
                      if m is not None)
-    return (type(loss_fn).__qualname__, attrs, buffers, children)
+    hooks = ("hooks", id(loss_fn)) if any(getattr(loss_fn, h, None) for h in _HOOKS) else None
+    return (type(loss_fn), attrs, buffers, children, hooks)
+
+
+def _key_now(loss_fn: nn.Module) -> tuple | None:
+    """`loss_key`, or None where it cannot be read (a tensor vmap left behind in it)."""
+    try:
+        return loss_key(loss_fn)
+    except Exception:
+        return None
 
 
 class StackedLoss:
@@ -118,7 +135,11 @@ class StackedLoss:
             outs, ys = out.index_select(0, at), y.index_select(0, at)
         f = self.losses[first]
         try:
-            return torch.func.vmap(lambda o, t: f(squeeze_output(o), t))(outs, ys)
+            values = torch.func.vmap(lambda o, t: f(squeeze_output(o), t))(outs, ys)
         except RuntimeError:  # vmap cannot run it: one call per replica from now on
             self.unvmappable.add(key)
             return self._group_call(group, key, out, y)
+        if _key_now(f) != key:  # it kept something of this call, once for the whole group
+            raise StackError(f"loss {type(f).__name__} changed when it was called after its "
+                             "first step (it keeps state); its replicas cannot share a call")
+        return values

@@ -225,6 +225,28 @@ def test_replicas_with_splits_of_their_own_train_on_their_own_samples():
     assert not torch.equal(runs[0].splits.train.x, runs[1].splits.train.x)
 
 
+@pytest.mark.parametrize("eval_batch_size,chunks", [(64, [5]), (128, [2, 2, 1])])
+def test_validation_runs_all_replicas_at_once_or_a_few_at_a_time(eval_batch_size, chunks,
+                                                                monkeypatch):
+    """The stacked validation forward takes as many replicas at once as keep it within the
+    training step's samples (R × batch_size): all five here at 64, two at a time at 128 (at
+    the default 512, one by one); each way every row is the separate run's."""
+    from lossbench.engine import replicas
+
+    seen, call = [], replicas.StackedModel.__call__
+
+    def counted(self, x, rows=None):
+        if not self.training:
+            seen.append(x.shape[0])
+        return call(self, x, rows)
+
+    monkeypatch.setattr(replicas.StackedModel, "__call__", counted)
+    jobs = [replace(job, trainer={**job.trainer, "eval_batch_size": eval_batch_size},
+                    data_seed=job.seed + 10 if job.seed % 2 else None) for job in MIXED]
+    check_group(jobs)
+    assert seen[:len(chunks)] == chunks
+
+
 def test_a_cnn_with_batchnorm_and_dropout_is_its_separate_runs():
     jobs = [Job(seed=s, loss=loss, noise=noise, lr=lr, optimizer=torch.optim.SGD,
                 options=dict(momentum=0.9), model=dict(cnn=True, channels=(4, 8), dropout=0.25),

@@ -238,6 +238,73 @@ def test_a_loss_that_changes_when_called_is_called_once_per_replica():
     assert sorted(members for members, _ in group.loss.groups) == [[0], [1]]
 
 
+def focal_version(version: int) -> type:
+    """Two versions of a loss under one class name, with the same attributes."""
+    class Focal(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gamma = 2.0
+
+        def forward(self, out, y):
+            return nn.functional.cross_entropy(out, y) * (1.0 if version == 1 else 1.5)
+
+    return Focal
+
+
+def with_hook() -> nn.Module:
+    loss = nn.CrossEntropyLoss()
+    loss.register_forward_hook(lambda module, args, out: out * 2)
+    return loss
+
+
+@pytest.mark.parametrize("losses,groups", [
+    (lambda: [focal_version(1)(), focal_version(2)()], [[0], [1]]),  # another class
+    (lambda: [nn.CrossEntropyLoss(label_smoothing=1), nn.CrossEntropyLoss(label_smoothing=1.0)],
+     [[0], [1]]),  # 1 and 1.0: equal, but not the same setting
+    (lambda: [with_hook(), with_hook()], [[0], [1]]),
+    (lambda: [nn.CrossEntropyLoss(), nn.CrossEntropyLoss()], [[0, 1]]),
+], ids=["same-name", "int-float", "hooks", "equal"])
+def test_only_losses_that_are_the_same_function_share_a_call(losses, groups):
+    made = losses()
+    group = stack_of(losses=made)
+    apart = stack_of(losses=[copy.deepcopy(f) for f in made])
+    apart.loss.groups, apart.loss.pure = None, [False, False]  # never grouped
+    group.train_epoch(), apart.train_epoch()
+    assert sorted(members for members, _ in group.loss.groups) == groups
+    assert torch.equal(group.train_epoch(), apart.train_epoch())
+
+
+class LateCounter(nn.Module):
+    """Unchanged by its calls in the first epoch; from the second on, it counts them."""
+
+    def __init__(self):
+        super().__init__()
+        self.counting, self.calls = False, 0
+
+    def on_epoch_start(self, epoch, epochs):
+        self.counting = epoch >= 2
+
+    def forward(self, out, y):
+        if self.counting:
+            self.calls += 1
+        return nn.functional.cross_entropy(out, y)
+
+
+def test_a_grouped_loss_that_changes_later_stops_the_stack():
+    """Grouped after its first step, it then changes when called: once for the group instead
+    of once per replica. The stack stops with a StackError (the launcher then runs its jobs
+    one by one from their checkpoints) rather than train on wrong losses."""
+    group = stack_of(losses=[LateCounter(), LateCounter()])
+    for f in group.losses:
+        f.on_epoch_start(1, 2)
+    group.train_epoch()
+    assert sorted(members for members, _ in group.loss.groups) == [[0, 1]]
+    for f in group.losses:
+        f.on_epoch_start(2, 2)
+    with pytest.raises(StackError, match="loss LateCounter changed when it was called"):
+        group.train_epoch()
+
+
 def test_a_loss_vmap_cannot_run_falls_back_to_one_call_per_replica():
     grouped = stack_of(losses=[BranchingCE(), BranchingCE()])
     apart = stack_of(losses=[BranchingCE(0), BranchingCE(1)])  # unequal: never grouped
