@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import signal
+import threading
 import sys
 
 USAGE = """\
@@ -51,7 +52,8 @@ def console_main() -> None:
     # A shell starts a background job (`lossbench study ... &`) with SIGINT ignored, and Python
     # then leaves Ctrl-C unhandled; lossbench gives `kill -INT` Ctrl-C's meaning in every part
     # of every command, not only inside a run (engine/signals.py), as in the foreground.
-    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    if (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.SIG_IGN):
         signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         main()

@@ -60,7 +60,7 @@ def compose_jobs(hydra_context: Any, config: DictConfig, jobs: Sequence[Sequence
 
     composed = []
     for i, overrides in enumerate(jobs):
-        job = take_composed(overrides)
+        job = take_composed(overrides, config)
         if job is None:
             job = hydra_context.config_loader.load_sweep_config(config, list(overrides))
         with open_dict(job):

@@ -105,15 +105,22 @@ def hydra_config_kept() -> Iterator[None]:
             HydraConfig.instance().cfg = None
 
 
-# Each job's config as `check_every_job` composed it (its `hydra` node kept), for lossbench's
-# stacked launcher to take instead of composing it again: composing costs about 0.1 s a job.
-_composed: dict[tuple[str, ...], DictConfig] = {}
+# Each job's config as `check_every_job` composed it (its `hydra` node kept), with the sweep's
+# config it was composed from, for lossbench's stacked launcher to take instead of composing it
+# again: composing costs about 0.1 s a job.
+_composed: dict[tuple[str, ...], tuple[DictConfig, DictConfig]] = {}
 
 
-def take_composed(job: Sequence[str]) -> DictConfig | None:
-    """The config `check_every_job` composed for this job's overrides (None: not composed);
-    given once."""
-    return _composed.pop(tuple(job), None)
+def take_composed(job: Sequence[str], config: DictConfig) -> DictConfig | None:
+    """The config `check_every_job` composed for this job's overrides from this very sweep
+    config (None: not composed, or from another sweep's); given once."""
+    entry = _composed.pop(tuple(job), None)
+    return entry[1] if entry is not None and entry[0] is config else None
+
+
+def forget_composed() -> None:
+    """The sweep is over (or never started): its composed configs are let go."""
+    _composed.clear()
 
 
 def keeps_composed(config: DictConfig) -> bool:
@@ -134,7 +141,7 @@ def compose_job(config: DictConfig, job: list[str], keep: bool = False) -> DictC
 
     job_cfg = GlobalHydra.instance().config_loader().load_sweep_config(config, list(job))
     if keep:
-        _composed[tuple(job)] = copy.deepcopy(job_cfg)
+        _composed[tuple(job)] = (config, copy.deepcopy(job_cfg))
     HydraConfig.instance().set_config(job_cfg)
     with read_write(job_cfg), open_dict(job_cfg):
         del job_cfg["hydra"]

@@ -32,7 +32,8 @@ from omegaconf import DictConfig
 from lossbench.console import counted
 
 from lossbench.errors import UserError, error_line
-from lossbench.experiment.sweep_checks import check_every_job, check_launcher, planned_jobs
+from lossbench.experiment.sweep_checks import (check_every_job, check_launcher, forget_composed,
+                                               planned_jobs)
 from lossbench.results.files import write_json_atomic
 from lossbench.results.folder_lock import LOCK_FILE, FolderLock
 from lossbench.results.record import read_metrics
@@ -324,6 +325,7 @@ def start_sweep(config: DictConfig) -> Any:
 def end_sweep(config: DictConfig, stop: Any) -> None:
     """After the last job: the end line from the jobs' records, the lock let go."""
     global _started
+    forget_composed()
     if _started is None:
         return
     sweep_dir = Path(config.hydra.sweep.dir)
