@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import gc
 import signal
-import threading
 import sys
+import threading
 
 USAGE = """\
 usage: lossbench <command> [args]

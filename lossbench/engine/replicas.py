@@ -29,7 +29,7 @@ from torch import nn
 from lossbench.engine.batches import epoch_order
 from lossbench.engine.stacked_loss import StackedLoss
 from lossbench.engine.stacked_optim import StackError, StackedOptimizer
-from lossbench.losses.base import hook, squeeze_output
+from lossbench.losses.base import hook
 
 __all__ = ["ReplicaBatches", "Replicas", "StackError", "StackedModel", "StackedOptimizer",
            "loss_refusal", "model_refusal", "random_state"]

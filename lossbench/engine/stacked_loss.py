@@ -83,7 +83,10 @@ class StackedLoss:
         self.losses = list(losses)
         self.pure: list[bool] | None = None  # learnt from the first step
         self.unvmappable: set[tuple] = set()
-        self.groups: list[list[int]] | None = None
+        # (members, their loss's key) per call, and the permutation putting the calls' values
+        # back in replica order (None: they come in order); formed each epoch
+        self.groups: list[tuple[list[int], Any]] | None = None
+        self.inverse: torch.Tensor | None = None
 
     def begin_epoch(self) -> None:
         """Form the groups anew: a loss's epoch hook may have changed it."""
@@ -106,15 +109,10 @@ class StackedLoss:
             return torch.stack(values)
         if self.groups is None:
             self._form_groups()
-        parts, order = [], []
-        for group, key in self.groups:
-            parts.append(self._group_call(group, key, out, y))
-            order.extend(group)
-        if order == list(range(len(order))):
-            return torch.cat(parts)
-        inverse = torch.empty(len(order), dtype=torch.long)
-        inverse[torch.tensor(order)] = torch.arange(len(order))
-        return torch.cat(parts).index_select(0, inverse.to(out.device))
+        values = torch.cat([self._group_call(group, key, out, y) for group, key in self.groups])
+        if self.inverse is None:
+            return values
+        return values.index_select(0, self.inverse.to(out.device))
 
     def _form_groups(self) -> None:
         groups: dict[Any, list[int]] = {}
@@ -122,6 +120,11 @@ class StackedLoss:
             key = loss_key(f) if self.pure[r] else ("alone", r)
             groups.setdefault(key, []).append(r)
         self.groups = [(members, key) for key, members in groups.items()]
+        order = [r for members, _ in self.groups for r in members]
+        self.inverse = None
+        if order != list(range(len(order))):
+            self.inverse = torch.empty(len(order), dtype=torch.long)
+            self.inverse[torch.tensor(order)] = torch.arange(len(order))
 
     def _group_call(self, group: list[int], key: Any, out: torch.Tensor,
                     y: torch.Tensor) -> torch.Tensor:
