@@ -55,14 +55,11 @@ def compose_jobs(hydra_context: Any, config: DictConfig, jobs: Sequence[Sequence
                  first: int = 0) -> list[DictConfig]:
     """Each job's config with its `hydra` node, composed once as Hydra's basic launcher
     composes it (its number set); the launcher groups, trains and runs the jobs from these.
-    The sweep's checks composed them already (`sweep_checks.take_composed`): those are used."""
-    from lossbench.experiment.sweep_checks import take_composed
-
+    The sweep's checks composed them already: the loader gives copies of those
+    (`config/job_configs.py`)."""
     composed = []
     for i, overrides in enumerate(jobs):
-        job = take_composed(overrides, config)
-        if job is None:
-            job = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+        job = hydra_context.config_loader.load_sweep_config(config, list(overrides))
         with open_dict(job):
             job.hydra.job.id = first + i
             job.hydra.job.num = first + i

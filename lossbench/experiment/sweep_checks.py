@@ -4,7 +4,7 @@ work here. A mistake is one line naming the job's overrides, and nothing is writ
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 from omegaconf import DictConfig
@@ -105,43 +105,16 @@ def hydra_config_kept() -> Iterator[None]:
             HydraConfig.instance().cfg = None
 
 
-# Each job's config as `check_every_job` composed it (its `hydra` node kept), with the sweep's
-# config it was composed from, for lossbench's stacked launcher to take instead of composing it
-# again: composing costs about 0.1 s a job.
-_composed: dict[tuple[str, ...], tuple[DictConfig, DictConfig]] = {}
-
-
-def take_composed(job: Sequence[str], config: DictConfig) -> DictConfig | None:
-    """The config `check_every_job` composed for this job's overrides from this very sweep
-    config (None: not composed, or from another sweep's); given once."""
-    entry = _composed.pop(tuple(job), None)
-    return entry[1] if entry is not None and entry[0] is config else None
-
-
-def forget_composed() -> None:
-    """The sweep is over (or never started): its composed configs are let go."""
-    _composed.clear()
-
-
-def keeps_composed(config: DictConfig) -> bool:
-    """Whether the sweep's launcher takes the composed configs (lossbench's stacked one)."""
-    target = str((config.hydra.get("launcher") or {}).get("_target_", ""))
-    return target.endswith("StackedLauncher")
-
-
-def compose_job(config: DictConfig, job: list[str], keep: bool = False) -> DictConfig:
-    """One job's config composed as its launcher will, less `hydra` (`keep`: the whole of it
-    kept for `take_composed`). HydraConfig is left set to the job's (${hydra:...} reads its
-    values); the caller puts the sweep's back (`hydra_config_kept`)."""
-    import copy
-
-    from hydra.core.global_hydra import GlobalHydra
+def compose_job(config: DictConfig, job: list[str]) -> DictConfig:
+    """One job's config composed as its launcher will, less `hydra` (`config/job_configs.py`:
+    each job composed once, most from a template). HydraConfig is left set to the job's
+    (${hydra:...} reads its values); the caller puts the sweep's back (`hydra_config_kept`)."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict, read_write
 
-    job_cfg = GlobalHydra.instance().config_loader().load_sweep_config(config, list(job))
-    if keep:
-        _composed[tuple(job)] = (config, copy.deepcopy(job_cfg))
+    from lossbench.config.job_configs import for_sweep
+
+    job_cfg = for_sweep(config).compose(job)
     HydraConfig.instance().set_config(job_cfg)
     with read_write(job_cfg), open_dict(job_cfg):
         del job_cfg["hydra"]
@@ -150,23 +123,42 @@ def compose_job(config: DictConfig, job: list[str], keep: bool = False) -> DictC
 
 def check_every_job(config: DictConfig, jobs: list[list[str]]) -> None:
     """Compose and check each job's config as its launcher will; the first mistake is a
-    UserError naming that job's overrides, before any job (or folder) is made."""
+    UserError naming that job's overrides, before any job (or folder) is made. The configs are
+    kept for the sweep's launcher (`job_configs.keep_for_sweep`) until `forget_composed`."""
+    from lossbench.config.job_configs import keep_for_sweep, let_go
+
+    let_go()
+    try:
+        with hydra_config_kept():
+            for job in jobs:
+                check_composed(config, job)
+    except BaseException:
+        let_go()
+        raise
+    keep_for_sweep(config)
+
+
+def forget_composed() -> None:
+    """The sweep is over (or never started): its composed configs are let go."""
+    from lossbench.config.job_configs import let_go
+
+    let_go()
+
+
+def check_composed(config: DictConfig, job: list[str]) -> None:
+    """One job's config composed and checked; a mistake in it is a UserError naming the job."""
     from lossbench.errors import exit_report
 
-    _composed.clear()
-    keep = keeps_composed(config)
-    with hydra_config_kept():
-        for job in jobs:
-            try:
-                check_job_config(compose_job(config, job, keep))
-            except Exception as err:
-                from omegaconf.errors import OmegaConfBaseException
+    try:
+        check_job_config(compose_job(config, job))
+    except Exception as err:
+        from omegaconf.errors import OmegaConfBaseException
 
-                report = exit_report(err, composing=True)
-                if report is None and isinstance(err, OmegaConfBaseException):
-                    report = (error_line(err), 2)  # e.g. ${oc.env:X} with X unset
-                if report is None or report[1] != 2:
-                    raise
-                reason = report[0].removeprefix("error: ")
-                raise UserError(f"the sweep's job [{' '.join(job)}] cannot run: {reason}; "
-                                f"no job was started") from None
+        report = exit_report(err, composing=True)
+        if report is None and isinstance(err, OmegaConfBaseException):
+            report = (error_line(err), 2)  # e.g. ${oc.env:X} with X unset
+        if report is None or report[1] != 2:
+            raise
+        reason = report[0].removeprefix("error: ")
+        raise UserError(f"the sweep's job [{' '.join(job)}] cannot run: {reason}; "
+                        f"no job was started") from None

@@ -233,10 +233,12 @@ def test_the_launcher_module_imports_no_torch():
     assert out == ["StackedLauncher", "False"]
 
 
-def test_each_job_of_a_stacked_sweep_is_composed_once(tmp_path):
-    """The sweep's checks compose every job before the first one runs; the launcher takes those
-    configs instead of composing each job again (about 0.1 s a job). Hydra's sweeper composes
-    each job once more, to check its folder's name: that one is Hydra's own."""
+@pytest.mark.parametrize("launcher", ["stacked", "basic"])
+def test_a_sweep_of_seeds_composes_two_jobs_in_full(tmp_path, launcher):
+    """The sweep's checks make every job's config before the first one runs (Hydra composes
+    the first job and, to check the copies, the second; the third is a copy of the first with
+    its seed: config/job_configs.py); Hydra's sweeper and the launcher are given those configs
+    instead of composing each job twice more (about 0.1 s a job)."""
     code = (
         "import atexit, sys, traceback\n"
         "from hydra._internal.config_loader_impl import ConfigLoaderImpl as Loader\n"
@@ -248,16 +250,16 @@ def test_each_job_of_a_stacked_sweep_is_composed_once(tmp_path):
         "    return compose(self, *args, **kwargs)\n"
         "Loader.load_sweep_config = counted\n"
         "atexit.register(lambda: print('composed', sorted(calls), file=sys.stderr))\n"
-        "sys.argv = ['lossbench', 'train', '-m', 'hydra/launcher=stacked', 'seed=0,1,2',\n"
+        f"sys.argv = ['lossbench', 'train', '-m', 'hydra/launcher={launcher}', 'seed=0,1,2',\n"
         "            'trainer.epochs=1', 'trainer.plots=false', 'hydra.sweep.dir=s']\n"
         "from lossbench.cli import console_main\n"
         "console_main()\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.splitlines()[0] == "lossbench: 3 jobs stacked: seed (jobs 0-2)"
+    if launcher == "stacked":
+        assert done.stdout.splitlines()[0] == "lossbench: 3 jobs stacked: seed (jobs 0-2)"
     composed = next(line for line in done.stderr.splitlines() if line.startswith("composed"))
-    expected = sorted([("sweeper.py", f"seed={s}") for s in range(3)]  # Hydra's
-                      + [("sweep_checks.py", f"seed={s}") for s in range(3)])
+    expected = [("job_configs.py", "seed=0"), ("job_configs.py", "seed=1")]
     assert composed == f"composed {expected}", done.stderr
     assert len(jobs(tmp_path / "s")) == 3
