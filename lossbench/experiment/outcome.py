@@ -41,24 +41,26 @@ def test_report(model: torch.nn.Module, loss_fn: torch.nn.Module, splits: Splits
     with amp:
         pred = predict(model, splits, split, head, trainer.eval_batch_size, device, loss_fn,
                        trainer.get("max_batches"))
+    # a quiet console (a sweep's job, the weights not kept) shows nothing, so nothing is drawn
+    # for it: rich draws a table even for a quiet console (half of a sweep job's testing)
+    show = (lambda *what, **how: None) if console.quiet else console.print
     if splits.task == "regression":
         test = rep.regression_metrics(pred)
-        console.print(rep.regression_table(test, title))
+        show(rep.regression_table(test, title))
     else:
         test = rep.classification_metrics(pred, splits.class_names, splits.num_classes,
                                           splits.info.get("train_class_counts"))
-        console.print(rep.classification_report_table(test["classification_report"],
-                                                       title))
-        console.print(rep.confusion_matrix_table(test["confusion_matrix"], test["class_names"],
-                                                 f"Confusion matrix ({split} split)"))
+        show(rep.classification_report_table(test["classification_report"], title))
+        show(rep.confusion_matrix_table(test["confusion_matrix"], test["class_names"],
+                                        f"Confusion matrix ({split} split)"))
         if "balanced_accuracy" in test:
             from lossbench.results.imbalance_metrics import imbalance_summary
 
-            console.print(imbalance_summary(test), highlight=False)
+            show(imbalance_summary(test), highlight=False)
         if "ece" in test:
-            console.print(rep.calibration_summary(test), highlight=False)
+            show(rep.calibration_summary(test), highlight=False)
         if "pair_roc_auc" in test:
-            console.print(f"pair verification ROC-AUC: {test['pair_roc_auc']:.4f}")
+            show(f"pair verification ROC-AUC: {test['pair_roc_auc']:.4f}")
     if pred.loss is not None:
         test["loss"] = pred.loss
     # a loss trained against an attack (the loss contract's `attack`) is tested under it too
@@ -66,7 +68,7 @@ def test_report(model: torch.nn.Module, loss_fn: torch.nn.Module, splits: Splits
         test["robust_accuracy"] = robust_accuracy(model, splits, split, head,
                                                   trainer.eval_batch_size, device, loss_fn,
                                                   trainer.get("max_batches"))
-        console.print(robust_line(loss_fn, test), highlight=False)
+        show(robust_line(loss_fn, test), highlight=False)
     return pred, test
 
 

@@ -138,8 +138,9 @@ def confusion_figure(matrix: Sequence[Sequence[int]], class_names: Sequence[str]
         for i in range(k):
             for j in range(k):
                 value = normalised[i, j]
+                # inside its cell: left out of the layout, which then measures 2 texts, not k²+2
                 ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8,
-                        color="white" if value > 0.5 else "black")
+                        color="white" if value > 0.5 else "black", in_layout=False)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title(wrap_title(f"Confusion matrix (test, normalised by true class)\n{label}",
