@@ -1,10 +1,11 @@
-"""The optimizer step of stacked replicas: Adam, AdamW and SGD over tensors with a leading
-replica axis (R, ...), each replica with its own hyperparameters.
+"""The optimizer step of stacked replicas: Adam, AdamW, SGD and RMSprop over tensors with a
+leading replica axis (R, ...), each replica with its own hyperparameters.
 
 One torch optimizer over stacked tensors cannot give replicas their own learning rate or
 weight decay (param groups split tensors, not slices of them), so the step is written here,
 functionally, following torch's single-tensor implementations (`foreach=False`,
-torch/optim/adam.py `_single_tensor_adam`, sgd.py `_single_tensor_sgd`) operation for
+torch/optim/adam.py `_single_tensor_adam`, sgd.py `_single_tensor_sgd`, rmsprop.py
+`_single_tensor_rmsprop`) operation for
 operation: a scalar there is a (R, 1, ..., 1) tensor here, and the per-step scalars (bias
 corrections, step sizes) are computed on the host in Python floats exactly as torch computes
 them. In float64 a replica's weights then agree with its separate run's to rounding.
@@ -21,6 +22,8 @@ import torch
 from torch import nn
 
 ADAM_STATE = ("exp_avg", "exp_avg_sq")
+KINDS = {torch.optim.Adam: "adam", torch.optim.AdamW: "adam", torch.optim.SGD: "sgd",
+         torch.optim.RMSprop: "rmsprop"}
 
 
 class StackError(ValueError):
@@ -29,18 +32,18 @@ class StackError(ValueError):
 
 
 def optimizer_kind(optimizer: torch.optim.Optimizer) -> str:
-    """"adam" (Adam and AdamW: AdamW is Adam with decoupled weight decay) or "sgd"; StackError
-    for an optimizer or an option the stacked step does not reproduce."""
-    if type(optimizer) not in (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD):
+    """"adam" (Adam and AdamW: AdamW is Adam with decoupled weight decay), "sgd" or "rmsprop";
+    StackError for an optimizer or an option the stacked step does not reproduce."""
+    if type(optimizer) not in KINDS:
         raise StackError(f"optimizer {type(optimizer).__name__} has no stacked step "
-                         "(Adam, AdamW and SGD have)")
+                         "(Adam, AdamW, SGD and RMSprop have)")
     if len(optimizer.param_groups) != 1:
         raise StackError("an optimizer with several parameter groups cannot be stacked")
     group = optimizer.param_groups[0]
     for option in ("amsgrad", "maximize", "capturable", "differentiable"):
         if group.get(option):
             raise StackError(f"optimizer option {option}=True has no stacked step")
-    return "sgd" if isinstance(optimizer, torch.optim.SGD) else "adam"
+    return KINDS[type(optimizer)]
 
 
 def per_replica(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
@@ -53,7 +56,7 @@ def per_replica(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
 class StackedOptimizer:
     """The optimizer state of R replicas, stacked: `state[name][key]` is (R, ...) like the
     stacked parameter `name`; `hyper[key]` holds one host float per replica (lr, betas, eps,
-    weight decay, momentum, dampening, gradient-clipping norm).
+    weight decay, momentum, dampening, RMSprop's alpha, gradient-clipping norm).
 
     `step(params)` updates the stacked parameters (leaf tensors whose `.grad` is set) in place.
     """
@@ -77,6 +80,7 @@ class StackedOptimizer:
                 "1 - lr * weight_decay": lambda: [1 - lr * wd for lr, wd in
                                                   zip(h["lr"], h["weight_decay"])],
                 "1 - dampening": lambda: [1 - d for d in h["dampening"]],
+                "1 - alpha": lambda: [1 - a for a in h["alpha"]],
                 "-lr": lambda: [-lr for lr in h["lr"]]}
             values = derived[key]() if key in derived else h[key]
             self.columns[at] = per_replica(values, like)
@@ -108,13 +112,19 @@ class StackedOptimizer:
         hyper = torch_hyper(kind, groups)
         if kind == "adam":
             flags = {"decoupled": same_flag(groups, "decoupled_weight_decay")}
+        elif kind == "rmsprop":
+            flags = {"momentum": same_flag(groups, "momentum"),
+                     "centered": same_flag(groups, "centered")}
         else:
             flags = {"momentum": same_flag(groups, "momentum"),
                      "nesterov": same_flag(groups, "nesterov")}
         clip = grad_clip if grad_clip is not None else [None] * len(optimizers)
         hyper["max_norm"] = [float(c) if c else float("inf") for c in clip]
-        state, steps = torch_state(kind, optimizers, params)
+        state, steps = torch_state(kind, flags, optimizers, params)
         return cls(kind, hyper, flags, state, steps)
+
+    def state_keys(self) -> tuple[str, ...]:
+        return state_keys(self.kind, self.flags)
 
     def follow(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:
         """Each replica's hyperparameters as its torch optimizer holds them now
@@ -132,14 +142,11 @@ class StackedOptimizer:
     @torch.no_grad()
     def step(self, params: dict[str, torch.Tensor]) -> None:
         """One step of every replica: each one's gradients clipped to its own global norm,
-        then Adam's or SGD's update with its own hyperparameters."""
+        then Adam's, SGD's or RMSprop's update with its own hyperparameters."""
         grads = {name: p.grad for name, p in params.items() if p.grad is not None}
         if any(n != float("inf") for n in self.hyper["max_norm"]):
             clip_stacked(grads, self.hyper["max_norm"])
-        if self.kind == "adam":
-            self.adam(params, grads)
-        else:
-            self.sgd(params, grads)
+        getattr(self, self.kind)(params, grads)
 
     def adam(self, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor]) -> None:
         """torch's `_single_tensor_adam` (amsgrad, maximize, capturable off), replica-wise."""
@@ -184,6 +191,31 @@ class StackedOptimizer:
                 g = g + col("momentum", p) * buf if self.flags["nesterov"] else buf
             p.add_(col("-lr", p) * g)  # param.add_(grad, alpha=-lr)
 
+    def rmsprop(self, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor]) -> None:
+        """torch's `_single_tensor_rmsprop` (maximize, capturable off), replica-wise."""
+        h, col = self.hyper, self.column
+        self.steps = [s + 1 for s in self.steps]
+        for name, g in grads.items():
+            p, st = params[name], self.state[name]
+            if any(h["weight_decay"]):
+                g = g + col("weight_decay", p) * p  # grad.add(param, alpha=wd)
+            # square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
+            st["square_avg"].mul_(col("alpha", p)).add_(col("1 - alpha", p) * g * g)
+            if self.flags["centered"]:
+                st["grad_avg"].lerp_(g, col("1 - alpha", p))
+                # square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_()
+                avg = (st["square_avg"] - st["grad_avg"] * st["grad_avg"]).sqrt_()
+            else:
+                avg = st["square_avg"].sqrt()
+            avg = avg.add_(col("eps", p))
+            if self.flags["momentum"]:
+                # buf.mul_(momentum).addcdiv_(grad, avg); param.add_(buf, alpha=-lr)
+                buf = st["momentum_buffer"]
+                buf.mul_(col("momentum", p)).add_(g / avg)
+                p.add_(col("-lr", p) * buf)
+            else:
+                p.add_(col("-lr", p) * g / avg)  # param.addcdiv_(grad, avg, value=-lr)
+
     def keep(self, positions: torch.Tensor) -> None:
         """Only the replicas at `positions` (a (R',) index tensor) stay, in that order."""
         at = positions.tolist()
@@ -203,16 +235,19 @@ class StackedOptimizer:
         for r, (optimizer, module) in enumerate(zip(optimizers, modules)):
             for name, p in module.named_parameters():
                 st = self.state[name]
-                if self.kind == "adam":
+                if self.kind in ("adam", "rmsprop"):  # in the order torch makes its state
                     optimizer.state[p] = {
                         "step": torch.tensor(float(self.steps[r]), dtype=_get_scalar_dtype()),
-                        **{key: st[key][r].clone() for key in ADAM_STATE}}
+                        **{key: st[key][r].clone() for key in self.state_keys() if key in st}}
                 elif self.flags["momentum"] and "momentum_buffer" in st:
                     optimizer.state[p] = {"momentum_buffer": st["momentum_buffer"][r].clone()}
 
 
 def torch_hyper(kind: str, groups: Sequence[dict]) -> dict[str, list[float]]:
     """{hyperparameter: one host float per replica} of torch optimizers' param groups."""
+    if kind == "rmsprop":
+        return {key: [float(g[key]) for g in groups]
+                for key in ("lr", "alpha", "eps", "weight_decay", "momentum")}
     if kind == "adam":
         return {"lr": [float(g["lr"]) for g in groups],
                 "beta1": [float(g["betas"][0]) for g in groups],
@@ -232,11 +267,22 @@ def same_flag(groups: list[dict], key: str) -> bool:
     return values.pop()
 
 
-def torch_state(kind: str, optimizers: Sequence[torch.optim.Optimizer],
+def state_keys(kind: str, flags: dict[str, bool]) -> tuple[str, ...]:
+    """The tensors of a parameter's size an optimizer keeps for it, in torch's order."""
+    if kind == "adam":
+        return ADAM_STATE
+    if kind == "rmsprop":
+        return ("square_avg", *(("momentum_buffer",) if flags["momentum"] else ()),
+                *(("grad_avg",) if flags["centered"] else ()))
+    return ("momentum_buffer",)
+
+
+def torch_state(kind: str, flags: dict[str, bool], optimizers: Sequence[torch.optim.Optimizer],
                 params: dict[str, torch.Tensor]
                 ) -> tuple[dict[str, dict[str, torch.Tensor]], list[int]]:
     """The stacked state of R torch optimizers: zeros for fresh ones (as their first step would
-    make), their own tensors stacked once they have stepped; a mix cannot stack."""
+    make; SGD's momentum buffer is its first gradient instead), their own tensors stacked once
+    they have stepped; a mix cannot stack."""
     names = list(params)
     per = [[o.state.get(p, {}) for p in o.param_groups[0]["params"]] for o in optimizers]
     started = {bool(s[0]) for s in per}
@@ -244,13 +290,13 @@ def torch_state(kind: str, optimizers: Sequence[torch.optim.Optimizer],
         raise StackError("replicas of one stack must all start fresh or all resume")
     state: dict[str, dict[str, torch.Tensor]] = {name: {} for name in names}
     if not started.pop():
-        if kind == "adam":
+        if kind != "sgd":
             for name in names:
-                state[name] = {key: torch.zeros_like(params[name]) for key in ADAM_STATE}
+                state[name] = {key: torch.zeros_like(params[name])
+                               for key in state_keys(kind, flags)}
         return state, [0] * len(optimizers)
     for i, name in enumerate(names):
-        keys = ADAM_STATE if kind == "adam" else ("momentum_buffer",)
-        for key in keys:
+        for key in state_keys(kind, flags):
             values = [s[i].get(key) for s in per]
             if all(v is not None for v in values):
                 state[name][key] = torch.stack([v.detach() for v in values]).to(params[name])

@@ -411,9 +411,9 @@ REFUSALS = {
     "another batch size": (lambda run: run.trainer.update(batch_size=32),
                            "share trainer.batch_size"),
     "samples of another shape": (other_shape, "as many samples of one shape"),
-    "RMSprop (the engine's own)": (
-        lambda run: setattr(run, "optimizer", torch.optim.RMSprop(run.model.parameters())),
-        "RMSprop has no stacked step"),
+    "Adagrad (the engine's own)": (
+        lambda run: setattr(run, "optimizer", torch.optim.Adagrad(run.model.parameters())),
+        "Adagrad has no stacked step"),
 }
 
 

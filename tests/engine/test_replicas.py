@@ -152,20 +152,27 @@ OPTIMIZERS = {
     "adamw": (torch.optim.AdamW, {}),
     "sgd-nesterov": (torch.optim.SGD, dict(momentum=0.9, nesterov=True)),
     "sgd": (torch.optim.SGD, dict(momentum=0.8, dampening=0.1)),
+    "rmsprop": (torch.optim.RMSprop, dict(momentum=0.9)),
+    "rmsprop-centered": (torch.optim.RMSprop, dict(centered=True, alpha=0.95)),
 }
 
 
-# and one replica with its own momentum (betas and eps for Adam)
-OWN_MOMENTUM = {torch.optim.Adam: dict(betas=(0.8, 0.95), eps=1e-6),
-                torch.optim.AdamW: dict(betas=(0.8, 0.95), eps=1e-6),
-                torch.optim.SGD: dict(momentum=0.5)}
+# and one replica with its own momentum (betas and eps for Adam, alpha and eps for RMSprop)
+OWN_MOMENTUM = {"adam": dict(betas=(0.8, 0.95), eps=1e-6),
+                "adamw": dict(betas=(0.8, 0.95), eps=1e-6),
+                "sgd-nesterov": dict(momentum=0.5), "sgd": dict(momentum=0.5),
+                "rmsprop": dict(alpha=0.9, eps=1e-6, momentum=0.5),
+                "rmsprop-centered": dict(alpha=0.9, eps=1e-6)}
 
 
 def mixed_jobs(optimizer: str, **model: object) -> list[Job]:
     cls, shared = OPTIMIZERS[optimizer]
     jobs = [Job(**{**spec, "options": {**shared, **spec["options"]}}, optimizer=cls,
                 model=dict(model)) for spec in MIXED]
-    jobs[3].options.update(OWN_MOMENTUM[cls])
+    jobs[3].options.update(OWN_MOMENTUM[optimizer])
+    if cls is torch.optim.RMSprop:  # no bias correction: its first steps are ~1/sqrt(1 - alpha)
+        for job in jobs:  # times Adam's, and its usual lr (conf/optimizer) a tenth of theirs
+            job.options["lr"] /= 10
     return jobs
 
 
@@ -453,6 +460,13 @@ def nesterov_mixed():
         torch.optim.SGD(models[1].parameters(), momentum=0.9)])
 
 
+def rmsprop_centered_mixed():
+    models = [mlp(), mlp()]
+    return dict(models=models, optimizers=[
+        torch.optim.RMSprop(models[0].parameters(), centered=True),
+        torch.optim.RMSprop(models[1].parameters())])
+
+
 REFUSALS = {
     "a loss that needs the model": (lambda: dict(losses=[adversarial(), nn.CrossEntropyLoss()]),
                                     "loss AdversarialLoss needs the model"),
@@ -469,10 +483,12 @@ REFUSALS = {
     "dropout without streams": (lambda: dict(models=[mlp(dropout=0.1), mlp(dropout=0.1)],
                                              rng=False), "random stream"),
     "two optimizer classes": (adam_then_sgd, "one optimizer class"),
-    "an optimizer without a stacked step": (lambda: optimizers_with(torch.optim.RMSprop),
-                                            "RMSprop has no stacked step"),
+    "an optimizer without a stacked step": (lambda: optimizers_with(torch.optim.Adagrad),
+                                            "Adagrad has no stacked step"),
     "amsgrad": (lambda: optimizers_with(torch.optim.Adam, amsgrad=True), "amsgrad=True"),
     "nesterov in some replicas": (nesterov_mixed, "agree on optimizer nesterov"),
+    "centered RMSprop in some replicas": (rmsprop_centered_mixed,
+                                          "agree on optimizer centered"),
     "labels of another length": (lambda: dict(labels=torch.zeros(599, dtype=torch.long)),
                                  "fit neither"),
 }
