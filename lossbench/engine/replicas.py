@@ -194,11 +194,17 @@ class StackedModel:
         stacked = {**self.params, **self.buffers}
         return {name: stacked[name][r].detach().clone() for name in self.persistent}
 
+    @torch.no_grad()
     def write_back(self, modules: Sequence[nn.Module]) -> None:
         """Every replica into its own module (`modules[r]` for position r): validation,
-        checkpoints and tests then run on ordinary modules."""
+        checkpoints and tests then run on ordinary modules. Copied into the module's own
+        tensors, as `load_state_dict` does, without its copy of the replica first and its
+        per-layer machinery (each epoch, for every replica)."""
+        stacked = {**self.params, **self.buffers}
         for r, module in enumerate(modules):
-            module.load_state_dict(self.replica_state(r))
+            own = module.state_dict(keep_vars=True)
+            for name in self.persistent:
+                own[name].copy_(stacked[name][r])
 
     def keep(self, positions: torch.Tensor) -> None:
         """Only the replicas at `positions` stay: every stacked tensor is index-selected, so
