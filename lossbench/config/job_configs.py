@@ -1,4 +1,4 @@
-"""A sweep's job configs, each composed once and most of them without composing.
+"""A sweep's job configs, most of them made without composing.
 
 Hydra composes a job's config from scratch for its overrides (about 0.1 s: the defaults tree,
 every config file merged), and a sweep on the basic sweeper composes each job three times:
@@ -15,9 +15,12 @@ giving the config Hydra's `load_sweep_config` gives:
   (`loss=gce`) get a template of their own. The first job made from a template is composed in
   full as well and compared with it: any difference turns templates off for that template's
   jobs.
-- *Kept.* While a sweep's jobs run in this process (the basic and stacked launchers), the config
-  loader answers `load_sweep_config` for that sweep's config with a copy of the config the
-  checks made (`keep_for_sweep`); `let_go` ends that when the sweep ends.
+- *Given again.* While a sweep's jobs run in this process (the basic and stacked launchers),
+  the config loader answers `load_sweep_config` for that sweep's config the same way
+  (`keep_for_sweep`), so that Hydra's sweeper and the launcher compose no job the checks made;
+  `let_go` ends that when the sweep ends. Only the templates are kept, not every job's config
+  (about 0.14 MB each: a grid of 10,000 jobs would hold 1.4 GB); a job is made again from its
+  template each time it is asked for (about 20 ms, as long as copying a kept one).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-# Launchers that compose and run every job in this process, where the kept configs are used.
+# Launchers that compose and run every job in this process, where the templates are used.
 IN_PROCESS_LAUNCHERS = ("hydra._internal.core_plugins.basic_launcher.BasicLauncher",
                         "hydra_plugins.lossbench_launcher.stacked_launcher.StackedLauncher")
 
@@ -36,14 +39,13 @@ _VALUE_TYPES = (bool, int, float, str, type(None))
 
 
 class JobConfigs:
-    """The configs of one sweep's jobs (`sweep`: the sweep's config as Hydra composed it),
-    each composed once; `compose(job)` gives a copy of job's."""
+    """The configs of one sweep's jobs (`sweep`: the sweep's config as Hydra composed it);
+    `compose(job)` gives a new config object each time, Hydra's `load_sweep_config`'s."""
 
     def __init__(self, loader: Any, sweep: DictConfig) -> None:
         self.loader = loader
         self.sweep = sweep
         self.full = loader.load_sweep_config  # Hydra's own, before `keep_for_sweep`
-        self.kept: dict[tuple[str, ...], DictConfig] = {}
         # template key -> (the template job's overrides, its config, checked against Hydra yet)
         self.templates: dict[tuple[Any, ...], list[Any]] = {}
         self.refused: set[tuple[Any, ...]] = set()  # templates whose copies differed
@@ -51,11 +53,7 @@ class JobConfigs:
         self.repos: dict[tuple[str, ...], Any] = {}
 
     def compose(self, job: Sequence[str]) -> DictConfig:
-        key = tuple(job)
-        cfg = self.kept.get(key)
-        if cfg is None:
-            cfg = self.kept[key] = self._make(list(job))
-        return copy.deepcopy(cfg)
+        return self._make(list(job))
 
     def _compose_fully(self, job: list[str]) -> DictConfig:
         self.composed += 1
@@ -71,7 +69,7 @@ class JobConfigs:
         entry = self.templates.get(template_key)
         if entry is None:
             cfg = self._compose_fully(job)
-            self.templates[template_key] = [job, cfg, False]
+            self.templates[template_key] = [job, copy.deepcopy(cfg), False]
             return cfg
         try:
             cfg = self._from_template(entry[1], settings, parsed)
@@ -193,7 +191,7 @@ def for_sweep(sweep: DictConfig) -> JobConfigs:
 
 
 def keep_for_sweep(sweep: DictConfig) -> None:
-    """Until `let_go`, Hydra's config loader gives this sweep's jobs their kept configs, when
+    """Until `let_go`, Hydra's config loader makes this sweep's jobs from their templates, when
     its launcher runs them in this process (a launcher that sends jobs to other processes
     composes them there, with the loader as Hydra made it)."""
     target = str((sweep.hydra.get("launcher") or {}).get("_target_", ""))

@@ -107,7 +107,7 @@ def test_jobs_that_choose_other_groups_get_templates_of_their_own():
         "ce", "ce", "gce", "gce", "sce", "sce"]
 
 
-def test_the_loader_gives_kept_configs_only_for_an_in_process_launcher_and_until_let_go():
+def test_the_loader_makes_jobs_from_templates_only_for_an_in_process_launcher_until_let_go():
     with initialize_config_module(config_module="lossbench.conf", version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()
         for launcher, kept in (("stacked", True), ("basic", True), ("parallel", False)):
@@ -115,13 +115,14 @@ def test_the_loader_gives_kept_configs_only_for_an_in_process_launcher_and_until
                 "config", ["seed=0,1", f"hydra/launcher={launcher}"],
                 run_mode=RunMode.MULTIRUN, with_log_configuration=False)
             try:
-                job_configs.for_sweep(config).compose(["seed=1"])
+                for job in (["seed=0"], ["seed=1"]):  # the template, the copy checked
+                    job_configs.for_sweep(config).compose(job)
                 job_configs.keep_for_sweep(config)
                 assert ("load_sweep_config" in vars(loader)) is kept, launcher
                 composed = job_configs._current.composed
                 cfg = loader.load_sweep_config(config, ["seed=1"])
                 assert cfg.seed == 1
-                assert job_configs._current.composed == composed  # kept, or Hydra's own
+                assert job_configs._current.composed == composed  # a copy, or Hydra's own
             finally:
                 job_configs.let_go()
             assert "load_sweep_config" not in vars(loader)
