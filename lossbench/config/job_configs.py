@@ -76,8 +76,8 @@ class JobConfigs:
         except Exception:  # Hydra composing it says what is wrong, in its own words
             return self._compose_fully(job)
         if not entry[2]:
-            entry[2] = True
             hydra_made = self._compose_fully(job)
+            entry[2] = True
             if not same_config(cfg, hydra_made):
                 self.refused.add(template_key)
                 return hydra_made
@@ -113,21 +113,28 @@ class JobConfigs:
             return None
         key: list[Any] = []
         settings = []
+        values_set = []  # keys every override that sets a value sets (not group choices)
         for override in parsed:
+            group = (repo.group_exists(override.key_or_group)
+                     and not isinstance(override.value(), dict))  # as Hydra's defaults list
             plain = (override.type == OverrideType.CHANGE and override.package is None
                      and not override.is_hydra_override()
                      and not override.is_sweep_override()
-                     and isinstance(override.value(), _VALUE_TYPES)
-                     and not repo.group_exists(override.key_or_group))
+                     and isinstance(override.value(), _VALUE_TYPES) and not group)
             if plain:
                 key.append(("setting", override.key_or_group))
                 settings.append(override)
             else:
                 key.append(("as is", override.input_line))
-        names = [s.key_or_group for s in settings]
-        for i, name in enumerate(names):  # one setting inside another: order would matter
-            if any(other == name or other.startswith(name + ".")
-                   for other in names[:i] + names[i + 1:]):
+            if not group:
+                values_set.append(override.key_or_group)
+        # Hydra applies the value overrides in their order: where another one sets the same
+        # key, a key above it or one inside it (`++k=v`, `parent={...}`), the order decides,
+        # and the template, whose settings are applied last, would not keep it
+        for setting in settings:
+            name = setting.key_or_group
+            if sum(other == name or other.startswith(name + ".") or name.startswith(other + ".")
+                   for other in values_set) > 1:
                 return None
         return tuple(key), settings, parsed
 

@@ -291,9 +291,9 @@ def start_sweep(config: DictConfig) -> Any:
     failed_jobs.clear()
     sweep_dir = Path(config.hydra.sweep.dir)
     jobs = planned_jobs(config)
+    check_launcher(config)
     if jobs is not None:
         check_every_job(config, jobs)
-    check_launcher(config)
     keys = override_keys([str(o) for o in config.hydra.overrides.task])
     existed = sweep_dir.exists()
     lock = FolderLock(sweep_dir, "sweep directory")
@@ -310,6 +310,7 @@ def start_sweep(config: DictConfig) -> Any:
                 ledger.write(f"expected\t{job_dirname(job)}\n")
     except BaseException:
         lock.release()
+        forget_composed()  # no sweep: Hydra's config loader as it was
         if not existed:
             from lossbench.results.files import discard_empty_folders
 

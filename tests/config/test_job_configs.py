@@ -55,6 +55,22 @@ def test_every_job_is_the_config_hydra_composes(overrides):
     assert len(configs.templates) <= configs.composed <= 2 * len(configs.templates)
 
 
+@pytest.mark.parametrize("overrides", [
+    ["trainer.epochs=3,4", "seed=0,1", "++trainer.epochs=3"],
+    ["dataset.noise.rate=0.0,0.4", "seed=0,1", "dataset.noise={kind:symmetric,rate:0.0}"],
+    # the preset's sweep values come first, the command line's dict after them: it wins
+    ["experiment=noisy_labels", "loss=ce", "seed=0", "dataset.noise={kind:symmetric,rate:0.0}"],
+])
+def test_a_value_set_again_by_a_later_override_is_hydras(overrides):
+    """Hydra applies value overrides in order: where another override sets the same key (or
+    one above it), the later one wins; such jobs are composed by Hydra, not copied."""
+    jobs, configs, made, hydras = made_and_hydras(*overrides)
+    assert len(jobs) >= 4
+    for job, ours, hydras_own in zip(jobs, made, hydras):
+        assert same_config(ours, hydras_own), job
+    assert not configs.templates and configs.composed == len(jobs)
+
+
 def test_the_noisy_labels_study_composes_ten_of_its_hundred_jobs():
     jobs, configs, _, _ = made_and_hydras("experiment=noisy_labels")
     assert (len(jobs), len(configs.templates), configs.composed) == (100, 5, 10)
