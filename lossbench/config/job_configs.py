@@ -8,7 +8,8 @@ giving the config Hydra's `load_sweep_config` gives:
 
 - *Templates.* Jobs whose overrides differ only in the values of plain settings (`seed=3`,
   `dataset.noise.rate=0.4`: not a config group, no `+`, `++` or `~`, not under `hydra.`, a
-  number, string, boolean or null) share one template: the first of them is composed by Hydra,
+  number, string, boolean or null, and no other override sets the same key, one above it or
+  one inside it, since Hydra applies them in order) share one template: the first of them is composed by Hydra,
   and each other one is a copy of it with its settings applied by Hydra's own override code
   (`ConfigLoaderImpl._apply_overrides_to_config`) and its override list and
   `hydra.job.override_dirname` made as Hydra makes them. Jobs that choose other config groups
