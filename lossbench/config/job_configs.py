@@ -47,7 +47,7 @@ class JobConfigs:
         self.loader = loader
         self.sweep = sweep
         self.full = loader.load_sweep_config  # Hydra's own, before `keep_for_sweep`
-        # template key -> (the template job's overrides, its config, checked against Hydra yet)
+        # template key -> [its config, whether a copy of it was checked against Hydra's yet]
         self.templates: dict[tuple[Any, ...], list[Any]] = {}
         self.refused: set[tuple[Any, ...]] = set()  # templates whose copies differed
         self.composed = 0  # how many jobs Hydra composed in full (tests count them)
@@ -70,15 +70,15 @@ class JobConfigs:
         entry = self.templates.get(template_key)
         if entry is None:
             cfg = self._compose_fully(job)
-            self.templates[template_key] = [job, copy.deepcopy(cfg), False]
+            self.templates[template_key] = [copy.deepcopy(cfg), False]
             return cfg
         try:
-            cfg = self._from_template(entry[1], settings, parsed)
+            cfg = self._from_template(entry[0], settings, parsed)
         except Exception:  # Hydra composing it says what is wrong, in its own words
             return self._compose_fully(job)
-        if not entry[2]:
+        if not entry[1]:
             hydra_made = self._compose_fully(job)
-            entry[2] = True
+            entry[1] = True
             if not same_config(cfg, hydra_made):
                 self.refused.add(template_key)
                 return hydra_made
